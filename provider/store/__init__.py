@@ -1,0 +1,18 @@
+"""Content-addressed artifact store: values in, small references out."""
+
+from provider.store.errors import IntegrityError, StoreError
+from provider.store.keys import manifest_key, run_manifest_key
+from provider.store.reference import REFERENCE_MARKER, Reference, is_reference
+from provider.store.store import ArtifactStore, open_store
+
+__all__ = [
+    "REFERENCE_MARKER",
+    "ArtifactStore",
+    "IntegrityError",
+    "Reference",
+    "StoreError",
+    "is_reference",
+    "manifest_key",
+    "open_store",
+    "run_manifest_key",
+]

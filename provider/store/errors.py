@@ -1,0 +1,11 @@
+"""Errors of the artifact store."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked: bad reference, bad key, unsupported location."""
+
+
+class IntegrityError(StoreError):
+    """Stored bytes do not match their reference: size or SHA-256 differ."""

@@ -1,0 +1,74 @@
+"""The ``file://`` blob backend: a folder, atomic writes by temp file + rename."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from provider.store.keys import check_key
+
+_TMP_MARK = ".tmp-"
+
+
+class FileBackend:
+    """Blobs and manifests as files under ``root``."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def write_frames(self, key: str, frames: Iterable[memoryview | bytes]) -> None:
+        """Write atomically: readers see the whole file or nothing, even if this is interrupted."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}{_TMP_MARK}{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as out:
+                for frame in frames:
+                    out.write(frame)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.write_frames(key, (data,))
+
+    def read_into(self, key: str) -> bytearray:
+        """The whole file in one buffer, read without intermediate copies."""
+        path = self._path(key)
+        with open(path, "rb", buffering=0) as src:
+            size = os.fstat(src.fileno()).st_size
+            data = bytearray(size)
+            view = memoryview(data)
+            filled = 0
+            while filled < size:
+                n = src.readinto(view[filled:])
+                if not n:
+                    break
+                filled += n
+        return data if filled == size else data[:filled]
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Keys under ``prefix`` (a folder key), in sorted order; temp files are skipped."""
+        base = self._path(prefix)
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and _TMP_MARK not in path.name:
+                yield path.relative_to(self.root).as_posix()

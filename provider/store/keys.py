@@ -1,0 +1,38 @@
+"""Store keys: '/'-separated relative paths under the store root."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from provider.store.errors import StoreError
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could leave the root: absolute, '..', '.', empty segments, backslashes."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"invalid store key {key!r}: expected a relative 'a/b/c' path")
+    return key
+
+
+def blob_key(sha256: str) -> str:
+    return f"data/{sha256[:2]}/{sha256}"
+
+
+def _part(value: object) -> str:
+    text = quote(str(value), safe="-_.+=@:,")
+    # A lone '.' or '..' would be a path segment, not a name.
+    return text.replace(".", "%2E") if text in (".", "..") else text
+
+
+def run_manifest_key(dag_id: str, run_id: str) -> str:
+    """``runs/<dag>/<run>/run.json``: namespace and tags of a run."""
+    return f"runs/{_part(dag_id)}/{_part(run_id)}/run.json"
+
+
+def manifest_key(
+    dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int, name: str = "result"
+) -> str:
+    """``runs/<dag>/<run>/<task>/<map_index>/<try>/<name>.json``: one task try's manifest."""
+    parts = (dag_id, run_id, task_id, map_index, try_number)
+    return "runs/" + "/".join(_part(p) for p in parts) + f"/{_part(name)}.json"

@@ -1,0 +1,108 @@
+"""The content-addressed artifact store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+from provider.store import codec
+from provider.store.errors import IntegrityError, StoreError
+from provider.store.file import FileBackend
+from provider.store.keys import blob_key
+from provider.store.reference import Reference
+
+
+class Backend(Protocol):
+    """What the store needs from a place to keep bytes."""
+
+    def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int: ...
+    def write_frames(self, key: str, frames: Any) -> None: ...
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+    def read_into(self, key: str) -> bytearray: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def list(self, prefix: str) -> Iterator[str]: ...
+
+
+class ArtifactStore:
+    """Immutable, deduplicated blobs under ``data/`` and JSON manifests under ``runs/``."""
+
+    def __init__(self, backend: Backend, root_uri: str) -> None:
+        self.backend = backend
+        self._root_uri = root_uri.rstrip("/")
+
+    @property
+    def root_uri(self) -> str:
+        return self._root_uri
+
+    def blob_uri(self, sha256: str) -> str:
+        return f"{self._root_uri}/{blob_key(sha256)}"
+
+    def put(self, value: Any, *, by_value: bool = False) -> Reference:
+        """Store ``value``; storing equal content again costs one hash and one existence check."""
+        encoded = codec.encode(value, by_value=by_value)
+        key = blob_key(encoded.sha256)
+        if not (self.backend.exists(key) and self.backend.size(key) == encoded.size):
+            self.backend.write_frames(key, encoded.frames)
+        return Reference(
+            uri=self.blob_uri(encoded.sha256),
+            sha256=encoded.sha256,
+            size=encoded.size,
+            type=encoded.type_name,
+            encoding=codec.ENCODING,
+        )
+
+    def get(self, ref: Reference | Mapping[str, Any]) -> Any:
+        """Load a value; refuses references outside this store and verifies size and hash."""
+        ref = Reference.from_json(ref)
+        if ref.uri != self.blob_uri(ref.sha256):
+            raise StoreError(
+                f"refusing reference {ref.uri!r}: this store only reads "
+                f"{self.blob_uri('<sha256>')} for the reference's own sha256"
+            )
+        if ref.encoding != codec.ENCODING:
+            raise StoreError(f"unknown encoding {ref.encoding!r} of {ref.uri}")
+        blob = self.backend.read_into(blob_key(ref.sha256))
+        self._verify(ref, blob)
+        return codec.decode(blob)
+
+    @staticmethod
+    def _verify(ref: Reference, blob: bytearray) -> None:
+        import hashlib
+
+        if len(blob) != ref.size:
+            raise IntegrityError(f"{ref.uri}: expected {ref.size} bytes, found {len(blob)}")
+        actual = hashlib.sha256(blob).hexdigest()
+        if actual != ref.sha256:
+            raise IntegrityError(f"{ref.uri}: expected sha256 {ref.sha256}, found {actual}")
+
+    def write_manifest(self, key: str, data: Mapping[str, Any]) -> str:
+        """Write a small JSON document atomically; returns its URI."""
+        body = json.dumps(data, sort_keys=True, indent=1, default=str).encode()
+        self.backend.write_bytes(key, body)
+        return f"{self._root_uri}/{key}"
+
+    def read_manifest(self, key: str) -> dict[str, Any]:
+        return dict(json.loads(self.backend.read_bytes(key)))
+
+    def list_manifests(self, prefix: str) -> Iterator[str]:
+        return (key for key in self.backend.list(prefix) if key.endswith(".json"))
+
+
+def open_store(uri: str) -> ArtifactStore:
+    """A store for ``file:///abs/path`` (or a plain absolute path)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        path = Path(unquote(parsed.path))
+    elif parsed.scheme == "" and Path(uri).is_absolute():
+        path = Path(uri)
+    else:
+        raise StoreError(
+            f"artifact store {uri!r}: unsupported location. "
+            "Accepted: file:///absolute/path or an absolute path"
+        )
+    path = path.resolve()
+    return ArtifactStore(FileBackend(path), path.as_uri())
