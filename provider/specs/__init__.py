@@ -1,0 +1,21 @@
+"""Task specs: frozen, hashable, validated when the DAG file is parsed. No Airflow imports."""
+
+from provider.specs.environment import Environment
+from provider.specs.errors import SpecError
+from provider.specs.resources import Resources
+from provider.specs.retry import Retry
+from provider.specs.task import COMPUTE_TARGETS, TaskSpec, airflow_retry_kwargs
+from provider.specs.units import parse_cpu, parse_duration, parse_mebibytes
+
+__all__ = [
+    "COMPUTE_TARGETS",
+    "Environment",
+    "Resources",
+    "Retry",
+    "SpecError",
+    "TaskSpec",
+    "airflow_retry_kwargs",
+    "parse_cpu",
+    "parse_duration",
+    "parse_mebibytes",
+]

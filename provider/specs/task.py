@@ -1,0 +1,113 @@
+"""``TaskSpec``: everything ``@flow_task`` was told about a task, validated at parse time."""
+
+from __future__ import annotations
+
+import keyword
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from typing import Any
+
+from provider.specs.environment import Environment
+from provider.specs.errors import SpecError
+from provider.specs.resources import Resources
+from provider.specs.retry import Retry
+from provider.specs.units import parse_duration
+
+COMPUTE_TARGETS = ("local", "kubernetes", "batch")
+CATCH_FORM = "True, or a Python identifier such as 'error' naming where the Failure is published"
+
+
+def _spec(cls: type, value: Any, name: str, form: str) -> Any:
+    """Accept an instance of ``cls`` or a dict of its keyword arguments."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        known = {f.name for f in fields(cls)}
+        for key in value:
+            if key not in known:
+                raise SpecError(f"{name}.{key}", value[key], f"one of the keys {sorted(known)}",
+                                "unknown key")
+        return cls(**value)
+    raise SpecError(name, value, form, f"wrong type {type(value).__name__}")
+
+
+def _resources(value: Any) -> Resources:
+    return _spec(Resources, value, "resources", "Resources(cpu=2, memory='8Gi') or a dict of it")  # type: ignore[no-any-return]
+
+
+def _retry(value: Any) -> Retry:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Retry(times=value)
+    return _spec(Retry, value, "retry", "Retry(times=3, delay='2m'), an int of retries, or a dict")  # type: ignore[no-any-return]
+
+
+def _environment(value: Any) -> Environment:
+    return _spec(Environment, value, "environment", "Environment(image=..., pip=[...]) or a dict")  # type: ignore[no-any-return]
+
+
+def _catch(value: Any) -> str | bool | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return True
+    if isinstance(value, str) and value.isidentifier() and not keyword.iskeyword(value):
+        return value
+    raise SpecError("catch", value, CATCH_FORM)
+
+
+def _compute(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value in COMPUTE_TARGETS):
+        return value
+    raise SpecError("compute", value, f"one of {COMPUTE_TARGETS} (or None for the default)")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """The validated specs of one flow task."""
+
+    resources: Resources = field(default_factory=Resources)
+    retry: Retry = field(default_factory=Retry)
+    timeout: timedelta | None = None
+    catch: str | bool | None = None
+    environment: Environment = field(default_factory=Environment)
+    compute: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "resources", _resources(self.resources))
+        set_(self, "retry", _retry(self.retry))
+        if self.timeout is not None:
+            set_(self, "timeout", parse_duration(self.timeout, "timeout"))
+        set_(self, "catch", _catch(self.catch))
+        set_(self, "environment", _environment(self.environment))
+        set_(self, "compute", _compute(self.compute))
+
+    @classmethod
+    def build(cls, **loose: Any) -> TaskSpec:
+        """A spec from ``@flow_task``'s keyword arguments; None means "the default"."""
+        return cls().with_overrides(**loose)
+
+    def with_overrides(self, **loose: Any) -> TaskSpec:
+        """This spec with the given fields replaced; None keeps a field as it is."""
+        known = {f.name for f in fields(self)}
+        for name in loose:
+            if name not in known:
+                raise SpecError(name, loose[name], f"one of {sorted(known)}", "unknown spec")
+        given = {name: value for name, value in loose.items() if value is not None}
+        return replace(self, **given) if given else self
+
+
+def airflow_retry_kwargs(spec: TaskSpec) -> dict[str, Any]:
+    """The spec's retry and timeout as Airflow ``BaseOperator`` keyword arguments."""
+    retry = spec.retry
+    kwargs: dict[str, Any] = {
+        "retries": retry.times,
+        "retry_delay": retry.delay,
+        "retry_exponential_backoff": 2.0 if retry.backoff == "exponential" else 0.0,
+    }
+    if retry.max_delay is not None:
+        kwargs["max_retry_delay"] = retry.max_delay
+    if spec.timeout is not None:
+        kwargs["execution_timeout"] = spec.timeout
+    return kwargs
