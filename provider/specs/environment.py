@@ -12,9 +12,7 @@ from provider.specs.errors import SpecError
 IMAGE_FORM = "an image reference such as 'python:3.11-slim' or 'ghcr.io/org/img:1.2@sha256:...'"
 PIP_FORM = "a list of PEP 508 requirements such as ['xgboost==2.1.4', 'pandas>=2']"
 ENV_FORM = "a dict of NAME (letters, digits, '_', not starting with a digit) to str/int/float"
-SECRETS_FORM = (
-    "a list of Kubernetes Secret names ('db-creds') or AWS Secrets Manager / SSM ARNs"
-)
+SECRETS_FORM = "a list of Kubernetes Secret names ('db-creds') or AWS Secrets Manager / SSM ARNs"
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _IMAGE = re.compile(
@@ -45,9 +43,12 @@ def _pip(value: Any) -> tuple[str, ...]:
         if not isinstance(item, str):
             raise SpecError("environment.pip", item, PIP_FORM, "not a string")
         try:
-            name = Requirement(item).name.lower()
+            requirement = Requirement(item)
         except InvalidRequirement as exc:
             raise SpecError("environment.pip", item, PIP_FORM, str(exc).split("\n")[0]) from None
+        if any(not spec.version.strip() for spec in requirement.specifier):
+            raise SpecError("environment.pip", item, PIP_FORM, "a version specifier has no version")
+        name = requirement.name.lower()
         if name in seen:
             raise SpecError("environment.pip", item, PIP_FORM, f"{name} is listed twice")
         seen.add(name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class SpecError(ValueError):
-    """A spec value is invalid; the message names the field, repeats the value, shows a good form."""
+    """A bad spec value; the message names the field, repeats the value, shows a good form."""
 
     def __init__(self, field: str, value: object, accepted: str, reason: str | None = None):
         self.field = field

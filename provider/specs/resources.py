@@ -35,21 +35,35 @@ class Resources:
         if self.shared_memory is not None:
             shm = parse_mebibytes(self.shared_memory, "resources.shared_memory")
             if shm > self.memory:  # type: ignore[operator]
-                raise SpecError("resources.shared_memory", self.shared_memory,
-                                f"at most memory ({self.memory} MiB)",
-                                "shared memory counts against the memory limit")
+                raise SpecError(
+                    "resources.shared_memory",
+                    self.shared_memory,
+                    f"at most memory ({self.memory} MiB)",
+                    "shared memory counts against the memory limit",
+                )
             set_(self, "shared_memory", shm)
         gpu = self.gpu
         if not isinstance(gpu, int) or isinstance(gpu, bool) or gpu < 0:
-            raise SpecError("resources.gpu", gpu, "a whole number of GPUs >= 0, such as 1",
-                            "GPUs are not shared fractionally" if isinstance(gpu, float) else None)
+            raise SpecError(
+                "resources.gpu",
+                gpu,
+                "a whole number of GPUs >= 0, such as 1",
+                "GPUs are not shared fractionally" if isinstance(gpu, float) else None,
+            )
         if self.gpu_type is not None:
             if not isinstance(self.gpu_type, str) or not _GPU_TYPE.fullmatch(self.gpu_type):
-                raise SpecError("resources.gpu_type", self.gpu_type,
-                                "a GPU model label such as 'nvidia-tesla-t4' or 'A100'")
+                raise SpecError(
+                    "resources.gpu_type",
+                    self.gpu_type,
+                    "a GPU model label such as 'nvidia-tesla-t4' or 'A100'",
+                )
             if gpu == 0:
-                raise SpecError("resources.gpu_type", self.gpu_type,
-                                "gpu=1 (or more) together with gpu_type", "it needs gpu >= 1")
+                raise SpecError(
+                    "resources.gpu_type",
+                    self.gpu_type,
+                    "gpu=1 (or more) together with gpu_type",
+                    "it needs gpu >= 1",
+                )
 
     @property
     def cpu_millicores(self) -> int:
@@ -66,6 +80,3 @@ class Resources:
     @property
     def shared_memory_quantity(self) -> str | None:
         return None if self.shared_memory is None else f"{self.shared_memory}Mi"
-
-
-

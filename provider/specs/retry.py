@@ -31,11 +31,18 @@ class Retry:
             raise SpecError("retry.backoff", self.backoff, "'constant' or 'exponential'")
         if self.max_delay is not None:
             if self.backoff != "exponential":
-                raise SpecError("retry.max_delay", self.max_delay,
-                                "max_delay together with backoff='exponential'",
-                                "a constant delay never grows")
+                raise SpecError(
+                    "retry.max_delay",
+                    self.max_delay,
+                    "max_delay together with backoff='exponential'",
+                    "a constant delay never grows",
+                )
             max_delay = parse_duration(self.max_delay, "retry.max_delay")
             if max_delay < delay:
-                raise SpecError("retry.max_delay", self.max_delay,
-                                f"a duration of at least delay ({delay})", "shorter than delay")
+                raise SpecError(
+                    "retry.max_delay",
+                    self.max_delay,
+                    f"a duration of at least delay ({delay})",
+                    "shorter than delay",
+                )
             object.__setattr__(self, "max_delay", max_delay)

@@ -26,24 +26,25 @@ def _spec(cls: type, value: Any, name: str, form: str) -> Any:
         known = {f.name for f in fields(cls)}
         for key in value:
             if key not in known:
-                raise SpecError(f"{name}.{key}", value[key], f"one of the keys {sorted(known)}",
-                                "unknown key")
+                raise SpecError(
+                    f"{name}.{key}", value[key], f"one of the keys {sorted(known)}", "unknown key"
+                )
         return cls(**value)
     raise SpecError(name, value, form, f"wrong type {type(value).__name__}")
 
 
 def _resources(value: Any) -> Resources:
-    return _spec(Resources, value, "resources", "Resources(cpu=2, memory='8Gi') or a dict of it")  # type: ignore[no-any-return]
+    return _spec(Resources, value, "resources", "Resources(cpu=2, memory='8Gi') or a dict of it")
 
 
 def _retry(value: Any) -> Retry:
     if isinstance(value, int) and not isinstance(value, bool):
         return Retry(times=value)
-    return _spec(Retry, value, "retry", "Retry(times=3, delay='2m'), an int of retries, or a dict")  # type: ignore[no-any-return]
+    return _spec(Retry, value, "retry", "Retry(times=3, delay='2m'), an int of retries, or a dict")
 
 
 def _environment(value: Any) -> Environment:
-    return _spec(Environment, value, "environment", "Environment(image=..., pip=[...]) or a dict")  # type: ignore[no-any-return]
+    return _spec(Environment, value, "environment", "Environment(image=..., pip=[...]) or a dict")
 
 
 def _catch(value: Any) -> str | bool | None:

@@ -16,8 +16,16 @@ DURATION_FORM = "a timedelta, seconds as an int (90), or a string such as '90s',
 _QUANTITY = re.compile(r"(?P<number>\d+(?:\.\d+)?|\.\d+)(?P<unit>[A-Za-z]*)")
 _BYTES_PER_UNIT = {
     "": 1,
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
 }
 _MIB = Decimal(2**20)
 _DURATION = re.compile(
@@ -91,8 +99,11 @@ def parse_duration(value: object, field: str) -> timedelta:
                 raise SpecError(field, value, DURATION_FORM, "not a duration")
             parts = {k: float(v) for k, v in match.groupdict().items() if v}
             result = timedelta(
-                days=parts.get("d", 0), hours=parts.get("h", 0), minutes=parts.get("m", 0),
-                seconds=parts.get("s", 0), milliseconds=parts.get("ms", 0),
+                days=parts.get("d", 0),
+                hours=parts.get("h", 0),
+                minutes=parts.get("m", 0),
+                seconds=parts.get("s", 0),
+                milliseconds=parts.get("ms", 0),
             )
     else:
         raise SpecError(field, value, DURATION_FORM, f"wrong type {type(value).__name__}")
