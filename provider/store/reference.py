@@ -15,7 +15,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class Reference:
-    """Where an artifact lives and what it is: ``uri``, ``sha256``, ``size``, ``type``, ``encoding``."""
+    """Where an artifact lives and what it is: uri, sha256, size, type, encoding."""
 
     uri: str
     sha256: str

@@ -1,0 +1,252 @@
+"""The artifact store on `file://`: round trips, dedup, integrity, refusals, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from provider.store import (
+    ArtifactStore,
+    IntegrityError,
+    Reference,
+    StoreError,
+    is_reference,
+    manifest_key,
+    open_store,
+    run_manifest_key,
+)
+from provider.store.file import FileBackend
+
+
+@pytest.fixture
+def store(tmp_path) -> ArtifactStore:
+    return open_store((tmp_path / "root").as_uri())
+
+
+def _blob_path(store: ArtifactStore, ref: Reference) -> Path:
+    return store.backend.root / "data" / ref.sha256[:2] / ref.sha256  # type: ignore[attr-defined]
+
+
+def _local_function(x):
+    return x + 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        -7,
+        3.25,
+        "text",
+        "",
+        b"\x00bytes",
+        None,
+        True,
+        [1, "a", None],
+        (1, 2),
+        {"nested": {"list": [1, 2, {"x": b"y"}]}},
+        {1, 2, 3},
+        np.arange(12).reshape(3, 4),
+        np.asfortranarray(np.ones((4, 3))),
+        np.arange(20)[::2],
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_round_trip(store, value):
+    ref = store.put(value)
+    assert ref.uri == f"{store.root_uri}/data/{ref.sha256[:2]}/{ref.sha256}"
+    assert ref.encoding == "pickle5" and ref.size == _blob_path(store, ref).stat().st_size
+    loaded = store.get(ref)
+    if isinstance(value, np.ndarray):
+        np.testing.assert_array_equal(loaded, value)
+    else:
+        assert loaded == value and type(loaded) is type(value)
+
+
+def test_large_array_is_out_of_band_zero_copy_and_writable(store):
+    array = np.random.default_rng(0).standard_normal(1 << 20)  # 8 MiB
+    ref = store.put(array)
+    assert ref.type == "numpy.ndarray"
+    assert ref.size - array.nbytes < 1024  # buffer stored raw, next to a small pickle stream
+    loaded = store.get(ref.to_json())
+    np.testing.assert_array_equal(loaded, array)
+    loaded[0] = 42.0  # a writable view into the read buffer
+    assert loaded.base is not None
+
+
+def test_functions_fall_back_to_cloudpickle(store):
+    def local(x):
+        return x * 2
+
+    assert store.get(store.put(lambda x: x + 1))(1) == 2
+    assert store.get(store.put(local))(3) == 6
+    assert store.get(store.put(_local_function, by_value=True))(1) == 2
+
+
+def test_second_put_of_equal_content_writes_nothing(store, monkeypatch):
+    writes = []
+    original = FileBackend.write_frames
+
+    def spy(self, key, frames):
+        writes.append(key)
+        return original(self, key, frames)
+
+    monkeypatch.setattr(FileBackend, "write_frames", spy)
+    first = store.put({"a": np.arange(1000)})
+    second = store.put({"a": np.arange(1000)})
+    assert first == second
+    assert len(writes) == 1
+    assert len(list((store.backend.root / "data").rglob("*"))) == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "append"])
+def test_corruption_is_detected(store, damage):
+    ref = store.put(np.arange(1000))
+    path = _blob_path(store, ref)
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    elif damage == "truncate":
+        del data[-10:]
+    else:
+        data += b"x"
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=ref.sha256[:8]):
+        store.get(ref)
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/flowtask-pwned",))
+
+
+def test_references_outside_the_root_are_refused_before_unpickling(store, tmp_path):
+    evil = pickle.dumps(_Boom(), protocol=5)
+    other = open_store((tmp_path / "other").as_uri())
+    foreign = other.put("elsewhere")
+    sha = foreign.sha256
+    outside = tmp_path / "evil"
+    outside.write_bytes(evil)
+    candidates = [
+        foreign,  # another store's root
+        Reference(f"file://{outside}", sha, len(evil), "x", "pickle5"),
+        Reference(f"{store.root_uri}/data/../../evil", sha, 1, "x", "pickle5"),
+        Reference(f"{store.root_uri}/data/{sha[:2]}/{'0' * 64}", sha, 1, "x", "pickle5"),
+        Reference(f"s3://bucket/data/{sha[:2]}/{sha}", sha, 1, "x", "pickle5"),
+        Reference("file:///etc/passwd", sha, 1, "x", "pickle5"),
+    ]
+    for ref in candidates:
+        with pytest.raises(StoreError, match="refusing reference"):
+            store.get(ref)
+    assert not Path("/tmp/flowtask-pwned").exists()
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {},
+        {"uri": "x"},
+        {
+            "__flowtask_ref__": 1,
+            "uri": "u",
+            "sha256": "zz",
+            "size": 1,
+            "type": "t",
+            "encoding": "pickle5",
+        },
+        {
+            "__flowtask_ref__": 1,
+            "uri": "u",
+            "sha256": "a" * 64,
+            "size": -1,
+            "type": "t",
+            "encoding": "pickle5",
+        },
+        {
+            "__flowtask_ref__": 1,
+            "uri": "",
+            "sha256": "a" * 64,
+            "size": 1,
+            "type": "t",
+            "encoding": "pickle5",
+        },
+        "a string",
+        None,
+    ],
+)
+def test_malformed_references_are_refused(store, obj):
+    with pytest.raises(StoreError):
+        store.get(obj)
+
+
+def test_reference_json_round_trip(store):
+    ref = store.put([1, 2])
+    assert is_reference(ref) and is_reference(ref.to_json())
+    assert not is_reference({"uri": ref.uri})
+    assert Reference.from_json(ref.to_json()) == ref
+
+
+class _ExplodingFrames:
+    def __iter__(self):
+        yield memoryview(b"partial data")
+        raise OSError("disk unplugged mid-write")
+
+
+def test_interrupted_write_leaves_nothing_visible(tmp_path):
+    backend = FileBackend(tmp_path)
+    with pytest.raises(OSError, match="unplugged"):
+        backend.write_frames("data/ab/abc", _ExplodingFrames())
+    assert not backend.exists("data/ab/abc")
+    assert list((tmp_path / "data" / "ab").iterdir()) == []
+
+
+def test_interrupted_put_leaves_no_blob(store, monkeypatch):
+    def failing_replace(src, dst):
+        raise OSError("rename interrupted")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="rename interrupted"):
+        store.put(np.arange(100))
+    monkeypatch.undo()
+    data = store.backend.root / "data"  # type: ignore[attr-defined]
+    assert [p for p in data.rglob("*") if p.is_file()] == []
+    ref = store.put(np.arange(100))  # and a retry succeeds
+    np.testing.assert_array_equal(store.get(ref), np.arange(100))
+
+
+def test_manifests_round_trip_with_quoted_keys(store):
+    key = manifest_key("dag", "manual__2026-11-24T02:00:00+00:00", "group.task", 3, 2)
+    assert key == "runs/dag/manual__2026-11-24T02:00:00+00:00/group.task/3/2/result.json"
+    uri = store.write_manifest(key, {"status": "succeeded", "tags": ["a"]})
+    assert uri == f"{store.root_uri}/{key}"
+    assert store.read_manifest(key) == {"status": "succeeded", "tags": ["a"]}
+    store.write_manifest(run_manifest_key("dag", "r/1"), {"namespace": "n"})
+    assert list(store.list_manifests("runs/dag")) == [
+        "runs/dag/manual__2026-11-24T02:00:00+00:00/group.task/3/2/result.json",
+        "runs/dag/r%2F1/run.json",
+    ]
+
+
+@pytest.mark.parametrize("task_id", ["a/b", "..", "../x", "."])
+def test_manifest_key_components_cannot_escape(task_id):
+    key = manifest_key("d", "r", task_id, -1, 1)
+    parts = key.split("/")
+    assert len(parts) == 7 and ".." not in parts and "." not in parts
+
+
+@pytest.mark.parametrize("key", ["../x", "/abs", "a//b", "a/./b", "a\\b", ""])
+def test_invalid_keys_are_rejected(store, key):
+    with pytest.raises(StoreError, match="invalid store key"):
+        store.write_manifest(key, {})
+
+
+def test_open_store_forms(tmp_path):
+    assert open_store(str(tmp_path)).root_uri == tmp_path.resolve().as_uri()
+    assert open_store(tmp_path.as_uri() + "/").root_uri == tmp_path.resolve().as_uri()
+    for bad in ("s3://bucket/prefix", "relative/path", "http://host/x", "file://host/x"):
+        with pytest.raises(StoreError, match="unsupported location"):
+            open_store(bad)
