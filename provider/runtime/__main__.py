@@ -1,0 +1,34 @@
+"""``python -m provider.runtime run --store URI --payload REF --manifest KEY [--python X.Y]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from provider.runtime.run import PythonVersionMismatch, check_python, run_payload
+from provider.store import Reference, open_store
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m provider.runtime")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a stored payload and store its result")
+    run.add_argument("--store", required=True, help="artifact store root, e.g. file:///data")
+    run.add_argument("--payload", required=True, help="the payload's reference, as JSON")
+    run.add_argument("--manifest", required=True, help="store key of the result manifest")
+    run.add_argument("--python", default="", help="the worker's Python major.minor")
+    args = parser.parse_args(argv)
+
+    try:
+        check_python(args.python)
+    except PythonVersionMismatch as exc:
+        print(f"flowtask runtime: {exc}", file=sys.stderr)
+        return 2
+    store = open_store(args.store)
+    payload = Reference.from_json(json.loads(args.payload))
+    return run_payload(store, payload, args.manifest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

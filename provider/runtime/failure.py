@@ -1,0 +1,28 @@
+"""The value a caught task failure turns into."""
+
+from __future__ import annotations
+
+import traceback as tb
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A task's final failure, handed downstream instead of failing the run (``catch=``)."""
+
+    type: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> Failure:
+        kind = type(exc)
+        return cls(
+            type=f"{kind.__module__}.{kind.__qualname__}",
+            message=str(exc),
+            traceback="".join(tb.format_exception(exc)),
+        )
+
+    def __bool__(self) -> bool:
+        """A Failure is falsy, so ``if result:`` reads naturally downstream."""
+        return False

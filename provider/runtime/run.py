@@ -1,0 +1,108 @@
+"""Run a payload: fetch it, resolve its argument references, call it, store the result.
+
+Nothing here imports Airflow: this is what runs in a pod, a Batch container or a local
+subprocess, with only Python, cloudpickle and (for S3) boto3 in the image.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from provider.runtime.failure import Failure
+from provider.runtime.payload import Payload
+from provider.store import ArtifactStore, Reference, is_reference
+
+
+class PythonVersionMismatch(RuntimeError):
+    """The worker pickled the payload with a different Python than the one running it."""
+
+
+def check_python(expected: str) -> None:
+    """Fail before unpickling anything when major.minor differ from the worker's."""
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if expected and expected != running:
+        raise PythonVersionMismatch(
+            f"the task was packaged with Python {expected} on the Airflow worker, but this "
+            f"container runs Python {running}; use an image with Python {expected}"
+        )
+
+
+def resolve_references(value: Any, store: ArtifactStore) -> Any:
+    """Replace artifact references (also inside lists, tuples and dicts) by their values."""
+    if is_reference(value):
+        return store.get(value)
+    if isinstance(value, list):
+        return [resolve_references(item, store) for item in value]
+    if isinstance(value, tuple):
+        return tuple(resolve_references(item, store) for item in value)
+    if isinstance(value, dict):
+        return {key: resolve_references(item, store) for key, item in value.items()}
+    return value
+
+
+def store_result(result: Any, layout: str, store: ArtifactStore) -> Any:
+    """Store the result as the payload's layout asks; return the reference JSON to report."""
+    if layout == "items":
+        if not isinstance(result, (list, tuple)):
+            raise TypeError(
+                "a task whose downstream tasks are mapped over its result must return a list "
+                f"or tuple, got {type(result).__name__}"
+            )
+        return [store.put(item).to_json() for item in result]
+    if layout == "keys":
+        if not isinstance(result, Mapping) or not all(isinstance(k, str) for k in result):
+            raise TypeError(
+                "multiple_outputs=True needs a dict with string keys as the return value, "
+                f"got {type(result).__name__}"
+            )
+        return {key: store.put(item).to_json() for key, item in result.items()}
+    return store.put(result).to_json()
+
+
+def _peak_rss_mib() -> float:
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def run_payload(store: ArtifactStore, payload_ref: Reference, manifest_key: str) -> int:
+    """Run one payload end to end; always write the result manifest. Returns the exit code."""
+    started = time.time()
+    manifest: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "python": platform.python_version(),
+        "payload": payload_ref.to_json(),
+        "started_at": started,
+    }
+    try:
+        payload: Payload = store.get(payload_ref)
+        manifest.update(payload.identity)
+        args = resolve_references(payload.args, store)
+        kwargs = resolve_references(dict(payload.kwargs), store)
+        call_started = time.time()
+        result = payload.function(*args, **kwargs)
+        manifest["function_seconds"] = round(time.time() - call_started, 6)
+        manifest["result"] = store_result(result, payload.layout, store)
+        manifest["status"] = "succeeded"
+        code = 0
+    except Exception as exc:  # the runtime's whole job is to report any failure
+        traceback.print_exc()
+        failure = Failure.from_exception(exc)
+        manifest["status"] = "failed"
+        manifest["error"] = {"type": failure.type, "message": failure.message}
+        manifest["failure"] = store.put(failure).to_json()
+        code = 1
+    manifest["finished_at"] = time.time()
+    manifest["seconds"] = round(manifest["finished_at"] - started, 6)
+    manifest["peak_rss_mib"] = _peak_rss_mib()
+    store.write_manifest(manifest_key, manifest)
+    return code
