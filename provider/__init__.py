@@ -1,0 +1,41 @@
+"""flowtask: declare what an Airflow task needs and run it locally, on Kubernetes or AWS Batch.
+
+Importing ``provider`` is cheap: the specs load eagerly (pure Python), the Airflow-facing parts
+(``flow_task``, ``flow_params``) load on first access, and boto3 / kubernetes / the Airflow
+providers are never imported here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from provider.runtime.failure import Failure
+from provider.specs import Environment, Resources, Retry, SpecError, TaskSpec
+
+if TYPE_CHECKING:
+    from provider.decorators.flow_task import flow_task
+    from provider.decorators.params import flow_params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Environment",
+    "Failure",
+    "Resources",
+    "Retry",
+    "SpecError",
+    "TaskSpec",
+    "__version__",
+    "flow_params",
+    "flow_task",
+]
+
+_LAZY = {"flow_task": "provider.decorators", "flow_params": "provider.decorators"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'provider' has no attribute {name!r}")

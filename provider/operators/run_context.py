@@ -1,0 +1,65 @@
+"""What a flow task try needs to know about its run: identity, namespace, tags, compute."""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Mapping
+from typing import Any
+
+from provider.specs import COMPUTE_TARGETS
+
+
+class RunParamError(ValueError):
+    """A ``flow_*`` run param has a value the run cannot use."""
+
+
+def default_namespace(dag_id: str, run_type: str, triggering_user: str | None) -> str:
+    """Scheduled runs are ``production:<dag_id>``; everything else belongs to its user."""
+    if run_type == "scheduled":
+        return f"production:{dag_id}"
+    return f"user:{triggering_user or getpass.getuser()}"
+
+
+def run_tags(params: Mapping[str, Any]) -> list[str]:
+    tags = params.get("flow_tags") or []
+    if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) and t for t in tags):
+        raise RunParamError(
+            f"flow_tags={tags!r} is invalid. Accepted: a list of non-empty strings, "
+            'e.g. ["nightly", "exp-42"]'
+        )
+    return list(dict.fromkeys(tags))
+
+
+def resolve_compute(task_compute: str | None, params: Mapping[str, Any], default: str) -> str:
+    """The run param ``flow_compute`` beats the task's ``compute=``, which beats the default."""
+    override = params.get("flow_compute")
+    if override is not None and override not in COMPUTE_TARGETS:
+        raise RunParamError(
+            f"flow_compute={override!r} is invalid. Accepted: one of {COMPUTE_TARGETS} or null"
+        )
+    return override or task_compute or default
+
+
+def run_identity(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity written into every manifest of this task try."""
+    ti = context["ti"]
+    dag_run = context["dag_run"]
+    params = context.get("params") or {}
+    namespace = params.get("flow_namespace") or default_namespace(
+        ti.dag_id,
+        str(getattr(dag_run.run_type, "value", dag_run.run_type)),
+        getattr(dag_run, "triggering_user_name", None),
+    )
+    if not isinstance(namespace, str):
+        raise RunParamError(
+            f"flow_namespace={namespace!r} is invalid. Accepted: a string such as 'user:alice'"
+        )
+    return {
+        "dag_id": ti.dag_id,
+        "run_id": ti.run_id,
+        "task_id": ti.task_id,
+        "map_index": ti.map_index,
+        "try_number": ti.try_number,
+        "namespace": namespace,
+        "tags": run_tags(params),
+    }

@@ -1,0 +1,91 @@
+"""Shared fixtures: an Airflow home with a migrated SQLite DB, and `airflow dags test` runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "dags_examples"
+TEST_DAGS = Path(__file__).resolve().parent / "dags"
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+
+
+def airflow_env(home: Path, dags_folder: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags_folder),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__XCOM_BACKEND="provider.xcom.FlowXCom",
+        AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow SQLite DB migrated once per session; each test home gets a copy."""
+    home = tmp_path_factory.mktemp("airflow_template")
+    subprocess.run(
+        [AIRFLOW, "db", "migrate"],
+        env=airflow_env(home, EXAMPLES),
+        check=True,
+        capture_output=True,
+    )
+    return home / "airflow.db"
+
+
+@dataclass
+class DagRunResult:
+    returncode: int
+    output: str
+    home: Path
+
+    @property
+    def artifacts(self) -> Path:
+        return self.home / "flow_artifacts"
+
+    def manifests(self, dag_id: str) -> list[dict]:
+        """Every task-try manifest the run wrote, in path order."""
+        root = self.artifacts / "runs" / dag_id
+        return [
+            json.loads(p.read_text()) for p in sorted(root.rglob("*.json")) if p.name != "run.json"
+        ]
+
+
+DagsTest = Callable[..., DagRunResult]
+
+
+@pytest.fixture
+def dags_test(migrated_db: Path, tmp_path: Path) -> Iterator[DagsTest]:
+    """Run ``airflow dags test DAG_ID [-c CONF]`` in a fresh Airflow home."""
+
+    def run(
+        dag_id: str, conf: dict | None = None, dags_folder: Path = EXAMPLES, **env: str
+    ) -> DagRunResult:
+        home = tmp_path / "airflow_home"
+        home.mkdir(exist_ok=True)
+        shutil.copy(migrated_db, home / "airflow.db")
+        argv = [AIRFLOW, "dags", "test", dag_id]
+        if conf is not None:
+            argv += ["-c", json.dumps(conf)]
+        proc = subprocess.run(
+            argv,
+            env=airflow_env(home, dags_folder, **env),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        return DagRunResult(proc.returncode, proc.stdout + proc.stderr, home)
+
+    yield run

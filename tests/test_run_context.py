@@ -1,0 +1,65 @@
+"""Run identity, namespaces, tags and the compute override (pure functions)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from provider.operators.run_context import (
+    RunParamError,
+    default_namespace,
+    resolve_compute,
+    run_identity,
+    run_tags,
+)
+
+
+def test_default_namespace():
+    assert default_namespace("etl", "scheduled", None) == "production:etl"
+    assert default_namespace("etl", "manual", "alice") == "user:alice"
+    assert default_namespace("etl", "manual", None).startswith("user:")
+
+
+@pytest.mark.parametrize(
+    ("task", "params", "default", "expected"),
+    [
+        (None, {}, "local", "local"),
+        ("kubernetes", {}, "local", "kubernetes"),
+        ("kubernetes", {"flow_compute": None}, "local", "kubernetes"),
+        ("kubernetes", {"flow_compute": "local"}, "local", "local"),
+        (None, {"flow_compute": "batch"}, "local", "batch"),
+        (None, {}, "kubernetes", "kubernetes"),
+    ],
+)
+def test_resolve_compute_precedence(task, params, default, expected):
+    assert resolve_compute(task, params, default) == expected
+
+
+def test_resolve_compute_rejects_unknown_override():
+    with pytest.raises(RunParamError, match="flow_compute='gpu'"):
+        resolve_compute(None, {"flow_compute": "gpu"}, "local")
+
+
+def test_run_tags():
+    assert run_tags({"flow_tags": ["a", "b", "a"]}) == ["a", "b"]
+    assert run_tags({}) == []
+    with pytest.raises(RunParamError, match="flow_tags"):
+        run_tags({"flow_tags": "a"})
+
+
+def test_run_identity_from_context():
+    ti = SimpleNamespace(dag_id="d", run_id="manual__1", task_id="t", map_index=-1, try_number=2)
+    dag_run = SimpleNamespace(run_type="manual", triggering_user_name="bob")
+    ident = run_identity({"ti": ti, "dag_run": dag_run, "params": {"flow_tags": ["x"]}})
+    assert ident == {
+        "dag_id": "d",
+        "run_id": "manual__1",
+        "task_id": "t",
+        "map_index": -1,
+        "try_number": 2,
+        "namespace": "user:bob",
+        "tags": ["x"],
+    }
+    ident = run_identity({"ti": ti, "dag_run": dag_run, "params": {"flow_namespace": "team:ml"}})
+    assert ident["namespace"] == "team:ml"

@@ -1,0 +1,65 @@
+"""`FlowXCom` in process: what goes into the XCom row and what comes back out."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from provider.store import is_reference, open_store
+from provider.xcom import FlowXCom
+from provider.xcom.references import references_kept
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = (tmp_path / "artifacts").as_uri()
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE", uri)
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__XCOM_INLINE_MAX_BYTES", "64")
+    return open_store(uri)
+
+
+def _row(value):
+    return SimpleNamespace(value=FlowXCom.serialize_value(value, key="return_value"))
+
+
+def test_small_json_stays_inline(store):
+    row = _row({"a": 1})
+    assert row.value == {"a": 1}
+    assert FlowXCom.deserialize_value(row) == {"a": 1}
+
+
+def test_large_and_non_json_values_go_to_the_store(store):
+    array = np.arange(10_000)
+    row = _row(array)
+    assert is_reference(row.value)
+    np.testing.assert_array_equal(store.get(row.value), array)
+    np.testing.assert_array_equal(FlowXCom.deserialize_value(row), array)
+    big = _row(list(range(1000)))
+    assert is_reference(big.value)
+    assert FlowXCom.deserialize_value(big) == list(range(1000))
+
+
+def test_a_reference_is_not_stored_again(store):
+    ref = store.put(np.ones(5)).to_json()
+    assert _row(ref).value == ref
+    assert _row([ref, ref]).value == [ref, ref]
+    assert _row({"x": ref}).value == {"x": ref}
+
+
+def test_references_kept_for_flow_task_readers(store):
+    ref = store.put("payload").to_json()
+    row = _row(ref)
+    with references_kept():
+        assert FlowXCom.deserialize_value(row) == ref
+    assert FlowXCom.deserialize_value(row) == "payload"
+    rows = _row([ref, ref])
+    assert FlowXCom.deserialize_value(rows) == ["payload", "payload"]
+
+
+def test_zero_inline_limit_stores_everything(store, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__XCOM_INLINE_MAX_BYTES", "0")
+    row = _row(1)
+    assert is_reference(row.value)
+    assert FlowXCom.deserialize_value(row) == 1
