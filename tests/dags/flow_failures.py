@@ -1,0 +1,40 @@
+"""Failure paths: a flaky task that a retry heals, and a failing task whose failure is caught."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from airflow.sdk import dag, task
+
+from provider import Failure, Retry, flow_task
+
+
+@dag(schedule=None, catchup=False)
+def flow_failures():
+    @flow_task(retry=Retry(times=2, delay="1s"))
+    def flaky() -> str:
+        marker = Path(os.environ["FLOW_TEST_MARKER"])
+        if not marker.exists():
+            marker.write_text("failed once")
+            raise ConnectionError("transient failure, first try")
+        return "healed"
+
+    @flow_task(retry=Retry(times=1, delay="1s"), catch="error")
+    def broken(x: str) -> str:
+        raise ValueError(f"cannot handle {x}")
+
+    @flow_task
+    def handle(outcome) -> str:
+        assert isinstance(outcome, Failure), outcome
+        return f"caught {outcome.type}: {outcome.message}"
+
+    @task
+    def check(message: str) -> str:
+        assert message == "caught builtins.ValueError: cannot handle healed", message
+        return message
+
+    check(handle(broken(flaky())))
+
+
+flow_failures()

@@ -1,0 +1,119 @@
+"""Every example DAG, and the failure paths, through real `airflow dags test` runs on SQLite."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import pytest
+from conftest import TEST_DAGS, DagsTest
+
+from provider.store import is_reference, open_store
+
+pytestmark = pytest.mark.dags_test
+
+
+def _xcom_rows(home, dag_id: str) -> dict[str, object]:
+    with sqlite3.connect(home / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT task_id, map_index, value FROM xcom WHERE dag_id = ? AND key = 'return_value'",
+            (dag_id,),
+        ).fetchall()
+    return {f"{task}[{index}]": json.loads(value) for task, index, value in rows}
+
+
+def _by_task(manifests: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for manifest in manifests:
+        out.setdefault(manifest["task_id"], []).append(manifest)
+    return out
+
+
+def test_example_flow_mixed(dags_test: DagsTest):
+    run = dags_test("flow_mixed")
+    assert run.returncode == 0, run.output[-5000:]
+    store = open_store(run.artifacts.as_uri())
+    tasks = _by_task(run.manifests("flow_mixed"))
+    assert set(tasks) == {"simulate", "column_means"}
+    assert all(
+        m["status"] == "succeeded" and m["namespace"] == "examples" for m in tasks["simulate"]
+    )
+    means = store.get(tasks["column_means"][0]["result"])
+    assert means.shape == (500,)
+
+    rows = _xcom_rows(run.home, "flow_mixed")
+    # The 8 MB matrix and the means are references; small JSON of plain tasks stays inline.
+    assert is_reference(rows["simulate[-1]"]) and rows["simulate[-1]"]["size"] > 8_000_000
+    assert is_reference(rows["column_means[-1]"])
+    assert rows["settings[-1]"] == {"rows": 2000, "cols": 500, "seed": 7}
+    report = rows["report[-1]"]
+    assert report["columns"] == 500 and report["cells"] == 1_000_000
+    assert 0 < report["max_abs_mean"] < 1
+    assert "flow task finished in" in run.output  # runtime output streamed into the task log
+
+
+def test_example_flow_fanout_with_tags_and_namespace(dags_test: DagsTest):
+    run = dags_test("flow_fanout", conf={"flow_tags": ["demo", "ci"], "flow_namespace": "team:ml"})
+    assert run.returncode == 0, run.output[-5000:]
+    store = open_store(run.artifacts.as_uri())
+    tasks = _by_task(run.manifests("flow_fanout"))
+    assert len(tasks["score"]) == 4
+    assert sorted(m["map_index"] for m in tasks["score"]) == [0, 1, 2, 3]
+    assert all(
+        m["tags"] == ["demo", "ci"] and m["namespace"] == "team:ml"
+        for ms in tasks.values()
+        for m in ms
+    )
+
+    def polynomial(x: float) -> float:
+        return 3 * x * x + 2 * x + 1
+
+    expected = sum(polynomial(x / 10) for x in range(1000)) * 2
+    # `-> dict[str, float]` makes TaskFlow infer multiple_outputs: one artifact per key.
+    refs = tasks["total"][0]["result"]
+    assert set(refs) == {"shards", "total"}
+    assert store.get(refs["shards"]) == 4
+    assert store.get(refs["total"]) == pytest.approx(expected)
+    rows = _xcom_rows(run.home, "flow_fanout")
+    assert rows["list_shards[-1]"] == tasks["list_shards"][0]["result"]  # one ref per shard
+    assert len(rows["list_shards[-1]"]) == 4
+    run_json = next((run.artifacts / "runs" / "flow_fanout").rglob("run.json"))
+    assert json.loads(run_json.read_text())["tags"] == ["demo", "ci"]
+
+
+def test_retry_heals_a_flaky_task_and_catch_hands_on_a_failure(dags_test: DagsTest, tmp_path):
+    marker = tmp_path / "marker"
+    run = dags_test("flow_failures", dags_folder=TEST_DAGS, FLOW_TEST_MARKER=str(marker))
+    assert run.returncode == 0, run.output[-5000:]
+    tasks = _by_task(run.manifests("flow_failures"))
+    assert [m["status"] for m in tasks["flaky"]] == ["failed", "succeeded"]
+    assert tasks["flaky"][0]["error"]["type"] == "builtins.ConnectionError"
+    assert [m["status"] for m in tasks["broken"]] == ["failed", "failed"]
+    assert [m["try_number"] for m in tasks["broken"]] == [1, 2]
+    rows = _xcom_rows(run.home, "flow_failures")
+    assert rows["check[-1]"] == "caught builtins.ValueError: cannot handle healed"
+
+
+def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: DagsTest):
+    started = time.monotonic()
+    run = dags_test("flow_fatal", dags_folder=TEST_DAGS)
+    elapsed = time.monotonic() - started
+    assert run.returncode != 0
+    assert "RuntimeError: boom: the data is wrong" in run.output
+    assert "flow task explode failed" in run.output
+    assert "Timeout" in run.output
+    assert elapsed < 100, f"the 120 s sleep was not stopped by timeout='3s' ({elapsed:.0f}s)"
+    tasks = _by_task(run.manifests("flow_fatal"))
+    assert "sleepy" not in tasks  # killed before it could report
+
+
+def test_kubernetes_task_runs_locally_with_the_flow_compute_param(dags_test: DagsTest):
+    run = dags_test("flow_targets", dags_folder=TEST_DAGS)
+    assert run.returncode != 0
+    assert "compute='kubernetes' is not available" in run.output
+
+    run = dags_test("flow_targets", conf={"flow_compute": "local"}, dags_folder=TEST_DAGS)
+    assert run.returncode == 0, run.output[-5000:]
+    (manifest,) = run.manifests("flow_targets")
+    assert manifest["status"] == "succeeded" and manifest["tags"] == ["k8s"]
