@@ -126,3 +126,18 @@ def test_reference_outside_the_store_is_refused(store, tmp_path):
     proc = _run(store, Payload(add_rows, (foreign, 1), identity=IDENTITY))
     assert proc.returncode == 1
     assert store.read_manifest(KEY)["status"] == "failed"
+
+
+def allocate(mib):
+    block = bytearray(mib * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    return len(block)
+
+
+def test_peak_rss_is_the_runtimes_own(store):
+    proc = _run(store, Payload(allocate, (200,), identity=IDENTITY))
+    assert proc.returncode == 0, proc.stderr
+    peak = store.read_manifest(KEY)["peak_rss_mib"]
+    assert 200 < peak < 400, peak
+    proc = _run(store, Payload(allocate, (1,), identity=IDENTITY))
+    assert store.read_manifest(KEY)["peak_rss_mib"] < 150

@@ -68,8 +68,19 @@ def store_result(result: Any, layout: str, store: ArtifactStore) -> Any:
 
 
 def _peak_rss_mib() -> float:
-    # ru_maxrss is KiB on Linux, bytes on macOS.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak resident memory of this process since it started running this program.
+
+    Linux's VmHWM belongs to the address space and so starts afresh at exec; ru_maxrss survives
+    exec and would report the forking Airflow worker's peak instead.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
