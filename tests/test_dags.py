@@ -82,6 +82,16 @@ def test_example_flow_fanout_with_tags_and_namespace(dags_test: DagsTest):
     assert json.loads(run_json.read_text())["tags"] == ["demo", "ci"]
 
 
+def test_flow_tasks_pass_references_with_the_default_xcom_backend(dags_test: DagsTest):
+    run = dags_test(
+        "flow_fanout", AIRFLOW__CORE__XCOM_BACKEND="airflow.sdk.execution_time.xcom.BaseXCom"
+    )
+    assert run.returncode == 0, run.output[-5000:]
+    rows = _xcom_rows(run.home, "flow_fanout")
+    assert all(is_reference(rows[f"score[{i}]"]) for i in range(4))
+    assert len(_by_task(run.manifests("flow_fanout"))["score"]) == 4
+
+
 def test_retry_heals_a_flaky_task_and_catch_hands_on_a_failure(dags_test: DagsTest, tmp_path):
     marker = tmp_path / "marker"
     run = dags_test("flow_failures", dags_folder=TEST_DAGS, FLOW_TEST_MARKER=str(marker))

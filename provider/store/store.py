@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -71,8 +72,6 @@ class ArtifactStore:
 
     @staticmethod
     def _verify(ref: Reference, blob: bytearray) -> None:
-        import hashlib
-
         if len(blob) != ref.size:
             raise IntegrityError(f"{ref.uri}: expected {ref.size} bytes, found {len(blob)}")
         actual = hashlib.sha256(blob).hexdigest()
