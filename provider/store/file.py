@@ -21,11 +21,15 @@ class FileBackend:
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
 
+    def stat(self, key: str) -> int | None:
+        """Size of the file, or None when there is none."""
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
-
-    def size(self, key: str) -> int:
-        return self._path(key).stat().st_size
 
     def write_frames(self, key: str, frames: Iterable[memoryview | bytes]) -> None:
         """Write atomically: readers see the whole file or nothing, even if this is interrupted."""
@@ -46,7 +50,7 @@ class FileBackend:
     def write_bytes(self, key: str, data: bytes) -> None:
         self.write_frames(key, (data,))
 
-    def read_into(self, key: str) -> bytearray:
+    def read_into(self, key: str, size: int | None = None) -> bytearray:
         """The whole file in one buffer, read without intermediate copies."""
         path = self._path(key)
         with open(path, "rb", buffering=0) as src:

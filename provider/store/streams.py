@@ -1,0 +1,94 @@
+"""File-like adapters that let boto3's transfer manager read and write our buffers in place."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+
+class FramesReader(io.RawIOBase):
+    """A seekable read-only stream over a sequence of buffers, without joining them."""
+
+    def __init__(self, frames: Sequence[memoryview | bytes]) -> None:
+        super().__init__()
+        self._frames = [memoryview(f).cast("B") for f in frames]
+        self._starts = []
+        total = 0
+        for frame in self._frames:
+            self._starts.append(total)
+            total += frame.nbytes
+        self._size = total
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        out = memoryview(buffer).cast("B")
+        written = 0
+        index = self._frame_at(self._pos)
+        while written < len(out) and index < len(self._frames):
+            frame = self._frames[index]
+            start = self._pos - self._starts[index]
+            n = min(frame.nbytes - start, len(out) - written)
+            out[written : written + n] = frame[start : start + n]
+            written += n
+            self._pos += n
+            index += 1
+        return written
+
+    def _frame_at(self, pos: int) -> int:
+        for index in range(len(self._frames) - 1, -1, -1):
+            if self._starts[index] <= pos:
+                return index if pos < self._size else len(self._frames)
+        return len(self._frames)
+
+
+class BufferSink(io.RawIOBase):
+    """A seekable write-only stream into a preallocated bytearray.
+
+    boto3's transfer manager downloads ranges in parallel and writes each at its offset, so
+    the blob lands in one buffer without a temporary file or a final join.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.buffer = bytearray(size)
+        self._view = memoryview(self.buffer)
+        self._pos = 0
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self.buffer)}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        n = len(data)
+        end = self._pos + n
+        if end > len(self.buffer):
+            raise OSError(f"download overran the expected size {len(self.buffer)} (to {end})")
+        self._view[self._pos : end] = data
+        self._pos = end
+        self.written += n
+        return n
