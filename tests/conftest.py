@@ -10,9 +10,12 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from s3_servers import MotoServer
 
+BUCKET = "flow-artifacts"
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "dags_examples"
 TEST_DAGS = Path(__file__).resolve().parent / "dags"
@@ -30,6 +33,40 @@ def airflow_env(home: Path, dags_folder: Path, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def s3_client(endpoint: str) -> Any:
+    """A boto3 S3 client for the moto server (or the fault proxy in front of it)."""
+    import boto3
+    from botocore.config import Config
+
+    from provider.store.s3 import botocore_config
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=botocore_config().merge(Config(s3={"addressing_style": "path"})),
+    )
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    """moto's S3 server on 127.0.0.1 in its own process, with the artifacts bucket made."""
+    server = MotoServer()
+    s3_client(server.endpoint).create_bucket(Bucket=BUCKET)
+    yield server
+    server.stop()
+
+
+def aws_connection(endpoint: str) -> str:
+    """An Airflow AWS connection (as AIRFLOW_CONN_* JSON) pointing at ``endpoint``."""
+    extra = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+    return json.dumps(
+        {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}
+    )
 
 
 @pytest.fixture(scope="session")
