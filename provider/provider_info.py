@@ -30,10 +30,18 @@ def get_provider_info() -> dict[str, Any]:
                 "description": "flowtask: where artifacts live and where flow tasks run.",
                 "options": {
                     "artifact_store": _option(
-                        "Root of the artifact store. Empty means "
-                        "file://$AIRFLOW_HOME/flow_artifacts.\n",
+                        "Root of the artifact store: file:///path or s3://bucket/prefix. Empty "
+                        "means file://$AIRFLOW_HOME/flow_artifacts.\n",
                         "",
                         "file:///data/flow_artifacts",
+                    ),
+                    "aws_conn_id": _option(
+                        "Airflow AWS connection whose credentials and endpoint the worker uses "
+                        "for an s3:// artifact store. Where the runtime runs (pods, Batch, "
+                        "local subprocesses) it uses the ordinary AWS credential chain; local "
+                        "subprocesses get this connection's credentials and endpoint.\n",
+                        "aws_default",
+                        "aws_artifacts",
                     ),
                     "default_compute": _option(
                         "Compute target of flow tasks that set none: local, kubernetes or batch. "

@@ -7,7 +7,7 @@ import sqlite3
 import time
 
 import pytest
-from conftest import TEST_DAGS, DagsTest
+from conftest import BUCKET, TEST_DAGS, DagsTest, aws_connection, s3_client
 
 from provider.store import is_reference, open_store
 
@@ -127,3 +127,24 @@ def test_kubernetes_task_runs_locally_with_the_flow_compute_param(dags_test: Dag
     assert run.returncode == 0, run.output[-5000:]
     (manifest,) = run.manifests("flow_targets")
     assert manifest["status"] == "succeeded" and manifest["tags"] == ["k8s"]
+
+
+def test_example_flow_mixed_on_s3_with_credentials_from_the_airflow_connection(
+    dags_test: DagsTest, moto
+):
+    root = f"s3://{BUCKET}/e2e-mixed"
+    run = dags_test(
+        "flow_mixed",
+        AIRFLOW__FLOW_TASK__ARTIFACT_STORE=root,
+        AIRFLOW_CONN_AWS_DEFAULT=aws_connection(moto.endpoint),
+    )
+    assert run.returncode == 0, run.output[-5000:]
+    assert not run.artifacts.exists()  # nothing went to the local folder
+    rows = _xcom_rows(run.home, "flow_mixed")
+    assert rows["simulate[-1]"]["uri"].startswith(f"{root}/data/")
+    store = open_store(root, s3_client=s3_client(moto.endpoint))
+    keys = list(store.list_manifests("runs/flow_mixed"))
+    results = [store.read_manifest(k) for k in keys if k.endswith("/result.json")]
+    assert {m["task_id"] for m in results} == {"simulate", "column_means"}
+    assert all(m["status"] == "succeeded" for m in results)
+    assert store.get(rows["column_means[-1]"]).shape == (500,)

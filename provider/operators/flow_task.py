@@ -88,13 +88,13 @@ class FlowTaskOperator(DecoratedOperator):
         from provider.operators.by_value import pickled_by_value
         from provider.operators.run_context import resolve_compute, run_identity
         from provider.runtime import Payload
-        from provider.store import manifest_key, open_store, run_manifest_key
+        from provider.store import manifest_key, run_manifest_key
 
         identity = run_identity(context)
         compute = resolve_compute(
             self.flow_spec.compute, context.get("params") or {}, config.default_compute()
         )
-        store = open_store(config.artifact_store_uri())
+        store = config.open_artifact_store()
         store.write_manifest(
             run_manifest_key(identity["dag_id"], identity["run_id"]),
             {k: identity[k] for k in ("dag_id", "run_id", "namespace", "tags")},
@@ -145,7 +145,14 @@ class FlowTaskOperator(DecoratedOperator):
         return "value"
 
     def _child_env(self) -> dict[str, str]:
-        env = {**os.environ, **self.flow_spec.environment.env_dict, "PYTHONUNBUFFERED": "1"}
+        from provider import config
+
+        env = {
+            **os.environ,
+            **config.runtime_aws_env(),
+            **self.flow_spec.environment.env_dict,
+            "PYTHONUNBUFFERED": "1",
+        }
         if self.flow_spec.environment.secrets:
             self.log.info(
                 "secrets %s: local compute reads secret values from the local environment",

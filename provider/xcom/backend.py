@@ -9,16 +9,11 @@ from airflow.sdk.bases.xcom import BaseXCom
 
 from provider import config
 from provider.store import ArtifactStore
-from provider.xcom.references import (
-    cached_store,
-    holds_references,
-    keeping_references,
-    load_references,
-)
+from provider.xcom.references import holds_references, keeping_references, load_references
 
 
 def _store() -> ArtifactStore:
-    return cached_store(config.artifact_store_uri())
+    return config.open_artifact_store()
 
 
 class FlowXCom(BaseXCom):

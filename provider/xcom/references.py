@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from functools import lru_cache
 from typing import Any
 
-from provider.store import ArtifactStore, is_reference, open_store
+from provider.store import ArtifactStore, is_reference
 
 _keep_references: ContextVar[bool] = ContextVar("flowtask_keep_references", default=False)
 
@@ -49,8 +48,3 @@ def load_references(value: Any, store: ArtifactStore) -> Any:
     if isinstance(value, list):
         return [store.get(item) for item in value]
     return {key: store.get(item) for key, item in value.items()}
-
-
-@lru_cache(maxsize=4)
-def cached_store(uri: str) -> ArtifactStore:
-    return open_store(uri)
