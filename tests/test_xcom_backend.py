@@ -41,6 +41,15 @@ def test_large_and_non_json_values_go_to_the_store(store):
     assert FlowXCom.deserialize_value(big) == list(range(1000))
 
 
+@pytest.mark.parametrize(
+    "value", [(1, 2), {1: "int key"}, {"a": {1, 2}}, b"bytes", "x" * 100, list(range(40))]
+)
+def test_only_small_plain_json_stays_inline(store, value):
+    row = _row(value)
+    assert is_reference(row.value)
+    assert FlowXCom.deserialize_value(row) == value
+
+
 def test_a_reference_is_not_stored_again(store):
     ref = store.put(np.ones(5)).to_json()
     assert _row(ref).value == ref
