@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from provider.store.keys import check_key
 
 _TMP_MARK = ".tmp-"
+READ_CHUNK = 8 * 1024 * 1024
 
 
 class FileBackend:
     """Blobs and manifests as files under ``root``."""
+
+    reads_in_order = True
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -50,8 +53,17 @@ class FileBackend:
     def write_bytes(self, key: str, data: bytes) -> None:
         self.write_frames(key, (data,))
 
-    def read_into(self, key: str, size: int | None = None) -> bytearray:
-        """The whole file in one buffer, read without intermediate copies."""
+    def read_into(
+        self,
+        key: str,
+        size: int | None = None,
+        on_chunk: Callable[[memoryview], None] | None = None,
+    ) -> bytearray:
+        """The whole file in one buffer, read without intermediate copies.
+
+        ``on_chunk`` sees each chunk as soon as it is read, in order (the store hashes them
+        while the next chunk is read).
+        """
         path = self._path(key)
         with open(path, "rb", buffering=0) as src:
             size = os.fstat(src.fileno()).st_size
@@ -59,9 +71,11 @@ class FileBackend:
             view = memoryview(data)
             filled = 0
             while filled < size:
-                n = src.readinto(view[filled:])
+                n = src.readinto(view[filled : filled + READ_CHUNK])
                 if not n:
                     break
+                if on_chunk is not None:
+                    on_chunk(view[filled : filled + n])
                 filled += n
         return data if filled == size else data[:filled]
 

@@ -62,6 +62,8 @@ def _is_missing(error: Exception) -> bool:
 class S3Backend:
     """Blobs and manifests as objects under ``s3://bucket/prefix/``."""
 
+    reads_in_order = False  # ranges arrive in parallel, out of order
+
     def __init__(self, bucket: str, prefix: str, client: Any) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")

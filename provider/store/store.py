@@ -15,9 +15,17 @@ from provider.store.file import FileBackend
 from provider.store.keys import blob_key
 from provider.store.reference import Reference
 
+PIPELINE_MIN_BYTES = 16 * 1024 * 1024
+
 
 class Backend(Protocol):
-    """What the store needs from a place to keep bytes."""
+    """What the store needs from a place to keep bytes.
+
+    A backend whose ``reads_in_order`` is true accepts ``on_chunk`` in ``read_into`` and calls
+    it with each chunk in order, so the store can hash while the rest is read.
+    """
+
+    reads_in_order: bool
 
     def stat(self, key: str) -> int | None: ...
     def write_frames(self, key: str, frames: Any) -> None: ...
@@ -71,15 +79,23 @@ class ArtifactStore:
             )
         if ref.encoding != codec.ENCODING:
             raise StoreError(f"unknown encoding {ref.encoding!r} of {ref.uri}")
-        blob = self.backend.read_into(blob_key(ref.sha256), ref.size)
-        self._verify(ref, blob)
+        key = blob_key(ref.sha256)
+        if self.backend.reads_in_order and ref.size >= PIPELINE_MIN_BYTES:
+            hasher = _BackgroundSha256()
+            try:
+                blob = self.backend.read_into(key, ref.size, on_chunk=hasher.update)
+            finally:
+                actual = hasher.hexdigest()
+        else:
+            blob = self.backend.read_into(key, ref.size)
+            actual = hashlib.sha256(blob).hexdigest()
+        self._verify(ref, len(blob), actual)
         return codec.decode(blob)
 
     @staticmethod
-    def _verify(ref: Reference, blob: bytearray) -> None:
-        if len(blob) != ref.size:
-            raise IntegrityError(f"{ref.uri}: expected {ref.size} bytes, found {len(blob)}")
-        actual = hashlib.sha256(blob).hexdigest()
+    def _verify(ref: Reference, size: int, actual: str) -> None:
+        if size != ref.size:
+            raise IntegrityError(f"{ref.uri}: expected {ref.size} bytes, found {size}")
         if actual != ref.sha256:
             raise IntegrityError(f"{ref.uri}: expected sha256 {ref.sha256}, found {actual}")
 
@@ -94,6 +110,26 @@ class ArtifactStore:
 
     def list_manifests(self, prefix: str) -> Iterator[str]:
         return (key for key in self.backend.list(prefix) if key.endswith(".json"))
+
+
+class _BackgroundSha256:
+    """SHA-256 of chunks handed over in order, computed on one worker thread.
+
+    hashlib releases the GIL on large updates, so hashing overlaps with reading the next chunk.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._digest = hashlib.sha256()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowtask-sha256")
+
+    def update(self, chunk: memoryview) -> None:
+        self._worker.submit(self._digest.update, chunk)
+
+    def hexdigest(self) -> str:
+        self._worker.shutdown(wait=True)
+        return self._digest.hexdigest()
 
 
 def open_store(uri: str, *, s3_client: Any = None) -> ArtifactStore:
