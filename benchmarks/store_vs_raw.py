@@ -51,7 +51,7 @@ def interleaved_medians(steps: tuple[Callable[[int], None], ...], repeat: int) -
     """Run the steps in turn, each after an untimed os.sync(); median seconds of each."""
     samples: list[list[float]] = [[] for _ in steps]
     for i in range(repeat):
-        for step, out in zip(steps, samples):
+        for step, out in zip(steps, samples, strict=True):
             os.sync()
             started = time.perf_counter()
             step(i)

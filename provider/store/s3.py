@@ -10,7 +10,7 @@ timeouts with backoff; the transfer manager also retries interrupted download st
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from provider.store.errors import StoreError
@@ -97,7 +97,14 @@ class S3Backend:
     def write_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
-    def read_into(self, key: str, size: int | None = None) -> bytearray:
+    def read_into(
+        self,
+        key: str,
+        size: int | None = None,
+        on_chunk: Callable[[memoryview], None] | None = None,
+    ) -> bytearray:
+        if on_chunk is not None:
+            raise ValueError("S3 downloads ranges in parallel; chunks do not arrive in order")
         if size is None:
             size = self.stat(key)
             if size is None:
