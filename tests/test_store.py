@@ -91,9 +91,9 @@ def test_second_put_of_equal_content_writes_nothing(store, monkeypatch):
     writes = []
     original = FileBackend.write_frames
 
-    def spy(self, key, frames):
+    def spy(self, key, frames, **options):
         writes.append(key)
-        return original(self, key, frames)
+        return original(self, key, frames, **options)
 
     monkeypatch.setattr(FileBackend, "write_frames", spy)
     first = store.put({"a": np.arange(1000)})
@@ -250,3 +250,17 @@ def test_open_store_forms(tmp_path):
     for bad in ("s3://", "relative/path", "http://host/x", "file://host/x"):
         with pytest.raises(StoreError, match="unsupported location"):
             open_store(bad)
+
+
+def test_large_transfers_log_bytes_and_rate(store, caplog):
+    caplog.set_level("INFO", logger="provider.store")
+    small = store.put(np.zeros(1000))
+    store.get(small)
+    assert caplog.records == []
+    big = store.put(np.ones(9 * 1024 * 1024))  # 72 MiB
+    store.get(big)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(
+        line.startswith(f"stored {big.uri}: 72.0 MiB in ") and "MiB/s" in line for line in lines
+    ), lines
+    assert any(line.startswith(f"loaded {big.uri}: 72.0 MiB in ") for line in lines), lines

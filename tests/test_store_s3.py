@@ -102,7 +102,15 @@ def test_interrupted_multipart_upload_leaves_nothing(store, monkeypatch):
     assert client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
 
 
-def test_thousand_round_trips_with_ten_percent_faults_lose_nothing(moto):
+def test_thousand_round_trips_with_ten_percent_faults_lose_nothing(moto, monkeypatch):
+    # botocore decides what to retry and how often; only its jittered sleeps are shortened
+    # (1/20), so ~300 injected faults do not cost minutes of waiting.
+    from botocore.retries import standard
+
+    delay = standard.ExponentialBackoff.delay_amount
+    monkeypatch.setattr(
+        standard.ExponentialBackoff, "delay_amount", lambda self, context: delay(self, context) / 20
+    )
     proxy = FaultProxy(moto.port, failure_rate=0.10, seed=7)
     try:
         store = open_store(f"s3://{BUCKET}/faults", s3_client=s3_client(proxy.endpoint))
@@ -125,3 +133,15 @@ def test_thousand_round_trips_with_ten_percent_faults_lose_nothing(moto):
         assert hashlib.sha256(clean.get(ref)).hexdigest() == digest
     uploads = clean.backend.client.list_multipart_uploads(Bucket=BUCKET)  # type: ignore[attr-defined]
     assert uploads.get("Uploads", []) == []
+
+
+def test_large_s3_transfers_log_progress(store, caplog, monkeypatch):
+    from provider.store import progress
+
+    monkeypatch.setattr(progress.Progress.__init__, "__defaults__", (0.0,))  # log every call
+    caplog.set_level("INFO", logger="provider.store")
+    ref = store.put(np.ones(9 * 1024 * 1024))  # 72 MiB: five 16 MiB parts
+    store.get(ref)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("%) at " in line and line.startswith(f"stored {ref.uri}") for line in lines)
+    assert any(line.startswith(f"loaded {ref.uri}: 72.0 MiB in ") for line in lines)

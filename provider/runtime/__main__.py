@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from provider.runtime.run import PythonVersionMismatch, check_python, run_payload
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--manifest", required=True, help="store key of the result manifest")
     run.add_argument("--python", default="", help="the worker's Python major.minor")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
 
     try:
         check_python(args.python)

@@ -9,3 +9,7 @@ class StoreError(Exception):
 
 class IntegrityError(StoreError):
     """Stored bytes do not match their reference: size or SHA-256 differ."""
+
+
+class MissingArtifact(StoreError):
+    """The referenced blob or manifest is not in the store (never written, or collected)."""

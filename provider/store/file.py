@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from provider.store.errors import MissingArtifact
 from provider.store.keys import check_key
 
 _TMP_MARK = ".tmp-"
@@ -34,7 +35,12 @@ class FileBackend:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def write_frames(self, key: str, frames: Iterable[memoryview | bytes]) -> None:
+    def write_frames(
+        self,
+        key: str,
+        frames: Iterable[memoryview | bytes],
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         """Write atomically: readers see the whole file or nothing, even if this is interrupted."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +49,8 @@ class FileBackend:
             with open(tmp, "wb") as out:
                 for frame in frames:
                     out.write(frame)
+                    if progress is not None:
+                        progress(len(memoryview(frame).cast("B")))
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
@@ -58,6 +66,7 @@ class FileBackend:
         key: str,
         size: int | None = None,
         on_chunk: Callable[[memoryview], None] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> bytearray:
         """The whole file in one buffer, read without intermediate copies.
 
@@ -65,7 +74,11 @@ class FileBackend:
         while the next chunk is read).
         """
         path = self._path(key)
-        with open(path, "rb", buffering=0) as src:
+        try:
+            src = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            raise MissingArtifact(f"no file {path}") from None
+        with src:
             size = os.fstat(src.fileno()).st_size
             data = bytearray(size)
             view = memoryview(data)
@@ -76,11 +89,22 @@ class FileBackend:
                     break
                 if on_chunk is not None:
                     on_chunk(view[filled : filled + n])
+                if progress is not None:
+                    progress(n)
                 filled += n
         return data if filled == size else data[:filled]
 
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        """(key, size, modification time) of every object under ``prefix``."""
+        for key in self.list(prefix):
+            info = self._path(key).stat()
+            yield key, info.st_size, info.st_mtime
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def list(self, prefix: str) -> Iterator[str]:
         """Keys under ``prefix`` (a folder key), in sorted order; temp files are skipped."""

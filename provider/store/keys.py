@@ -36,3 +36,9 @@ def manifest_key(
     """``runs/<dag>/<run>/<task>/<map_index>/<try>/<name>.json``: one task try's manifest."""
     parts = (dag_id, run_id, task_id, map_index, try_number)
     return "runs/" + "/".join(_part(p) for p in parts) + f"/{_part(name)}.json"
+
+
+def xcom_manifest_key(dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> str:
+    """``runs/<dag>/<run>/<task>/<map_index>/xcom/<key>.json``: a value FlowXCom stored."""
+    parts = (dag_id, run_id, task_id, map_index)
+    return "runs/" + "/".join(_part(p) for p in parts) + f"/xcom/{_part(key)}.json"

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from provider.store.errors import StoreError
+from provider.store.errors import MissingArtifact
 from provider.store.keys import check_key
 from provider.store.streams import BufferSink, FramesReader
 
@@ -89,9 +89,18 @@ class S3Backend:
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 
-    def write_frames(self, key: str, frames: Iterable[memoryview | bytes]) -> None:
+    def write_frames(
+        self,
+        key: str,
+        frames: Iterable[memoryview | bytes],
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.client.upload_fileobj(
-            FramesReader(tuple(frames)), self.bucket, self._key(key), Config=self._transfer
+            FramesReader(tuple(frames)),
+            self.bucket,
+            self._key(key),
+            Config=self._transfer,
+            Callback=progress,
         )
 
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -102,25 +111,42 @@ class S3Backend:
         key: str,
         size: int | None = None,
         on_chunk: Callable[[memoryview], None] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> bytearray:
         if on_chunk is not None:
             raise ValueError("S3 downloads ranges in parallel; chunks do not arrive in order")
         if size is None:
             size = self.stat(key)
             if size is None:
-                raise StoreError(f"no object s3://{self.bucket}/{self._key(key)}")
+                raise MissingArtifact(f"no object s3://{self.bucket}/{self._key(key)}")
+        from botocore.exceptions import ClientError
+
         sink = BufferSink(size)
-        self.client.download_fileobj(self.bucket, self._key(key), sink, Config=self._transfer)
+        try:
+            self.client.download_fileobj(
+                self.bucket, self._key(key), sink, Config=self._transfer, Callback=progress
+            )
+        except ClientError as error:
+            if _is_missing(error):
+                raise MissingArtifact(f"no object s3://{self.bucket}/{self._key(key)}") from None
+            raise
         return sink.buffer
 
     def read_bytes(self, key: str) -> bytes:
         body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
         return bytes(body.read())
 
-    def list(self, prefix: str) -> Iterator[str]:
+    def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        """(key, size, modification time) of every object under ``prefix``."""
         base = self._key(prefix).rstrip("/") + "/"
         strip = len(self.prefix) + 1 if self.prefix else 0
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
             for item in page.get("Contents", ()):
-                yield item["Key"][strip:]
+                yield item["Key"][strip:], int(item["Size"]), item["LastModified"].timestamp()
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list(self, prefix: str) -> Iterator[str]:
+        return (key for key, _, _ in self.entries(prefix))

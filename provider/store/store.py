@@ -13,6 +13,7 @@ from provider.store import codec
 from provider.store.errors import IntegrityError, StoreError
 from provider.store.file import FileBackend
 from provider.store.keys import blob_key
+from provider.store.progress import PROGRESS_MIN_BYTES, Progress
 from provider.store.reference import Reference
 
 PIPELINE_MIN_BYTES = 16 * 1024 * 1024
@@ -28,16 +29,21 @@ class Backend(Protocol):
     reads_in_order: bool
 
     def stat(self, key: str) -> int | None: ...
-    def write_frames(self, key: str, frames: Any) -> None: ...
+    def write_frames(
+        self, key: str, frames: Any, progress: Callable[[int], None] | None = None
+    ) -> None: ...
     def write_bytes(self, key: str, data: bytes) -> None: ...
     def read_into(
         self,
         key: str,
         size: int | None = None,
         on_chunk: Callable[[memoryview], None] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> bytearray: ...
     def read_bytes(self, key: str) -> bytes: ...
     def list(self, prefix: str) -> Iterator[str]: ...
+    def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]: ...
+    def delete(self, key: str) -> None: ...
 
 
 class ArtifactStore:
@@ -59,13 +65,16 @@ class ArtifactStore:
         encoded = codec.encode(value, by_value=by_value)
         key = blob_key(encoded.sha256)
         if self.backend.stat(key) != encoded.size:
+            progress = _progress("stored", self.blob_uri(encoded.sha256), encoded.size)
             try:
-                self.backend.write_frames(key, encoded.frames)
+                self.backend.write_frames(key, encoded.frames, progress=progress)
             except Exception:
                 # The write may have landed with only its acknowledgment lost; the content
                 # address and the hash check on read make accepting it safe.
                 if self.backend.stat(key) != encoded.size:
                     raise
+            if progress is not None:
+                progress.finish()
         return Reference(
             uri=self.blob_uri(encoded.sha256),
             sha256=encoded.sha256,
@@ -85,16 +94,21 @@ class ArtifactStore:
         if ref.encoding != codec.ENCODING:
             raise StoreError(f"unknown encoding {ref.encoding!r} of {ref.uri}")
         key = blob_key(ref.sha256)
+        progress = _progress("loaded", ref.uri, ref.size)
         if self.backend.reads_in_order and ref.size >= PIPELINE_MIN_BYTES:
             hasher = _BackgroundSha256()
             try:
-                blob = self.backend.read_into(key, ref.size, on_chunk=hasher.update)
+                blob = self.backend.read_into(
+                    key, ref.size, on_chunk=hasher.update, progress=progress
+                )
             finally:
                 actual = hasher.hexdigest()
         else:
-            blob = self.backend.read_into(key, ref.size)
+            blob = self.backend.read_into(key, ref.size, progress=progress)
             actual = hashlib.sha256(blob).hexdigest()
         self._verify(ref, len(blob), actual)
+        if progress is not None:
+            progress.finish()
         return codec.decode(blob)
 
     @staticmethod
@@ -115,6 +129,10 @@ class ArtifactStore:
 
     def list_manifests(self, prefix: str) -> Iterator[str]:
         return (key for key in self.backend.list(prefix) if key.endswith(".json"))
+
+
+def _progress(verb: str, uri: str, size: int) -> Progress | None:
+    return Progress(verb, uri, size) if size >= PROGRESS_MIN_BYTES else None
 
 
 class _BackgroundSha256:

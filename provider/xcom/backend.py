@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk.bases.xcom import BaseXCom
 
 from provider import config
-from provider.store import ArtifactStore
+from provider.store import ArtifactStore, xcom_manifest_key
 from provider.xcom.references import holds_references, keeping_references, load_references
 
 
@@ -69,7 +69,25 @@ class FlowXCom(BaseXCom):
         limit = config.xcom_inline_max_bytes()
         if limit and _small_json(value, limit) and len(json.dumps(value)) <= limit:
             return BaseXCom.serialize_value(value)
-        return _store().put(value).to_json()
+        store = _store()
+        ref = store.put(value).to_json()
+        if dag_id and run_id and task_id and key:
+            # The manifest is what keeps the blob alive for `flowtask gc`.
+            manifest = xcom_manifest_key(
+                dag_id, run_id, task_id, -1 if map_index is None else map_index, key
+            )
+            store.write_manifest(
+                manifest,
+                {
+                    "dag_id": dag_id,
+                    "run_id": run_id,
+                    "task_id": task_id,
+                    "map_index": map_index,
+                    "key": key,
+                    "value": ref,
+                },
+            )
+        return ref
 
     @staticmethod
     def deserialize_value(result: Any) -> Any:

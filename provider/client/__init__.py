@@ -1,0 +1,1 @@
+"""Reading and maintaining the artifact store from outside Airflow; the ``flowtask`` command."""

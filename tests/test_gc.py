@@ -1,0 +1,116 @@
+"""`flowtask gc`: only blobs that no manifest references, past the grace period, go."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import BUCKET, s3_client
+
+from provider.store import ArtifactStore, MissingArtifact, manifest_key, open_store
+from provider.store.gc import collect_garbage
+from provider.xcom import FlowXCom
+
+FLOWTASK = str(Path(sys.executable).parent / "flowtask")
+DAY = 86400
+
+
+def _populate(store: ArtifactStore):
+    kept = store.put("result of a task")
+    nested = store.put(["item", 1])
+    orphan = store.put("orphaned: its manifest was never written")
+    store.write_manifest(manifest_key("d", "r", "t", -1, 1), {"result": kept.to_json()})
+    store.write_manifest(
+        manifest_key("d", "r", "fan", -1, 1), {"result": [{"deep": [nested.to_json()]}]}
+    )
+    return kept, nested, orphan
+
+
+def _age(store: ArtifactStore, ref, days: float) -> None:
+    path = store.backend.root / "data" / ref.sha256[:2] / ref.sha256  # type: ignore[attr-defined]
+    old = time.time() - days * DAY
+    os.utime(path, (old, old))
+
+
+def test_dry_run_reports_and_delete_removes_only_old_unreferenced(tmp_path):
+    store = open_store(tmp_path.as_uri())
+    kept, nested, orphan = _populate(store)
+    young_orphan = store.put("stored a moment ago; its manifest is not written yet")
+    for ref in (kept, nested, orphan):
+        _age(store, ref, days=30)
+
+    report = collect_garbage(store, grace=timedelta(days=7), delete=False)
+    assert (report.blobs, report.referenced, report.within_grace) == (4, 2, 1)
+    assert [key for key, _ in report.unreferenced] == [f"data/{orphan.sha256[:2]}/{orphan.sha256}"]
+    assert report.deleted == 0
+    assert store.get(orphan) == "orphaned: its manifest was never written"
+
+    report = collect_garbage(store, grace=timedelta(days=7), delete=True)
+    assert report.deleted == 1
+    with pytest.raises(MissingArtifact):
+        store.get(orphan)
+    assert store.get(kept) == "result of a task"
+    assert store.get(nested) == ["item", 1]
+    assert store.get(young_orphan).startswith("stored a moment ago")
+
+
+def test_gc_on_s3(moto):
+    store = open_store(f"s3://{BUCKET}/gc", s3_client=s3_client(moto.endpoint))
+    kept, nested, orphan = _populate(store)
+    later = time.time() + 8 * DAY
+    report = collect_garbage(store, grace=timedelta(days=7), delete=True, now=later)
+    assert report.deleted == 1 and report.referenced == 2
+    assert store.get(kept) == "result of a task" and store.get(nested) == ["item", 1]
+    with pytest.raises(MissingArtifact):
+        store.get(orphan)
+
+
+def test_cli_is_a_dry_run_by_default(tmp_path):
+    store = open_store(tmp_path.as_uri())
+    _, _, orphan = _populate(store)
+    _age(store, orphan, days=30)
+    run = subprocess.run(
+        [FLOWTASK, "gc", "--store", tmp_path.as_uri()], capture_output=True, text=True, check=True
+    )
+    assert "would delete (dry run; pass --delete) 1" in run.stdout
+    assert store.get(orphan)
+    run = subprocess.run(
+        [FLOWTASK, "gc", "--store", tmp_path.as_uri(), "--delete"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"deleted {store.root_uri}/data/{orphan.sha256[:2]}/{orphan.sha256}" in run.stdout
+    assert "3 blobs: 2 referenced" in run.stdout
+
+
+def test_cli_reports_bad_arguments_clearly(tmp_path):
+    run = subprocess.run(
+        [FLOWTASK, "gc", "--store", tmp_path.as_uri(), "--grace", "soon"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    assert "--grace='soon' is invalid" in run.stderr
+    run = subprocess.run([FLOWTASK, "gc", "--store", "ftp://x"], capture_output=True, text=True)
+    assert run.returncode == 2 and "unsupported location" in run.stderr
+
+
+def test_xcom_values_stay_alive_and_purge_keeps_shared_blobs(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE", tmp_path.as_uri())
+    ref = FlowXCom.serialize_value(
+        list(range(5000)), key="return_value", dag_id="d", run_id="r", task_id="plain", map_index=-1
+    )
+    store = open_store(tmp_path.as_uri())
+    path = store.backend.root / "data" / ref["sha256"][:2] / ref["sha256"]  # type: ignore[attr-defined]
+    old = time.time() - 30 * DAY
+    os.utime(path, (old, old))
+    assert collect_garbage(store, grace=timedelta(days=7), delete=True).deleted == 0
+    FlowXCom.purge(SimpleNamespace(value=ref))  # a cleared task: the blob may be shared
+    assert store.get(ref) == list(range(5000))
