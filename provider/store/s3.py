@@ -18,7 +18,8 @@ from provider.store.keys import check_key
 from provider.store.streams import BufferSink, FramesReader
 
 MiB = 1024 * 1024
-# Part size and concurrency measured in benchmarks/store_vs_raw.py.
+# 16 MiB parts, 8 in flight: 1.3-1.5x the throughput of boto3's defaults (8 MiB, 10 threads) in
+# benchmarks/store_vs_raw.py against moto on loopback; not yet tuned against real S3.
 PART_SIZE = 16 * MiB
 MAX_CONCURRENCY = 8
 MAX_ATTEMPTS = 10
