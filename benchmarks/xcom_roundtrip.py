@@ -47,6 +47,7 @@ def xcom_roundtrip():
         rows = int(os.environ["BENCH_MIB"]) * 1024 * 1024 // 64
         frame = pd.DataFrame({f"c{i}": np.arange(rows, dtype="float64") * (i + 1)
                               for i in range(8)})
+        frame.iloc[0, 0] = float(os.environ["BENCH_RUN"])  # new content every run: no dedup
         print(f"BUILD_SECONDS={time.perf_counter() - started:.6f}")
         return frame
 
@@ -70,11 +71,20 @@ def task_seconds(home: Path) -> dict[str, float]:
     }
 
 
+RUNS = iter(range(1, 1_000_000))
+
+
 def run(base_env: dict[str, str], template_db: Path, mib: int, extra: dict[str, str]) -> dict:
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent) as tmp:
         home = Path(tmp)
         shutil.copy(template_db, home / "airflow.db")
-        env = {**base_env, "AIRFLOW_HOME": str(home), "BENCH_MIB": str(mib), **extra}
+        env = {
+            **base_env,
+            "AIRFLOW_HOME": str(home),
+            "BENCH_MIB": str(mib),
+            "BENCH_RUN": str(next(RUNS)),
+            **extra,
+        }
         proc = subprocess.run(
             ["/usr/bin/time", "-f", "MAXRSS_KIB=%M", AIRFLOW, "dags", "test", "xcom_roundtrip"],
             env=env,
