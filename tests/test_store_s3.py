@@ -145,3 +145,18 @@ def test_large_s3_transfers_log_progress(store, caplog, monkeypatch):
     lines = [r.getMessage() for r in caplog.records]
     assert any("%) at " in line and line.startswith(f"stored {ref.uri}") for line in lines)
     assert any(line.startswith(f"loaded {ref.uri}: 72.0 MiB in ") for line in lines)
+
+
+def test_part_size_and_concurrency_from_the_environment(monkeypatch):
+    from provider.store import s3
+
+    assert (s3.part_size(), s3.max_concurrency()) == (16 * 2**20, 8)
+    monkeypatch.setenv(s3.PART_SIZE_ENV, "64")
+    monkeypatch.setenv(s3.CONCURRENCY_ENV, "4")
+    config = s3.transfer_config()
+    assert (config.multipart_chunksize, config.max_request_concurrency) == (64 * 2**20, 4)
+    monkeypatch.setenv(s3.PART_SIZE_ENV, "1")
+    assert s3.part_size() == 5 * 2**20  # S3's minimum part size
+    monkeypatch.setenv(s3.CONCURRENCY_ENV, "many")
+    with pytest.raises(StoreError, match="FLOWTASK_S3_MAX_CONCURRENCY='many' is invalid"):
+        s3.max_concurrency()

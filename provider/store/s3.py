@@ -13,16 +13,37 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from provider.store.errors import MissingArtifact
+from provider.store.errors import MissingArtifact, StoreError
 from provider.store.keys import check_key
 from provider.store.streams import BufferSink, FramesReader
 
 MiB = 1024 * 1024
 # 16 MiB parts, 8 in flight: 1.3-1.5x the throughput of boto3's defaults (8 MiB, 10 threads) in
-# benchmarks/store_vs_raw.py against moto on loopback; not yet tuned against real S3.
-PART_SIZE = 16 * MiB
-MAX_CONCURRENCY = 8
+# benchmarks/store_vs_raw.py against moto on loopback; not yet tuned against real S3. Both can
+# be set where the transfer runs (worker, pod, container) through these variables.
+PART_SIZE_ENV = "FLOWTASK_S3_PART_SIZE_MIB"
+CONCURRENCY_ENV = "FLOWTASK_S3_MAX_CONCURRENCY"
+DEFAULT_PART_SIZE_MIB = 16
+DEFAULT_MAX_CONCURRENCY = 8
 MAX_ATTEMPTS = 10
+
+
+def _positive_int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise StoreError(f"{name}={raw!r} is invalid. Accepted: a positive int, e.g. {default}")
+    return int(raw)
+
+
+def part_size() -> int:
+    """Multipart part size and download range size, in bytes (S3 requires >= 5 MiB)."""
+    return max(5, _positive_int_env(PART_SIZE_ENV, DEFAULT_PART_SIZE_MIB)) * MiB
+
+
+def max_concurrency() -> int:
+    return _positive_int_env(CONCURRENCY_ENV, DEFAULT_MAX_CONCURRENCY)
 
 
 def botocore_config() -> Any:
@@ -30,7 +51,7 @@ def botocore_config() -> Any:
 
     return Config(
         retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
-        max_pool_connections=MAX_CONCURRENCY * 2,
+        max_pool_connections=max_concurrency() * 2,
         connect_timeout=10,
         read_timeout=60,
         s3={"addressing_style": os.environ.get("FLOWTASK_S3_ADDRESSING_STYLE", "auto")},
@@ -47,10 +68,11 @@ def default_s3_client() -> Any:
 def transfer_config() -> Any:
     from boto3.s3.transfer import TransferConfig
 
+    size = part_size()
     return TransferConfig(
-        multipart_threshold=PART_SIZE,
-        multipart_chunksize=PART_SIZE,
-        max_concurrency=MAX_CONCURRENCY,
+        multipart_threshold=size,
+        multipart_chunksize=size,
+        max_concurrency=max_concurrency(),
         use_threads=True,
     )
 
