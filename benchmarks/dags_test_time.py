@@ -9,7 +9,6 @@ The last line is the ratio of the slowest example to the anchor.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,10 @@ import tempfile
 from pathlib import Path
 
 from _timing import time_command
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from conftest import airflow_env
 
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -42,14 +45,7 @@ def main() -> None:
         dags = Path(tmp) / "dags"
         shutil.copytree(REPO / "dags_examples", dags)
         (dags / "anchor_plain_task.py").write_text(ANCHOR)
-        home = Path(tmp) / "home"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        env.update(
-            AIRFLOW_HOME=str(home),
-            AIRFLOW__CORE__DAGS_FOLDER=str(dags),
-            AIRFLOW__CORE__LOAD_EXAMPLES="False",
-            AIRFLOW__CORE__XCOM_BACKEND="provider.xcom.FlowXCom",
-        )
+        env = airflow_env(Path(tmp) / "home", dags)
         subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
         times = {
             dag_id: time_command([AIRFLOW, "dags", "test", dag_id], repeat, env)

@@ -6,22 +6,13 @@ import io
 from collections.abc import Sequence
 
 
-class FramesReader(io.RawIOBase):
-    """A seekable read-only stream over a sequence of buffers, without joining them."""
+class _Positioned(io.RawIOBase):
+    """Seek and tell over a stream of known size."""
 
-    def __init__(self, frames: Sequence[memoryview | bytes]) -> None:
+    def __init__(self, size: int) -> None:
         super().__init__()
-        self._frames = [memoryview(f).cast("B") for f in frames]
-        self._starts = []
-        total = 0
-        for frame in self._frames:
-            self._starts.append(total)
-            total += frame.nbytes
-        self._size = total
+        self._size = size
         self._pos = 0
-
-    def readable(self) -> bool:
-        return True
 
     def seekable(self) -> bool:
         return True
@@ -33,6 +24,22 @@ class FramesReader(io.RawIOBase):
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
         self._pos = max(0, base + offset)
         return self._pos
+
+
+class FramesReader(_Positioned):
+    """A seekable read-only stream over a sequence of buffers, without joining them."""
+
+    def __init__(self, frames: Sequence[memoryview | bytes]) -> None:
+        self._frames = [memoryview(f).cast("B") for f in frames]
+        self._starts = []
+        total = 0
+        for frame in self._frames:
+            self._starts.append(total)
+            total += frame.nbytes
+        super().__init__(total)
+
+    def readable(self) -> bool:
+        return True
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         out = memoryview(buffer).cast("B")
@@ -55,33 +62,21 @@ class FramesReader(io.RawIOBase):
         return len(self._frames)
 
 
-class BufferSink(io.RawIOBase):
+class BufferSink(_Positioned):
     """A seekable write-only stream into a preallocated bytearray.
 
     boto3's transfer manager downloads ranges in parallel and writes each at its offset, so
-    the blob lands in one buffer without a temporary file or a final join.
+    the blob lands in one buffer without a temporary file or a final join. A short download
+    leaves zeros behind, which the store's hash check catches.
     """
 
     def __init__(self, size: int) -> None:
-        super().__init__()
+        super().__init__(size)
         self.buffer = bytearray(size)
         self._view = memoryview(self.buffer)
-        self._pos = 0
-        self.written = 0
 
     def writable(self) -> bool:
         return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self.buffer)}[whence]
-        self._pos = base + offset
-        return self._pos
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         n = len(data)
@@ -90,5 +85,4 @@ class BufferSink(io.RawIOBase):
             raise OSError(f"download overran the expected size {len(self.buffer)} (to {end})")
         self._view[self._pos : end] = data
         self._pos = end
-        self.written += n
         return n
