@@ -94,6 +94,11 @@ class FlowTaskOperator(DecoratedOperator):
         compute = resolve_compute(
             self.flow_spec.compute, context.get("params") or {}, config.default_compute()
         )
+        if compute != "local":
+            raise ComputeUnavailable(
+                f"compute={compute!r} is not available in this flowtask version; run the DAG "
+                'locally with -c \'{"flow_compute": "local"}\''
+            )
         store = config.open_artifact_store()
         store.write_manifest(
             run_manifest_key(identity["dag_id"], identity["run_id"]),
@@ -125,11 +130,6 @@ class FlowTaskOperator(DecoratedOperator):
             self.flow_spec,
             payload_ref.uri,
         )
-        if compute != "local":
-            raise ComputeUnavailable(
-                f"compute={compute!r} is not available in this flowtask version; run the DAG "
-                'locally with -c \'{"flow_compute": "local"}\''
-            )
         self._warn_unmet_requirements()
         argv = runtime_command(store.root_uri, payload_ref.to_json(), key, python=sys.executable)
         code = run_local(
