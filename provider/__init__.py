@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from provider.runtime.failure import Failure
-from provider.specs import Environment, Resources, Retry, SpecError, TaskSpec
+from provider.specs import Environment, KubernetesOptions, Resources, Retry, SpecError, TaskSpec
 
 if TYPE_CHECKING:
     from provider.decorators.flow_task import flow_task
@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Environment",
     "Failure",
+    "KubernetesOptions",
     "Resources",
     "Retry",
     "SpecError",

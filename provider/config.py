@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from provider.specs import COMPUTE_TARGETS
+from provider.specs import COMPUTE_TARGETS, KubernetesOptions, SpecError
 from provider.store import ArtifactStore, open_store
 
 SECTION = "flow_task"
@@ -60,20 +61,13 @@ def runtime_aws_env() -> dict[str, str]:
     """AWS variables that let a local runtime reach the store the worker uses."""
     if not artifact_store_uri().startswith("s3://"):
         return {}
-    hook = _s3_hook(aws_conn_id())
-    env: dict[str, str] = {}
-    credentials = hook.get_credentials()
+    env = pod_store_env()
+    credentials = _s3_hook(aws_conn_id()).get_credentials()
     if credentials.access_key:
         env["AWS_ACCESS_KEY_ID"] = credentials.access_key
         env["AWS_SECRET_ACCESS_KEY"] = credentials.secret_key
         if credentials.token:
             env["AWS_SESSION_TOKEN"] = credentials.token
-    endpoint = hook.conn_config.endpoint_url
-    if endpoint:
-        env["AWS_ENDPOINT_URL_S3"] = endpoint
-    region = hook.conn_region_name
-    if region:
-        env["AWS_DEFAULT_REGION"] = region
     return env
 
 
@@ -98,3 +92,70 @@ def xcom_inline_max_bytes() -> int:
             "Accepted: a non-negative int of bytes (0 stores every value in the artifact store)"
         )
     return value
+
+
+def default_image() -> str:
+    """``[flow_task] default_image``, else the slim Python image of the worker's version."""
+    from provider.compute.command import worker_python
+
+    return _get("default_image", "") or f"python:{worker_python()}-slim"
+
+
+def kubernetes_conn_id() -> str:
+    return _get("kubernetes_conn_id", "kubernetes_default")
+
+
+_KUBERNETES_JSON = ("node_selector", "tolerations", "labels", "annotations")
+_KUBERNETES_LISTS = ("image_pull_secrets",)
+_KUBERNETES_TEXT = ("namespace", "service_account", "gpu_vendor", "gpu_type_label")
+
+
+def kubernetes_defaults() -> KubernetesOptions:
+    """The ``[flow_task] kubernetes_*`` settings that every flow task's pod starts from."""
+    given: dict[str, Any] = {}
+    for name in (*_KUBERNETES_JSON, *_KUBERNETES_LISTS, *_KUBERNETES_TEXT, "cpu_limit_ratio"):
+        raw = _get(f"kubernetes_{name}", "")
+        if not raw:
+            continue
+        try:
+            if name in _KUBERNETES_JSON:
+                given[name] = json.loads(raw)
+            elif name in _KUBERNETES_LISTS:
+                given[name] = _comma_list(raw)
+            elif name == "cpu_limit_ratio":
+                given[name] = float(raw)
+            else:
+                given[name] = raw
+            options = KubernetesOptions(**{name: given[name]})
+        except (ValueError, SpecError) as exc:
+            raise ValueError(f"[{SECTION}] kubernetes_{name}={raw!r} is invalid: {exc}") from None
+        given[name] = getattr(options, name)
+    return KubernetesOptions(**given)
+
+
+def kubernetes_secrets() -> tuple[str, ...]:
+    """Secrets every pod gets as environment variables (such as the store's credentials)."""
+    from provider.specs import Environment
+
+    raw = _get("kubernetes_secrets", "")
+    try:
+        return tuple(Environment(secrets=_comma_list(raw)).secrets)
+    except SpecError as exc:
+        raise ValueError(f"[{SECTION}] kubernetes_secrets={raw!r} is invalid: {exc}") from None
+
+
+def pod_store_env() -> dict[str, str]:
+    """Where pods find an s3:// store: the connection's endpoint and region, never its keys."""
+    if not artifact_store_uri().startswith("s3://"):
+        return {}
+    hook = _s3_hook(aws_conn_id())
+    env = {}
+    if hook.conn_config.endpoint_url:
+        env["AWS_ENDPOINT_URL_S3"] = hook.conn_config.endpoint_url
+    if hook.conn_region_name:
+        env["AWS_DEFAULT_REGION"] = hook.conn_region_name
+    return env
+
+
+def _comma_list(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]

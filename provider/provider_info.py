@@ -15,6 +15,41 @@ def _option(description: str, default: str, example: str, kind: str = "string") 
     }
 
 
+def _kubernetes_options() -> dict[str, dict[str, Any]]:
+    """Defaults under every task's KubernetesOptions (task values win, dicts merge, lists join)."""
+    described = {
+        "namespace": ("Namespace of the pods; empty means the connection's.", "ml-jobs"),
+        "service_account": ("Service account the pods run as.", "flow-runner"),
+        "node_selector": ("Node selector, a JSON object.", '{"pool": "batch"}'),
+        "tolerations": (
+            "Tolerations, a JSON list of {key, operator, value, effect, toleration_seconds}.",
+            '[{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]',
+        ),
+        "image_pull_secrets": ("Image pull secrets, comma-separated names.", "regcred"),
+        "labels": ("Extra pod labels, a JSON object.", '{"team": "ml"}'),
+        "annotations": ("Extra pod annotations, a JSON object.", '{"owner": "ml-team"}'),
+        "secrets": (
+            "Kubernetes Secrets every pod gets as environment variables (envFrom), "
+            "comma-separated; e.g. the artifact store's AWS credentials.",
+            "flow-aws-credentials",
+        ),
+        "cpu_limit_ratio": (
+            "CPU limit as a multiple of the request; empty means no CPU limit.",
+            "2",
+        ),
+        "gpu_vendor": ("GPU resource vendor: nvidia, amd or intel (<vendor>.com/gpu).", "amd"),
+        "gpu_type_label": (
+            "Node label that Resources(gpu_type=...) selects on; empty means "
+            "nvidia.com/gpu.product.",
+            "cloud.google.com/gke-accelerator",
+        ),
+    }
+    return {
+        f"kubernetes_{name}": _option(description + "\n", "", example)
+        for name, (description, example) in described.items()
+    }
+
+
 def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-flowtask",
@@ -49,6 +84,20 @@ def get_provider_info() -> dict[str, Any]:
                         "local",
                         "kubernetes",
                     ),
+                    "default_image": _option(
+                        "Image of flow tasks that set no Environment(image=...) when they run "
+                        "on Kubernetes or Batch. It needs the worker's Python major.minor (and "
+                        "boto3 for an s3:// store, else the pod installs it). Empty means "
+                        "python:<worker major.minor>-slim.\n",
+                        "",
+                        "ghcr.io/acme/flow-base:3.11",
+                    ),
+                    "kubernetes_conn_id": _option(
+                        "Airflow Kubernetes connection the pods are submitted through.\n",
+                        "kubernetes_default",
+                        "kubernetes_ml",
+                    ),
+                    **_kubernetes_options(),
                     "xcom_inline_max_bytes": _option(
                         "With the flowtask XCom backend, JSON values up to this many bytes stay "
                         "in the XCom row; larger or non-JSON values go to the artifact store. "

@@ -119,9 +119,9 @@ def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: Da
 
 
 def test_kubernetes_task_runs_locally_with_the_flow_compute_param(dags_test: DagsTest):
-    run = dags_test("flow_targets", dags_folder=TEST_DAGS)
+    run = dags_test("flow_targets", conf={"flow_compute": "batch"}, dags_folder=TEST_DAGS)
     assert run.returncode != 0
-    assert "compute='kubernetes' is not available" in run.output
+    assert "compute='batch' is not available" in run.output
 
     run = dags_test("flow_targets", conf={"flow_compute": "local"}, dags_folder=TEST_DAGS)
     assert run.returncode == 0, run.output[-5000:]

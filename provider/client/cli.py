@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from provider.specs import SpecError, parse_duration
 from provider.store import StoreError, open_store
@@ -28,6 +29,24 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render(args: argparse.Namespace) -> int:
+    import json
+    from contextlib import redirect_stdout
+
+    from provider.operators.render import RenderError, render_pod
+
+    try:
+        with redirect_stdout(sys.stderr):  # Airflow logs to stdout; stdout is for the JSON
+            pod = render_pod(
+                args.dag_id, args.task_id, compute=args.compute, dags_folder=args.dags_folder
+            )
+    except RenderError as exc:
+        print(f"flowtask render: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(pod, indent=2, sort_keys=True))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flowtask", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     gc.add_argument("--grace", default="7d", help="keep unreferenced blobs younger than this")
     gc.add_argument("--delete", action="store_true", help="delete (default: only report)")
     gc.set_defaults(handler=_gc)
+    render = sub.add_parser(
+        "render", help="print the pod a flow task would submit, as JSON (no cluster needed)"
+    )
+    render.add_argument("dag_id")
+    render.add_argument("task_id")
+    render.add_argument("--compute", choices=("kubernetes", "batch"), help="override compute=")
+    render.add_argument(
+        "--dags-folder", type=Path, help="where the DAG file is (default: [core] dags_folder)"
+    )
+    render.set_defaults(handler=_render)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))

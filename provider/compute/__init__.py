@@ -1,6 +1,16 @@
 """Pure translation of flow task specs into what each compute target runs."""
 
-from provider.compute.command import runtime_command, worker_python
+from provider.compute.code_package import build_code_package
+from provider.compute.command import bootstrap_command, runtime_command, worker_python
+from provider.compute.kubernetes import describe_pod_failure, pod_operator_kwargs
 from provider.compute.local import run_local
 
-__all__ = ["run_local", "runtime_command", "worker_python"]
+__all__ = [
+    "bootstrap_command",
+    "build_code_package",
+    "describe_pod_failure",
+    "pod_operator_kwargs",
+    "run_local",
+    "runtime_command",
+    "worker_python",
+]

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+from provider.store import Reference
+
+BOOTSTRAP_SOURCE = Path(__file__).with_name("bootstrap.py").read_text()
 
 
 def worker_python() -> str:
@@ -13,18 +18,9 @@ def worker_python() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def runtime_command(
-    store_uri: str,
-    payload_ref: Mapping[str, Any],
-    manifest_key: str,
-    *,
-    python: str = "python",
-) -> list[str]:
-    """Argv that runs a stored payload with ``provider.runtime``."""
+def runtime_args(store_uri: str, payload_ref: Mapping[str, Any], manifest_key: str) -> list[str]:
+    """Arguments of ``python -m provider.runtime`` that run a stored payload."""
     return [
-        python,
-        "-m",
-        "provider.runtime",
         "run",
         "--store",
         store_uri,
@@ -35,3 +31,31 @@ def runtime_command(
         "--python",
         worker_python(),
     ]
+
+
+def runtime_command(
+    store_uri: str,
+    payload_ref: Mapping[str, Any],
+    manifest_key: str,
+    *,
+    python: str = "python",
+) -> list[str]:
+    """Argv that runs a stored payload with ``provider.runtime`` where flowtask is installed."""
+    return [python, "-m", "provider.runtime", *runtime_args(store_uri, payload_ref, manifest_key)]
+
+
+def bootstrap_command(
+    store_uri: str,
+    code_package: Reference,
+    payload_ref: Mapping[str, Any],
+    manifest_key: str,
+    *,
+    pip: Sequence[str] = (),
+    python: str = "python",
+) -> list[str]:
+    """Argv for a container: fetch the code package, install ``pip``, then run the payload."""
+    argv = [python, "-c", BOOTSTRAP_SOURCE, "--store", store_uri]
+    argv += ["--code", f"{code_package.sha256}:{code_package.size}", "--python", worker_python()]
+    for requirement in pip:
+        argv += ["--pip", requirement]
+    return [*argv, "--", *runtime_args(store_uri, payload_ref, manifest_key)]

@@ -28,12 +28,14 @@ def flow_task(
     catch: Any = None,
     environment: Any = None,
     compute: str | None = None,
+    kubernetes: Any = None,
     multiple_outputs: bool | None = None,
     **kwargs: Any,
 ) -> TaskDecorator:
     """Turn a function into a flow task.
 
-    ``resources``, ``retry``, ``timeout``, ``catch``, ``environment`` and ``compute`` are checked
+    ``resources``, ``retry``, ``timeout``, ``catch``, ``environment``, ``compute`` and
+    ``kubernetes`` (:class:`provider.KubernetesOptions`) are checked
     here, when the DAG file is parsed; a bad value raises :class:`provider.SpecError`. ``retry``
     and ``timeout`` become Airflow's own ``retries``, ``retry_delay``,
     ``retry_exponential_backoff``, ``max_retry_delay`` and ``execution_timeout``. Every other
@@ -47,6 +49,7 @@ def flow_task(
         catch=catch,
         environment=environment,
         compute=compute,
+        kubernetes=kubernetes,
     )
     for name, spec_field in _AIRFLOW_RETRY_KWARGS.items():
         given = retry if spec_field == "retry" else timeout

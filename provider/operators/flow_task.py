@@ -11,7 +11,7 @@ from typing import Any
 from airflow.sdk.bases.decorator import DecoratedOperator
 
 from provider.runtime.payload import ResultLayout
-from provider.specs import SpecError, TaskSpec, airflow_retry_kwargs
+from provider.specs import SpecError, TaskSpec, airflow_retry_kwargs, check_secrets_for
 from provider.xcom.references import references_kept
 
 
@@ -52,6 +52,7 @@ class FlowTaskOperator(DecoratedOperator):
         catch: Any = None,
         environment: Any = None,
         compute: Any = None,
+        kubernetes: Any = None,
         **kwargs: Any,
     ) -> None:
         spec = (flow_spec or TaskSpec()).with_overrides(
@@ -61,6 +62,7 @@ class FlowTaskOperator(DecoratedOperator):
             catch=catch,
             environment=environment,
             compute=compute,
+            kubernetes=kubernetes,
         )
         kwargs.update(
             retry_kwargs_given(spec, retry=retry is not None, timeout=timeout is not None)
@@ -94,11 +96,13 @@ class FlowTaskOperator(DecoratedOperator):
         compute = resolve_compute(
             self.flow_spec.compute, context.get("params") or {}, config.default_compute()
         )
-        if compute != "local":
+        if compute == "batch":
             raise ComputeUnavailable(
                 f"compute={compute!r} is not available in this flowtask version; run the DAG "
                 'locally with -c \'{"flow_compute": "local"}\''
             )
+        if compute == "kubernetes":
+            check_secrets_for(compute, self.flow_spec.environment.secrets)
         store = config.open_artifact_store()
         store.write_manifest(
             run_manifest_key(identity["dag_id"], identity["run_id"]),
@@ -130,12 +134,45 @@ class FlowTaskOperator(DecoratedOperator):
             self.flow_spec,
             payload_ref.uri,
         )
+        if compute == "kubernetes":
+            return self._run_pod(context, store, payload_ref, key, identity)
         self._warn_unmet_requirements()
         argv = runtime_command(store.root_uri, payload_ref.to_json(), key, python=sys.executable)
         code = run_local(
             argv, env=self._child_env(), log_line=lambda line: self.log.info("%s", line)
         )
         return self._outcome(store, key, code, context)
+
+    def _run_pod(
+        self, context: Any, store: Any, payload: Any, key: str, identity: dict[str, Any]
+    ) -> Any:
+        from provider.operators.kubernetes import (
+            code_package,
+            pod_operator,
+            run_pod,
+            store_code_package,
+        )
+
+        code = store_code_package(store, code_package(self.python_callable))
+        self.log.info("code package: %s (%d bytes)", code.uri, code.size)
+        self._pod_operator = pod_operator(
+            self.task_id,
+            self.flow_spec,
+            store_uri=store.root_uri,
+            code=code,
+            payload=payload.to_json(),
+            manifest_key=key,
+            identity=identity,
+        )
+        result = run_pod(self._pod_operator, context, key)
+        return self._outcome(
+            store, result.manifest_key, result.exit_code, context, failure=result.failure
+        )
+
+    def on_kill(self) -> None:
+        pod_op = getattr(self, "_pod_operator", None)
+        if pod_op is not None:
+            pod_op.on_kill()
 
     def _result_layout(self) -> ResultLayout:
         if self.multiple_outputs:
@@ -179,14 +216,20 @@ class FlowTaskOperator(DecoratedOperator):
                     installed or "none",
                 )
 
-    def _outcome(self, store: Any, key: str, code: int, context: Any) -> Any:
+    def _outcome(
+        self, store: Any, key: str, code: int | None, context: Any, failure: str | None = None
+    ) -> Any:
+        """The result reference, a caught ``Failure``, or ``FlowTaskFailed`` with the reason.
+
+        ``failure`` is the compute target's own account (an OOMKilled or evicted pod).
+        """
+        from provider.runtime import Failure
+        from provider.store import MissingArtifact
+
         try:
             manifest = store.read_manifest(key)
-        except Exception as exc:
-            raise FlowTaskFailed(
-                f"the flowtask runtime exited with code {code} before writing its result "
-                f"manifest {key} (see the output above)"
-            ) from exc
+        except MissingArtifact:
+            manifest = {}
         if manifest.get("status") == "succeeded" and code == 0:
             self.log.info(
                 "flow task finished in %.3fs (function %.3fs), peak RSS %.1f MiB",
@@ -195,16 +238,28 @@ class FlowTaskOperator(DecoratedOperator):
                 manifest["peak_rss_mib"],
             )
             return manifest["result"]
-        error = manifest.get("error", {})
-        message = f"{error.get('type', 'error')}: {error.get('message', '')} (exit code {code})"
+        error = manifest.get("error")
+        if error:
+            message = f"{error['type']}: {error['message']} (exit code {code})"
+        else:
+            where = "the pod's" if failure else "the runtime's"
+            message = (
+                f"{failure or f'the runtime exited with code {code}'}, before writing its "
+                f"result manifest {key} (see {where} output above)"
+            )
         catch = self.flow_spec.catch
-        if catch and context["ti"].try_number > self.retries:
-            self.log.warning("flow task failed on its last try; caught as a Failure: %s", message)
-            failure = manifest["failure"]
-            if isinstance(catch, str):
-                context["ti"].xcom_push(key=catch, value=failure)
-            return [failure] if self._result_layout() == "items" else failure
-        raise FlowTaskFailed(f"flow task {self.task_id} failed: {message}")
+        if not catch or context["ti"].try_number <= self.retries:
+            raise FlowTaskFailed(f"flow task {self.task_id} failed: {message}")
+        self.log.warning("flow task failed on its last try; caught as a Failure: %s", message)
+        caught = (
+            manifest.get("failure")
+            or store.put(
+                Failure(type=FlowTaskFailed.__qualname__, message=message, traceback="")
+            ).to_json()
+        )
+        if isinstance(catch, str):
+            context["ti"].xcom_push(key=catch, value=caught)
+        return [caught] if self._result_layout() == "items" else caught
 
 
 def _materialize(value: Any) -> Any:

@@ -94,12 +94,14 @@ def run_payload(store: ArtifactStore, payload_ref: Reference, manifest_key: str)
         "payload": payload_ref.to_json(),
         "started_at": started,
     }
+    if "FLOWTASK_BOOTSTRAP_SECONDS" in os.environ:  # set by a container's bootstrap
+        manifest["bootstrap_seconds"] = float(os.environ["FLOWTASK_BOOTSTRAP_SECONDS"])
     try:
         payload: Payload = store.get(payload_ref)
         manifest.update(payload.identity)
         args = resolve_references(payload.args, store)
         kwargs = resolve_references(dict(payload.kwargs), store)
-        call_started = time.time()
+        call_started = manifest["function_started_at"] = time.time()
         result = payload.function(*args, **kwargs)
         manifest["function_seconds"] = round(time.time() - call_started, 6)
         manifest["result"] = store_result(result, payload.layout, store)

@@ -2,19 +2,22 @@
 
 from provider.specs.environment import Environment
 from provider.specs.errors import SpecError
+from provider.specs.kubernetes import KubernetesOptions
 from provider.specs.resources import Resources
 from provider.specs.retry import Retry
-from provider.specs.task import COMPUTE_TARGETS, TaskSpec, airflow_retry_kwargs
+from provider.specs.task import COMPUTE_TARGETS, TaskSpec, airflow_retry_kwargs, check_secrets_for
 from provider.specs.units import parse_cpu, parse_duration, parse_mebibytes
 
 __all__ = [
     "COMPUTE_TARGETS",
     "Environment",
+    "KubernetesOptions",
     "Resources",
     "Retry",
     "SpecError",
     "TaskSpec",
     "airflow_retry_kwargs",
+    "check_secrets_for",
     "parse_cpu",
     "parse_duration",
     "parse_mebibytes",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import keyword
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
 
 from provider.specs.environment import Environment
 from provider.specs.errors import SpecError
+from provider.specs.kubernetes import KubernetesOptions
 from provider.specs.resources import Resources
 from provider.specs.retry import Retry
 from provider.specs.units import parse_duration
@@ -47,6 +48,15 @@ def _environment(value: Any) -> Environment:
     return _spec(Environment, value, "environment", "Environment(image=..., pip=[...]) or a dict")
 
 
+def _kubernetes(value: Any) -> KubernetesOptions:
+    return _spec(
+        KubernetesOptions,
+        value,
+        "kubernetes",
+        "KubernetesOptions(namespace='ml', tolerations=[...]) or a dict of it",
+    )
+
+
 def _catch(value: Any) -> str | bool | None:
     if value is None or value is False:
         return None
@@ -73,6 +83,7 @@ class TaskSpec:
     catch: str | bool | None = None
     environment: Environment = field(default_factory=Environment)
     compute: str | None = None
+    kubernetes: KubernetesOptions = field(default_factory=KubernetesOptions)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -83,6 +94,9 @@ class TaskSpec:
         set_(self, "catch", _catch(self.catch))
         set_(self, "environment", _environment(self.environment))
         set_(self, "compute", _compute(self.compute))
+        set_(self, "kubernetes", _kubernetes(self.kubernetes))
+        if self.compute == "kubernetes":
+            check_secrets_for("kubernetes", self.environment.secrets)
 
     @classmethod
     def build(cls, **loose: Any) -> TaskSpec:
@@ -97,6 +111,19 @@ class TaskSpec:
                 raise SpecError(name, loose[name], f"one of {sorted(known)}", "unknown spec")
         given = {name: value for name, value in loose.items() if value is not None}
         return replace(self, **given) if given else self
+
+
+def check_secrets_for(compute: str, secrets: Sequence[str]) -> None:
+    """Secret references must be of the kind the compute target resolves."""
+    for secret in secrets:
+        is_arn = secret.startswith("arn:")
+        if compute == "kubernetes" and is_arn:
+            raise SpecError(
+                "environment.secrets",
+                secret,
+                "Kubernetes Secret names such as 'db-creds' with compute='kubernetes'",
+                "AWS ARNs are resolved by compute='batch' only",
+            )
 
 
 def airflow_retry_kwargs(spec: TaskSpec) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Content-addressed artifact store: values in, small references out."""
 
 from provider.store.errors import IntegrityError, MissingArtifact, StoreError
-from provider.store.keys import manifest_key, run_manifest_key, xcom_manifest_key
+from provider.store.keys import blob_key, manifest_key, run_manifest_key, xcom_manifest_key
 from provider.store.reference import REFERENCE_MARKER, Reference, is_reference
 from provider.store.store import ArtifactStore, open_store
 
@@ -12,6 +12,7 @@ __all__ = [
     "MissingArtifact",
     "Reference",
     "StoreError",
+    "blob_key",
     "is_reference",
     "manifest_key",
     "open_store",

@@ -63,18 +63,7 @@ class ArtifactStore:
     def put(self, value: Any, *, by_value: bool = False) -> Reference:
         """Store ``value``; storing equal content again costs one hash and one existence check."""
         encoded = codec.encode(value, by_value=by_value)
-        key = blob_key(encoded.sha256)
-        if self.backend.stat(key) != encoded.size:
-            progress = _progress("stored", self.blob_uri(encoded.sha256), encoded.size)
-            try:
-                self.backend.write_frames(key, encoded.frames, progress=progress)
-            except Exception:
-                # The write may have landed with only its acknowledgment lost; the content
-                # address and the hash check on read make accepting it safe.
-                if self.backend.stat(key) != encoded.size:
-                    raise
-            if progress is not None:
-                progress.finish()
+        self._write_blob(encoded.sha256, encoded.frames, encoded.size)
         return Reference(
             uri=self.blob_uri(encoded.sha256),
             sha256=encoded.sha256,
@@ -82,6 +71,33 @@ class ArtifactStore:
             type=encoded.type_name,
             encoding=codec.ENCODING,
         )
+
+    def put_bytes(self, data: bytes, *, type_name: str, encoding: str) -> Reference:
+        """Store bytes that are not a pickled value (a code package), content-addressed too."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        self._write_blob(sha256, (memoryview(data),), len(data))
+        return Reference(
+            uri=self.blob_uri(sha256),
+            sha256=sha256,
+            size=len(data),
+            type=type_name,
+            encoding=encoding,
+        )
+
+    def _write_blob(self, sha256: str, frames: tuple[memoryview, ...], size: int) -> None:
+        key = blob_key(sha256)
+        if self.backend.stat(key) == size:
+            return
+        progress = _progress("stored", self.blob_uri(sha256), size)
+        try:
+            self.backend.write_frames(key, frames, progress=progress)
+        except Exception:
+            # The write may have landed with only its acknowledgment lost; the content
+            # address and the hash check on read make accepting it safe.
+            if self.backend.stat(key) != size:
+                raise
+        if progress is not None:
+            progress.finish()
 
     def get(self, ref: Reference | Mapping[str, Any]) -> Any:
         """Load a value; refuses references outside this store and verifies size and hash."""

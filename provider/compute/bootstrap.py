@@ -1,0 +1,100 @@
+"""The first thing a flow task's container runs: ``python -c <this file> ARGS``.
+
+It needs nothing but Python (and boto3 for an ``s3://`` store, which it installs when the image
+lacks it): it checks the Python version, fetches the content-addressed code package (the
+flowtask runtime, cloudpickle and the DAG folder's modules), verifies its SHA-256, installs the
+task's pip requirements, and hands over to ``provider.runtime``. It imports nothing from the
+package it lives in, so its source can travel in the command line.
+
+Usage: ``--store URI --code SHA256:SIZE --python X.Y [--pip REQ]... -- RUNTIME_ARGS...``
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, NoReturn
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    print(f"flowtask bootstrap: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def parse(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    split = argv.index("--")
+    options: dict[str, Any] = {"--pip": []}
+    own = argv[:split]
+    for flag, value in zip(own[::2], own[1::2], strict=True):
+        if flag == "--pip":
+            options[flag].append(value)
+        else:
+            options[flag] = value
+    return options, argv[split + 1 :]
+
+
+def pip_install(requirements: list[str], target: str) -> None:
+    started = time.time()
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    command += ["--no-warn-script-location", "--target", target, *requirements]
+    if subprocess.call(command, stdout=sys.stderr) != 0:
+        fail(f"pip could not install {requirements} (see its output above)")
+    sys.path.insert(0, target)
+    print(f"flowtask bootstrap: installed {requirements} in {time.time() - started:.1f}s")
+
+
+def fetch(store: str, key: str) -> bytes:
+    if store.startswith("file://"):
+        with open(os.path.join(store[len("file://") :], key), "rb") as blob:
+            return blob.read()
+    if not store.startswith("s3://"):
+        fail(f"unsupported artifact store {store!r}: expected file:// or s3://")
+    import boto3
+    from botocore.config import Config
+
+    bucket, _, prefix = store[len("s3://") :].partition("/")
+    config = Config(retries={"mode": "standard", "max_attempts": 10})
+    client = boto3.session.Session().client("s3", config=config)
+    key = f"{prefix.strip('/')}/{key}".lstrip("/")
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def main(argv: list[str]) -> int:
+    started = time.time()
+    options, runtime_args = parse(argv)
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if options["--python"] != running:
+        fail(
+            f"the task was packaged with Python {options['--python']} on the Airflow worker, but "
+            f"this container runs Python {running}; use an image with Python {options['--python']}"
+        )
+    work = tempfile.mkdtemp(prefix="flowtask-")
+    store, requirements = options["--store"], list(options["--pip"])
+    if store.startswith("s3://"):
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            print(
+                "flowtask bootstrap: the image has no boto3; installing it (use an image with it)"
+            )
+            requirements.append("boto3")
+    if requirements:
+        pip_install(requirements, os.path.join(work, "site"))
+    sha256, size = options["--code"].split(":")
+    blob = fetch(store, f"data/{sha256[:2]}/{sha256}")
+    if len(blob) != int(size) or hashlib.sha256(blob).hexdigest() != sha256:
+        fail(f"code package {sha256} is damaged: {len(blob)} bytes, expected {size}")
+    package = os.path.join(work, "code.zip")
+    with open(package, "wb") as out:
+        out.write(blob)
+    sys.path.insert(0, package)
+    os.environ["FLOWTASK_BOOTSTRAP_SECONDS"] = f"{time.time() - started:.6f}"
+    from provider.runtime.__main__ import main as run
+
+    return run(runtime_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

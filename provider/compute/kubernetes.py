@@ -1,0 +1,169 @@
+"""Translate a flow task's specs into ``KubernetesPodOperator`` keyword arguments (pure)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from provider.compute.labels import label_key_name, label_value
+from provider.specs import KubernetesOptions, Resources, TaskSpec, check_secrets_for
+
+LABEL_PREFIX = "flowtask.io"
+TAG_LABEL_PREFIX = f"tag.{LABEL_PREFIX}/"
+MANIFEST_ANNOTATION = f"{LABEL_PREFIX}/manifest"
+SHM_VOLUME = "flowtask-dshm"
+DEFAULT_GPU_VENDOR = "nvidia"
+DEFAULT_GPU_TYPE_LABEL = "nvidia.com/gpu.product"
+
+
+def cpu_quantity(millicores: int) -> str:
+    return str(millicores // 1000) if millicores % 1000 == 0 else f"{millicores}m"
+
+
+def resource_requirements(resources: Resources, options: KubernetesOptions) -> Any:
+    """Requests and limits: memory limit = request, CPU limit only with ``cpu_limit_ratio``."""
+    from kubernetes.client import models as k8s
+
+    requests = {"cpu": cpu_quantity(resources.cpu_millicores), "memory": resources.memory_quantity}
+    limits = {"memory": resources.memory_quantity}
+    if options.cpu_limit_ratio is not None:
+        limits["cpu"] = cpu_quantity(math.ceil(resources.cpu_millicores * options.cpu_limit_ratio))
+    if resources.disk_quantity is not None:
+        requests["ephemeral-storage"] = limits["ephemeral-storage"] = resources.disk_quantity
+    if resources.gpu:
+        limits[f"{options.gpu_vendor or DEFAULT_GPU_VENDOR}.com/gpu"] = str(resources.gpu)
+    return k8s.V1ResourceRequirements(requests=requests, limits=limits)
+
+
+def run_labels(identity: Mapping[str, Any], options: KubernetesOptions) -> dict[str, str]:
+    """The options' labels plus dag, task, run, namespace and one ``tag.flowtask.io/*`` per tag."""
+    labels = dict(options.labels)
+    for name in ("dag", "task", "run"):
+        labels[f"{LABEL_PREFIX}/{name}"] = label_value(str(identity[f"{name}_id"]))
+    labels[f"{LABEL_PREFIX}/namespace"] = label_value(str(identity["namespace"]))
+    for tag in identity["tags"]:
+        labels[TAG_LABEL_PREFIX + label_key_name(tag)] = "true"
+    return labels
+
+
+def run_annotations(
+    identity: Mapping[str, Any], options: KubernetesOptions, manifest_key: str
+) -> dict[str, str]:
+    """The full, unsanitized identity, and where the result manifest will be."""
+    annotations = dict(options.annotations)
+    for name in ("dag_id", "task_id", "run_id", "namespace", "map_index", "try_number"):
+        annotations[f"{LABEL_PREFIX}/{name.replace('_', '-')}"] = str(identity[name])
+    annotations[f"{LABEL_PREFIX}/tags"] = json.dumps(list(identity["tags"]), ensure_ascii=False)
+    annotations[MANIFEST_ANNOTATION] = manifest_key
+    return annotations
+
+
+def pod_operator_kwargs(
+    spec: TaskSpec,
+    *,
+    identity: Mapping[str, Any],
+    command: Sequence[str],
+    image: str,
+    manifest_key: str,
+    options: KubernetesOptions,
+    env: Mapping[str, str] | None = None,
+    secrets: Sequence[str] = (),
+    conn_id: str | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``KubernetesPodOperator`` that run ``command`` as the spec says.
+
+    ``options`` are the task's Kubernetes options already laid over the configured defaults;
+    ``env`` and ``secrets`` are what every pod gets (the store's endpoint, its credentials'
+    Secret) before the task's own. Secrets are referenced, never copied into the pod spec.
+    """
+    from kubernetes.client import models as k8s
+
+    all_secrets = tuple(dict.fromkeys([*secrets, *spec.environment.secrets]))
+    check_secrets_for("kubernetes", all_secrets)
+    resources = spec.resources
+    variables = {**(env or {}), **spec.environment.env_dict, "PYTHONUNBUFFERED": "1"}
+    node_selector = dict(options.node_selector)
+    if resources.gpu_type is not None:
+        node_selector[options.gpu_type_label or DEFAULT_GPU_TYPE_LABEL] = resources.gpu_type
+    kwargs: dict[str, Any] = {
+        "kubernetes_conn_id": conn_id,
+        "namespace": options.namespace,
+        "name": str(identity["task_id"]),
+        "image": image,
+        "cmds": list(command),
+        "env_vars": [k8s.V1EnvVar(name=k, value=v) for k, v in sorted(variables.items())],
+        "env_from": [
+            k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name)) for name in all_secrets
+        ],
+        "container_resources": resource_requirements(resources, options),
+        "node_selector": node_selector,
+        "tolerations": [k8s.V1Toleration(**toleration) for toleration in options.toleration_dicts],
+        "image_pull_secrets": [
+            k8s.V1LocalObjectReference(name=n) for n in options.image_pull_secrets
+        ],
+        "service_account_name": options.service_account,
+        "labels": run_labels(identity, options),
+        "annotations": run_annotations(identity, options, manifest_key),
+        "get_logs": True,
+        "do_xcom_push": False,
+        "log_events_on_failure": True,
+    }
+    if spec.timeout is not None:
+        kwargs["active_deadline_seconds"] = math.ceil(spec.timeout.total_seconds())
+    if resources.shared_memory_quantity is not None:
+        kwargs["volumes"] = [
+            k8s.V1Volume(
+                name=SHM_VOLUME,
+                empty_dir=k8s.V1EmptyDirVolumeSource(
+                    medium="Memory", size_limit=resources.shared_memory_quantity
+                ),
+            )
+        ]
+        kwargs["volume_mounts"] = [k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm")]
+    return kwargs
+
+
+def describe_pod_failure(pod: Any, container: str = "base") -> str | None:
+    """Why a finished pod failed, in words: evicted, deadline exceeded, OOMKilled, exit code.
+
+    ``pod`` is a ``V1Pod`` as the API last reported it; None when it says nothing useful.
+    """
+    status = getattr(pod, "status", None)
+    if status is None:
+        return None
+    name = pod.metadata.name
+    if status.reason == "Evicted":
+        return f"pod {name} was evicted: {status.message or 'no message'}"
+    if status.reason == "DeadlineExceeded":
+        deadline = pod.spec.active_deadline_seconds if pod.spec else None
+        return (
+            f"pod {name} ran longer than its deadline (activeDeadlineSeconds={deadline}, "
+            "from timeout=) and was stopped"
+        )
+    for state in status.container_statuses or []:
+        terminated = state.state.terminated if state.state else None
+        if state.name != container or terminated is None:
+            continue
+        if terminated.reason == "OOMKilled":
+            limit = _memory_limit(pod, container)
+            return (
+                f"pod {name} was OOMKilled: the container went over its memory limit ({limit}); "
+                "give the task more with resources=Resources(memory=...)"
+            )
+        if terminated.exit_code:
+            return (
+                f"pod {name}: container exited with code {terminated.exit_code} "
+                f"({terminated.reason or 'no reason given'})"
+            )
+    if status.phase == "Failed":
+        return f"pod {name} failed: {status.reason or ''} {status.message or ''}".rstrip()
+    return None
+
+
+def _memory_limit(pod: Any, container: str) -> str:
+    for spec in pod.spec.containers if pod.spec else []:
+        if spec.name == container and spec.resources and spec.resources.limits:
+            return str(spec.resources.limits.get("memory", "none"))
+    return "unknown"

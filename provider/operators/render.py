@@ -1,0 +1,85 @@
+"""``flowtask render``: the pod a flow task would submit, built offline by the real operator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: The payload is pickled from upstream results when the task runs; a render has none.
+PAYLOAD_AT_RUN_TIME = {"uri": "<stored when the task runs>"}
+RENDER_RUN_ID = "manual__render"
+
+
+class RenderError(ValueError):
+    """The DAG or task cannot be rendered; the message says what to pass instead."""
+
+
+def _flow_task(dags_folder: Path, dag_id: str, task_id: str) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(dags_folder), bundle_path=dags_folder)
+    dag = bag.dags.get(dag_id)
+    if dag is None:
+        errors = "".join(f"\n  {path}: {error}" for path, error in bag.import_errors.items())
+        raise RenderError(
+            f"no DAG {dag_id!r} in {dags_folder}; DAGs found: {sorted(bag.dags)}{errors}"
+        )
+    if task_id not in dag.task_dict:
+        raise RenderError(f"DAG {dag_id!r} has no task {task_id!r}; tasks: {sorted(dag.task_dict)}")
+    return dag, dag.task_dict[task_id]
+
+
+def render_pod(
+    dag_id: str, task_id: str, *, compute: str | None = None, dags_folder: Path | None = None
+) -> dict[str, Any]:
+    """The pod (as Kubernetes JSON) that ``task_id`` would submit in a manual run of ``dag_id``.
+
+    Needs no cluster, no credentials and no database: the code package's address is computed,
+    not stored, and ``build_pod_request_obj(dry_run=True)`` builds the pod.
+    """
+    from airflow.sdk.configuration import conf
+    from kubernetes.client import ApiClient
+
+    from provider import config
+    from provider.operators.flow_task import FlowTaskOperator
+    from provider.operators.kubernetes import code_package, code_reference, pod_operator
+    from provider.operators.run_context import default_namespace, resolve_compute, run_tags
+    from provider.store import manifest_key
+
+    folder = dags_folder or Path(conf.get("core", "dags_folder"))
+    dag, task = _flow_task(folder, dag_id, task_id)
+    mapped = not isinstance(task, FlowTaskOperator)
+    spec = task.partial_kwargs.get("flow_spec") if mapped else task.flow_spec
+    if spec is None:
+        raise RenderError(f"{dag_id}.{task_id} is a {type(task).__name__}, not a flow task")
+    params = dag.params.dump()
+    target = compute or resolve_compute(spec.compute, params, config.default_compute())
+    if target != "kubernetes":
+        raise RenderError(
+            f"{dag_id}.{task_id} runs with compute={target!r}, which submits no pod; "
+            "pass --compute kubernetes to see the pod it would run on a cluster"
+        )
+    map_index = 0 if mapped else -1
+    identity: dict[str, Any] = {
+        "dag_id": dag_id,
+        "run_id": RENDER_RUN_ID,
+        "task_id": task_id,
+        "map_index": map_index,
+        "try_number": 1,
+        "namespace": params.get("flow_namespace") or default_namespace(dag_id, "manual", None),
+        "tags": run_tags(params),
+    }
+    store_uri = config.artifact_store_uri()
+    callable_ = task.partial_kwargs["python_callable"] if mapped else task.python_callable
+    key = manifest_key(dag_id, RENDER_RUN_ID, task_id, map_index, 1)
+    pod_op = pod_operator(
+        task_id,
+        spec,
+        store_uri=store_uri,
+        code=code_reference(store_uri, code_package(callable_)),
+        payload=PAYLOAD_AT_RUN_TIME,
+        manifest_key=key,
+        identity=identity,
+    )
+    pod = pod_op.build_pod_request_obj(dry_run=True)
+    return dict(ApiClient().sanitize_for_serialization(pod))

@@ -1,0 +1,180 @@
+"""``KubernetesOptions``: where and how a flow task's pod is placed on a cluster."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from provider.specs.errors import SpecError
+
+NAME_FORM = "a DNS-1123 name such as 'ml-jobs' (lowercase letters, digits, '-', at most 63)"
+MAPPING_FORM = "a dict of label-style keys ('team', 'example.com/team') to strings"
+TOLERATION_FORM = (
+    "a list of dicts with keys key, operator ('Exists' or 'Equal'), value, effect "
+    "('NoSchedule', 'PreferNoSchedule', 'NoExecute') and toleration_seconds"
+)
+GPU_VENDORS = ("nvidia", "amd", "intel")
+
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?"
+_KEY_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
+_KEY = re.compile(rf"(?:{_DNS_SUBDOMAIN}/)?{_KEY_NAME}")
+_LABEL_VALUE = re.compile(rf"(?:{_KEY_NAME})?")
+_TOLERATION_KEYS = {"key", "operator", "value", "effect", "toleration_seconds"}
+_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _name(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _DNS_LABEL.fullmatch(value):
+        raise SpecError(field, value, NAME_FORM)
+    return value
+
+
+def _pairs(value: Any, field: str, *, label_values: bool) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, tuple):  # the normalized form, as dataclasses.replace passes it
+        value = dict(value)
+    if not isinstance(value, Mapping):
+        raise SpecError(field, value, MAPPING_FORM, "not a dict")
+    for key, item in value.items():
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise SpecError(f"{field}[{key!r}]", key, MAPPING_FORM, "invalid key")
+        if not isinstance(item, str):
+            raise SpecError(f"{field}[{key!r}]", item, "a string value", "not a string")
+        if label_values and not _LABEL_VALUE.fullmatch(item):
+            raise SpecError(
+                f"{field}[{key!r}]",
+                item,
+                "at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric",
+                "not a valid label value",
+            )
+    return tuple(sorted(value.items()))
+
+
+def _toleration(item: Any, field: str) -> tuple[tuple[str, Any], ...]:
+    if isinstance(item, tuple):
+        item = dict(item)
+    if not isinstance(item, Mapping) or not set(item) <= _TOLERATION_KEYS:
+        raise SpecError(field, item, TOLERATION_FORM)
+    operator = item.get("operator", "Equal")
+    if operator not in ("Exists", "Equal"):
+        raise SpecError(f"{field}.operator", operator, "'Exists' or 'Equal'")
+    if operator == "Exists" and item.get("value"):
+        raise SpecError(f"{field}.value", item["value"], "no value with operator 'Exists'")
+    effect = item.get("effect")
+    if effect is not None and effect not in _EFFECTS:
+        raise SpecError(f"{field}.effect", effect, f"one of {_EFFECTS} or None for all effects")
+    seconds = item.get("toleration_seconds")
+    if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool)):
+        raise SpecError(f"{field}.toleration_seconds", seconds, "an int of seconds")
+    key = item.get("key")
+    if key is not None and (not isinstance(key, str) or not _KEY.fullmatch(key)):
+        raise SpecError(f"{field}.key", key, "a taint key such as 'nvidia.com/gpu'")
+    return tuple(sorted({**item, "operator": operator}.items()))
+
+
+def _tolerations(value: Any) -> tuple[tuple[tuple[str, Any], ...], ...]:
+    if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)):
+        raise SpecError("kubernetes.tolerations", value, TOLERATION_FORM, "not a list")
+    return tuple(_toleration(item, f"kubernetes.tolerations[{i}]") for i, item in enumerate(value))
+
+
+def _names(value: Any, field: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise SpecError(field, value, f"a list of {NAME_FORM}", "not a list")
+    return tuple(_name(item, field) or "" for item in value)
+
+
+@dataclass(frozen=True)
+class KubernetesOptions:
+    """Namespace, service account, placement, pull secrets and metadata of a flow task's pod.
+
+    Every field left unset falls back to the ``[flow_task] kubernetes_*`` settings; dicts are
+    merged with the task's keys winning, lists are joined.
+    ``cpu_limit_ratio`` sets the CPU limit to that multiple of the request (none by default:
+    the pod may use idle CPUs); the memory limit always equals the request.
+    """
+
+    namespace: str | None = None
+    service_account: str | None = None
+    node_selector: Any = ()
+    tolerations: Any = ()
+    image_pull_secrets: Any = ()
+    labels: Any = ()
+    annotations: Any = ()
+    cpu_limit_ratio: float | None = None
+    gpu_vendor: str | None = None
+    gpu_type_label: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "namespace", _name(self.namespace, "kubernetes.namespace"))
+        set_(self, "service_account", _service_account(self.service_account))
+        set_(
+            self,
+            "node_selector",
+            _pairs(self.node_selector, "kubernetes.node_selector", label_values=True),
+        )
+        set_(self, "tolerations", _tolerations(self.tolerations))
+        set_(
+            self,
+            "image_pull_secrets",
+            _names(self.image_pull_secrets, "kubernetes.image_pull_secrets"),
+        )
+        set_(self, "labels", _pairs(self.labels, "kubernetes.labels", label_values=True))
+        set_(
+            self,
+            "annotations",
+            _pairs(self.annotations, "kubernetes.annotations", label_values=False),
+        )
+        ratio = self.cpu_limit_ratio
+        if ratio is not None and (
+            isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio < 1
+        ):
+            raise SpecError(
+                "kubernetes.cpu_limit_ratio",
+                ratio,
+                "a number >= 1 (1 caps CPU at the request), or None for no CPU limit",
+            )
+        if self.gpu_vendor is not None and self.gpu_vendor not in GPU_VENDORS:
+            raise SpecError("kubernetes.gpu_vendor", self.gpu_vendor, f"one of {GPU_VENDORS}")
+        label = self.gpu_type_label
+        if label is not None and (not isinstance(label, str) or not _KEY.fullmatch(label)):
+            raise SpecError(
+                "kubernetes.gpu_type_label",
+                label,
+                "a node label key such as 'nvidia.com/gpu.product' or "
+                "'cloud.google.com/gke-accelerator'",
+            )
+
+    def over(self, defaults: KubernetesOptions) -> KubernetesOptions:
+        """These options on top of ``defaults``: set scalars win, dicts merge, lists join."""
+        merged: dict[str, Any] = {}
+        for f in fields(self):
+            mine, base = getattr(self, f.name), getattr(defaults, f.name)
+            if f.name in ("node_selector", "labels", "annotations"):
+                merged[f.name] = {**dict(base), **dict(mine)}
+            elif f.name in ("tolerations", "image_pull_secrets"):
+                merged[f.name] = tuple(dict.fromkeys(base + mine))
+            else:
+                merged[f.name] = base if mine is None else mine
+        return KubernetesOptions(**merged)
+
+    @property
+    def toleration_dicts(self) -> list[dict[str, Any]]:
+        return [dict(item) for item in self.tolerations]
+
+
+def _service_account(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(_DNS_SUBDOMAIN, value):
+        raise SpecError(
+            "kubernetes.service_account",
+            value,
+            "a service account name such as 'flow-runner'",
+        )
+    return value

@@ -1,0 +1,354 @@
+"""Specs -> KubernetesPodOperator -> the real V1Pod (``build_pod_request_obj(dry_run=True)``).
+
+Golden files live in tests/golden/pods/; regenerate them with ``FLOWTASK_UPDATE_GOLDEN=1``
+after a deliberate change, and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.client import ApiClient
+from kubernetes.client import models as k8s
+
+from provider import Environment, KubernetesOptions, Resources, SpecError, TaskSpec
+from provider.compute import describe_pod_failure, pod_operator_kwargs
+from provider.compute.kubernetes import cpu_quantity
+from provider.compute.labels import label_value
+
+GOLDEN = Path(__file__).parent / "golden" / "pods"
+IDENTITY = {
+    "dag_id": "train_models",
+    "run_id": "manual__2026-11-28T00:00:00+00:00",
+    "task_id": "fit",
+    "map_index": -1,
+    "try_number": 1,
+    "namespace": "user:alice",
+    "tags": ["nightly"],
+}
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+MATRIX: dict[str, dict[str, Any]] = {
+    "cpu_only": {"resources": Resources(cpu=2)},
+    "memory_units": {"resources": Resources(cpu="250m", memory="1.5Gi")},
+    "memory_decimal": {"resources": Resources(cpu=0.5, memory="16G")},
+    "gpu_with_type": {"resources": Resources(cpu=8, memory="64Gi", gpu=2, gpu_type="A100")},
+    "gpu_amd_gke_label": {
+        "resources": Resources(gpu=1, gpu_type="mi300x"),
+        "kubernetes": KubernetesOptions(gpu_vendor="amd", gpu_type_label="example.com/gpu-model"),
+    },
+    "disk": {"resources": Resources(disk="100Gi")},
+    "shared_memory": {"resources": Resources(memory="8Gi", shared_memory="2Gi")},
+    "secrets_and_env": {
+        "environment": Environment(env={"MODE": "fast", "N": 3}, secrets=["db-creds", "api-token"])
+    },
+    "tolerations": {
+        "kubernetes": KubernetesOptions(
+            tolerations=[
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "spot", "value": "true", "effect": "NoExecute", "toleration_seconds": 60},
+            ]
+        )
+    },
+    "placement_and_metadata": {
+        "kubernetes": KubernetesOptions(
+            namespace="ml-jobs",
+            service_account="flow-runner",
+            node_selector={"pool": "highmem"},
+            image_pull_secrets=["regcred"],
+            labels={"team": "ml"},
+            annotations={"owner": "ml-team@example.com"},
+            cpu_limit_ratio=1.5,
+        )
+    },
+    "timeout": {"timeout": "1h30m"},
+    "tags_kubernetes_rejects": {
+        "identity": {
+            "namespace": "production:train_models",
+            "run_id": "scheduled__2026-11-28T00:00:00+00:00",
+            "tags": ["exp 42/β", "ok-tag", "-lead-and-trail-", "x" * 80],
+        }
+    },
+}
+
+
+def render(spec: TaskSpec, identity: dict[str, Any] = IDENTITY, **extra: Any) -> dict[str, Any]:
+    """The pod the real operator builds from the translated kwargs, as Kubernetes JSON."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    kwargs = pod_operator_kwargs(
+        spec,
+        identity=identity,
+        command=["python", "-c", "<bootstrap>", "--", "run"],
+        image=spec.environment.image or "python:3.11-slim",
+        manifest_key="runs/train_models/manual/fit/-1/1/result.json",
+        options=spec.kubernetes,
+        conn_id="kubernetes_default",
+        **extra,
+    )
+    pod = KubernetesPodOperator(task_id=identity["task_id"], **kwargs).build_pod_request_obj(
+        dry_run=True
+    )
+    data = ApiClient().sanitize_for_serialization(pod)
+    prefix, _, suffix = data["metadata"]["name"].rpartition("-")
+    assert prefix == identity["task_id"] and len(suffix) == 8  # the operator's random suffix
+    data["metadata"]["name"] = f"{prefix}-<suffix>"
+    data["metadata"]["labels"].pop("airflow_version")
+    return data
+
+
+@pytest.mark.parametrize("case", sorted(MATRIX))
+def test_rendered_pod_matches_golden(case: str):
+    given = dict(MATRIX[case])
+    identity = {**IDENTITY, **given.pop("identity", {})}
+    pod = render(TaskSpec.build(**given), identity)
+    golden = GOLDEN / f"{case}.json"
+    text = json.dumps(pod, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    if os.environ.get("FLOWTASK_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), f"{golden} differs; see the module docstring"
+    for key, value in pod["metadata"]["labels"].items():
+        assert LABEL_VALUE.fullmatch(value) and len(value) <= 63, (key, value)
+        assert len(key.rpartition("/")[2]) <= 63, key
+
+
+def test_memory_limit_equals_request_and_cpu_is_unlimited_by_default():
+    resources = render(TaskSpec.build(resources=Resources(cpu=3, memory="12Gi")))["spec"][
+        "containers"
+    ][0]["resources"]
+    assert resources == {
+        "requests": {"cpu": "3", "memory": "12288Mi"},
+        "limits": {"memory": "12288Mi"},
+    }
+
+
+def test_secrets_are_references_never_values():
+    pod = render(TaskSpec.build(environment=Environment(secrets=["db-creds"])))
+    container = pod["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "db-creds"}}]
+    assert all("valueFrom" not in var for var in container["env"])
+
+
+def test_store_env_and_cluster_wide_secrets_come_before_the_tasks_own():
+    spec = TaskSpec.build(environment=Environment(env={"REGION": "task"}, secrets=["task-s"]))
+    pod = render(spec, env={"REGION": "store", "AWS_ENDPOINT_URL_S3": "http://s3"}, secrets=["aws"])
+    container = pod["spec"]["containers"][0]
+    env = {var["name"]: var["value"] for var in container["env"]}
+    assert env == {"REGION": "task", "AWS_ENDPOINT_URL_S3": "http://s3", "PYTHONUNBUFFERED": "1"}
+    assert [s["secretRef"]["name"] for s in container["envFrom"]] == ["aws", "task-s"]
+
+
+def test_an_aws_arn_secret_cannot_go_to_kubernetes():
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db"
+    with pytest.raises(SpecError, match=r"environment\.secrets.*compute='batch' only"):
+        TaskSpec.build(compute="kubernetes", environment=Environment(secrets=[arn]))
+    with pytest.raises(SpecError, match="compute='batch' only"):
+        render(TaskSpec.build(environment=Environment(secrets=[arn])))
+
+
+def test_identity_is_in_annotations_in_full():
+    identity = {**IDENTITY, "namespace": "user:alice@example.com", "tags": ["a b", "ß"]}
+    annotations = render(TaskSpec(), identity)["metadata"]["annotations"]
+    assert annotations["flowtask.io/namespace"] == "user:alice@example.com"
+    assert json.loads(annotations["flowtask.io/tags"]) == ["a b", "ß"]
+    assert annotations["flowtask.io/run-id"] == IDENTITY["run_id"]
+    assert annotations["flowtask.io/manifest"].endswith("result.json")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["nightly", "user:alice", "", "-", "a" * 63, "a" * 64, "exp 42/β", "..x..", "日本", "A_b.C-d"],
+)
+def test_label_values_are_valid_and_keep_valid_text(text: str):
+    value = label_value(text)
+    assert LABEL_VALUE.fullmatch(value) and len(value) <= 63
+    if LABEL_VALUE.fullmatch(text) and len(text) <= 63:
+        assert value == text
+    else:
+        assert value != text and re.search(r"[0-9a-f]{8}$", value)
+
+
+def test_different_names_get_different_labels():
+    names = ["user:alice", "user-alice", "user alice", "a" * 64, "a" * 65, "x/y", "x:y"]
+    assert len({label_value(name) for name in names}) == len(names)
+
+
+@pytest.mark.parametrize(
+    ("millicores", "quantity"), [(1000, "1"), (500, "500m"), (2500, "2500m"), (16000, "16")]
+)
+def test_cpu_quantity(millicores: int, quantity: str):
+    assert cpu_quantity(millicores) == quantity
+
+
+def _finished_pod(
+    *, reason: str | None = None, container_reason: str | None = None, exit_code: int = 1
+) -> k8s.V1Pod:
+    terminated = k8s.V1ContainerStateTerminated(exit_code=exit_code, reason=container_reason)
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="fit-abc"),
+        spec=k8s.V1PodSpec(
+            active_deadline_seconds=60,
+            containers=[
+                k8s.V1Container(
+                    name="base",
+                    resources=k8s.V1ResourceRequirements(limits={"memory": "64Mi"}),
+                )
+            ],
+        ),
+        status=k8s.V1PodStatus(
+            phase="Failed",
+            reason=reason,
+            message="The node was low on resource: memory." if reason == "Evicted" else None,
+            container_statuses=[
+                k8s.V1ContainerStatus(
+                    name="base",
+                    image="i",
+                    image_id="",
+                    ready=False,
+                    restart_count=0,
+                    state=k8s.V1ContainerState(terminated=terminated),
+                )
+            ],
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("pod", "expected"),
+    [
+        (
+            _finished_pod(container_reason="OOMKilled", exit_code=137),
+            "pod fit-abc was OOMKilled: the container went over its memory limit (64Mi)",
+        ),
+        (
+            _finished_pod(reason="Evicted"),
+            "pod fit-abc was evicted: The node was low on resource: memory.",
+        ),
+        (
+            _finished_pod(reason="DeadlineExceeded", exit_code=137, container_reason="Error"),
+            "pod fit-abc ran longer than its deadline (activeDeadlineSeconds=60",
+        ),
+        (
+            _finished_pod(container_reason="Error", exit_code=3),
+            "pod fit-abc: container exited with code 3 (Error)",
+        ),
+    ],
+)
+def test_pod_failures_are_described_by_their_reason(pod: k8s.V1Pod, expected: str):
+    assert (describe_pod_failure(pod) or "").startswith(expected)
+
+
+def test_a_pod_without_status_has_no_description():
+    assert describe_pod_failure(None) is None
+    assert describe_pod_failure(k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="p"))) is None
+
+
+@pytest.mark.parametrize(
+    ("given", "field"),
+    [
+        ({"namespace": "ML_jobs"}, "kubernetes.namespace"),
+        ({"namespace": "a" * 64}, "kubernetes.namespace"),
+        ({"service_account": "Flow Runner"}, "kubernetes.service_account"),
+        ({"node_selector": ["pool"]}, "kubernetes.node_selector"),
+        ({"node_selector": {"pool": "high mem"}}, "kubernetes.node_selector['pool']"),
+        ({"labels": {"bad key!": "x"}}, "kubernetes.labels['bad key!']"),
+        ({"labels": {"team": 3}}, "kubernetes.labels['team']"),
+        ({"tolerations": {"key": "spot"}}, "kubernetes.tolerations"),
+        (
+            {"tolerations": [{"key": "spot", "operator": "In"}]},
+            "kubernetes.tolerations[0].operator",
+        ),
+        (
+            {"tolerations": [{"key": "s", "operator": "Exists", "value": "v"}]},
+            "kubernetes.tolerations[0].value",
+        ),
+        ({"tolerations": [{"effect": "Never"}]}, "kubernetes.tolerations[0].effect"),
+        ({"tolerations": [{"colour": "red"}]}, "kubernetes.tolerations[0]"),
+        (
+            {"tolerations": [{"toleration_seconds": "60"}]},
+            "kubernetes.tolerations[0].toleration_seconds",
+        ),
+        ({"image_pull_secrets": "regcred"}, "kubernetes.image_pull_secrets"),
+        ({"cpu_limit_ratio": 0.5}, "kubernetes.cpu_limit_ratio"),
+        ({"cpu_limit_ratio": "2"}, "kubernetes.cpu_limit_ratio"),
+        ({"gpu_vendor": "nvidea"}, "kubernetes.gpu_vendor"),
+        ({"gpu_type_label": "has space"}, "kubernetes.gpu_type_label"),
+    ],
+)
+def test_bad_kubernetes_options_name_the_field(given: dict[str, Any], field: str):
+    with pytest.raises(SpecError) as caught:
+        KubernetesOptions(**given)
+    assert caught.value.field == field
+    assert "Accepted:" in str(caught.value)
+
+
+def test_bad_kubernetes_options_fail_at_decoration_time():
+    from provider import flow_task
+
+    with pytest.raises(SpecError, match=r"kubernetes.namespace='Bad_NS'"):
+
+        @flow_task(kubernetes={"namespace": "Bad_NS"})
+        def f():
+            return 1
+
+
+def test_task_options_lie_over_the_configured_defaults():
+    defaults = KubernetesOptions(
+        namespace="ml",
+        labels={"team": "ml", "env": "prod"},
+        tolerations=[{"key": "spot", "operator": "Exists"}],
+        image_pull_secrets=["regcred"],
+        cpu_limit_ratio=2,
+    )
+    task = KubernetesOptions(
+        labels={"env": "dev"},
+        tolerations=[{"key": "gpu", "operator": "Exists"}],
+        image_pull_secrets=["regcred", "other"],
+    )
+    merged = task.over(defaults)
+    assert merged.namespace == "ml" and merged.cpu_limit_ratio == 2
+    assert dict(merged.labels) == {"team": "ml", "env": "dev"}
+    assert [dict(t)["key"] for t in merged.tolerations] == ["spot", "gpu"]
+    assert merged.image_pull_secrets == ("regcred", "other")
+    assert KubernetesOptions(namespace="x").over(defaults).namespace == "x"
+
+
+def test_configured_defaults_are_read_and_checked(monkeypatch: pytest.MonkeyPatch):
+    from provider import config
+
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_NAMESPACE", "ml-jobs")
+    monkeypatch.setenv(
+        "AIRFLOW__FLOW_TASK__KUBERNETES_TOLERATIONS", '[{"key": "spot", "operator": "Exists"}]'
+    )
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_IMAGE_PULL_SECRETS", "a, b")
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_CPU_LIMIT_RATIO", "1")
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_SECRETS", "flow-aws")
+    defaults = config.kubernetes_defaults()
+    assert defaults.namespace == "ml-jobs" and defaults.image_pull_secrets == ("a", "b")
+    assert defaults.toleration_dicts == [{"key": "spot", "operator": "Exists"}]
+    assert defaults.cpu_limit_ratio == 1.0
+    assert config.kubernetes_secrets() == ("flow-aws",)
+
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_LABELS", "{not json")
+    with pytest.raises(ValueError, match=r"\[flow_task\] kubernetes_labels='\{not json'"):
+        config.kubernetes_defaults()
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_LABELS", '{"team": "a b"}')
+    with pytest.raises(ValueError, match=r"kubernetes_labels=.*not a valid label value"):
+        config.kubernetes_defaults()
+
+
+def test_default_image_matches_the_worker_python(monkeypatch: pytest.MonkeyPatch):
+    import sys
+
+    from provider import config
+
+    monkeypatch.delenv("AIRFLOW__FLOW_TASK__DEFAULT_IMAGE", raising=False)
+    major, minor = sys.version_info[:2]
+    assert config.default_image() == f"python:{major}.{minor}-slim"
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__DEFAULT_IMAGE", "ghcr.io/acme/base:1")
+    assert config.default_image() == "ghcr.io/acme/base:1"
