@@ -1,0 +1,58 @@
+"""``flowtask render``: the pod a flow task would submit, with no cluster and no credentials."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TEST_DAGS, airflow_env
+
+from provider.compute.code_package import build_code_package
+from provider.operators.render import RenderError, render_pod
+
+FLOWTASK = str(Path(sys.executable).parent / "flowtask")
+
+
+def test_render_prints_the_pod_as_json(tmp_path: Path):
+    env = airflow_env(tmp_path, TEST_DAGS)
+    proc = subprocess.run(
+        [FLOWTASK, "render", "flow_targets", "train"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    pod = json.loads(proc.stdout)
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "python:3.11-slim"
+    assert container["resources"] == {
+        "requests": {"cpu": "4", "memory": "16384Mi"},
+        "limits": {"memory": "16384Mi", "nvidia.com/gpu": "1"},
+    }
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "nvidia-tesla-t4"}
+    assert pod["metadata"]["labels"]["tag.flowtask.io/k8s"] == "true"
+    command = container["command"]
+    assert command[:2] == ["python", "-c"] and "flowtask bootstrap" in command[2]
+    store = (tmp_path / "flow_artifacts").as_uri()
+    assert command[command.index("--store") + 1] == store
+    assert not (tmp_path / "flow_artifacts").exists()  # nothing was stored
+    package = build_code_package()  # the DAG file itself travels pickled in the payload
+    expected = f"{hashlib.sha256(package).hexdigest()}:{len(package)}"
+    assert command[command.index("--code") + 1] == expected
+
+
+def test_render_explains_what_it_cannot_render(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    with pytest.raises(RenderError, match=r"no DAG 'nope' in .*DAGs found: \[.*'flow_targets'"):
+        render_pod("nope", "train", dags_folder=TEST_DAGS)
+    with pytest.raises(RenderError, match=r"has no task 'nope'; tasks: \['train'\]"):
+        render_pod("flow_targets", "nope", dags_folder=TEST_DAGS)
+    with pytest.raises(RenderError, match=r"compute='local'.*pass --compute kubernetes"):
+        render_pod("flow_failures", "flaky", dags_folder=TEST_DAGS)
+    pod = render_pod("flow_failures", "flaky", compute="kubernetes", dags_folder=TEST_DAGS)
+    assert pod["spec"]["containers"][0]["image"].startswith("python:3.")
