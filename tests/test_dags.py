@@ -148,3 +148,13 @@ def test_example_flow_mixed_on_s3_with_credentials_from_the_airflow_connection(
     assert {m["task_id"] for m in results} == {"simulate", "column_means"}
     assert all(m["status"] == "succeeded" for m in results)
     assert store.get(rows["column_means[-1]"]).shape == (500,)
+
+
+def test_example_flow_kubernetes_runs_locally_with_the_flow_compute_param(dags_test: DagsTest):
+    run = dags_test("flow_kubernetes", conf={"flow_compute": "local"})
+    assert run.returncode == 0, run.output[-5000:]
+    store = open_store(run.artifacts.as_uri())
+    tasks = _by_task(run.manifests("flow_kubernetes"))
+    assert len(tasks["score"]) == 3
+    summary = tasks["summarize"][0]["result"]  # a dict return: one artifact per key
+    assert store.get(summary["batches"]) == 3 and store.get(summary["total"]) > 0
