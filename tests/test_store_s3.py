@@ -11,7 +11,7 @@ import pytest
 from conftest import BUCKET, s3_client
 from s3_servers import FaultProxy
 
-from provider.store import ArtifactStore, IntegrityError, StoreError, open_store
+from provider.store import ArtifactStore, IntegrityError, MissingArtifact, StoreError, open_store
 
 
 @pytest.fixture
@@ -57,6 +57,8 @@ def test_manifests_and_listing(store):
     store.write_manifest("runs/d/r/t/-1/1/result.json", {"status": "succeeded"})
     store.write_manifest("runs/d/r/run.json", {"namespace": "n"})
     assert store.read_manifest("runs/d/r/run.json") == {"namespace": "n"}
+    with pytest.raises(MissingArtifact):  # a pod that died before reporting
+        store.read_manifest("runs/d/r/t/-1/2/result.json")
     assert sorted(store.list_manifests("runs/d")) == [
         "runs/d/r/run.json",
         "runs/d/r/t/-1/1/result.json",

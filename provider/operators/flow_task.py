@@ -242,11 +242,8 @@ class FlowTaskOperator(DecoratedOperator):
         if error:
             message = f"{error['type']}: {error['message']} (exit code {code})"
         else:
-            where = "the pod's" if failure else "the runtime's"
-            message = (
-                f"{failure or f'the runtime exited with code {code}'}, before writing its "
-                f"result manifest {key} (see {where} output above)"
-            )
+            reason = failure or f"the runtime exited with code {code}"
+            message = f"{reason}; it wrote no result manifest {key} (see its output above)"
         catch = self.flow_spec.catch
         if not catch or context["ti"].try_number <= self.retries:
             raise FlowTaskFailed(f"flow task {self.task_id} failed: {message}")

@@ -81,7 +81,7 @@ def pod_operator(
 
 def run_pod(pod_op: Any, context: Any, manifest_key: str) -> PodResult:
     """Run the pod to its end; a failed pod is described, not raised, so the manifest decides."""
-    from airflow.exceptions import AirflowException, AirflowTaskTimeout
+    from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 
     from provider.compute import describe_pod_failure
     from provider.compute.kubernetes import MANIFEST_ANNOTATION

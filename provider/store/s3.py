@@ -156,7 +156,14 @@ class S3Backend:
         return sink.buffer
 
     def read_bytes(self, key: str) -> bytes:
-        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except ClientError as error:
+            if _is_missing(error):
+                raise MissingArtifact(f"no object s3://{self.bucket}/{self._key(key)}") from None
+            raise
         return bytes(body.read())
 
     def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]:
