@@ -176,3 +176,14 @@ def test_the_bootstrap_installs_the_tasks_pip_requirements(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     assert store.get(manifest["result"]) == "installed"
     assert "installed ['flowtask_probe==1.0']" in proc.stdout
+
+
+def test_a_store_the_container_cannot_see_is_named(tmp_path: Path):
+    store = open_store((tmp_path / "store").as_uri())
+    code = store_code_package(store, build_code_package())
+    argv = bootstrap_command(
+        (tmp_path / "elsewhere").as_uri(), code, {"uri": "x"}, "k", python=sys.executable
+    )
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "is not in this container: a file:// artifact store only works where" in proc.stderr

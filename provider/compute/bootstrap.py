@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from typing import Any, NoReturn
+from urllib.parse import unquote, urlparse
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -47,7 +48,13 @@ def pip_install(requirements: list[str], target: str) -> None:
 
 def fetch(store: str, key: str) -> bytes:
     if store.startswith("file://"):
-        with open(os.path.join(store[len("file://") :], key), "rb") as blob:
+        path = os.path.join(unquote(urlparse(store).path), key)
+        if not os.path.exists(path):
+            fail(
+                f"{path} is not in this container: a file:// artifact store only works where "
+                "pods mount the same path; use an s3:// store ([flow_task] artifact_store)"
+            )
+        with open(path, "rb") as blob:
             return blob.read()
     if not store.startswith("s3://"):
         fail(f"unsupported artifact store {store!r}: expected file:// or s3://")

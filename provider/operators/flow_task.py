@@ -153,6 +153,12 @@ class FlowTaskOperator(DecoratedOperator):
             store_code_package,
         )
 
+        if store.root_uri.startswith("file://"):
+            self.log.warning(
+                "the artifact store %s is a local folder: pods can only use it where they "
+                "mount the same path; set [flow_task] artifact_store to an s3:// URI",
+                store.root_uri,
+            )
         code = store_code_package(store, code_package(self.python_callable))
         self.log.info("code package: %s (%d bytes)", code.uri, code.size)
         self._pod_operator = pod_operator(
