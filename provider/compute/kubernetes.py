@@ -109,6 +109,8 @@ def pod_operator_kwargs(
         "get_logs": True,
         "do_xcom_push": False,
         "log_events_on_failure": True,
+        # Check every second whether the pod started (the operator's default is 5 s).
+        "startup_check_interval_seconds": 1,
     }
     if spec.timeout is not None:
         kwargs["active_deadline_seconds"] = math.ceil(spec.timeout.total_seconds())
