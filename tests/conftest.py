@@ -69,6 +69,15 @@ def aws_connection(endpoint: str) -> str:
     )
 
 
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Any]:
+    """A Kubernetes API (kmock) on 127.0.0.1 whose pods run as local subprocesses."""
+    from k8s_cluster import LocalCluster
+
+    with LocalCluster(tmp_path) as running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An Airflow SQLite DB migrated once per session; each test home gets a copy."""

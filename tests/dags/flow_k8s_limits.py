@@ -1,0 +1,34 @@
+"""Pods that end badly: over the memory limit, over the timeout, evicted (by the test)."""
+
+from __future__ import annotations
+
+import time
+
+from airflow.sdk import dag
+
+from provider import Resources, flow_task
+
+
+@dag(schedule=None, catchup=False)
+def flow_k8s_limits():
+    @flow_task(compute="kubernetes", resources=Resources(memory="160Mi"))
+    def hog() -> int:
+        ballast = b"x" * (512 << 20)  # written, so every page is resident
+        return len(ballast)
+
+    @flow_task(compute="kubernetes", timeout="4s")
+    def sleepy() -> str:
+        time.sleep(120)
+        return "never"
+
+    @flow_task(compute="kubernetes", timeout="90s")
+    def evictee() -> str:
+        time.sleep(120)
+        return "never"
+
+    hog()
+    sleepy()
+    evictee()
+
+
+flow_k8s_limits()

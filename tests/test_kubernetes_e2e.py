@@ -1,0 +1,172 @@
+"""Flow tasks as pods, end to end: `airflow dags test` -> KubernetesPodOperator -> a Kubernetes
+API test server (kmock) whose local kubelet runs each pod's command -> moto's S3 for artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BUCKET, TEST_DAGS, DagsTest, aws_connection, s3_client
+
+pytest.importorskip("kmock")  # kmock needs Python >= 3.11
+from k8s_cluster import LocalCluster
+
+from provider.store import ArtifactStore, open_store
+
+pytestmark = pytest.mark.dags_test
+
+
+def _secret(cluster: LocalCluster, name: str, values: dict[str, str]) -> None:
+    from kubernetes.client import models as k8s
+
+    body = k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=name), string_data=values)
+    cluster.core_v1().create_namespaced_secret("default", body)
+
+
+def _cluster_env(cluster: LocalCluster, moto: Any, prefix: str) -> dict[str, str]:
+    """Airflow settings for pods on the local cluster with artifacts in moto's S3.
+
+    The pods get the store's endpoint from the AWS connection and its credentials from a
+    Kubernetes Secret (``kubernetes_secrets``), as on a real cluster.
+    """
+    _secret(cluster, "flow-aws", {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "x"})
+    return {
+        "AIRFLOW__FLOW_TASK__ARTIFACT_STORE": f"s3://{BUCKET}/{prefix}",
+        "AIRFLOW__FLOW_TASK__KUBERNETES_SECRETS": "flow-aws,flow-test-env",
+        "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(moto.endpoint),
+        "AIRFLOW_CONN_KUBERNETES_DEFAULT": cluster.airflow_connection_json(),
+    }
+
+
+def _manifests(store: ArtifactStore, dag_id: str) -> dict[str, list[dict[str, Any]]]:
+    tasks: dict[str, list[dict[str, Any]]] = {}
+    for key in sorted(store.list_manifests(f"runs/{dag_id}")):
+        if not key.endswith("/run.json"):
+            manifest = store.read_manifest(key)
+            tasks.setdefault(manifest["task_id"], []).append(manifest)
+    return tasks
+
+
+def _store(moto: Any, prefix: str) -> ArtifactStore:
+    return open_store(f"s3://{BUCKET}/{prefix}", s3_client=s3_client(moto.endpoint))
+
+
+def test_example_dag_runs_as_pods_passing_data_by_reference(
+    dags_test: DagsTest, cluster: LocalCluster, moto: Any
+):
+    _secret(cluster, "flow-test-env", {"UNUSED": "1"})
+    run = dags_test("flow_kubernetes", **_cluster_env(cluster, moto, "e2e-k8s"))
+    assert run.returncode == 0, run.output[-8000:]
+
+    tasks = _manifests(_store(moto, "e2e-k8s"), "flow_kubernetes")
+    assert {name: len(tries) for name, tries in tasks.items()} == {
+        "make_batches": 1,
+        "score": 3,
+        "summarize": 1,
+    }
+    store = _store(moto, "e2e-k8s")
+    summary = tasks["summarize"][0]["result"]
+    assert store.get(summary["batches"]) == 3 and store.get(summary["total"]) > 0
+
+    pods = {pod["metadata"]["annotations"]["flowtask.io/manifest"]: pod for pod in cluster.history}
+    assert len(pods) == 5
+    for manifests in tasks.values():
+        for manifest in manifests:
+            assert manifest["status"] == "succeeded" and "bootstrap_seconds" in manifest
+    score_pod = next(p for p in cluster.history if p["metadata"]["name"].startswith("score"))
+    container = score_pod["spec"]["containers"][0]
+    assert container["resources"] == {
+        "requests": {"cpu": "1", "memory": "1024Mi"},
+        "limits": {"memory": "1024Mi"},
+    }
+    assert score_pod["spec"]["activeDeadlineSeconds"] == 600
+    assert score_pod["metadata"]["labels"]["tag.flowtask.io/k8s"] == "true"
+    assert {"secretRef": {"name": "flow-aws"}} in container["envFrom"]
+    assert not any(var.get("name") == "AWS_SECRET_ACCESS_KEY" for var in container["env"])
+    assert "flow task finished in" in run.output and "flowtask bootstrap" not in run.output
+    assert cluster.pods() == []  # every pod deleted when done
+
+    # Bootstrap cost: container start -> the user's function starting.
+    for annotation, pod in pods.items():
+        manifest = next(
+            m
+            for ms in tasks.values()
+            for m in ms
+            if annotation.endswith(
+                f"/{m['task_id']}/{m['map_index']}/{m['try_number']}/result.json"
+            )
+        )
+        started = cluster.started_at(pod["metadata"]["name"])
+        assert started is not None
+        assert 0 < manifest["function_started_at"] - started < 30
+        print(
+            f"BOOTSTRAP {pod['metadata']['name']}: start -> function "
+            f"{manifest['function_started_at'] - started:.3f}s "
+            f"(bootstrap {manifest['bootstrap_seconds']:.3f}s)"
+        )
+
+
+def test_retries_and_catch_work_for_pods(
+    dags_test: DagsTest, cluster: LocalCluster, moto: Any, tmp_path: Path
+):
+    marker = tmp_path / "marker"
+    _secret(cluster, "flow-test-env", {"FLOW_TEST_MARKER": str(marker)})
+    run = dags_test(
+        "flow_failures",
+        conf={"flow_compute": "kubernetes"},
+        dags_folder=TEST_DAGS,
+        **_cluster_env(cluster, moto, "e2e-k8s-failures"),
+    )
+    assert run.returncode == 0, run.output[-8000:]
+    tasks = _manifests(_store(moto, "e2e-k8s-failures"), "flow_failures")
+    assert [m["status"] for m in tasks["flaky"]] == ["failed", "succeeded"]
+    assert tasks["flaky"][0]["error"]["type"] == "builtins.ConnectionError"
+    assert [m["try_number"] for m in tasks["broken"]] == [1, 2]
+    names = [pod["metadata"]["name"] for pod in cluster.history]
+    assert sum(name.startswith("flaky") for name in names) == 2
+
+
+def _evict_when_running(cluster: LocalCluster, prefix: str, deadline: float) -> threading.Thread:
+    """Evict the first pod named ``prefix-*`` once it runs, as a node under pressure would."""
+
+    def watch() -> None:
+        while time.monotonic() < deadline:
+            for pod in cluster.pods():
+                name = pod["metadata"]["name"]
+                if name.startswith(f"{prefix}-") and cluster.started_at(name) is not None:
+                    cluster.evict(name)
+                    return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_oomkilled_evicted_and_timed_out_pods_fail_with_their_reason(
+    dags_test: DagsTest, cluster: LocalCluster, moto: Any
+):
+    _secret(cluster, "flow-test-env", {"UNUSED": "1"})
+    evictor = _evict_when_running(cluster, "evictee", time.monotonic() + 300)
+    run = dags_test(
+        "flow_k8s_limits", dags_folder=TEST_DAGS, **_cluster_env(cluster, moto, "e2e-k8s-limits")
+    )
+    evictor.join(1)
+    assert run.returncode != 0
+    assert (
+        "flow task hog failed: pod hog-" in run.output
+        and "was OOMKilled: the container went over its memory limit (160Mi)" in run.output
+    )
+    assert "flow task evictee failed: pod evictee-" in run.output
+    assert "was evicted: The node was low on resource: memory." in run.output
+    assert "AirflowTaskTimeout" in run.output  # sleepy: timeout='4s'
+    assert _manifests(_store(moto, "e2e-k8s-limits"), "flow_k8s_limits") == {}
+    assert cluster.pods() == []  # the timed-out pod was deleted, not left running
+    sleepy = next(p for p in cluster.history if p["metadata"]["name"].startswith("sleepy"))
+    assert sleepy["spec"]["activeDeadlineSeconds"] == 4
+    assert json.loads(sleepy["metadata"]["annotations"]["flowtask.io/tags"]) == []
