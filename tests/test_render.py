@@ -56,3 +56,5 @@ def test_render_explains_what_it_cannot_render(monkeypatch: pytest.MonkeyPatch, 
         render_pod("flow_failures", "flaky", dags_folder=TEST_DAGS)
     pod = render_pod("flow_failures", "flaky", compute="kubernetes", dags_folder=TEST_DAGS)
     assert pod["spec"]["containers"][0]["image"].startswith("python:3.")
+    with pytest.raises(RenderError, match=r"compute='batch' is not available"):
+        render_pod("flow_failures", "flaky", compute="batch", dags_folder=TEST_DAGS)

@@ -54,6 +54,10 @@ def render_pod(
         raise RenderError(f"{dag_id}.{task_id} is a {type(task).__name__}, not a flow task")
     params = dag.params.dump()
     target = compute or resolve_compute(spec.compute, params, config.default_compute())
+    if target == "batch":
+        raise RenderError(
+            f"{dag_id}.{task_id}: compute='batch' is not available in this flowtask version"
+        )
     if target != "kubernetes":
         raise RenderError(
             f"{dag_id}.{task_id} runs with compute={target!r}, which submits no pod; "
