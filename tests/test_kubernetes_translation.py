@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
+from pods import finished_pod
 
 from provider import Environment, KubernetesOptions, Resources, SpecError, TaskSpec
 from provider.compute import describe_pod_failure, pod_operator_kwargs
@@ -185,56 +186,23 @@ def test_cpu_quantity(millicores: int, quantity: str):
     assert cpu_quantity(millicores) == quantity
 
 
-def _finished_pod(
-    *, reason: str | None = None, container_reason: str | None = None, exit_code: int = 1
-) -> k8s.V1Pod:
-    terminated = k8s.V1ContainerStateTerminated(exit_code=exit_code, reason=container_reason)
-    return k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(name="fit-abc"),
-        spec=k8s.V1PodSpec(
-            active_deadline_seconds=60,
-            containers=[
-                k8s.V1Container(
-                    name="base",
-                    resources=k8s.V1ResourceRequirements(limits={"memory": "64Mi"}),
-                )
-            ],
-        ),
-        status=k8s.V1PodStatus(
-            phase="Failed",
-            reason=reason,
-            message="The node was low on resource: memory." if reason == "Evicted" else None,
-            container_statuses=[
-                k8s.V1ContainerStatus(
-                    name="base",
-                    image="i",
-                    image_id="",
-                    ready=False,
-                    restart_count=0,
-                    state=k8s.V1ContainerState(terminated=terminated),
-                )
-            ],
-        ),
-    )
-
-
 @pytest.mark.parametrize(
     ("pod", "expected"),
     [
         (
-            _finished_pod(container_reason="OOMKilled", exit_code=137),
+            finished_pod(container_reason="OOMKilled", exit_code=137),
             "pod fit-abc was OOMKilled: the container went over its memory limit (64Mi)",
         ),
         (
-            _finished_pod(reason="Evicted"),
+            finished_pod(reason="Evicted"),
             "pod fit-abc was evicted: The node was low on resource: memory.",
         ),
         (
-            _finished_pod(reason="DeadlineExceeded", exit_code=137, container_reason="Error"),
+            finished_pod(reason="DeadlineExceeded", exit_code=137, container_reason="Error"),
             "pod fit-abc ran longer than its deadline (activeDeadlineSeconds=60",
         ),
         (
-            _finished_pod(container_reason="Error", exit_code=3),
+            finished_pod(container_reason="Error", exit_code=3),
             "pod fit-abc: container exited with code 3 (Error)",
         ),
     ],

@@ -7,28 +7,12 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 from kubernetes.client import models as k8s
+from pods import finished_pod
 
 from provider.compute.kubernetes import MANIFEST_ANNOTATION
 from provider.operators.kubernetes import run_pod
 
 OWN_KEY = "runs/d/r/t/-1/2/result.json"
-
-
-def _pod(annotations: dict[str, str] | None = None, *, reason: str | None = None) -> k8s.V1Pod:
-    terminated = k8s.V1ContainerStateTerminated(exit_code=137, reason=reason)
-    status = k8s.V1ContainerStatus(
-        name="base",
-        image="i",
-        image_id="",
-        ready=False,
-        restart_count=0,
-        state=k8s.V1ContainerState(terminated=terminated),
-    )
-    return k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(name="t-abc", annotations=annotations),
-        spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base")]),
-        status=k8s.V1PodStatus(phase="Failed", container_statuses=[status]),
-    )
 
 
 class FinishedPodOperator:
@@ -45,13 +29,19 @@ class FinishedPodOperator:
 
 def test_a_reattached_pod_is_read_from_the_manifest_of_its_own_try():
     earlier = "runs/d/r/t/-1/1/result.json"
-    result = run_pod(FinishedPodOperator(_pod({MANIFEST_ANNOTATION: earlier})), {}, OWN_KEY)
+    result = run_pod(
+        FinishedPodOperator(finished_pod(annotations={MANIFEST_ANNOTATION: earlier})), {}, OWN_KEY
+    )
     assert result.manifest_key == earlier and result.failure is None
 
 
 def test_a_failed_pod_is_described_not_raised():
-    error = AirflowException("Pod t-abc returned a failure.")
-    result = run_pod(FinishedPodOperator(_pod(reason="OOMKilled"), error), {}, OWN_KEY)
+    error = AirflowException("Pod fit-abc returned a failure.")
+    result = run_pod(
+        FinishedPodOperator(finished_pod(container_reason="OOMKilled", exit_code=137), error),
+        {},
+        OWN_KEY,
+    )
     assert result.manifest_key == OWN_KEY and result.exit_code == 137
     assert result.failure is not None and "was OOMKilled" in result.failure
 
@@ -61,8 +51,8 @@ def test_a_timeout_stays_a_timeout_when_the_pod_cleanup_raises_over_it():
         try:
             raise AirflowTaskTimeout("Timeout, PID: 1")
         finally:
-            raise AirflowException("Pod t-abc returned a failure.")
+            raise AirflowException("Pod fit-abc returned a failure.")
     except AirflowException as masked:
         error = masked
     with pytest.raises(AirflowTaskTimeout, match="Timeout, PID: 1"):
-        run_pod(FinishedPodOperator(_pod(), error), {}, OWN_KEY)
+        run_pod(FinishedPodOperator(finished_pod(), error), {}, OWN_KEY)
