@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from provider.specs import TaskSpec
-from provider.store import ArtifactStore, Reference, blob_key
+from provider.store import ArtifactStore, Reference, bytes_reference
 
 CODE_PACKAGE_TYPE = "flowtask.code_package"
 CODE_PACKAGE_ENCODING = "zip"
@@ -38,13 +37,8 @@ def store_code_package(store: ArtifactStore, package: bytes) -> Reference:
 
 def code_reference(store_uri: str, package: bytes) -> Reference:
     """The reference the code package has in the store at ``store_uri``, without storing it."""
-    sha256 = hashlib.sha256(package).hexdigest()
-    return Reference(
-        uri=f"{store_uri.rstrip('/')}/{blob_key(sha256)}",
-        sha256=sha256,
-        size=len(package),
-        type=CODE_PACKAGE_TYPE,
-        encoding=CODE_PACKAGE_ENCODING,
+    return bytes_reference(
+        store_uri, package, type_name=CODE_PACKAGE_TYPE, encoding=CODE_PACKAGE_ENCODING
     )
 
 

@@ -1,9 +1,9 @@
 """Content-addressed artifact store: values in, small references out."""
 
 from provider.store.errors import IntegrityError, MissingArtifact, StoreError
-from provider.store.keys import blob_key, manifest_key, run_manifest_key, xcom_manifest_key
+from provider.store.keys import manifest_key, run_manifest_key, xcom_manifest_key
 from provider.store.reference import REFERENCE_MARKER, Reference, is_reference
-from provider.store.store import ArtifactStore, open_store
+from provider.store.store import ArtifactStore, bytes_reference, open_store
 
 __all__ = [
     "REFERENCE_MARKER",
@@ -12,7 +12,7 @@ __all__ = [
     "MissingArtifact",
     "Reference",
     "StoreError",
-    "blob_key",
+    "bytes_reference",
     "is_reference",
     "manifest_key",
     "open_store",

@@ -74,15 +74,9 @@ class ArtifactStore:
 
     def put_bytes(self, data: bytes, *, type_name: str, encoding: str) -> Reference:
         """Store bytes that are not a pickled value (a code package), content-addressed too."""
-        sha256 = hashlib.sha256(data).hexdigest()
-        self._write_blob(sha256, (memoryview(data),), len(data))
-        return Reference(
-            uri=self.blob_uri(sha256),
-            sha256=sha256,
-            size=len(data),
-            type=type_name,
-            encoding=encoding,
-        )
+        ref = bytes_reference(self._root_uri, data, type_name=type_name, encoding=encoding)
+        self._write_blob(ref.sha256, (memoryview(data),), len(data))
+        return ref
 
     def _write_blob(self, sha256: str, frames: tuple[memoryview, ...], size: int) -> None:
         key = blob_key(sha256)
@@ -169,6 +163,18 @@ class _BackgroundSha256:
     def hexdigest(self) -> str:
         self._worker.shutdown(wait=True)
         return self._digest.hexdigest()
+
+
+def bytes_reference(root_uri: str, data: bytes, *, type_name: str, encoding: str) -> Reference:
+    """The reference ``data`` has (or would have) in the store at ``root_uri``."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    return Reference(
+        uri=f"{root_uri.rstrip('/')}/{blob_key(sha256)}",
+        sha256=sha256,
+        size=len(data),
+        type=type_name,
+        encoding=encoding,
+    )
 
 
 def open_store(uri: str, *, s3_client: Any = None) -> ArtifactStore:
