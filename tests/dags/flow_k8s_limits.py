@@ -1,4 +1,8 @@
-"""Pods that end badly: over the memory limit, over the timeout, evicted (by the test)."""
+"""Pods that end badly: over the memory limit, over the timeout, evicted (by the test).
+
+``hog`` runs out of memory twice: once plainly, once with ``catch=`` so the OOM kill reaches
+downstream as a ``Failure``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import time
 
 from airflow.sdk import dag
 
-from provider import Resources, flow_task
+from provider import Failure, Resources, flow_task
 
 
 @dag(schedule=None, catchup=False)
@@ -26,7 +30,13 @@ def flow_k8s_limits():
         time.sleep(120)
         return "never"
 
+    @flow_task
+    def after_oom(outcome) -> str:
+        assert isinstance(outcome, Failure) and "was OOMKilled" in outcome.message, outcome
+        return outcome.type
+
     hog()
+    after_oom(hog.override(task_id="caught_hog", catch=True)())
     sleepy()
     evictee()
 
