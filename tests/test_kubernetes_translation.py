@@ -242,6 +242,8 @@ def test_a_pod_without_status_has_no_description():
             "kubernetes.tolerations[0].toleration_seconds",
         ),
         ({"image_pull_secrets": "regcred"}, "kubernetes.image_pull_secrets"),
+        ({"image_pull_secrets": ["regcred", None]}, "kubernetes.image_pull_secrets"),
+        ({"image_pull_secrets": ["Reg_Cred"]}, "kubernetes.image_pull_secrets"),
         ({"cpu_limit_ratio": 0.5}, "kubernetes.cpu_limit_ratio"),
         ({"cpu_limit_ratio": "2"}, "kubernetes.cpu_limit_ratio"),
         ({"gpu_vendor": "nvidea"}, "kubernetes.gpu_vendor"),

@@ -85,7 +85,13 @@ def _tolerations(value: Any) -> tuple[tuple[tuple[str, Any], ...], ...]:
 def _names(value: Any, field: str) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise SpecError(field, value, f"a list of {NAME_FORM}", "not a list")
-    return tuple(_name(item, field) or "" for item in value)
+    names = []
+    for item in value:
+        name = _name(item, field)
+        if name is None:
+            raise SpecError(field, value, f"a list of {NAME_FORM}", "None is not a name")
+        names.append(name)
+    return tuple(names)
 
 
 @dataclass(frozen=True)
