@@ -104,6 +104,26 @@ def group_rss(pgid: int) -> int:
     return total
 
 
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
+
+
+def check_pod_metadata(meta: dict[str, Any]) -> None:
+    """Refuse a pod name or labels a real API server refuses (422 Invalid)."""
+    problems = []
+    name = meta.get("name") or ""
+    if not _DNS_SUBDOMAIN.fullmatch(name):
+        problems.append(f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain")
+    for key, value in (meta.get("labels") or {}).items():
+        if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(str(value)):
+            problems.append(f"metadata.labels: Invalid value: {key!r}: {value!r}")
+    if problems:
+        message = f"Pod {name!r} is invalid: " + "; ".join(problems)
+        raise kmock.KubernetesError(status=422, reason="Invalid", message=message)
+
+
 def condition(kind: str, status: bool, reason: str | None = None) -> dict[str, Any]:
     cond = {"type": kind, "status": str(status), "lastTransitionTime": timestamp()}
     return cond | ({"reason": reason} if reason else {})
@@ -187,6 +207,7 @@ class _Api(kmock.KubernetesEmulator):
         if created:
             submitted = copy.deepcopy(request.data)
             if is_pod:
+                check_pod_metadata(request.data.get("metadata") or {})
                 request.data.setdefault("status", {"phase": "Pending"})
             self.stamp(request.data, request.namespace)
         if is_pod and request.action == kmock.action.DELETE:

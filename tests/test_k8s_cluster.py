@@ -180,3 +180,11 @@ def test_kubelet_through_the_client(cluster, tmp_path):
     status = wait("no-secret", waiting_reason)
     assert (status.phase, waiting_reason(status)) == ("Pending", "CreateContainerConfigError")
     assert cluster.started_at("no-secret") is None
+
+    # Names and labels a real API server refuses are refused here too (422 Invalid).
+    from kubernetes.client.exceptions import ApiException
+
+    with pytest.raises(ApiException) as refused:
+        create("make_batches-x", "pass")
+    assert refused.value.status == 422 and "RFC 1123" in str(refused.value.body)
+    assert "make_batches-x" not in {p["metadata"]["name"] for p in cluster.pods()}

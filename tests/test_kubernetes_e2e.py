@@ -168,7 +168,7 @@ def test_oomkilled_evicted_and_timed_out_pods_fail_with_their_reason(
     manifests = _manifests(_store(moto, "e2e-k8s-limits"), "flow_k8s_limits")
     assert set(manifests) == {"after_oom"}  # only the task downstream of the caught OOM
     assert manifests["after_oom"][0]["status"] == "succeeded"
-    assert "caught as a Failure: pod caught_hog-" in run.output
+    assert "caught as a Failure: pod caught-hog-" in run.output
     assert cluster.pods() == []  # the timed-out pod was deleted, not left running
     sleepy = next(p for p in cluster.history if p["metadata"]["name"].startswith("sleepy"))
     assert sleepy["spec"]["activeDeadlineSeconds"] == 4

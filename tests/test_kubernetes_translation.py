@@ -19,7 +19,7 @@ from pods import finished_pod
 
 from provider import Environment, KubernetesOptions, Resources, SpecError, TaskSpec
 from provider.compute import describe_pod_failure, pod_operator_kwargs
-from provider.compute.kubernetes import cpu_quantity
+from provider.compute.kubernetes import cpu_quantity, pod_name
 from provider.compute.labels import label_value
 
 GOLDEN = Path(__file__).parent / "golden" / "pods"
@@ -78,7 +78,12 @@ MATRIX: dict[str, dict[str, Any]] = {
 }
 
 
-def render(spec: TaskSpec, identity: dict[str, Any] = IDENTITY, **extra: Any) -> dict[str, Any]:
+def render(
+    spec: TaskSpec,
+    identity: dict[str, Any] = IDENTITY,
+    expect_name: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """The pod the real operator builds from the translated kwargs, as Kubernetes JSON."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
@@ -97,7 +102,7 @@ def render(spec: TaskSpec, identity: dict[str, Any] = IDENTITY, **extra: Any) ->
     )
     data = ApiClient().sanitize_for_serialization(pod)
     prefix, _, suffix = data["metadata"]["name"].rpartition("-")
-    assert prefix == identity["task_id"] and len(suffix) == 8  # the operator's random suffix
+    assert prefix == (expect_name or identity["task_id"]) and len(suffix) == 8  # random suffix
     data["metadata"]["name"] = f"{prefix}-<suffix>"
     data["metadata"]["labels"].pop("airflow_version")
     return data
@@ -177,6 +182,22 @@ def test_label_values_are_valid_and_keep_valid_text(text: str):
 def test_different_names_get_different_labels():
     names = ["user:alice", "user-alice", "user alice", "a" * 64, "a" * 65, "x/y", "x:y"]
     assert len({label_value(name) for name in names}) == len(names)
+
+
+@pytest.mark.parametrize(
+    ("task_id", "name"),
+    [
+        ("fit", "fit"),
+        ("make_batches", "make-batches"),
+        ("Group.Fit_Model", "group-fit-model"),
+        ("__x__", "x"),
+        ("___", "flow-task"),
+    ],
+)
+def test_pod_names_are_what_kubernetes_accepts(task_id: str, name: str):
+    assert pod_name(task_id) == name
+    identity = {**IDENTITY, "task_id": task_id}
+    assert render(TaskSpec(), identity, expect_name=name)["metadata"]["name"] == f"{name}-<suffix>"
 
 
 @pytest.mark.parametrize(

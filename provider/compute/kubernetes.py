@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,11 @@ MANIFEST_ANNOTATION = f"{LABEL_PREFIX}/manifest"
 SHM_VOLUME = "flowtask-dshm"
 DEFAULT_GPU_VENDOR = "nvidia"
 DEFAULT_GPU_TYPE_LABEL = "nvidia.com/gpu.product"
+
+
+def pod_name(task_id: str) -> str:
+    """A valid pod name stem for a task id (the operator appends a random suffix)."""
+    return re.sub(r"[^a-z0-9-]+", "-", task_id.lower()).strip("-")[:200] or "flow-task"
 
 
 def cpu_quantity(millicores: int) -> str:
@@ -90,7 +96,7 @@ def pod_operator_kwargs(
     kwargs: dict[str, Any] = {
         "kubernetes_conn_id": conn_id,
         "namespace": options.namespace,
-        "name": str(identity["task_id"]),
+        "name": pod_name(str(identity["task_id"])),
         "image": image,
         "cmds": list(command),
         "env_vars": [k8s.V1EnvVar(name=k, value=v) for k, v in sorted(variables.items())],

@@ -82,7 +82,7 @@ def run_pod(pod_op: Any, context: Any, manifest_key: str) -> PodResult:
 
     failure = None
     try:
-        # execute() only renames (our name is valid already) and checks `deferrable`.
+        # execute() only adds a name check (pod_name's names pass it) and a deferrable branch.
         pod_op.execute_sync(context)
     except AirflowTaskTimeout:
         raise
