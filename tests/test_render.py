@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TEST_DAGS, airflow_env
+from conftest import EXAMPLES, TEST_DAGS, airflow_env
 
 from provider.compute.code_package import build_code_package
 from provider.operators.render import RenderError, render_pod
@@ -56,5 +56,21 @@ def test_render_explains_what_it_cannot_render(monkeypatch: pytest.MonkeyPatch, 
         render_pod("flow_failures", "flaky", dags_folder=TEST_DAGS)
     pod = render_pod("flow_failures", "flaky", compute="kubernetes", dags_folder=TEST_DAGS)
     assert pod["spec"]["containers"][0]["image"].startswith("python:3.")
+    with pytest.raises(RenderError, match=r"flow_mixed.settings is a .*, not a flow task"):
+        render_pod("flow_mixed", "settings", dags_folder=EXAMPLES)
     with pytest.raises(RenderError, match=r"compute='batch' is not available"):
         render_pod("flow_failures", "flaky", compute="batch", dags_folder=TEST_DAGS)
+
+
+def test_render_a_mapped_task_with_its_dag_folder_helpers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    pod = render_pod("flow_kubernetes", "score", dags_folder=EXAMPLES)
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "1024Mi"}
+    assert {"name": "FLOW_SCALE", "value": "2"} in container["env"]
+    assert pod["metadata"]["annotations"]["flowtask.io/map-index"] == "0"
+    assert pod["spec"]["activeDeadlineSeconds"] == 600
+    _, size = container["command"][container["command"].index("--code") + 1].split(":")
+    assert int(size) > len(build_code_package())  # + dags_examples/flow_helpers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,16 @@ class RenderError(ValueError):
 def _flow_task(dags_folder: Path, dag_id: str, task_id: str) -> Any:
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(dags_folder), bundle_path=dags_folder)
+    # As in Airflow's own processes, DAG files import helpers from their folder.
+    folder = str(dags_folder.resolve())
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        bag = DagBag(dag_folder=folder, bundle_path=dags_folder)
+    finally:
+        if added:
+            sys.path.remove(folder)
     dag = bag.dags.get(dag_id)
     if dag is None:
         errors = "".join(f"\n  {path}: {error}" for path, error in bag.import_errors.items())
@@ -41,15 +51,14 @@ def render_pod(
     from kubernetes.client import ApiClient
 
     from provider import config
-    from provider.operators.flow_task import FlowTaskOperator
     from provider.operators.kubernetes import code_package, code_reference, pod_operator
     from provider.operators.run_context import default_namespace, resolve_compute, run_tags
     from provider.store import manifest_key
 
     folder = dags_folder or Path(conf.get("core", "dags_folder"))
     dag, task = _flow_task(folder, dag_id, task_id)
-    mapped = not isinstance(task, FlowTaskOperator)
-    spec = task.partial_kwargs.get("flow_spec") if mapped else task.flow_spec
+    partial = getattr(task, "partial_kwargs", None)  # a mapped task keeps its kwargs here
+    spec = partial.get("flow_spec") if partial is not None else getattr(task, "flow_spec", None)
     if spec is None:
         raise RenderError(f"{dag_id}.{task_id} is a {type(task).__name__}, not a flow task")
     params = dag.params.dump()
@@ -63,7 +72,7 @@ def render_pod(
             f"{dag_id}.{task_id} runs with compute={target!r}, which submits no pod; "
             "pass --compute kubernetes to see the pod it would run on a cluster"
         )
-    map_index = 0 if mapped else -1
+    map_index = -1 if partial is None else 0
     identity: dict[str, Any] = {
         "dag_id": dag_id,
         "run_id": RENDER_RUN_ID,
@@ -74,13 +83,12 @@ def render_pod(
         "tags": run_tags(params),
     }
     store_uri = config.artifact_store_uri()
-    callable_ = task.partial_kwargs["python_callable"] if mapped else task.python_callable
     key = manifest_key(dag_id, RENDER_RUN_ID, task_id, map_index, 1)
     pod_op = pod_operator(
         task_id,
         spec,
         store_uri=store_uri,
-        code=code_reference(store_uri, code_package(callable_)),
+        code=code_reference(store_uri, code_package(task.python_callable)),
         payload=PAYLOAD_AT_RUN_TIME,
         manifest_key=key,
         identity=identity,
