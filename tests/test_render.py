@@ -37,7 +37,7 @@ def test_render_prints_the_pod_as_json(tmp_path: Path):
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "nvidia-tesla-t4"}
     assert pod["metadata"]["labels"]["tag.flowtask.io/k8s"] == "true"
     command = container["command"]
-    assert command[:2] == ["python", "-c"] and "flowtask bootstrap" in command[2]
+    assert command[:2] == ["python3", "-c"] and "flowtask bootstrap" in command[2]
     store = (tmp_path / "flow_artifacts").as_uri()
     assert command[command.index("--store") + 1] == store
     assert not (tmp_path / "flow_artifacts").exists()  # nothing was stored

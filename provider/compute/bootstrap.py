@@ -1,4 +1,4 @@
-"""The first thing a flow task's container runs: ``python -c <this file> ARGS``.
+"""The first thing a flow task's container runs: ``python3 -c <this file> ARGS``.
 
 It needs nothing but Python (and boto3 for an ``s3://`` store, which it installs when the image
 lacks it): it checks the Python version, fetches the content-addressed code package (the

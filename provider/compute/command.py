@@ -51,9 +51,12 @@ def bootstrap_command(
     manifest_key: str,
     *,
     pip: Sequence[str] = (),
-    python: str = "python",
+    python: str = "python3",
 ) -> list[str]:
-    """Argv for a container: fetch the code package, install ``pip``, then run the payload."""
+    """Argv for a container: fetch the code package, install ``pip``, then run the payload.
+
+    ``python3`` is on the PATH of the official Python images and of distribution images alike.
+    """
     argv = [python, "-c", BOOTSTRAP_SOURCE, "--store", store_uri]
     argv += ["--code", f"{code_package.sha256}:{code_package.size}", "--python", worker_python()]
     for requirement in pip:
