@@ -42,7 +42,8 @@ def test_render_prints_the_pod_as_json(tmp_path: Path):
     assert command[command.index("--store") + 1] == store
     assert not (tmp_path / "flow_artifacts").exists()  # nothing was stored
     package = build_code_package()  # the DAG file itself travels pickled in the payload
-    expected = f"{hashlib.sha256(package).hexdigest()}:{len(package)}"
+    sha256 = hashlib.sha256(package).hexdigest()
+    expected = f"data/{sha256[:2]}/{sha256}:{len(package)}"
     assert command[command.index("--code") + 1] == expected
 
 

@@ -6,7 +6,8 @@ flowtask runtime, cloudpickle and the DAG folder's modules), verifies its SHA-25
 task's pip requirements, and hands over to ``provider.runtime``. It imports nothing from the
 package it lives in, so its source can travel in the command line.
 
-Usage: ``--store URI --code SHA256:SIZE --python X.Y [--pip REQ]... -- RUNTIME_ARGS...``
+Usage: ``--store URI --code KEY:SIZE --python X.Y [--pip REQ]... -- RUNTIME_ARGS...``, where
+KEY is the package's blob key in the store, which ends in its SHA-256.
 """
 
 import hashlib
@@ -89,8 +90,9 @@ def main(argv: list[str]) -> int:
             requirements.append("boto3")
     if requirements:
         pip_install(requirements, os.path.join(work, "site"))
-    sha256, size = options["--code"].split(":")
-    blob = fetch(store, f"data/{sha256[:2]}/{sha256}")
+    key, size = options["--code"].rsplit(":", 1)
+    sha256 = key.rpartition("/")[2]
+    blob = fetch(store, key)
     if len(blob) != int(size) or hashlib.sha256(blob).hexdigest() != sha256:
         fail(f"code package {sha256} is damaged: {len(blob)} bytes, expected {size}")
     package = os.path.join(work, "code.zip")

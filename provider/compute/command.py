@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from provider.store import Reference
+from provider.store.keys import blob_key
 
 BOOTSTRAP_SOURCE = Path(__file__).with_name("bootstrap.py").read_text()
 
@@ -58,7 +59,8 @@ def bootstrap_command(
     ``python3`` is on the PATH of the official Python images and of distribution images alike.
     """
     argv = [python, "-c", BOOTSTRAP_SOURCE, "--store", store_uri]
-    argv += ["--code", f"{code_package.sha256}:{code_package.size}", "--python", worker_python()]
+    code = f"{blob_key(code_package.sha256)}:{code_package.size}"
+    argv += ["--code", code, "--python", worker_python()]
     for requirement in pip:
         argv += ["--pip", requirement]
     return [*argv, "--", *runtime_args(store_uri, payload_ref, manifest_key)]
