@@ -164,12 +164,12 @@ def test_oomkilled_evicted_and_timed_out_pods_fail_with_their_reason(
     )
     assert "flow task evictee failed: pod evictee-" in run.output
     assert "was evicted: The node was low on resource: memory." in run.output
-    assert "AirflowTaskTimeout" in run.output  # sleepy: timeout='4s'
+    assert "AirflowTaskTimeout" in run.output  # sleepy: timeout='10s'
     manifests = _manifests(_store(moto, "e2e-k8s-limits"), "flow_k8s_limits")
     assert set(manifests) == {"after_oom"}  # only the task downstream of the caught OOM
     assert manifests["after_oom"][0]["status"] == "succeeded"
     assert "caught as a Failure: pod caught-hog-" in run.output
     assert cluster.pods() == []  # the timed-out pod was deleted, not left running
     sleepy = next(p for p in cluster.history if p["metadata"]["name"].startswith("sleepy"))
-    assert sleepy["spec"]["activeDeadlineSeconds"] == 4
+    assert sleepy["spec"]["activeDeadlineSeconds"] == 10
     assert json.loads(sleepy["metadata"]["annotations"]["flowtask.io/tags"]) == []

@@ -18,9 +18,14 @@ def flow_k8s_limits():
     @flow_task(compute="kubernetes", resources=Resources(memory="160Mi"))
     def hog() -> int:
         ballast = b"x" * (512 << 20)  # written, so every page is resident
+        # The test kubelet samples memory every 20 ms, where a kernel kills at once: hold on,
+        # so a busy machine cannot let the task finish between two samples.
+        time.sleep(60)
         return len(ballast)
 
-    @flow_task(compute="kubernetes", timeout="4s")
+    # 10 s, and after the warm-up: the first task of a `dags test` process spends seconds on
+    # imports, and the timeout must fire while the pod runs, not before it exists.
+    @flow_task(compute="kubernetes", timeout="10s")
     def sleepy() -> str:
         time.sleep(120)
         return "never"
@@ -36,8 +41,7 @@ def flow_k8s_limits():
         return outcome.type
 
     hog()
-    after_oom(hog.override(task_id="caught_hog", catch=True)())
-    sleepy()
+    after_oom(hog.override(task_id="caught_hog", catch=True)()) >> sleepy()
     evictee()
 
 
