@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from s3_servers import MotoServer
 
 from provider.compute import bootstrap_command, build_code_package, runtime_command
-from provider.operators.kubernetes import store_code_package
+from provider.operators.targets.code import store_code_package
 from provider.runtime import Payload
 from provider.store import ArtifactStore, Reference, open_store
 

@@ -104,9 +104,7 @@ class DagRunResult:
     def manifests(self, dag_id: str) -> list[dict]:
         """Every task-try manifest the run wrote, in path order."""
         root = self.artifacts / "runs" / dag_id
-        return [
-            json.loads(p.read_text()) for p in sorted(root.rglob("*.json")) if p.name != "run.json"
-        ]
+        return [json.loads(p.read_text()) for p in sorted(root.rglob("result.json"))]
 
 
 DagsTest = Callable[..., DagRunResult]

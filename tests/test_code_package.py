@@ -15,7 +15,7 @@ import pytest
 
 from provider.compute import bootstrap_command, build_code_package
 from provider.compute.code_package import module_entry
-from provider.operators.kubernetes import code_reference, store_code_package
+from provider.operators.targets.code import code_reference, store_code_package
 from provider.runtime import Payload
 from provider.store import ArtifactStore, open_store
 

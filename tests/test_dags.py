@@ -115,7 +115,10 @@ def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: Da
     assert "Timeout" in run.output
     assert elapsed < 100, f"the 120 s sleep was not stopped by timeout='3s' ({elapsed:.0f}s)"
     tasks = _by_task(run.manifests("flow_fatal"))
-    assert "sleepy" not in tasks  # killed before it could report
+    (sleepy,) = tasks["sleepy"]  # killed before it could report: the worker recorded the try
+    assert (
+        sleepy["written_by"] == "worker" and "longer than its timeout" in sleepy["error"]["message"]
+    )
 
 
 def test_kubernetes_task_runs_locally_with_the_flow_compute_param(dags_test: DagsTest):

@@ -46,7 +46,7 @@ def _cluster_env(cluster: LocalCluster, moto: Any, prefix: str) -> dict[str, str
 def _manifests(store: ArtifactStore, dag_id: str) -> dict[str, list[dict[str, Any]]]:
     tasks: dict[str, list[dict[str, Any]]] = {}
     for key in sorted(store.list_manifests(f"runs/{dag_id}")):
-        if not key.endswith("/run.json"):
+        if key.endswith("/result.json"):
             manifest = store.read_manifest(key)
             tasks.setdefault(manifest["task_id"], []).append(manifest)
     return tasks
@@ -166,8 +166,19 @@ def test_oomkilled_evicted_and_timed_out_pods_fail_with_their_reason(
     assert "was evicted: The node was low on resource: memory." in run.output
     assert "AirflowTaskTimeout" in run.output  # sleepy: timeout='10s'
     manifests = _manifests(_store(moto, "e2e-k8s-limits"), "flow_k8s_limits")
-    assert set(manifests) == {"after_oom"}  # only the task downstream of the caught OOM
-    assert manifests["after_oom"][0]["status"] == "succeeded"
+    # The killed runtimes wrote nothing: the worker recorded each try with the pod's reason.
+    assert {name: [m["status"] for m in tries] for name, tries in manifests.items()} == {
+        "hog": ["failed"],
+        "caught_hog": ["failed"],
+        "after_oom": ["succeeded"],
+        "sleepy": ["failed"],
+        "evictee": ["failed"],
+    }
+    assert all(m["written_by"] == "worker" for n in ("hog", "sleepy") for m in manifests[n])
+    assert "was OOMKilled" in manifests["hog"][0]["error"]["message"]
+    assert "ran longer than its timeout" in manifests["sleepy"][0]["error"]["message"]
+    failure = manifests["caught_hog"][0]["failure"]  # kept alive for gc by the manifest
+    assert "was OOMKilled" in _store(moto, "e2e-k8s-limits").get(failure).message
     assert "caught as a Failure: pod caught-hog-" in run.output
     assert cluster.pods() == []  # the timed-out pod was deleted, not left running
     sleepy = next(p for p in cluster.history if p["metadata"]["name"].startswith("sleepy"))

@@ -10,7 +10,7 @@ from kubernetes.client import models as k8s
 from pods import finished_pod
 
 from provider.compute.kubernetes import MANIFEST_ANNOTATION
-from provider.operators.kubernetes import run_pod
+from provider.operators.targets.kubernetes import run_pod
 
 OWN_KEY = "runs/d/r/t/-1/2/result.json"
 

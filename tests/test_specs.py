@@ -300,8 +300,10 @@ def test_environment_is_hashable_with_a_readable_repr():
             secrets=("db-creds", "arn:aws:secretsmanager:us-east-1:123456789012:secret:x"),
         )
     )
+    # Values may be credentials and reprs end up in task logs: names only.
     assert repr(Environment(image="python:3.11-slim", pip=["xgboost==2.1.4"], env={"A": 1})) == (
-        "Environment(image='python:3.11-slim', pip=('xgboost==2.1.4',), env={'A': '1'}, secrets=())"
+        "Environment(image='python:3.11-slim', pip=('xgboost==2.1.4',), env={'A': '***'}, "
+        "secrets=())"
     )
 
 

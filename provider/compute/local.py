@@ -1,53 +1,159 @@
-"""Local compute: run the runtime command as a subprocess, streaming its output."""
+"""Local compute: run the runtime command as a subprocess, streaming its output.
+
+The child gets its own process group (a session). Whatever ends the run — the runtime exiting,
+a task timeout, a kill — ends the whole group, so nothing the task started outlives it: a
+background process the function left behind is stopped when the runtime exits, and the worker
+stops waiting for output once the runtime itself is gone.
+"""
 
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
+
+LogLine = Callable[[str], None]
+MAX_LINE = 1024 * 1024  # a line longer than this is logged in pieces
+
+
+class _Lines:
+    """Bytes in, whole decoded lines out."""
+
+    def __init__(self, emit: LogLine) -> None:
+        self._emit = emit
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        for line in lines:
+            self._emit(line.decode(errors="replace"))
+        while len(self._pending) > MAX_LINE:
+            self._emit(self._pending[:MAX_LINE].decode(errors="replace"))
+            self._pending = self._pending[MAX_LINE:]
+
+    def close(self) -> None:
+        if self._pending:
+            self._emit(self._pending.decode(errors="replace"))
+            self._pending = b""
 
 
 def run_local(
     argv: Sequence[str],
     *,
     env: Mapping[str, str],
-    log_line: Callable[[str], None],
+    log_line: LogLine,
+    log_error: LogLine | None = None,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    grace_seconds: float = 5.0,
 ) -> int:
-    """Run ``argv`` with ``env``, hand each output line to ``log_line``, return the exit code.
+    """Run ``argv`` with ``env``; hand stdout lines to ``log_line`` and stderr lines to
+    ``log_error`` (default: ``log_line``); return the exit code.
 
-    The child gets its own process group; if the caller is interrupted (a task timeout, a kill),
-    the whole group is terminated so no orphan keeps running.
+    ``on_start`` receives the process (so a kill from elsewhere can reach it with
+    :func:`terminate_group`). If the caller is interrupted (a task timeout, a kill), the whole
+    group is terminated before the interruption goes on.
     """
     proc = subprocess.Popen(
         list(argv),
         env=dict(env),
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
-        text=True,
-        errors="replace",
-        bufsize=1,
         start_new_session=True,
     )
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log_line(line.rstrip("\n"))
+        if on_start is not None:
+            on_start(proc)
+        _pump(proc, _Lines(log_line), _Lines(log_error or log_line), grace_seconds)
         return proc.wait()
     except BaseException:
-        _terminate_group(proc)
+        terminate_group(proc, grace_seconds)
         raise
+    finally:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
-def _terminate_group(proc: subprocess.Popen[str], grace_seconds: float = 5.0) -> None:
-    if proc.poll() is not None:
-        return
+def _pump(proc: subprocess.Popen[bytes], out: _Lines, err: _Lines, grace_seconds: float) -> None:
+    """Stream both pipes until they close; once the child exits, end what it left running."""
+    assert proc.stdout is not None and proc.stderr is not None
+    streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    exited_at: float | None = None
+    with selectors.DefaultSelector() as selector:
+        for fd in streams:
+            os.set_blocking(fd, False)
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            for key, _ in selector.select(timeout=0.1):
+                fd = int(key.fd)
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if chunk:
+                    streams[fd].feed(chunk)
+                else:
+                    selector.unregister(fd)
+                    streams[fd].close()
+            if proc.poll() is None:
+                continue
+            if exited_at is None:  # leftover children hold the pipes open: stop them
+                exited_at = time.monotonic()
+                _signal_group(proc.pid, signal.SIGTERM)
+            elif time.monotonic() - exited_at > grace_seconds:
+                _signal_group(proc.pid, signal.SIGKILL)
+                if time.monotonic() - exited_at > 2 * grace_seconds:
+                    break  # something left the group and keeps the pipes: stop reading
+    for lines in streams.values():
+        lines.close()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def terminate_group(proc: subprocess.Popen[bytes], grace_seconds: float = 5.0) -> None:
+    """SIGTERM the child's whole process group, then SIGKILL what is left after the grace."""
+    if not _signal_group(proc.pid, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not _group_alive(proc.pid):
+            return
+        time.sleep(0.02)
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+# The task supervisor blocks the metadata database in the task process by pointing these at
+# a fake URL, and passes private variables to it; none of that belongs to the runtime, which
+# must be able to `import airflow` like any process outside a task.
+_BLOCKED_DB_URL = "airflow-db-not-allowed:"
+_SUPERVISOR_PRIVATE = ("_AIRFLOW", "__AIRFLOW")
+
+
+def runtime_environment(base: Mapping[str, str], extra: Mapping[str, str] = {}) -> dict[str, str]:
+    """``base`` (the worker's environment) without the task supervisor's, plus ``extra``."""
+    env = {
+        name: value
+        for name, value in base.items()
+        if not name.startswith(_SUPERVISOR_PRIVATE) and not value.startswith(_BLOCKED_DB_URL)
+    }
+    env.update(extra)
+    return env

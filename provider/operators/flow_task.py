@@ -3,24 +3,18 @@ the result reference."""
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from airflow.sdk.bases.decorator import DecoratedOperator
 
+from provider.operators.outcome import FlowTaskFailed
+from provider.operators.targets import ComputeUnavailable
 from provider.runtime.payload import ResultLayout
-from provider.specs import SpecError, TaskSpec, airflow_retry_kwargs, check_secrets_for
+from provider.specs import SpecError, TaskSpec, airflow_retry_kwargs
 from provider.xcom.references import references_kept
 
-
-class FlowTaskFailed(RuntimeError):
-    """The task's function raised, or the runtime died before reporting."""
-
-
-class ComputeUnavailable(RuntimeError):
-    """The compute target the task resolved to cannot run in this version."""
+__all__ = ["ComputeUnavailable", "FlowTaskFailed", "FlowTaskOperator", "retry_kwargs_given"]
 
 
 def retry_kwargs_given(spec: TaskSpec, *, retry: bool, timeout: bool) -> dict[str, Any]:
@@ -85,190 +79,49 @@ class FlowTaskOperator(DecoratedOperator):
             super().render_template_fields(context, jinja_env)
 
     def execute(self, context: Any) -> Any:
-        from provider import config
-        from provider.compute import run_local, runtime_command
-        from provider.operators.by_value import pickled_by_value
-        from provider.operators.run_context import resolve_compute, run_identity
-        from provider.runtime import Payload
-        from provider.store import manifest_key, run_manifest_key
+        from airflow.sdk.exceptions import AirflowTaskTimeout
 
-        identity = run_identity(context)
-        compute = resolve_compute(
-            self.flow_spec.compute, context.get("params") or {}, config.default_compute()
-        )
-        if compute == "batch":
-            raise ComputeUnavailable(
-                f"compute={compute!r} is not available in this flowtask version; run the DAG "
-                'locally with -c \'{"flow_compute": "local"}\''
+        from provider.operators.launch import prepare_try
+        from provider.operators.outcome import record_unreported, settle
+        from provider.operators.targets import Outcome
+
+        run, self._target = prepare_try(self, context)
+        try:
+            outcome = self._target.run(run, context)
+        except AirflowTaskTimeout:
+            self._target.kill()
+            outcome = Outcome(
+                run.manifest_key,
+                exit_code=None,
+                failure=f"the task ran longer than its timeout ({self.execution_timeout})",
             )
-        if compute == "kubernetes":
-            check_secrets_for(compute, self.flow_spec.environment.secrets)
-        store = config.open_artifact_store()
-        store.write_manifest(
-            run_manifest_key(identity["dag_id"], identity["run_id"]),
-            {k: identity[k] for k in ("dag_id", "run_id", "namespace", "tags")},
-        )
-        with references_kept():
-            args = tuple(_materialize(arg) for arg in self.op_args)
-            kwargs = {name: _materialize(arg) for name, arg in self.op_kwargs.items()}
-        payload = Payload(
-            function=self.python_callable,
-            args=args,
-            kwargs=kwargs,
-            layout=self._result_layout(),
-            identity=identity,
-        )
-        with pickled_by_value(self.python_callable):
-            payload_ref = store.put(payload, by_value=True)
-        key = manifest_key(
-            identity["dag_id"],
-            identity["run_id"],
-            identity["task_id"],
-            identity["map_index"],
-            identity["try_number"],
-        )
-        self.log.info(
-            "flow task %s: compute=%s, specs=%r, payload=%s",
-            self.task_id,
-            compute,
-            self.flow_spec,
-            payload_ref.uri,
-        )
-        if compute == "kubernetes":
-            return self._run_pod(context, store, payload_ref, key, identity)
-        self._warn_unmet_requirements()
-        argv = runtime_command(store.root_uri, payload_ref.to_json(), key, python=sys.executable)
-        code = run_local(
-            argv, env=self._child_env(), log_line=lambda line: self.log.info("%s", line)
-        )
-        return self._outcome(store, key, code, context)
-
-    def _run_pod(
-        self, context: Any, store: Any, payload: Any, key: str, identity: dict[str, Any]
-    ) -> Any:
-        from provider.operators.kubernetes import (
-            code_package,
-            pod_operator,
-            run_pod,
-            store_code_package,
-        )
-
-        if store.root_uri.startswith("file://"):
-            self.log.warning(
-                "the artifact store %s is a local folder: pods can only use it where they "
-                "mount the same path; set [flow_task] artifact_store to an s3:// URI",
-                store.root_uri,
-            )
-        code = store_code_package(store, code_package(self.python_callable))
-        self.log.info("code package: %s (%d bytes)", code.uri, code.size)
-        self._pod_operator = pod_operator(
-            self.task_id,
-            self.flow_spec,
-            store_uri=store.root_uri,
-            code=code,
-            payload=payload.to_json(),
-            manifest_key=key,
-            identity=identity,
-        )
-        result = run_pod(self._pod_operator, context, key)
-        return self._outcome(
-            store, result.manifest_key, result.exit_code, context, failure=result.failure
-        )
+            if not self._catches_now(context):
+                record_unreported(run, outcome, outcome.failure or "")
+                raise
+        finally:
+            _discard_payload(run)
+        return settle(self, run, outcome, context)
 
     def on_kill(self) -> None:
-        pod_op = getattr(self, "_pod_operator", None)
-        if pod_op is not None:
-            pod_op.on_kill()
+        target = getattr(self, "_target", None)
+        if target is not None:
+            target.kill()
 
-    def _result_layout(self) -> ResultLayout:
+    def _catches_now(self, context: Any) -> bool:
+        """Whether a failure of this try is caught: ``catch=`` is set and no retry is left."""
+        return bool(self.flow_spec.catch) and context["ti"].try_number > self.retries
+
+    def result_layout(self) -> ResultLayout:
         if self.multiple_outputs:
             return "keys"
         if next(self.iter_mapped_dependants(), None) is not None:
             return "items"
         return "value"
 
-    def _child_env(self) -> dict[str, str]:
-        from provider import config
 
-        env = {
-            **os.environ,
-            **config.runtime_aws_env(),
-            **self.flow_spec.environment.env_dict,
-            "PYTHONUNBUFFERED": "1",
-        }
-        if self.flow_spec.environment.secrets:
-            self.log.info(
-                "secrets %s: local compute reads secret values from the local environment",
-                list(self.flow_spec.environment.secrets),
-            )
-        return env
-
-    def _warn_unmet_requirements(self) -> None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        from packaging.requirements import Requirement
-
-        for line in self.flow_spec.environment.pip:
-            requirement = Requirement(line)
-            try:
-                installed = version(requirement.name)
-            except PackageNotFoundError:
-                installed = None
-            if installed is None or not requirement.specifier.contains(installed, prereleases=True):
-                self.log.warning(
-                    "local compute runs in the worker's environment: %r is not satisfied "
-                    "(installed: %s)",
-                    line,
-                    installed or "none",
-                )
-
-    def _outcome(
-        self, store: Any, key: str, code: int | None, context: Any, failure: str | None = None
-    ) -> Any:
-        """The result reference, a caught ``Failure``, or ``FlowTaskFailed`` with the reason.
-
-        ``failure`` is the compute target's own account (an OOMKilled or evicted pod).
-        """
-        from provider.runtime import Failure
-        from provider.store import MissingArtifact
-
-        try:
-            manifest = store.read_manifest(key)
-        except MissingArtifact:
-            manifest = {}
-        if manifest.get("status") == "succeeded" and code == 0:
-            self.log.info(
-                "flow task finished in %.3fs (function %.3fs), peak RSS %.1f MiB",
-                manifest["seconds"],
-                manifest["function_seconds"],
-                manifest["peak_rss_mib"],
-            )
-            return manifest["result"]
-        error = manifest.get("error")
-        if error:
-            message = f"{error['type']}: {error['message']} (exit code {code})"
-        else:
-            reason = failure or f"the runtime exited with code {code}"
-            message = f"{reason}; it wrote no result manifest {key} (see its output above)"
-        catch = self.flow_spec.catch
-        if not catch or context["ti"].try_number <= self.retries:
-            raise FlowTaskFailed(f"flow task {self.task_id} failed: {message}")
-        self.log.warning("flow task failed on its last try; caught as a Failure: %s", message)
-        caught = (
-            manifest.get("failure")
-            or store.put(
-                Failure(type=FlowTaskFailed.__qualname__, message=message, traceback="")
-            ).to_json()
-        )
-        if isinstance(catch, str):
-            context["ti"].xcom_push(key=catch, value=caught)
-        return [caught] if self._result_layout() == "items" else caught
-
-
-def _materialize(value: Any) -> Any:
-    """Turn lazily pulled XCom sequences (a mapped upstream's results) into lists."""
-    from airflow.sdk.execution_time.lazy_sequence import LazyXComSequence
-
-    if isinstance(value, LazyXComSequence):
-        return list(value)
-    return value
+def _discard_payload(run: Any) -> None:
+    """The payload holds the rendered arguments (secrets included): it ends with the try."""
+    try:
+        run.store.discard(run.payload)
+    except Exception as exc:  # never hide the task's own outcome behind a cleanup failure
+        run.log.warning("could not delete the payload %s: %s", run.payload.uri, exc)

@@ -51,8 +51,9 @@ def render_pod(
     from kubernetes.client import ApiClient
 
     from provider import config
-    from provider.operators.kubernetes import code_package, code_reference, pod_operator
     from provider.operators.run_context import default_namespace, resolve_compute, run_tags
+    from provider.operators.targets.code import code_package, code_reference
+    from provider.operators.targets.kubernetes import pod_operator
     from provider.store import manifest_key
 
     folder = dags_folder or Path(conf.get("core", "dags_folder"))

@@ -14,10 +14,12 @@ class RunParamError(ValueError):
 
 
 def default_namespace(dag_id: str, run_type: str, triggering_user: str | None) -> str:
-    """Scheduled runs are ``production:<dag_id>``; everything else belongs to its user."""
-    if run_type == "scheduled":
-        return f"production:{dag_id}"
-    return f"user:{triggering_user or getpass.getuser()}"
+    """A run someone triggered by hand belongs to them (``user:<who>``); every run the
+    deployment starts by itself (scheduled, asset-triggered, backfill, triggered by another
+    DAG) is ``production:<dag_id>``."""
+    if run_type == "manual":
+        return f"user:{triggering_user or getpass.getuser()}"
+    return f"production:{dag_id}"
 
 
 def run_tags(params: Mapping[str, Any]) -> list[str]:

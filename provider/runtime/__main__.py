@@ -7,8 +7,26 @@ import json
 import logging
 import sys
 
+from provider.runtime.lifetime import end_with_parent, stop_group_on_sigterm
 from provider.runtime.run import PythonVersionMismatch, check_python, run_payload
 from provider.store import Reference, open_store
+
+
+class _BelowWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+def _configure_logging() -> None:
+    """Information to stdout, warnings and errors to stderr: the worker logs them apart."""
+    form = logging.Formatter("%(name)s: %(message)s")
+    info = logging.StreamHandler(sys.stdout)
+    info.addFilter(_BelowWarning())
+    problems = logging.StreamHandler(sys.stderr)
+    problems.setLevel(logging.WARNING)
+    for handler in (info, problems):
+        handler.setFormatter(form)
+    logging.basicConfig(level=logging.INFO, handlers=[info, problems])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--manifest", required=True, help="store key of the result manifest")
     run.add_argument("--python", default="", help="the worker's Python major.minor")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    stop_group_on_sigterm()
+    end_with_parent()
+    _configure_logging()
 
     try:
         check_python(args.python)

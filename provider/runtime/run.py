@@ -91,7 +91,6 @@ def run_payload(store: ArtifactStore, payload_ref: Reference, manifest_key: str)
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "python": platform.python_version(),
-        "payload": payload_ref.to_json(),
         "started_at": started,
     }
     if "FLOWTASK_BOOTSTRAP_SECONDS" in os.environ:  # set by a container's bootstrap

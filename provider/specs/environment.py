@@ -104,8 +104,12 @@ class Environment:
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)
 
+    def _masked_env(self) -> dict[str, str]:
+        """Variable names only: values may be credentials, and reprs end up in logs."""
+        return {name: "***" for name, _ in self.env}
+
     def __repr__(self) -> str:
         return (
-            f"Environment(image={self.image!r}, pip={self.pip!r}, env={self.env_dict!r}, "
+            f"Environment(image={self.image!r}, pip={self.pip!r}, env={self._masked_env()!r}, "
             f"secrets={self.secrets!r})"
         )

@@ -95,7 +95,11 @@ class FileBackend:
         return data if filled == size else data[:filled]
 
     def read_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise MissingArtifact(f"no file {path}") from None
 
     def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]:
         """(key, size, modification time) of every object under ``prefix``."""

@@ -30,12 +30,34 @@ def run_manifest_key(dag_id: str, run_id: str) -> str:
     return f"runs/{_part(dag_id)}/{_part(run_id)}/run.json"
 
 
+PAYLOAD_NAME = "payload.pickle"
+
+
+def try_prefix(dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int) -> str:
+    """``runs/<dag>/<run>/<task>/<map_index>/<try>``: where one task try's objects live."""
+    return "runs/" + "/".join(_part(p) for p in (dag_id, run_id, task_id, map_index, try_number))
+
+
 def manifest_key(
     dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int, name: str = "result"
 ) -> str:
     """``runs/<dag>/<run>/<task>/<map_index>/<try>/<name>.json``: one task try's manifest."""
-    parts = (dag_id, run_id, task_id, map_index, try_number)
-    return "runs/" + "/".join(_part(p) for p in parts) + f"/{_part(name)}.json"
+    prefix = try_prefix(dag_id, run_id, task_id, map_index, try_number)
+    return f"{prefix}/{_part(name)}.json"
+
+
+def payload_key(manifest: str) -> str:
+    """The payload beside a try's result manifest: ``.../<try>/payload.pickle``.
+
+    It holds the task's function and rendered arguments (secrets included), so it lives only
+    as long as the try.
+    """
+    return manifest.rsplit("/", 1)[0] + "/" + PAYLOAD_NAME
+
+
+def launch_manifest_key(manifest: str) -> str:
+    """The launch manifest beside a try's result manifest: what the try uses while it runs."""
+    return manifest.rsplit("/", 1)[0] + "/launch.json"
 
 
 def xcom_manifest_key(dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> str:

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 from provider.store import codec
 from provider.store.errors import IntegrityError, StoreError
 from provider.store.file import FileBackend
-from provider.store.keys import blob_key
+from provider.store.keys import blob_key, check_key
 from provider.store.progress import PROGRESS_MIN_BYTES, Progress
 from provider.store.reference import Reference
 
@@ -72,6 +72,38 @@ class ArtifactStore:
             encoding=codec.ENCODING,
         )
 
+    def put_at(self, key: str, value: Any, *, by_value: bool = False) -> Reference:
+        """Store ``value`` at its own key under ``runs/`` instead of by content.
+
+        For objects that live only as long as their owner decides (a task try's payload, which
+        holds rendered arguments and so possibly secrets): :meth:`discard` removes it.
+        """
+        encoded = codec.encode(value, by_value=by_value)
+        self.backend.write_frames(_owned_key(key), encoded.frames)
+        return Reference(
+            uri=f"{self._root_uri}/{key}",
+            sha256=encoded.sha256,
+            size=encoded.size,
+            type=encoded.type_name,
+            encoding=codec.ENCODING,
+        )
+
+    def discard(self, ref: Reference | Mapping[str, Any]) -> None:
+        """Delete an object stored with :meth:`put_at` (blobs are shared: gc removes those)."""
+        self.backend.delete(_owned_key(self._key_of(Reference.from_json(ref))))
+
+    def _key_of(self, ref: Reference) -> str:
+        """The store key a reference points at; refuses anything outside this store."""
+        if ref.uri == self.blob_uri(ref.sha256):
+            return blob_key(ref.sha256)
+        prefix = f"{self._root_uri}/{OWNED_PREFIX}"
+        if ref.uri.startswith(prefix):
+            return _owned_key(ref.uri[len(self._root_uri) + 1 :])
+        raise StoreError(
+            f"refusing reference {ref.uri!r}: this store only reads {self.blob_uri(ref.sha256)} "
+            f"for the reference's own sha256, or objects under {prefix}"
+        )
+
     def put_bytes(self, data: bytes, *, type_name: str, encoding: str) -> Reference:
         """Store bytes that are not a pickled value (a code package), content-addressed too."""
         ref = bytes_reference(self._root_uri, data, type_name=type_name, encoding=encoding)
@@ -96,14 +128,9 @@ class ArtifactStore:
     def get(self, ref: Reference | Mapping[str, Any]) -> Any:
         """Load a value; refuses references outside this store and verifies size and hash."""
         ref = Reference.from_json(ref)
-        if ref.uri != self.blob_uri(ref.sha256):
-            raise StoreError(
-                f"refusing reference {ref.uri!r}: this store only reads "
-                f"{self.blob_uri('<sha256>')} for the reference's own sha256"
-            )
+        key = self._key_of(ref)
         if ref.encoding != codec.ENCODING:
             raise StoreError(f"unknown encoding {ref.encoding!r} of {ref.uri}")
-        key = blob_key(ref.sha256)
         progress = _progress("loaded", ref.uri, ref.size)
         if self.backend.reads_in_order and ref.size >= PIPELINE_MIN_BYTES:
             hasher = _BackgroundSha256()
@@ -139,6 +166,15 @@ class ArtifactStore:
 
     def list_manifests(self, prefix: str) -> Iterator[str]:
         return (key for key in self.backend.list(prefix) if key.endswith(".json"))
+
+
+OWNED_PREFIX = "runs/"
+
+
+def _owned_key(key: str) -> str:
+    if not check_key(key).startswith(OWNED_PREFIX) or key.endswith(".json"):
+        raise StoreError(f"invalid key {key!r} for an owned object: expected runs/.../<name>")
+    return key
 
 
 def _progress(verb: str, uri: str, size: int) -> Progress | None:

@@ -2,44 +2,55 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-from provider.specs import TaskSpec
-from provider.store import ArtifactStore, Reference, bytes_reference
-
-CODE_PACKAGE_TYPE = "flowtask.code_package"
-CODE_PACKAGE_ENCODING = "zip"
+from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
+from provider.specs import TaskSpec, check_secrets_for
+from provider.store import Reference
 
 
-@dataclass(frozen=True)
-class PodResult:
-    """Where the pod's runtime wrote its manifest, and why the pod failed if it did."""
+class KubernetesTarget(ComputeTarget):
+    """``compute="kubernetes"``: a pod through the official ``KubernetesPodOperator``."""
 
-    manifest_key: str
-    exit_code: int | None
-    failure: str | None
+    name = "kubernetes"
 
+    def __init__(self) -> None:
+        self._pod_operator: Any = None
+        self._code: Reference | None = None
 
-def code_package(function: Callable[..., Any]) -> bytes:
-    """The runtime, cloudpickle and the modules of ``function``'s DAG folder, as one zip."""
-    from provider.compute import build_code_package
-    from provider.operators.by_value import dag_folder_modules
+    def check(self, spec: TaskSpec) -> None:
+        check_secrets_for(self.name, spec.environment.secrets)
 
-    return build_code_package(dag_folder_modules(function))
+    def prepare(self, run: TaskRun) -> dict[str, Reference]:
+        from provider.operators.targets.code import code_package, store_code_package
 
+        if run.store.root_uri.startswith("file://"):
+            run.log.warning(
+                "the artifact store %s is a local folder: pods can only use it where they "
+                "mount the same path; set [flow_task] artifact_store to an s3:// URI",
+                run.store.root_uri,
+            )
+        self._code = store_code_package(run.store, code_package(run.function))
+        run.log.info("code package: %s (%d bytes)", self._code.uri, self._code.size)
+        return {"code_package": self._code}
 
-def store_code_package(store: ArtifactStore, package: bytes) -> Reference:
-    """Store the code package (once per content); its reference is ``code_reference``'s."""
-    return store.put_bytes(package, type_name=CODE_PACKAGE_TYPE, encoding=CODE_PACKAGE_ENCODING)
+    def run(self, run: TaskRun, context: Any) -> Outcome:
+        assert self._code is not None, "prepare() stores the code package first"
+        self._pod_operator = pod_operator(
+            run.task_id,
+            run.spec,
+            store_uri=run.store.root_uri,
+            code=self._code,
+            payload=run.payload.to_json(),
+            manifest_key=run.manifest_key,
+            identity=run.identity,
+        )
+        return run_pod(self._pod_operator, context, run.manifest_key)
 
-
-def code_reference(store_uri: str, package: bytes) -> Reference:
-    """The reference the code package has in the store at ``store_uri``, without storing it."""
-    return bytes_reference(
-        store_uri, package, type_name=CODE_PACKAGE_TYPE, encoding=CODE_PACKAGE_ENCODING
-    )
+    def kill(self) -> None:
+        if self._pod_operator is not None:
+            self._pod_operator.on_kill()
 
 
 def pod_operator(
@@ -73,7 +84,7 @@ def pod_operator(
     return KubernetesPodOperator(task_id=task_id, **kwargs)
 
 
-def run_pod(pod_op: Any, context: Any, manifest_key: str) -> PodResult:
+def run_pod(pod_op: Any, context: Any, manifest_key: str) -> Outcome:
     """Run the pod to its end; a failed pod is described, not raised, so the manifest decides."""
     from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 
@@ -92,7 +103,7 @@ def run_pod(pod_op: Any, context: Any, manifest_key: str) -> PodResult:
         failure = describe_pod_failure(pod_op.remote_pod) or str(exc).splitlines()[0]
     # A pod reattached after a worker restart belongs to an earlier try: read its manifest.
     annotations = (pod_op.pod.metadata.annotations if pod_op.pod else None) or {}
-    return PodResult(
+    return Outcome(
         manifest_key=annotations.get(MANIFEST_ANNOTATION, manifest_key),
         exit_code=_exit_code(pod_op.remote_pod),
         failure=failure,

@@ -1,0 +1,123 @@
+"""Everything a flow task try does before its compute target launches it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from provider.operators.targets import ComputeTarget, TaskRun
+
+
+def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
+    """Resolve the target, store the payload and the launch manifest; fail fast on what a retry
+    cannot fix (a bad run param, an unavailable target, a spec the target refuses, a function
+    that cannot be pickled)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from provider import config
+    from provider.operators.run_context import RunParamError, resolve_compute, run_identity
+    from provider.operators.targets import ComputeUnavailable, compute_target
+    from provider.specs import SpecError
+    from provider.store import launch_manifest_key, manifest_key, payload_key, run_manifest_key
+
+    try:
+        identity = run_identity(context)
+        compute = resolve_compute(
+            op.flow_spec.compute, context.get("params") or {}, config.default_compute()
+        )
+        target = compute_target(compute)
+        target.check(op.flow_spec)
+    except (RunParamError, ComputeUnavailable, SpecError) as exc:
+        raise AirflowFailException(f"flow task {op.task_id} cannot run: {exc}") from None
+    store = config.open_artifact_store()
+    store.write_manifest(
+        run_manifest_key(identity["dag_id"], identity["run_id"]),
+        {k: identity[k] for k in ("dag_id", "run_id", "namespace", "tags")},
+    )
+    key = manifest_key(
+        identity["dag_id"],
+        identity["run_id"],
+        identity["task_id"],
+        identity["map_index"],
+        identity["try_number"],
+    )
+    try:
+        payload = _store_payload(op, store, payload_key(key), identity)
+    except UnpicklableTask as exc:
+        raise AirflowFailException(str(exc)) from None
+    run = TaskRun(
+        task_id=op.task_id,
+        spec=op.flow_spec,
+        function=op.python_callable,
+        store=store,
+        payload=payload,
+        manifest_key=key,
+        identity=identity,
+        log=op.log,
+    )
+    try:
+        kept = target.prepare(run)
+        # What the try uses besides the payload (a code package) stays reachable for gc.
+        store.write_manifest(
+            launch_manifest_key(key),
+            {
+                **identity,
+                "compute": compute,
+                "launched_at": time.time(),
+                **{name: ref.to_json() for name, ref in kept.items()},
+            },
+        )
+    except BaseException:
+        store.discard(payload)
+        raise
+    op.log.info(
+        "flow task %s: compute=%s, specs=%r; payload %s (%d bytes, deleted when the try ends)",
+        op.task_id,
+        compute,
+        op.flow_spec,
+        payload.uri,
+        payload.size,
+    )
+    return run, target
+
+
+class UnpicklableTask(ValueError):
+    """The function, one of its globals or an argument cannot be sent where the task runs."""
+
+
+def _store_payload(op: Any, store: Any, key: str, identity: dict[str, Any]) -> Any:
+    from provider.operators.by_value import pickled_by_value, unpicklable_part
+    from provider.runtime import Payload
+    from provider.xcom.references import references_kept
+
+    with references_kept():
+        args = tuple(_materialize(arg) for arg in op.op_args)
+        kwargs = {name: _materialize(arg) for name, arg in op.op_kwargs.items()}
+    payload = Payload(
+        function=op.python_callable,
+        args=args,
+        kwargs=kwargs,
+        layout=op.result_layout(),
+        identity=identity,
+    )
+    with pickled_by_value(op.python_callable):
+        try:
+            return store.put_at(key, payload, by_value=True)
+        except Exception as exc:
+            culprit = unpicklable_part(op.python_callable, args, kwargs)
+            if culprit is None:
+                raise
+            raise UnpicklableTask(
+                f"flow task {op.task_id} cannot be sent to where it runs: {culprit} cannot be "
+                f"pickled ({type(exc).__name__}: {exc}). Create it inside the function, or "
+                "pass what it is made from as an argument."
+            ) from exc
+
+
+def _materialize(value: Any) -> Any:
+    """Turn lazily pulled XCom sequences (a mapped upstream's results) into lists."""
+    from airflow.sdk.execution_time.lazy_sequence import LazyXComSequence
+
+    if isinstance(value, LazyXComSequence):
+        return list(value)
+    return value

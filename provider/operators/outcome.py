@@ -1,0 +1,102 @@
+"""What a flow task try returns: its result reference, a caught ``Failure``, or an error."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from provider.operators.targets import Outcome, TaskRun
+
+
+class FlowTaskFailed(RuntimeError):
+    """The task's function raised, or the runtime died before reporting."""
+
+
+def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
+    """The result reference, a caught ``Failure``, or ``FlowTaskFailed`` with the reason.
+
+    A try whose runtime wrote no manifest (it died, was killed, timed out, or never started)
+    gets one written here, so every try is on record and whatever it stored stays reachable.
+    """
+    from provider.runtime import Failure
+    from provider.store import MissingArtifact
+
+    store = run.store
+    try:
+        manifest = store.read_manifest(outcome.manifest_key)
+    except MissingArtifact:
+        manifest = {}
+    code = outcome.exit_code
+    if manifest.get("status") == "succeeded" and code == 0:
+        run.log.info(
+            "flow task finished in %.3fs (function %.3fs), peak RSS %.1f MiB",
+            manifest["seconds"],
+            manifest["function_seconds"],
+            manifest["peak_rss_mib"],
+        )
+        return manifest["result"]
+    error = manifest.get("error")
+    if error:
+        message = f"{error['type']}: {error['message']} (exit code {code})"
+    else:
+        message = (
+            f"{outcome.failure or _exit_reason(code)}; it wrote no result manifest "
+            f"{outcome.manifest_key} (see its output above)"
+        )
+    caught = None
+    if op._catches_now(context):
+        caught = (
+            manifest.get("failure")
+            or store.put(
+                Failure(type=FlowTaskFailed.__qualname__, message=message, traceback="")
+            ).to_json()
+        )
+    if not manifest:
+        record_unreported(run, outcome, message, caught)
+    if caught is None:
+        raise FlowTaskFailed(f"flow task {op.task_id} failed: {message}")
+    run.log.warning("flow task failed on its last try; caught as a Failure: %s", message)
+    if isinstance(op.flow_spec.catch, str):
+        context["ti"].xcom_push(key=op.flow_spec.catch, value=caught)
+    return [caught] if op.result_layout() == "items" else caught
+
+
+def record_unreported(
+    run: TaskRun, outcome: Outcome, message: str, caught: dict[str, Any] | None = None
+) -> None:
+    """Write the manifest of a try whose runtime reported nothing, unless it did after all.
+
+    It names what the try left behind (a caught Failure), so ``flowtask gc`` keeps it.
+    """
+    from provider.store import MissingArtifact
+
+    try:
+        run.store.read_manifest(outcome.manifest_key)
+        return
+    except MissingArtifact:
+        pass
+    run.store.write_manifest(
+        outcome.manifest_key,
+        {
+            **run.identity,
+            "status": "failed",
+            "error": {"type": FlowTaskFailed.__qualname__, "message": message},
+            "exit_code": outcome.exit_code,
+            "written_by": "worker",
+            "finished_at": time.time(),
+            **({"failure": caught} if caught else {}),
+        },
+    )
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "the runtime did not finish"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the runtime was killed by {name}"
+    return f"the runtime exited with code {code}"

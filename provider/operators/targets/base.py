@@ -1,0 +1,70 @@
+"""One interface for every compute target: check, prepare, run to the end, report, kill.
+
+The operator builds a :class:`TaskRun` (the stored payload and where the result manifest goes),
+asks the target named by the task's ``compute`` for it, and reads the outcome; it never
+branches on the target. A target is one small class: the Airflow-side delegation to the
+official provider's operator lives here, the pure translation in ``provider.compute``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from provider.specs import TaskSpec
+from provider.store import ArtifactStore, Reference
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """One try of a flow task, ready to launch."""
+
+    task_id: str
+    spec: TaskSpec
+    function: Callable[..., Any]
+    store: ArtifactStore
+    payload: Reference
+    manifest_key: str
+    identity: Mapping[str, Any]
+    log: Any
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a launch ended, as the platform saw it; the result manifest says the rest.
+
+    ``manifest_key`` is where the runtime wrote (or would have written) its manifest: a pod
+    reattached after a worker restart reports its own try's. ``failure`` is the platform's
+    account of a failure (an OOMKilled or evicted pod, a lost host), in words.
+    """
+
+    manifest_key: str
+    exit_code: int | None
+    failure: str | None = None
+
+
+class ComputeTarget(ABC):
+    """Where a flow task runs: ``local``, ``kubernetes`` or ``batch``."""
+
+    name: ClassVar[str]
+
+    def check(self, spec: TaskSpec) -> None:  # noqa: B027 - most targets accept every spec
+        """Refuse, before anything is stored, a spec this target cannot run (a SpecError)."""
+
+    def prepare(self, run: TaskRun) -> dict[str, Reference]:
+        """Store what the target needs besides the payload (a code package).
+
+        The references returned are recorded in the try's launch manifest, which keeps them
+        alive for ``flowtask gc`` while the try runs and after.
+        """
+        return {}
+
+    @abstractmethod
+    def run(self, run: TaskRun, context: Any) -> Outcome:
+        """Launch the payload and observe it to its end."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """Stop what :meth:`run` started (called from Airflow's ``on_kill``)."""
