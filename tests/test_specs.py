@@ -56,6 +56,16 @@ BAD = [
         "2Gi",
     ),
     ("shm words", lambda: Resources(shared_memory="half"), "resources.shared_memory", "half"),
+    ("memory no unit", lambda: Resources(memory="4096"), "resources.memory", "4096"),
+    (
+        "memory bytes no unit",
+        lambda: Resources(memory="1073741824"),
+        "resources.memory",
+        "1073741824",
+    ),
+    ("memory decimal no unit", lambda: Resources(memory="1.5"), "resources.memory", "1.5"),
+    ("disk no unit", lambda: Resources(disk="100"), "resources.disk", "100"),
+    ("shm no unit", lambda: Resources(shared_memory=" 64 "), "resources.shared_memory", " 64 "),
     # gpu
     ("gpu fractional", lambda: Resources(gpu=0.5), "resources.gpu", 0.5),  # type: ignore[arg-type]
     ("gpu negative", lambda: Resources(gpu=-1), "resources.gpu", -1),
@@ -231,7 +241,6 @@ def test_cpu_forms(given, cores):
         ("1.5Gi", 1536),
         ("1024Ki", 1),
         ("1Ki", 1),
-        ("1073741824", 1024),
         ("1Ti", 1048576),
         ("100M", 96),
         ("2k", 1),
@@ -239,6 +248,16 @@ def test_cpu_forms(given, cores):
 )
 def test_memory_forms(given, mib):
     assert parse_mebibytes(given, "resources.memory") == mib
+
+
+def test_a_memory_string_without_a_unit_offers_both_readings():
+    with pytest.raises(SpecError) as caught:
+        Resources(memory="4096")
+    assert str(caught.value) == (
+        "resources.memory='4096' is invalid: a size without a unit is ambiguous: MiB in "
+        "Metaflow's int form, bytes in a Kubernetes quantity. Accepted: an int of MiB (4096) "
+        "or a string with a unit ('4096Mi', '4Gi')"
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from provider.specs.errors import SpecError
 
 CPU_FORM = "a number of cores (2, 0.5) or a Kubernetes quantity string ('500m', '2')"
-MEMORY_FORM = "an int of MiB (4096) or a quantity string such as '16Gi', '500Mi', '16G'"
+MEMORY_FORM = "an int of MiB (4096) or a string with a unit such as '16Gi', '500Mi', '16G'"
+UNITLESS_MEMORY_FORM = "an int of MiB (4096) or a string with a unit ('4096Mi', '4Gi')"
 DURATION_FORM = "a timedelta, seconds as an int (90), or a string such as '90s', '2m', '1h30m'"
 
 _QUANTITY = re.compile(r"(?P<number>\d+(?:\.\d+)?|\.\d+)(?P<unit>[A-Za-z]*)")
 _BYTES_PER_UNIT = {
-    "": 1,
     "k": 10**3,
     "M": 10**6,
     "G": 10**9,
@@ -58,7 +58,10 @@ def parse_cpu(value: object, field: str = "resources.cpu") -> float:
 
 
 def parse_mebibytes(value: object, field: str) -> int:
-    """A size in whole MiB, rounded up; ints are MiB already (Metaflow's convention)."""
+    """A size in whole MiB, rounded up; ints are MiB already (Metaflow's convention).
+
+    A string needs a unit: ``"4096"`` would be MiB to a Metaflow user and bytes to Kubernetes.
+    """
     if isinstance(value, int) and not isinstance(value, bool):
         mib = value
     elif isinstance(value, float):
@@ -67,6 +70,14 @@ def parse_mebibytes(value: object, field: str) -> int:
         match = _QUANTITY.fullmatch(value.strip())
         if not match:
             raise SpecError(field, value, MEMORY_FORM, "not a size")
+        if not match["unit"]:
+            raise SpecError(
+                field,
+                value,
+                UNITLESS_MEMORY_FORM,
+                "a size without a unit is ambiguous: MiB in Metaflow's int form, "
+                "bytes in a Kubernetes quantity",
+            )
         if match["unit"] not in _BYTES_PER_UNIT:
             raise SpecError(field, value, MEMORY_FORM, f"unknown unit {match['unit']!r}")
         try:
