@@ -114,6 +114,22 @@ BAD = [
     ("timeout zero", lambda: TaskSpec.build(timeout=0), "timeout", 0),
     ("timeout words", lambda: TaskSpec.build(timeout="an hour"), "timeout", "an hour"),
     ("timeout nan", lambda: TaskSpec.build(timeout=math.nan), "timeout", math.nan),
+    ("delay past timedelta", lambda: Retry(delay=10**15), "retry.delay", 10**15),
+    ("delay float past timedelta", lambda: Retry(delay=1e300), "retry.delay", 1e300),
+    ("delay days past timedelta", lambda: Retry(delay="9999999999d"), "retry.delay", "9999999999d"),
+    (
+        "max_delay past timedelta",
+        lambda: Retry(backoff="exponential", max_delay="9999999999d"),
+        "retry.max_delay",
+        "9999999999d",
+    ),
+    ("timeout past timedelta", lambda: TaskSpec.build(timeout=10**15), "timeout", 10**15),
+    ("timeout past float", lambda: TaskSpec.build(timeout=10**400), "timeout", 10**400),
+    ("delay non-ascii digit", lambda: Retry(delay="²"), "retry.delay", "²"),
+    ("constant delay past 9999", lambda: Retry(delay=10**12), "retry.delay", 10**12),
+    ("constant delay days past 9999", lambda: Retry(delay="99999999d"), "retry.delay", "99999999d"),
+    ("timeout past deadline seconds", lambda: TaskSpec.build(timeout=10**12), "timeout", 10**12),
+    ("timeout over int32", lambda: TaskSpec.build(timeout="24856d"), "timeout", "24856d"),
     # environment
     (
         "env name starts with digit",
@@ -278,6 +294,15 @@ def test_a_memory_string_without_a_unit_offers_both_readings():
 )
 def test_duration_forms(given, expected):
     assert parse_duration(given, "timeout") == expected
+
+
+def test_the_longest_durations_airflow_and_kubernetes_take():
+    assert TaskSpec.build(timeout=2**31 - 1).timeout == timedelta(seconds=2**31 - 1)
+    assert Retry(delay="1000d").delay == timedelta(days=1000)
+    # Airflow caps an exponential backoff at [core] max_task_retry_delay before adding it.
+    huge = Retry(delay="99999999d", backoff="exponential")
+    assert huge.delay == timedelta(days=99999999)
+    assert parse_duration("999999999d", "--grace") == timedelta(days=999999999)
 
 
 def test_resources_normalize_and_compare_equal_across_forms():
