@@ -9,6 +9,7 @@ import pytest
 
 from provider.specs import (
     Environment,
+    KubernetesOptions,
     Resources,
     Retry,
     SpecError,
@@ -206,6 +207,19 @@ BAD = [
         "python:3.11",
     ),
     ("unknown spec", lambda: TaskSpec.build(gpus=1), "gpus", 1),
+    # kubernetes options
+    (
+        "cpu_limit_ratio inf",
+        lambda: KubernetesOptions(cpu_limit_ratio=math.inf),
+        "kubernetes.cpu_limit_ratio",
+        math.inf,
+    ),
+    (
+        "cpu_limit_ratio nan",
+        lambda: KubernetesOptions(cpu_limit_ratio=math.nan),
+        "kubernetes.cpu_limit_ratio",
+        math.nan,
+    ),
 ]
 
 

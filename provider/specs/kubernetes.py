@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -138,12 +139,16 @@ class KubernetesOptions:
         )
         ratio = self.cpu_limit_ratio
         if ratio is not None and (
-            isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio < 1
+            isinstance(ratio, bool)
+            or not isinstance(ratio, (int, float))
+            or not math.isfinite(ratio)
+            or ratio < 1
         ):
             raise SpecError(
                 "kubernetes.cpu_limit_ratio",
                 ratio,
                 "a number >= 1 (1 caps CPU at the request), or None for no CPU limit",
+                "not finite" if isinstance(ratio, float) and not math.isfinite(ratio) else None,
             )
         if self.gpu_vendor is not None and self.gpu_vendor not in GPU_VENDORS:
             raise SpecError("kubernetes.gpu_vendor", self.gpu_vendor, f"one of {GPU_VENDORS}")
