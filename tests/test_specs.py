@@ -144,6 +144,13 @@ BAD = [
     ("env value None", lambda: Environment(env={"A": None}), "environment.env['A']", None),
     ("env value list", lambda: Environment(env={"A": [1]}), "environment.env['A']", [1]),
     ("env not a dict", lambda: Environment(env=["A=1"]), "environment.env", ["A=1"]),
+    ("env value NUL", lambda: Environment(env={"A": "x\0y"}), "environment.env['A']", "x\0y"),
+    (
+        "env value lone surrogate",
+        lambda: Environment(env={"A": "\ud800"}),
+        "environment.env['A']",
+        "\ud800",
+    ),
     ("pip triple equals", lambda: Environment(pip=["xgboost==="]), "environment.pip", "xgboost==="),
     ("pip version only", lambda: Environment(pip=["==1.0"]), "environment.pip", "==1.0"),
     ("pip garbage", lambda: Environment(pip=["not a req!!"]), "environment.pip", "not a req!!"),
@@ -188,6 +195,18 @@ BAD = [
         "db-creds",
     ),
     ("secret empty", lambda: Environment(secrets=[""]), "environment.secrets", ""),
+    (
+        "secret ARN with NUL",
+        lambda: Environment(secrets=["arn:aws:ssm:us-east-1:123456789012:parameter/x\0"]),
+        "environment.secrets",
+        "arn:aws:ssm:us-east-1:123456789012:parameter/x\0",
+    ),
+    (
+        "secret ARN with a control character",
+        lambda: Environment(secrets=["arn:aws:ssm:us-east-1:123456789012:parameter/x\x1b"]),
+        "environment.secrets",
+        "arn:aws:ssm:us-east-1:123456789012:parameter/x\x1b",
+    ),
     # task-level
     ("compute unknown", lambda: TaskSpec.build(compute="k8s"), "compute", "k8s"),
     ("compute capitalized", lambda: TaskSpec.build(compute="Local"), "compute", "Local"),

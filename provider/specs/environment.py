@@ -12,6 +12,7 @@ from provider.specs.errors import SpecError
 IMAGE_FORM = "an image reference such as 'python:3.11-slim' or 'ghcr.io/org/img:1.2@sha256:...'"
 PIP_FORM = "a list of PEP 508 requirements such as ['xgboost==2.1.4', 'pandas>=2']"
 ENV_FORM = "a dict of NAME (letters, digits, '_', not starting with a digit) to str/int/float"
+ENV_VALUE_FORM = "a str, int or float; text without NUL characters, encodable as UTF-8"
 SECRETS_FORM = "a list of Kubernetes Secret names ('db-creds') or AWS Secrets Manager / SSM ARNs"
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -21,7 +22,7 @@ _IMAGE = re.compile(
 )
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _K8S_SECRET = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
-_ARN = re.compile(r"arn:aws[a-z-]*:(?:secretsmanager|ssm):[a-z0-9-]+:\d{12}:\S+")
+_ARN = re.compile(r"arn:aws[a-z-]*:(?:secretsmanager|ssm):[a-z0-9-]+:[0-9]{12}:[!-~]+")
 
 
 def _image(value: Any) -> str | None:
@@ -65,8 +66,28 @@ def _env(value: Any) -> tuple[tuple[str, str], ...]:
             raise SpecError(f"environment.env[{name!r}]", name, ENV_FORM, "invalid variable name")
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
             raise SpecError(f"environment.env[{name!r}]", item, ENV_FORM, "invalid value type")
-        pairs.append((name, str(item)))
+        text = str(item)
+        if "\0" in text:
+            raise SpecError(
+                f"environment.env[{name!r}]",
+                item,
+                ENV_VALUE_FORM,
+                "a NUL character, which no operating system takes in an environment variable",
+            )
+        if not _is_utf8(text):
+            raise SpecError(
+                f"environment.env[{name!r}]", item, ENV_VALUE_FORM, "not encodable as UTF-8"
+            )
+        pairs.append((name, text))
     return tuple(sorted(pairs))
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def _secrets(value: Any) -> tuple[str, ...]:
