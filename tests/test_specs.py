@@ -163,6 +163,18 @@ BAD = [
         "NumPy>=2",
     ),
     (
+        "pip duplicate underscore and dash",
+        lambda: Environment(pip=["scikit_learn==1.5", "scikit-learn>=1"]),
+        "environment.pip",
+        "scikit-learn>=1",
+    ),
+    (
+        "pip duplicate dot and underscore",
+        lambda: Environment(pip=["zope.interface", "Zope_Interface[test]"]),
+        "environment.pip",
+        "Zope_Interface[test]",
+    ),
+    (
         "image with space",
         lambda: Environment(image="python 3.11"),
         "environment.image",

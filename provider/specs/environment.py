@@ -37,8 +37,9 @@ def _pip(value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise SpecError("environment.pip", value, PIP_FORM, "not a list")
     from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
 
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     out = []
     for item in value:
         if not isinstance(item, str):
@@ -49,10 +50,15 @@ def _pip(value: Any) -> tuple[str, ...]:
             raise SpecError("environment.pip", item, PIP_FORM, str(exc).split("\n")[0]) from None
         if any(not spec.version.strip() for spec in requirement.specifier):
             raise SpecError("environment.pip", item, PIP_FORM, "a version specifier has no version")
-        name = requirement.name.lower()
+        name = canonicalize_name(requirement.name)  # PEP 503: Scikit_Learn is scikit-learn
         if name in seen:
-            raise SpecError("environment.pip", item, PIP_FORM, f"{name} is listed twice")
-        seen.add(name)
+            raise SpecError(
+                "environment.pip",
+                item,
+                PIP_FORM,
+                f"{name} is listed twice (also as {seen[name]!r})",
+            )
+        seen[name] = item
         out.append(item.strip())
     return tuple(out)
 
