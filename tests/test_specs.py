@@ -208,6 +208,18 @@ BAD = [
     ),
     ("secret empty", lambda: Environment(secrets=[""]), "environment.secrets", ""),
     (
+        "secret two dots",
+        lambda: Environment(secrets=["db..creds"]),
+        "environment.secrets",
+        "db..creds",
+    ),
+    (
+        "secret dash dot",
+        lambda: Environment(secrets=["db-.creds"]),
+        "environment.secrets",
+        "db-.creds",
+    ),
+    (
         "secret ARN with NUL",
         lambda: Environment(secrets=["arn:aws:ssm:us-east-1:123456789012:parameter/x\0"]),
         "environment.secrets",
@@ -239,6 +251,55 @@ BAD = [
     ),
     ("unknown spec", lambda: TaskSpec.build(gpus=1), "gpus", 1),
     # kubernetes options
+    (
+        "service account two dots",
+        lambda: KubernetesOptions(service_account="flow..runner"),
+        "kubernetes.service_account",
+        "flow..runner",
+    ),
+    (
+        "label key prefix two dots",
+        lambda: KubernetesOptions(labels={"example..com/team": "ml"}),
+        "kubernetes.labels['example..com/team']",
+        "example..com/team",
+    ),
+    (
+        "annotation key prefix dot dash",
+        lambda: KubernetesOptions(annotations={"example.-com/owner": "me"}),
+        "kubernetes.annotations['example.-com/owner']",
+        "example.-com/owner",
+    ),
+    (
+        "node selector key prefix dash dot",
+        lambda: KubernetesOptions(node_selector={"example-.com/pool": "a"}),
+        "kubernetes.node_selector['example-.com/pool']",
+        "example-.com/pool",
+    ),
+    (
+        "gpu_type_label two dots",
+        lambda: KubernetesOptions(gpu_type_label="nvidia..com/gpu.product"),
+        "kubernetes.gpu_type_label",
+        "nvidia..com/gpu.product",
+    ),
+    (
+        "toleration key two dots",
+        lambda: KubernetesOptions(tolerations=[{"key": "a..b/spot", "operator": "Exists"}]),
+        "kubernetes.tolerations[0].key",
+        "a..b/spot",
+    ),
+    # refused before too: guards for the wider forms accepted now
+    (
+        "pull secret two dots",
+        lambda: KubernetesOptions(image_pull_secrets=["reg..cred"]),
+        "kubernetes.image_pull_secrets",
+        "reg..cred",
+    ),
+    (
+        "pull secret over 253",
+        lambda: KubernetesOptions(image_pull_secrets=["a" * 254]),
+        "kubernetes.image_pull_secrets",
+        "a" * 254,
+    ),
     (
         "cpu_limit_ratio inf",
         lambda: KubernetesOptions(cpu_limit_ratio=math.inf),
@@ -407,6 +468,21 @@ def test_environment_is_hashable_with_a_readable_repr():
 )
 def test_image_forms(image):
     assert Environment(image=image).image == image
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["regcred", "registry.example.com", "a" * 253, ".".join(["b" * 63] * 4)[:253].rstrip(".")],
+)
+def test_secret_names_are_dns_subdomains(name):
+    assert KubernetesOptions(image_pull_secrets=[name]).image_pull_secrets == (name,)
+    assert Environment(secrets=[name]).secrets == (name,)
+
+
+def test_keys_take_a_dns_subdomain_prefix_of_up_to_253():
+    prefix = "a" * 100 + "." + "b" * 100 + ".example.com"
+    options = KubernetesOptions(labels={f"{prefix}/team": "ml"}, gpu_type_label=f"{prefix}/gpu")
+    assert dict(options.labels) == {f"{prefix}/team": "ml"}
 
 
 def test_task_spec_build_accepts_loose_forms():

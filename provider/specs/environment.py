@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from provider.specs.errors import SpecError
+from provider.specs.names import is_dns_subdomain
 
 IMAGE_FORM = "an image reference such as 'python:3.11-slim' or 'ghcr.io/org/img:1.2@sha256:...'"
 PIP_FORM = "a list of PEP 508 requirements such as ['xgboost==2.1.4', 'pandas>=2']"
@@ -21,7 +22,6 @@ _IMAGE = re.compile(
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
 )
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_K8S_SECRET = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
 _ARN = re.compile(r"arn:aws[a-z-]*:(?:secretsmanager|ssm):[a-z0-9-]+:[0-9]{12}:[!-~]+")
 
 
@@ -100,7 +100,7 @@ def _secrets(value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise SpecError("environment.secrets", value, SECRETS_FORM, "not a list")
     for item in value:
-        if not isinstance(item, str) or not (_K8S_SECRET.fullmatch(item) or _ARN.fullmatch(item)):
+        if not isinstance(item, str) or not (is_dns_subdomain(item) or _ARN.fullmatch(item)):
             raise SpecError("environment.secrets", item, SECRETS_FORM)
     return tuple(value)
 
