@@ -287,7 +287,73 @@ BAD = [
         "kubernetes.tolerations[0].key",
         "a..b/spot",
     ),
+    (
+        "toleration without key, operator Equal",
+        lambda: KubernetesOptions(tolerations=[{"value": "true", "effect": "NoSchedule"}]),
+        "kubernetes.tolerations[0].key",
+        None,
+    ),
+    (
+        "toleration_seconds with effect NoSchedule",
+        lambda: KubernetesOptions(
+            tolerations=[{"key": "spot", "effect": "NoSchedule", "toleration_seconds": 60}]
+        ),
+        "kubernetes.tolerations[0].toleration_seconds",
+        60,
+    ),
+    (
+        "toleration_seconds without effect",
+        lambda: KubernetesOptions(
+            tolerations=[{"key": "spot", "operator": "Exists", "toleration_seconds": 60}]
+        ),
+        "kubernetes.tolerations[0].toleration_seconds",
+        60,
+    ),
+    (
+        "toleration_seconds past int64",
+        lambda: KubernetesOptions(
+            tolerations=[{"key": "spot", "effect": "NoExecute", "toleration_seconds": 2**63}]
+        ),
+        "kubernetes.tolerations[0].toleration_seconds",
+        2**63,
+    ),
+    (
+        "toleration value with a space",
+        lambda: KubernetesOptions(tolerations=[{"key": "pool", "value": "high mem"}]),
+        "kubernetes.tolerations[0].value",
+        "high mem",
+    ),
+    (
+        "toleration value of 64",
+        lambda: KubernetesOptions(tolerations=[{"key": "pool", "value": "v" * 64}]),
+        "kubernetes.tolerations[0].value",
+        "v" * 64,
+    ),
+    (
+        "toleration value ending in a dash",
+        lambda: KubernetesOptions(tolerations=[{"key": "pool", "value": "big-"}]),
+        "kubernetes.tolerations[0].value",
+        "big-",
+    ),
+    (
+        "toleration value an int",
+        lambda: KubernetesOptions(tolerations=[{"key": "pool", "value": 3}]),
+        "kubernetes.tolerations[0].value",
+        3,
+    ),
+    (
+        "toleration value 0 with Exists",
+        lambda: KubernetesOptions(tolerations=[{"key": "pool", "operator": "Exists", "value": 0}]),
+        "kubernetes.tolerations[0].value",
+        0,
+    ),
     # refused before too: guards for the wider forms accepted now
+    (
+        "toleration empty key, operator Equal",
+        lambda: KubernetesOptions(tolerations=[{"key": "", "operator": "Equal", "value": "x"}]),
+        "kubernetes.tolerations[0].key",
+        "",
+    ),
     (
         "pull secret two dots",
         lambda: KubernetesOptions(image_pull_secrets=["reg..cred"]),
@@ -483,6 +549,24 @@ def test_keys_take_a_dns_subdomain_prefix_of_up_to_253():
     prefix = "a" * 100 + "." + "b" * 100 + ".example.com"
     options = KubernetesOptions(labels={f"{prefix}/team": "ml"}, gpu_type_label=f"{prefix}/gpu")
     assert dict(options.labels) == {f"{prefix}/team": "ml"}
+
+
+@pytest.mark.parametrize(
+    "toleration",
+    [
+        {"operator": "Exists"},  # tolerates every taint
+        {"key": "", "operator": "Exists", "effect": "NoSchedule"},
+        {"operator": "Exists", "effect": "NoExecute", "toleration_seconds": 30},
+        {"key": "spot", "effect": "NoExecute", "toleration_seconds": -1},  # evict at once
+        {"key": "spot"},
+        {"key": "spot", "value": ""},
+        {"key": "example.com/pool", "operator": "Equal", "value": "A_b.c-" + "d" * 57},
+        {"key": "spot", "operator": "Exists", "value": ""},
+    ],
+)
+def test_tolerations_the_api_server_accepts(toleration):
+    options = KubernetesOptions(tolerations=[toleration])
+    assert options.toleration_dicts == [{"operator": "Equal", **toleration}]
 
 
 def test_task_spec_build_accepts_loose_forms():

@@ -16,6 +16,7 @@ SECRET_NAME_FORM = (
     "(lowercase letters, digits, '-' and '.', at most 253)"
 )
 MAPPING_FORM = "a dict of label-style keys ('team', 'example.com/team') to strings"
+LABEL_VALUE_FORM = "at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric"
 TOLERATION_FORM = (
     "a list of dicts with keys key, operator ('Exists' or 'Equal'), value, effect "
     "('NoSchedule', 'PreferNoSchedule', 'NoExecute') and toleration_seconds"
@@ -24,6 +25,7 @@ GPU_VENDORS = ("nvidia", "amd", "intel")
 
 _TOLERATION_KEYS = {"key", "operator", "value", "effect", "toleration_seconds"}
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # toleration_seconds is an int64
 
 
 def _name(value: Any, field: str) -> str | None:
@@ -45,16 +47,12 @@ def _pairs(value: Any, field: str, *, label_values: bool) -> tuple[tuple[str, st
         if not isinstance(item, str):
             raise SpecError(f"{field}[{key!r}]", item, "a string value", "not a string")
         if label_values and not is_label_value(item):
-            raise SpecError(
-                f"{field}[{key!r}]",
-                item,
-                "at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric",
-                "not a valid label value",
-            )
+            raise SpecError(f"{field}[{key!r}]", item, LABEL_VALUE_FORM, "not a valid label value")
     return tuple(sorted(value.items()))
 
 
 def _toleration(item: Any, field: str) -> tuple[tuple[str, Any], ...]:
+    """One toleration, checked as the API server's ValidateTolerations does."""
     if isinstance(item, tuple):
         item = dict(item)
     if not isinstance(item, Mapping) or not set(item) <= _TOLERATION_KEYS:
@@ -62,17 +60,42 @@ def _toleration(item: Any, field: str) -> tuple[tuple[str, Any], ...]:
     operator = item.get("operator", "Equal")
     if operator not in ("Exists", "Equal"):
         raise SpecError(f"{field}.operator", operator, "'Exists' or 'Equal'")
-    if operator == "Exists" and item.get("value"):
-        raise SpecError(f"{field}.value", item["value"], "no value with operator 'Exists'")
+    value = item.get("value")
+    if value is not None and not isinstance(value, str):
+        raise SpecError(f"{field}.value", value, "a string, or no value", "not a string")
+    if operator == "Exists" and value:
+        raise SpecError(f"{field}.value", value, "no value with operator 'Exists'")
+    if value and not is_label_value(value):
+        raise SpecError(
+            f"{field}.value", value, LABEL_VALUE_FORM, "a taint value must be a valid label value"
+        )
     effect = item.get("effect")
     if effect is not None and effect not in _EFFECTS:
         raise SpecError(f"{field}.effect", effect, f"one of {_EFFECTS} or None for all effects")
     seconds = item.get("toleration_seconds")
     if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool)):
         raise SpecError(f"{field}.toleration_seconds", seconds, "an int of seconds")
+    if seconds is not None and not _INT64_MIN <= seconds <= _INT64_MAX:
+        raise SpecError(
+            f"{field}.toleration_seconds", seconds, "an int of seconds", "outside int64's range"
+        )
+    if seconds is not None and effect != "NoExecute":
+        raise SpecError(
+            f"{field}.toleration_seconds",
+            seconds,
+            "toleration_seconds together with effect='NoExecute'",
+            f"only a NoExecute taint evicts, and effect is {effect!r}",
+        )
     key = item.get("key")
-    if key is not None and not is_qualified_name(key):
+    if key not in (None, "") and not is_qualified_name(key):
         raise SpecError(f"{field}.key", key, "a taint key such as 'nvidia.com/gpu'")
+    if not key and operator != "Exists":
+        raise SpecError(
+            f"{field}.key",
+            key,
+            "a taint key such as 'spot', or no key with operator 'Exists' to tolerate every taint",
+            "a toleration without a key must have operator 'Exists'",
+        )
     return tuple(sorted({**item, "operator": operator}.items()))
 
 
