@@ -195,6 +195,24 @@ BAD = [
     ),
     ("image empty", lambda: Environment(image=""), "environment.image", ""),
     (
+        "image registry two dots",
+        lambda: Environment(image="ghcr..io/org/img"),
+        "environment.image",
+        "ghcr..io/org/img",
+    ),
+    (
+        "image registry leading dash",
+        lambda: Environment(image="-registry.example.com/img"),
+        "environment.image",
+        "-registry.example.com/img",
+    ),
+    (
+        "image name over 255",
+        lambda: Environment(image="registry.example.com/" + "a" * 240 + ":1"),
+        "environment.image",
+        "registry.example.com/" + "a" * 240 + ":1",
+    ),
+    (
         "secret uppercase",
         lambda: Environment(secrets=["DB_CREDS"]),
         "environment.secrets",
@@ -530,6 +548,8 @@ def test_environment_is_hashable_with_a_readable_repr():
         "localhost:5000/img",
         "registry.example.com/a_b/c-d:latest",
         "python@sha256:" + "a" * 64,
+        "Registry-1.Example.com:443/a__b/c--d.e:v1.2_3",
+        "a" * 255 + ":" + "t" * 128,
     ],
 )
 def test_image_forms(image):

@@ -16,11 +16,14 @@ ENV_FORM = "a dict of NAME (letters, digits, '_', not starting with a digit) to 
 ENV_VALUE_FORM = "a str, int or float; text without NUL characters, encodable as UTF-8"
 SECRETS_FORM = "a list of Kubernetes Secret names ('db-creds') or AWS Secrets Manager / SSM ARNs"
 
+# The grammar of github.com/distribution/reference, as container runtimes parse image names.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST_PART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _IMAGE = re.compile(
-    rf"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*"
+    rf"(?P<name>(?:{_HOST_PART}(?:\.{_HOST_PART})*(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*)"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
 )
+_IMAGE_NAME_MAX = 255  # the name without tag and digest
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ARN = re.compile(r"arn:aws[a-z-]*:(?:secretsmanager|ssm):[a-z0-9-]+:[0-9]{12}:[!-~]+")
 
@@ -28,8 +31,16 @@ _ARN = re.compile(r"arn:aws[a-z-]*:(?:secretsmanager|ssm):[a-z0-9-]+:[0-9]{12}:[
 def _image(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _IMAGE.fullmatch(value):
+    match = _IMAGE.fullmatch(value) if isinstance(value, str) else None
+    if not match:
         raise SpecError("environment.image", value, IMAGE_FORM)
+    if len(match["name"]) > _IMAGE_NAME_MAX:
+        raise SpecError(
+            "environment.image",
+            value,
+            IMAGE_FORM,
+            f"the name before the tag is over {_IMAGE_NAME_MAX} characters",
+        )
     return value
 
 
