@@ -9,6 +9,7 @@ import pytest
 
 from provider.specs import (
     Environment,
+    KubernetesOptions,
     Resources,
     Retry,
     SpecError,
@@ -56,6 +57,16 @@ BAD = [
         "2Gi",
     ),
     ("shm words", lambda: Resources(shared_memory="half"), "resources.shared_memory", "half"),
+    ("memory no unit", lambda: Resources(memory="4096"), "resources.memory", "4096"),
+    (
+        "memory bytes no unit",
+        lambda: Resources(memory="1073741824"),
+        "resources.memory",
+        "1073741824",
+    ),
+    ("memory decimal no unit", lambda: Resources(memory="1.5"), "resources.memory", "1.5"),
+    ("disk no unit", lambda: Resources(disk="100"), "resources.disk", "100"),
+    ("shm no unit", lambda: Resources(shared_memory=" 64 "), "resources.shared_memory", " 64 "),
     # gpu
     ("gpu fractional", lambda: Resources(gpu=0.5), "resources.gpu", 0.5),  # type: ignore[arg-type]
     ("gpu negative", lambda: Resources(gpu=-1), "resources.gpu", -1),
@@ -104,6 +115,22 @@ BAD = [
     ("timeout zero", lambda: TaskSpec.build(timeout=0), "timeout", 0),
     ("timeout words", lambda: TaskSpec.build(timeout="an hour"), "timeout", "an hour"),
     ("timeout nan", lambda: TaskSpec.build(timeout=math.nan), "timeout", math.nan),
+    ("delay past timedelta", lambda: Retry(delay=10**15), "retry.delay", 10**15),
+    ("delay float past timedelta", lambda: Retry(delay=1e300), "retry.delay", 1e300),
+    ("delay days past timedelta", lambda: Retry(delay="9999999999d"), "retry.delay", "9999999999d"),
+    (
+        "max_delay past timedelta",
+        lambda: Retry(backoff="exponential", max_delay="9999999999d"),
+        "retry.max_delay",
+        "9999999999d",
+    ),
+    ("timeout past timedelta", lambda: TaskSpec.build(timeout=10**15), "timeout", 10**15),
+    ("timeout past float", lambda: TaskSpec.build(timeout=10**400), "timeout", 10**400),
+    ("delay non-ascii digit", lambda: Retry(delay="²"), "retry.delay", "²"),
+    ("constant delay past 9999", lambda: Retry(delay=10**12), "retry.delay", 10**12),
+    ("constant delay days past 9999", lambda: Retry(delay="99999999d"), "retry.delay", "99999999d"),
+    ("timeout past deadline seconds", lambda: TaskSpec.build(timeout=10**12), "timeout", 10**12),
+    ("timeout over int32", lambda: TaskSpec.build(timeout="24856d"), "timeout", "24856d"),
     # environment
     (
         "env name starts with digit",
@@ -117,6 +144,13 @@ BAD = [
     ("env value None", lambda: Environment(env={"A": None}), "environment.env['A']", None),
     ("env value list", lambda: Environment(env={"A": [1]}), "environment.env['A']", [1]),
     ("env not a dict", lambda: Environment(env=["A=1"]), "environment.env", ["A=1"]),
+    ("env value NUL", lambda: Environment(env={"A": "x\0y"}), "environment.env['A']", "x\0y"),
+    (
+        "env value lone surrogate",
+        lambda: Environment(env={"A": "\ud800"}),
+        "environment.env['A']",
+        "\ud800",
+    ),
     ("pip triple equals", lambda: Environment(pip=["xgboost==="]), "environment.pip", "xgboost==="),
     ("pip version only", lambda: Environment(pip=["==1.0"]), "environment.pip", "==1.0"),
     ("pip garbage", lambda: Environment(pip=["not a req!!"]), "environment.pip", "not a req!!"),
@@ -127,6 +161,18 @@ BAD = [
         lambda: Environment(pip=["numpy", "NumPy>=2"]),
         "environment.pip",
         "NumPy>=2",
+    ),
+    (
+        "pip duplicate underscore and dash",
+        lambda: Environment(pip=["scikit_learn==1.5", "scikit-learn>=1"]),
+        "environment.pip",
+        "scikit-learn>=1",
+    ),
+    (
+        "pip duplicate dot and underscore",
+        lambda: Environment(pip=["zope.interface", "Zope_Interface[test]"]),
+        "environment.pip",
+        "Zope_Interface[test]",
     ),
     (
         "image with space",
@@ -149,6 +195,24 @@ BAD = [
     ),
     ("image empty", lambda: Environment(image=""), "environment.image", ""),
     (
+        "image registry two dots",
+        lambda: Environment(image="ghcr..io/org/img"),
+        "environment.image",
+        "ghcr..io/org/img",
+    ),
+    (
+        "image registry leading dash",
+        lambda: Environment(image="-registry.example.com/img"),
+        "environment.image",
+        "-registry.example.com/img",
+    ),
+    (
+        "image name over 255",
+        lambda: Environment(image="registry.example.com/" + "a" * 240 + ":1"),
+        "environment.image",
+        "registry.example.com/" + "a" * 240 + ":1",
+    ),
+    (
         "secret uppercase",
         lambda: Environment(secrets=["DB_CREDS"]),
         "environment.secrets",
@@ -161,6 +225,30 @@ BAD = [
         "db-creds",
     ),
     ("secret empty", lambda: Environment(secrets=[""]), "environment.secrets", ""),
+    (
+        "secret two dots",
+        lambda: Environment(secrets=["db..creds"]),
+        "environment.secrets",
+        "db..creds",
+    ),
+    (
+        "secret dash dot",
+        lambda: Environment(secrets=["db-.creds"]),
+        "environment.secrets",
+        "db-.creds",
+    ),
+    (
+        "secret ARN with NUL",
+        lambda: Environment(secrets=["arn:aws:ssm:us-east-1:123456789012:parameter/x\0"]),
+        "environment.secrets",
+        "arn:aws:ssm:us-east-1:123456789012:parameter/x\0",
+    ),
+    (
+        "secret ARN with a control character",
+        lambda: Environment(secrets=["arn:aws:ssm:us-east-1:123456789012:parameter/x\x1b"]),
+        "environment.secrets",
+        "arn:aws:ssm:us-east-1:123456789012:parameter/x\x1b",
+    ),
     # task-level
     ("compute unknown", lambda: TaskSpec.build(compute="k8s"), "compute", "k8s"),
     ("compute capitalized", lambda: TaskSpec.build(compute="Local"), "compute", "Local"),
@@ -180,6 +268,134 @@ BAD = [
         "python:3.11",
     ),
     ("unknown spec", lambda: TaskSpec.build(gpus=1), "gpus", 1),
+    # kubernetes options
+    (
+        "service account two dots",
+        lambda: KubernetesOptions(service_account="flow..runner"),
+        "kubernetes.service_account",
+        "flow..runner",
+    ),
+    (
+        "label key prefix two dots",
+        lambda: KubernetesOptions(labels={"example..com/team": "ml"}),
+        "kubernetes.labels['example..com/team']",
+        "example..com/team",
+    ),
+    (
+        "annotation key prefix dot dash",
+        lambda: KubernetesOptions(annotations={"example.-com/owner": "me"}),
+        "kubernetes.annotations['example.-com/owner']",
+        "example.-com/owner",
+    ),
+    (
+        "node selector key prefix dash dot",
+        lambda: KubernetesOptions(node_selector={"example-.com/pool": "a"}),
+        "kubernetes.node_selector['example-.com/pool']",
+        "example-.com/pool",
+    ),
+    (
+        "gpu_type_label two dots",
+        lambda: KubernetesOptions(gpu_type_label="nvidia..com/gpu.product"),
+        "kubernetes.gpu_type_label",
+        "nvidia..com/gpu.product",
+    ),
+    (
+        "toleration key two dots",
+        lambda: KubernetesOptions(tolerations=[{"key": "a..b/spot", "operator": "Exists"}]),
+        "kubernetes.tolerations[0].key",
+        "a..b/spot",
+    ),
+    (
+        "toleration without key, operator Equal",
+        lambda: KubernetesOptions(tolerations=[{"value": "true", "effect": "NoSchedule"}]),
+        "kubernetes.tolerations[0].key",
+        None,
+    ),
+    (
+        "toleration_seconds with effect NoSchedule",
+        lambda: KubernetesOptions(
+            tolerations=[{"key": "spot", "effect": "NoSchedule", "toleration_seconds": 60}]
+        ),
+        "kubernetes.tolerations[0].toleration_seconds",
+        60,
+    ),
+    (
+        "toleration_seconds without effect",
+        lambda: KubernetesOptions(
+            tolerations=[{"key": "spot", "operator": "Exists", "toleration_seconds": 60}]
+        ),
+        "kubernetes.tolerations[0].toleration_seconds",
+        60,
+    ),
+    (
+        "toleration_seconds past int64",
+        lambda: KubernetesOptions(
+            tolerations=[{"key": "spot", "effect": "NoExecute", "toleration_seconds": 2**63}]
+        ),
+        "kubernetes.tolerations[0].toleration_seconds",
+        2**63,
+    ),
+    (
+        "toleration value with a space",
+        lambda: KubernetesOptions(tolerations=[{"key": "pool", "value": "high mem"}]),
+        "kubernetes.tolerations[0].value",
+        "high mem",
+    ),
+    (
+        "toleration value of 64",
+        lambda: KubernetesOptions(tolerations=[{"key": "pool", "value": "v" * 64}]),
+        "kubernetes.tolerations[0].value",
+        "v" * 64,
+    ),
+    (
+        "toleration value ending in a dash",
+        lambda: KubernetesOptions(tolerations=[{"key": "pool", "value": "big-"}]),
+        "kubernetes.tolerations[0].value",
+        "big-",
+    ),
+    (
+        "toleration value an int",
+        lambda: KubernetesOptions(tolerations=[{"key": "pool", "value": 3}]),
+        "kubernetes.tolerations[0].value",
+        3,
+    ),
+    (
+        "toleration value 0 with Exists",
+        lambda: KubernetesOptions(tolerations=[{"key": "pool", "operator": "Exists", "value": 0}]),
+        "kubernetes.tolerations[0].value",
+        0,
+    ),
+    # refused before too: guards for the wider forms accepted now
+    (
+        "toleration empty key, operator Equal",
+        lambda: KubernetesOptions(tolerations=[{"key": "", "operator": "Equal", "value": "x"}]),
+        "kubernetes.tolerations[0].key",
+        "",
+    ),
+    (
+        "pull secret two dots",
+        lambda: KubernetesOptions(image_pull_secrets=["reg..cred"]),
+        "kubernetes.image_pull_secrets",
+        "reg..cred",
+    ),
+    (
+        "pull secret over 253",
+        lambda: KubernetesOptions(image_pull_secrets=["a" * 254]),
+        "kubernetes.image_pull_secrets",
+        "a" * 254,
+    ),
+    (
+        "cpu_limit_ratio inf",
+        lambda: KubernetesOptions(cpu_limit_ratio=math.inf),
+        "kubernetes.cpu_limit_ratio",
+        math.inf,
+    ),
+    (
+        "cpu_limit_ratio nan",
+        lambda: KubernetesOptions(cpu_limit_ratio=math.nan),
+        "kubernetes.cpu_limit_ratio",
+        math.nan,
+    ),
 ]
 
 
@@ -231,7 +447,6 @@ def test_cpu_forms(given, cores):
         ("1.5Gi", 1536),
         ("1024Ki", 1),
         ("1Ki", 1),
-        ("1073741824", 1024),
         ("1Ti", 1048576),
         ("100M", 96),
         ("2k", 1),
@@ -239,6 +454,16 @@ def test_cpu_forms(given, cores):
 )
 def test_memory_forms(given, mib):
     assert parse_mebibytes(given, "resources.memory") == mib
+
+
+def test_a_memory_string_without_a_unit_offers_both_readings():
+    with pytest.raises(SpecError) as caught:
+        Resources(memory="4096")
+    assert str(caught.value) == (
+        "resources.memory='4096' is invalid: a size without a unit is ambiguous: MiB in "
+        "Metaflow's int form, bytes in a Kubernetes quantity. Accepted: an int of MiB (4096) "
+        "or a string with a unit ('4096Mi', '4Gi')"
+    )
 
 
 @pytest.mark.parametrize(
@@ -259,6 +484,15 @@ def test_memory_forms(given, mib):
 )
 def test_duration_forms(given, expected):
     assert parse_duration(given, "timeout") == expected
+
+
+def test_the_longest_durations_airflow_and_kubernetes_take():
+    assert TaskSpec.build(timeout=2**31 - 1).timeout == timedelta(seconds=2**31 - 1)
+    assert Retry(delay="1000d").delay == timedelta(days=1000)
+    # Airflow caps an exponential backoff at [core] max_task_retry_delay before adding it.
+    huge = Retry(delay="99999999d", backoff="exponential")
+    assert huge.delay == timedelta(days=99999999)
+    assert parse_duration("999999999d", "--grace") == timedelta(days=999999999)
 
 
 def test_resources_normalize_and_compare_equal_across_forms():
@@ -316,10 +550,45 @@ def test_environment_is_hashable_with_a_readable_repr():
         "localhost:5000/img",
         "registry.example.com/a_b/c-d:latest",
         "python@sha256:" + "a" * 64,
+        "Registry-1.Example.com:443/a__b/c--d.e:v1.2_3",
+        "a" * 255 + ":" + "t" * 128,
     ],
 )
 def test_image_forms(image):
     assert Environment(image=image).image == image
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["regcred", "registry.example.com", "a" * 253, ".".join(["b" * 63] * 4)[:253].rstrip(".")],
+)
+def test_secret_names_are_dns_subdomains(name):
+    assert KubernetesOptions(image_pull_secrets=[name]).image_pull_secrets == (name,)
+    assert Environment(secrets=[name]).secrets == (name,)
+
+
+def test_keys_take_a_dns_subdomain_prefix_of_up_to_253():
+    prefix = "a" * 100 + "." + "b" * 100 + ".example.com"
+    options = KubernetesOptions(labels={f"{prefix}/team": "ml"}, gpu_type_label=f"{prefix}/gpu")
+    assert dict(options.labels) == {f"{prefix}/team": "ml"}
+
+
+@pytest.mark.parametrize(
+    "toleration",
+    [
+        {"operator": "Exists"},  # tolerates every taint
+        {"key": "", "operator": "Exists", "effect": "NoSchedule"},
+        {"operator": "Exists", "effect": "NoExecute", "toleration_seconds": 30},
+        {"key": "spot", "effect": "NoExecute", "toleration_seconds": -1},  # evict at once
+        {"key": "spot"},
+        {"key": "spot", "value": ""},
+        {"key": "example.com/pool", "operator": "Equal", "value": "A_b.c-" + "d" * 57},
+        {"key": "spot", "operator": "Exists", "value": ""},
+    ],
+)
+def test_tolerations_the_api_server_accepts(toleration):
+    options = KubernetesOptions(tolerations=[toleration])
+    assert options.toleration_dicts == [{"operator": "Equal", **toleration}]
 
 
 def test_task_spec_build_accepts_loose_forms():

@@ -8,27 +8,39 @@ from dataclasses import dataclass
 from typing import Any
 
 from provider.specs.errors import SpecError
+from provider.specs.names import is_dns_subdomain
 
 IMAGE_FORM = "an image reference such as 'python:3.11-slim' or 'ghcr.io/org/img:1.2@sha256:...'"
 PIP_FORM = "a list of PEP 508 requirements such as ['xgboost==2.1.4', 'pandas>=2']"
 ENV_FORM = "a dict of NAME (letters, digits, '_', not starting with a digit) to str/int/float"
+ENV_VALUE_FORM = "a str, int or float; text without NUL characters, encodable as UTF-8"
 SECRETS_FORM = "a list of Kubernetes Secret names ('db-creds') or AWS Secrets Manager / SSM ARNs"
 
+# The grammar of github.com/distribution/reference, as container runtimes parse image names.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST_PART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _IMAGE = re.compile(
-    rf"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*"
+    rf"(?P<name>(?:{_HOST_PART}(?:\.{_HOST_PART})*(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*)"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
 )
+_IMAGE_NAME_MAX = 255  # the name without tag and digest
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_K8S_SECRET = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
-_ARN = re.compile(r"arn:aws[a-z-]*:(?:secretsmanager|ssm):[a-z0-9-]+:\d{12}:\S+")
+_ARN = re.compile(r"arn:aws[a-z-]*:(?:secretsmanager|ssm):[a-z0-9-]+:[0-9]{12}:[!-~]+")
 
 
 def _image(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _IMAGE.fullmatch(value):
+    match = _IMAGE.fullmatch(value) if isinstance(value, str) else None
+    if not match:
         raise SpecError("environment.image", value, IMAGE_FORM)
+    if len(match["name"]) > _IMAGE_NAME_MAX:
+        raise SpecError(
+            "environment.image",
+            value,
+            IMAGE_FORM,
+            f"the name before the tag is over {_IMAGE_NAME_MAX} characters",
+        )
     return value
 
 
@@ -36,8 +48,9 @@ def _pip(value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise SpecError("environment.pip", value, PIP_FORM, "not a list")
     from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
 
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     out = []
     for item in value:
         if not isinstance(item, str):
@@ -48,10 +61,15 @@ def _pip(value: Any) -> tuple[str, ...]:
             raise SpecError("environment.pip", item, PIP_FORM, str(exc).split("\n")[0]) from None
         if any(not spec.version.strip() for spec in requirement.specifier):
             raise SpecError("environment.pip", item, PIP_FORM, "a version specifier has no version")
-        name = requirement.name.lower()
+        name = canonicalize_name(requirement.name)  # PEP 503: Scikit_Learn is scikit-learn
         if name in seen:
-            raise SpecError("environment.pip", item, PIP_FORM, f"{name} is listed twice")
-        seen.add(name)
+            raise SpecError(
+                "environment.pip",
+                item,
+                PIP_FORM,
+                f"{name} is listed twice (also as {seen[name]!r})",
+            )
+        seen[name] = item
         out.append(item.strip())
     return tuple(out)
 
@@ -65,15 +83,35 @@ def _env(value: Any) -> tuple[tuple[str, str], ...]:
             raise SpecError(f"environment.env[{name!r}]", name, ENV_FORM, "invalid variable name")
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
             raise SpecError(f"environment.env[{name!r}]", item, ENV_FORM, "invalid value type")
-        pairs.append((name, str(item)))
+        text = str(item)
+        if "\0" in text:
+            raise SpecError(
+                f"environment.env[{name!r}]",
+                item,
+                ENV_VALUE_FORM,
+                "a NUL character, which no operating system takes in an environment variable",
+            )
+        if not _is_utf8(text):
+            raise SpecError(
+                f"environment.env[{name!r}]", item, ENV_VALUE_FORM, "not encodable as UTF-8"
+            )
+        pairs.append((name, text))
     return tuple(sorted(pairs))
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def _secrets(value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise SpecError("environment.secrets", value, SECRETS_FORM, "not a list")
     for item in value:
-        if not isinstance(item, str) or not (_K8S_SECRET.fullmatch(item) or _ARN.fullmatch(item)):
+        if not isinstance(item, str) or not (is_dns_subdomain(item) or _ARN.fullmatch(item)):
             raise SpecError("environment.secrets", item, SECRETS_FORM)
     return tuple(value)
 

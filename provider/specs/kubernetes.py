@@ -2,34 +2,36 @@
 
 from __future__ import annotations
 
-import re
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from provider.specs.errors import SpecError
+from provider.specs.names import is_dns_label, is_dns_subdomain, is_label_value, is_qualified_name
 
 NAME_FORM = "a DNS-1123 name such as 'ml-jobs' (lowercase letters, digits, '-', at most 63)"
+SECRET_NAME_FORM = (
+    "a list of Secret names such as 'regcred' or 'registry.example.com' "
+    "(lowercase letters, digits, '-' and '.', at most 253)"
+)
 MAPPING_FORM = "a dict of label-style keys ('team', 'example.com/team') to strings"
+LABEL_VALUE_FORM = "at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric"
 TOLERATION_FORM = (
     "a list of dicts with keys key, operator ('Exists' or 'Equal'), value, effect "
     "('NoSchedule', 'PreferNoSchedule', 'NoExecute') and toleration_seconds"
 )
 GPU_VENDORS = ("nvidia", "amd", "intel")
 
-_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_DNS_SUBDOMAIN = r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?"
-_KEY_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
-_KEY = re.compile(rf"(?:{_DNS_SUBDOMAIN}/)?{_KEY_NAME}")
-_LABEL_VALUE = re.compile(rf"(?:{_KEY_NAME})?")
 _TOLERATION_KEYS = {"key", "operator", "value", "effect", "toleration_seconds"}
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # toleration_seconds is an int64
 
 
 def _name(value: Any, field: str) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _DNS_LABEL.fullmatch(value):
+    if not is_dns_label(value):
         raise SpecError(field, value, NAME_FORM)
     return value
 
@@ -40,21 +42,17 @@ def _pairs(value: Any, field: str, *, label_values: bool) -> tuple[tuple[str, st
     if not isinstance(value, Mapping):
         raise SpecError(field, value, MAPPING_FORM, "not a dict")
     for key, item in value.items():
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
+        if not is_qualified_name(key):
             raise SpecError(f"{field}[{key!r}]", key, MAPPING_FORM, "invalid key")
         if not isinstance(item, str):
             raise SpecError(f"{field}[{key!r}]", item, "a string value", "not a string")
-        if label_values and not _LABEL_VALUE.fullmatch(item):
-            raise SpecError(
-                f"{field}[{key!r}]",
-                item,
-                "at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric",
-                "not a valid label value",
-            )
+        if label_values and not is_label_value(item):
+            raise SpecError(f"{field}[{key!r}]", item, LABEL_VALUE_FORM, "not a valid label value")
     return tuple(sorted(value.items()))
 
 
 def _toleration(item: Any, field: str) -> tuple[tuple[str, Any], ...]:
+    """One toleration, checked as the API server's ValidateTolerations does."""
     if isinstance(item, tuple):
         item = dict(item)
     if not isinstance(item, Mapping) or not set(item) <= _TOLERATION_KEYS:
@@ -62,17 +60,42 @@ def _toleration(item: Any, field: str) -> tuple[tuple[str, Any], ...]:
     operator = item.get("operator", "Equal")
     if operator not in ("Exists", "Equal"):
         raise SpecError(f"{field}.operator", operator, "'Exists' or 'Equal'")
-    if operator == "Exists" and item.get("value"):
-        raise SpecError(f"{field}.value", item["value"], "no value with operator 'Exists'")
+    value = item.get("value")
+    if value is not None and not isinstance(value, str):
+        raise SpecError(f"{field}.value", value, "a string, or no value", "not a string")
+    if operator == "Exists" and value:
+        raise SpecError(f"{field}.value", value, "no value with operator 'Exists'")
+    if value and not is_label_value(value):
+        raise SpecError(
+            f"{field}.value", value, LABEL_VALUE_FORM, "a taint value must be a valid label value"
+        )
     effect = item.get("effect")
     if effect is not None and effect not in _EFFECTS:
         raise SpecError(f"{field}.effect", effect, f"one of {_EFFECTS} or None for all effects")
     seconds = item.get("toleration_seconds")
     if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool)):
         raise SpecError(f"{field}.toleration_seconds", seconds, "an int of seconds")
+    if seconds is not None and not _INT64_MIN <= seconds <= _INT64_MAX:
+        raise SpecError(
+            f"{field}.toleration_seconds", seconds, "an int of seconds", "outside int64's range"
+        )
+    if seconds is not None and effect != "NoExecute":
+        raise SpecError(
+            f"{field}.toleration_seconds",
+            seconds,
+            "toleration_seconds together with effect='NoExecute'",
+            f"only a NoExecute taint evicts, and effect is {effect!r}",
+        )
     key = item.get("key")
-    if key is not None and (not isinstance(key, str) or not _KEY.fullmatch(key)):
+    if key not in (None, "") and not is_qualified_name(key):
         raise SpecError(f"{field}.key", key, "a taint key such as 'nvidia.com/gpu'")
+    if not key and operator != "Exists":
+        raise SpecError(
+            f"{field}.key",
+            key,
+            "a taint key such as 'spot', or no key with operator 'Exists' to tolerate every taint",
+            "a toleration without a key must have operator 'Exists'",
+        )
     return tuple(sorted({**item, "operator": operator}.items()))
 
 
@@ -82,16 +105,16 @@ def _tolerations(value: Any) -> tuple[tuple[tuple[str, Any], ...], ...]:
     return tuple(_toleration(item, f"kubernetes.tolerations[{i}]") for i, item in enumerate(value))
 
 
-def _names(value: Any, field: str) -> tuple[str, ...]:
+def _secret_names(value: Any, field: str) -> tuple[str, ...]:
+    """Secret names are DNS subdomains: 'regcred', 'registry.example.com'."""
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise SpecError(field, value, f"a list of {NAME_FORM}", "not a list")
-    names = []
+        raise SpecError(field, value, SECRET_NAME_FORM, "not a list")
     for item in value:
-        name = _name(item, field)
-        if name is None:
-            raise SpecError(field, value, f"a list of {NAME_FORM}", "None is not a name")
-        names.append(name)
-    return tuple(names)
+        if item is None:
+            raise SpecError(field, value, SECRET_NAME_FORM, "None is not a name")
+        if not is_dns_subdomain(item):
+            raise SpecError(field, item, SECRET_NAME_FORM)
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -128,7 +151,7 @@ class KubernetesOptions:
         set_(
             self,
             "image_pull_secrets",
-            _names(self.image_pull_secrets, "kubernetes.image_pull_secrets"),
+            _secret_names(self.image_pull_secrets, "kubernetes.image_pull_secrets"),
         )
         set_(self, "labels", _pairs(self.labels, "kubernetes.labels", label_values=True))
         set_(
@@ -138,17 +161,21 @@ class KubernetesOptions:
         )
         ratio = self.cpu_limit_ratio
         if ratio is not None and (
-            isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio < 1
+            isinstance(ratio, bool)
+            or not isinstance(ratio, (int, float))
+            or not math.isfinite(ratio)
+            or ratio < 1
         ):
             raise SpecError(
                 "kubernetes.cpu_limit_ratio",
                 ratio,
                 "a number >= 1 (1 caps CPU at the request), or None for no CPU limit",
+                "not finite" if isinstance(ratio, float) and not math.isfinite(ratio) else None,
             )
         if self.gpu_vendor is not None and self.gpu_vendor not in GPU_VENDORS:
             raise SpecError("kubernetes.gpu_vendor", self.gpu_vendor, f"one of {GPU_VENDORS}")
         label = self.gpu_type_label
-        if label is not None and (not isinstance(label, str) or not _KEY.fullmatch(label)):
+        if label is not None and not is_qualified_name(label):
             raise SpecError(
                 "kubernetes.gpu_type_label",
                 label,
@@ -177,7 +204,7 @@ class KubernetesOptions:
 def _service_account(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not re.fullmatch(_DNS_SUBDOMAIN, value):
+    if not is_dns_subdomain(value):
         raise SpecError(
             "kubernetes.service_account",
             value,

@@ -16,6 +16,7 @@ from provider.specs.retry import Retry
 from provider.specs.units import parse_duration
 
 COMPUTE_TARGETS = ("local", "kubernetes", "batch")
+MAX_TIMEOUT_SECONDS = 2**31 - 1  # the largest activeDeadlineSeconds Kubernetes accepts
 CATCH_FORM = "True, or a Python identifier such as 'error' naming where the Failure is published"
 
 
@@ -57,6 +58,19 @@ def _kubernetes(value: Any) -> KubernetesOptions:
     )
 
 
+def _timeout(value: Any) -> timedelta:
+    timeout = parse_duration(value, "timeout")
+    if timeout > timedelta(seconds=MAX_TIMEOUT_SECONDS):
+        raise SpecError(
+            "timeout",
+            value,
+            f"a duration of at most {MAX_TIMEOUT_SECONDS} seconds (about 68 years)",
+            "Kubernetes refuses a longer activeDeadlineSeconds, and flow_compute can send any "
+            "task to Kubernetes",
+        )
+    return timeout
+
+
 def _catch(value: Any) -> str | bool | None:
     if value is None or value is False:
         return None
@@ -90,7 +104,7 @@ class TaskSpec:
         set_(self, "resources", _resources(self.resources))
         set_(self, "retry", _retry(self.retry))
         if self.timeout is not None:
-            set_(self, "timeout", parse_duration(self.timeout, "timeout"))
+            set_(self, "timeout", _timeout(self.timeout))
         set_(self, "catch", _catch(self.catch))
         set_(self, "environment", _environment(self.environment))
         set_(self, "compute", _compute(self.compute))
