@@ -1,4 +1,4 @@
-"""The local AWS Batch (tests/batch_cluster.py), through boto3.
+"""The local AWS Batch (tests/batch_cluster.py): through boto3, and through Airflow's BatchOperator.
 
 Every job here is a short ``python -c`` run by the harness as a local subprocess.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
 from batch_cluster import EXITED, HOST_TERMINATED, MAX_RESOURCE, OOM, TIMED_OUT, LocalBatch
@@ -303,3 +305,90 @@ def test_an_array_job_fails_once_all_children_ended_if_one_failed(batch):
     assert parent["status"] == "FAILED"
     summary = parent["arrayProperties"]["statusSummary"]
     assert (summary["SUCCEEDED"], summary["FAILED"]) == (1, 1)
+
+
+# --- through Airflow's BatchOperator (amazon provider 9.39) -------------------------------------
+
+
+@pytest.fixture
+def operator(batch, monkeypatch):
+    """A factory of BatchOperators on the local Batch, with polling delays cut to ~50 ms."""
+    from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
+    from airflow.providers.amazon.aws.operators.batch import BatchOperator
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", batch.airflow_connection_json())
+    monkeypatch.setattr(BatchClientHook, "DEFAULT_DELAY_MIN", 0)
+    monkeypatch.setattr(BatchClientHook, "DEFAULT_DELAY_MAX", 0.05)
+    # Between status checks the hook waits exponential_delay(n), up to minutes: not here.
+    monkeypatch.setattr(BatchClientHook, "exponential_delay", staticmethod(lambda tries: 0.05))
+
+    def make(code: str, **kwargs: Any) -> BatchOperator:
+        name = f"op-{uuid.uuid4().hex[:8]}"
+        batch.register(name, python(code))
+        return BatchOperator(
+            task_id="batch",
+            job_name=name,
+            job_definition=name,
+            job_queue=batch.queue,
+            awslogs_enabled=True,
+            awslogs_fetch_interval=timedelta(seconds=0.1),
+            poll_interval=0,
+            **kwargs,
+        )
+
+    return make
+
+
+def _run(op: Any) -> tuple[Any, list[str]]:
+    """Execute ``op`` as a worker would (minus Airflow's task runner); return its result and
+    what it logged."""
+    lines: list[str] = []
+    context = {"ti": mock.MagicMock()}
+    with mock.patch.object(type(op), "log", mock.PropertyMock()) as log:
+        log.return_value.info.side_effect = lambda msg, *args: lines.append(str(msg) % args)
+        log.return_value.log.side_effect = lambda level, msg, *args: lines.append(msg % args)
+        try:
+            return op.execute(context), lines
+        except Exception as e:
+            return e, lines
+
+
+def test_batch_operator_waits_for_the_job_and_streams_its_logs(batch, operator):
+    code = "import time\nfor i in range(3):\n    print('line', i)\n    time.sleep(0.2)"
+    op = operator(code, container_overrides={"environment": [{"name": "X", "value": "1"}]})
+    job_id, lines = _run(op)
+    assert batch.describe(job_id)["status"] == "SUCCEEDED"
+    [run] = batch.history
+    assert run.environment["X"] == "1"
+    streamed = [line.split("] ", 1)[1] for line in lines if line.startswith("[")]
+    assert streamed == ["line 0", "line 1", "line 2"]
+
+
+def test_batch_operator_raises_with_the_reason_when_the_job_fails(batch, operator):
+    from airflow.sdk.exceptions import AirflowException
+
+    overrides = {"resourceRequirements": [{"type": "MEMORY", "value": "100"}]}
+    op = operator("x = bytearray(400 * 2**20)", container_overrides=overrides)
+    error, _ = _run(op)
+    assert isinstance(error, AirflowException)
+    job_id = batch.history[0].job_id
+    assert str(error).startswith(f"AWS Batch job ({job_id}) failed: ")
+    assert OOM in str(error)  # the whole job description, reprinted
+
+
+def test_batch_operator_streams_only_the_attempt_it_first_saw_running(batch, operator):
+    """9.39 picks the log stream once, at the first RUNNING: a retried job's later attempts
+    are not streamed (a flow-task integration has to read ``attempts`` itself)."""
+    batch.inject("host_termination", after=1)
+    job_id, lines = _run(operator(ATTEMPT, retry_strategy=SPOT_ONLY))
+    assert len(batch.describe(job_id)["attempts"]) == 2
+    streamed = [line.split("] ", 1)[1] for line in lines if line.startswith("[")]
+    assert streamed == ["attempt 1"]
+
+
+def test_batch_operator_does_not_reattach_to_its_job_id(batch, operator):
+    """``job_id=`` is overwritten by a new SubmitJob: an Airflow retry starts a new job."""
+    first, _ = _run(operator("print('one')"))
+    second, _ = _run(operator("print('two')", job_id=first))
+    assert second != first
+    assert len(batch.requests) == 2
