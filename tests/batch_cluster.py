@@ -258,10 +258,6 @@ class _Job:
             return "SUCCEEDED" if all(s == "SUCCEEDED" for s in statuses) else "FAILED"
         return "SUBMITTED" if all(s in ("SUBMITTED", "PENDING") for s in statuses) else "PENDING"
 
-    @status.setter
-    def status(self, value: str) -> None:
-        self._status = value
-
     def terminate(self, reason: str) -> None:
         """TerminateJob: cancel a job that has not started, stop a running one."""
         for child in self.children:
@@ -334,8 +330,6 @@ class _Job:
     def container_detail(self) -> dict[str, Any]:
         """The job definition's container, with the overrides and the latest attempt's state."""
         props = dict(self.job_definition.container_properties or {})
-        for legacy in ("vcpus", "memory"):
-            props.pop(legacy, None)
         requirements = [{"type": k, "value": v} for k, v in self.run_record.resources.items()]
         props |= {"command": self.run_record.command, "environment": self.environment}
         return props | {"resourceRequirements": requirements, "networkInterfaces": []} | self.live
@@ -402,7 +396,11 @@ class _Job:
         """Run one attempt; return it as AWS records it, and why it was stopped (if it was)."""
         batch = self.batch
         task_id = uuid.uuid4().hex
-        stream = f"{self.job_definition.name}/default/{task_id}"
+        props = self.job_definition.container_properties or {}
+        options = (props.get("logConfiguration") or {}).get("options") or {}
+        group = options.get("awslogs-group", LOG_GROUP)
+        prefix = options.get("awslogs-stream-prefix", self.job_definition.name)
+        stream = f"{prefix}/default/{task_id}"
         self.live = {
             "containerInstanceArn": batch.container_instance_arn,
             "taskArn": f"{batch.task_arn_prefix}/{task_id}",
@@ -417,7 +415,9 @@ class _Job:
             reason = f"ResourceInitializationError: unable to pull secrets: {e}"
             return self.ended({}, now_ms(), reason), "secrets"
         self.run_record.environment = env
-        batch.logs_backend.create_log_stream(LOG_GROUP, stream)
+        if group not in batch.logs_backend.groups:
+            batch.logs_backend.create_log_group(group, {})
+        batch.logs_backend.create_log_stream(group, stream)
         fault = batch.take_fault(self) if number == 1 else None
         started = now_ms()
         try:
@@ -436,7 +436,7 @@ class _Job:
         self.live |= {"logStreamName": stream}
         self.started_at = started
         self.set_status("RUNNING")
-        reader = threading.Thread(target=batch.forward_output, args=(self.proc, stream))
+        reader = threading.Thread(target=batch.forward_output, args=(self.proc, group, stream))
         reader.start()
         why = self.watch(self.proc, fault)
         killpg(self.proc.pid, signal.SIGKILL)  # whatever the container left behind
@@ -682,8 +682,6 @@ class LocalBatch:
             f"{prefix}:container-instance/{ce.ecs_name}/{uuid.uuid4().hex}"
         )
         self.logs_backend = logs_backends[self.account_id][self.region]
-        if LOG_GROUP not in self.logs_backend.groups:
-            self.logs_backend.create_log_group(LOG_GROUP, {})
 
     # --- the API, as the harness serves it --------------------------------------------------
 
@@ -704,6 +702,8 @@ class LocalBatch:
             raise ClientException("Retry strategy attempts must be between 1 and 10")
         if len(strategy.get("evaluateOnExit") or []) > 5:
             raise ClientException("evaluateOnExit can have at most 5 entries")
+        if strategy.get("evaluateOnExit") and "attempts" not in strategy:
+            raise ClientException("evaluateOnExit requires attempts")
         duration = (request.get("timeout") or job_def.timeout or {}).get("attemptDurationSeconds")
         if duration is not None and int(duration) < 60:
             raise ClientException("timeout.attemptDurationSeconds must be at least 60 seconds")
@@ -811,13 +811,13 @@ class LocalBatch:
         parameter = self.client("ssm").get_parameter(Name=value_from, WithDecryption=True)
         return str(parameter["Parameter"]["Value"])
 
-    def forward_output(self, proc: subprocess.Popen[bytes], stream: str) -> None:
+    def forward_output(self, proc: subprocess.Popen[bytes], group: str, stream: str) -> None:
         """The container's merged stdout/stderr, line by line, into CloudWatch Logs."""
         assert proc.stdout is not None
         for line in iter(proc.stdout.readline, b""):
             message = line.decode(errors="replace").rstrip("\n")
             event = {"timestamp": now_ms(), "message": message}
-            self.logs_backend.put_log_events(LOG_GROUP, stream, [event])
+            self.logs_backend.put_log_events(group, stream, [event])
 
     def take_fault(self, job: _Job) -> _Fault | None:
         """The first injected fault that names this job (or any job), removed from the list."""
@@ -878,10 +878,10 @@ class LocalBatch:
             time.sleep(0.05)
         return job
 
-    def logs(self, stream: str) -> list[str]:
-        """The messages of a log stream in ``/aws/batch/job``, read through the API."""
+    def logs(self, stream: str, group: str = LOG_GROUP) -> list[str]:
+        """The messages of a CloudWatch log stream, read through the API."""
         events = self.client("logs").get_log_events(
-            logGroupName=LOG_GROUP, logStreamName=stream, startFromHead=True
+            logGroupName=group, logStreamName=stream, startFromHead=True
         )["events"]
         return [e["message"] for e in events]
 

@@ -123,14 +123,18 @@ def test_a_job_runs_with_its_environment_and_logs_to_cloudwatch(batch):
 
 
 def test_a_failing_command_fails_the_job_with_its_exit_code(batch):
-    job = batch.wait(submit(batch, "import sys; print('bad'); sys.exit(3)"))
+    # A job definition may name its own log group and stream prefix (BatchOperator reads them).
+    options = {"awslogs-group": "/flow/tasks", "awslogs-stream-prefix": "flow"}
+    definition = {"logConfiguration": {"logDriver": "awslogs", "options": options}}
+    job = batch.wait(submit(batch, "import sys; print('bad'); sys.exit(3)", definition=definition))
     assert job["status"] == "FAILED"
     assert job["statusReason"] == EXITED
     assert job["container"]["exitCode"] == 3
     [attempt] = job["attempts"]
     assert attempt["container"]["exitCode"] == 3
     assert "reason" not in attempt["container"]
-    assert batch.logs(job["container"]["logStreamName"]) == ["bad"]
+    assert job["container"]["logStreamName"].startswith("flow/default/")
+    assert batch.logs(job["container"]["logStreamName"], group="/flow/tasks") == ["bad"]
 
 
 def test_a_job_over_its_memory_is_killed_as_out_of_memory(batch):
