@@ -56,7 +56,10 @@ from moto.server import ThreadedMotoServer
 
 LOG_GROUP = "/aws/batch/job"
 INSTANCE_ID = "i-0123456789abcdef0"
-# Reasons as AWS writes them (see the report in tests/test_batch_cluster.py's docstring).
+# Reasons as AWS writes them: ECS's stopped reason for an exited container (SUCCEEDED jobs
+# too), ECS's container reason for an OOM kill (exit 137), the Batch timeout and Spot-reclaim
+# reasons from AWS's job-timeout and retry docs and users' reports, and the RUNNABLE reason
+# from the DescribeJobs API reference.
 EXITED = "Essential container in task exited"
 OOM = "OutOfMemoryError: Container killed due to memory usage"
 TIMED_OUT = "Job attempt duration exceeded timeout"
@@ -412,7 +415,7 @@ class _Job:
         try:
             env = batch.container_environment(self, number, work)
         except Exception as e:  # a secret that cannot be read: the task never starts
-            reason = f"ResourceInitializationError: unable to pull secrets: {e}"
+            reason = f"ResourceInitializationError: unable to pull secrets: {e}"  # approximate
             return self.ended({}, now_ms(), reason), "secrets"
         self.run_record.environment = env
         if group not in batch.logs_backend.groups:
@@ -763,12 +766,6 @@ class LocalBatch:
             job.cancel(reason)
 
     # --- what the compute environment does for a job ----------------------------------------
-
-    def job(self, job_id: str) -> _Job:
-        job = batch_backends[self.account_id][self.region].get_job_by_id(job_id)
-        if not isinstance(job, _Job):
-            raise KeyError(job_id)
-        return job
 
     def container_environment(self, job: _Job, attempt: int, work: Path) -> dict[str, str]:
         """What the container's process sees: a minimal base, credentials and endpoint standing
