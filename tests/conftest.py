@@ -79,6 +79,22 @@ def cluster(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def _batch_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from batch_cluster import LocalBatch
+
+    with LocalBatch(tmp_path_factory.mktemp("batch")) as running:
+        yield running
+
+
+@pytest.fixture
+def batch(_batch_session: Any) -> Iterator[Any]:
+    """AWS Batch (moto on 127.0.0.1) whose jobs run as local subprocesses; one server per
+    session, reset after each test (which fails if a job's process outlived the test)."""
+    yield _batch_session
+    _batch_session.reset()
+
+
+@pytest.fixture(scope="session")
 def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An Airflow SQLite DB migrated once per session; each test home gets a copy."""
     home = tmp_path_factory.mktemp("airflow_template")
