@@ -8,6 +8,7 @@ import time
 
 import pytest
 from conftest import BUCKET, TEST_DAGS, DagsTest, aws_connection, s3_client
+from reachability import assert_gc_keeps_everything_reachable
 
 from provider.store import is_reference, open_store
 
@@ -21,6 +22,14 @@ def _xcom_rows(home, dag_id: str) -> dict[str, object]:
             (dag_id,),
         ).fetchall()
     return {f"{task}[{index}]": json.loads(value) for task, index, value in rows}
+
+
+def _try_numbers(home, dag_id: str) -> dict[str, int]:
+    with sqlite3.connect(home / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT task_id, try_number FROM task_instance WHERE dag_id = ?", (dag_id,)
+        ).fetchall()
+    return dict(rows)
 
 
 def _by_task(manifests: list[dict]) -> dict[str, list[dict]]:
@@ -51,6 +60,7 @@ def test_example_flow_mixed(dags_test: DagsTest):
     assert report["columns"] == 500 and report["cells"] == 1_000_000
     assert 0 < report["max_abs_mean"] < 1
     assert "flow task finished in" in run.output  # runtime output streamed into the task log
+    assert_gc_keeps_everything_reachable(run.artifacts, rows)
 
 
 def test_example_flow_fanout_with_tags_and_namespace(dags_test: DagsTest):
@@ -80,6 +90,7 @@ def test_example_flow_fanout_with_tags_and_namespace(dags_test: DagsTest):
     assert len(rows["list_shards[-1]"]) == 4
     run_json = next((run.artifacts / "runs" / "flow_fanout").rglob("run.json"))
     assert json.loads(run_json.read_text())["tags"] == ["demo", "ci"]
+    assert_gc_keeps_everything_reachable(run.artifacts, rows)
 
 
 def test_flow_tasks_pass_references_with_the_default_xcom_backend(dags_test: DagsTest):
@@ -103,6 +114,7 @@ def test_retry_heals_a_flaky_task_and_catch_hands_on_a_failure(dags_test: DagsTe
     assert [m["try_number"] for m in tasks["broken"]] == [1, 2]
     rows = _xcom_rows(run.home, "flow_failures")
     assert rows["check[-1]"] == "caught builtins.ValueError: cannot handle healed"
+    assert_gc_keeps_everything_reachable(run.artifacts, rows)
 
 
 def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: DagsTest):
@@ -113,23 +125,50 @@ def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: Da
     assert "RuntimeError: boom: the data is wrong" in run.output
     assert "flow task explode failed" in run.output
     assert "Timeout" in run.output
-    assert elapsed < 100, f"the 120 s sleep was not stopped by timeout='3s' ({elapsed:.0f}s)"
+    assert elapsed < 150, f"the 120 s sleeps were not stopped by timeout='3s' ({elapsed:.0f}s)"
     tasks = _by_task(run.manifests("flow_fatal"))
-    (sleepy,) = tasks["sleepy"]  # killed before it could report: the worker recorded the try
-    assert (
-        sleepy["written_by"] == "worker" and "longer than its timeout" in sleepy["error"]["message"]
-    )
+    # Killed before it could report: the worker recorded the try.
+    (sleepy,) = tasks["sleepy"]
+    assert sleepy["written_by"] == "worker"
+    assert "longer than its timeout" in sleepy["error"]["message"]
+    # A dead runtime and a timeout on the last try are caught (the plain task checks them).
+    (vanish,) = tasks["vanish"]
+    assert vanish["exit_code"] == 7 and "exited with code 7" in vanish["error"]["message"]
+    assert _xcom_rows(run.home, "flow_fatal")["check[-1]"] == "caught both"
+    # An unpicklable global can never work: one try, not three, and the global is named.
+    assert "locked" not in tasks
+    assert _try_numbers(run.home, "flow_fatal")["locked"] == 1
+    assert "flow task locked cannot be sent to where it runs: the global 'LOCK'" in run.output
+    assert_gc_keeps_everything_reachable(run.artifacts, _xcom_rows(run.home, "flow_fatal"))
 
 
 def test_kubernetes_task_runs_locally_with_the_flow_compute_param(dags_test: DagsTest):
     run = dags_test("flow_targets", conf={"flow_compute": "batch"}, dags_folder=TEST_DAGS)
     assert run.returncode != 0
-    assert "compute='batch' is not available" in run.output
+    assert "flow task train cannot run: compute='batch' is not available" in run.output
+    assert _try_numbers(run.home, "flow_targets") == {"train": 1}  # not retried: it cannot work
 
     run = dags_test("flow_targets", conf={"flow_compute": "local"}, dags_folder=TEST_DAGS)
     assert run.returncode == 0, run.output[-5000:]
     (manifest,) = run.manifests("flow_targets")
     assert manifest["status"] == "succeeded" and manifest["tags"] == ["k8s"]
+
+
+def test_secrets_reach_the_task_and_are_kept_nowhere(dags_test: DagsTest):
+    password = "pw-5e3b9a-only-in-the-connection"
+    connection = {"conn_type": "postgres", "host": "db", "login": "u", "password": password}
+    token = "tok-8c1f-must-not-be-logged"
+    run = dags_test("flow_secrets", dags_folder=TEST_DAGS, AIRFLOW_CONN_DB=json.dumps(connection))
+    assert run.returncode == 0, run.output[-5000:]
+    (manifest,) = run.manifests("flow_secrets")
+    assert manifest["status"] == "succeeded"
+    result = _xcom_rows(run.home, "flow_secrets")["use_password[-1]"]
+    assert open_store(run.artifacts.as_uri()).get(result) == len(password)
+    # The payload held the rendered password: it ended with the try.
+    stored = [p for p in run.artifacts.rglob("*") if p.is_file()]
+    assert not [p for p in stored if p.name == "payload.pickle"]
+    assert not [p for p in stored if password.encode() in p.read_bytes()]
+    assert token not in run.output and "'API_TOKEN': '***'" in run.output
 
 
 def test_example_flow_mixed_on_s3_with_credentials_from_the_airflow_connection(

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import BUCKET, TEST_DAGS, DagsTest, aws_connection, s3_client
+from reachability import assert_gc_keeps_everything_reachable
 
 pytest.importorskip("kmock")  # kmock needs Python >= 3.11
 from k8s_cluster import LocalCluster
@@ -90,6 +91,11 @@ def test_example_dag_runs_as_pods_passing_data_by_reference(
     assert not any(var.get("name") == "AWS_SECRET_ACCESS_KEY" for var in container["env"])
     assert "flow task finished in" in run.output and "flowtask bootstrap" not in run.output
     assert cluster.pods() == []  # every pod deleted when done
+    # The code package the pods fetched is named by each try's launch manifest.
+    launches = [key for key in store.backend.list("runs") if key.endswith("/launch.json")]
+    packages = {store.read_manifest(key)["code_package"]["sha256"] for key in launches}
+    assert len(launches) == 5 and len(packages) == 1
+    assert_gc_keeps_everything_reachable(store, {})
 
     # Bootstrap cost: container start -> the user's function starting.
     for annotation, pod in pods.items():
@@ -179,6 +185,7 @@ def test_oomkilled_evicted_and_timed_out_pods_fail_with_their_reason(
     assert "ran longer than its timeout" in manifests["sleepy"][0]["error"]["message"]
     failure = manifests["caught_hog"][0]["failure"]  # kept alive for gc by the manifest
     assert "was OOMKilled" in _store(moto, "e2e-k8s-limits").get(failure).message
+    assert_gc_keeps_everything_reachable(_store(moto, "e2e-k8s-limits"), {})
     assert "caught as a Failure: pod caught-hog-" in run.output
     assert cluster.pods() == []  # the timed-out pod was deleted, not left running
     sleepy = next(p for p in cluster.history if p["metadata"]["name"].startswith("sleepy"))

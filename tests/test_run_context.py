@@ -19,6 +19,9 @@ def test_default_namespace():
     assert default_namespace("etl", "scheduled", None) == "production:etl"
     assert default_namespace("etl", "manual", "alice") == "user:alice"
     assert default_namespace("etl", "manual", None).startswith("user:")
+    # Runs the deployment starts by itself are production, whoever the worker's OS user is.
+    for run_type in ("asset_triggered", "backfill", "operator_triggered", "asset_materialization"):
+        assert default_namespace("etl", run_type, None) == "production:etl"
 
 
 @pytest.mark.parametrize(

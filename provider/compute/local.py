@@ -155,5 +155,5 @@ def runtime_environment(base: Mapping[str, str], extra: Mapping[str, str] = {}) 
         for name, value in base.items()
         if not name.startswith(_SUPERVISOR_PRIVATE) and not value.startswith(_BLOCKED_DB_URL)
     }
-    env.update(extra)
+    env.update(extra or {})
     return env

@@ -1,12 +1,18 @@
-"""A task that fails for good (no catch), and a task that runs past its timeout."""
+"""Tries that end badly: a failing function, a timeout, a runtime that dies, an unpicklable
+global; with ``catch=``, a death and a timeout on the last try reach downstream as Failures.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
-from airflow.sdk import dag
+from airflow.sdk import dag, task
 
-from provider import flow_task
+from provider import Failure, Retry, flow_task
+
+LOCK = threading.Lock()  # a module-level lock: no process but this one can have it
 
 
 @dag(schedule=None, catchup=False)
@@ -19,8 +25,30 @@ def flow_fatal():
     def sleepy() -> None:
         time.sleep(120)
 
+    @flow_task(catch=True)
+    def vanish() -> None:
+        os._exit(7)  # the runtime dies without reporting
+
+    @flow_task(timeout="3s", catch=True)
+    def slow() -> None:
+        time.sleep(120)
+
+    @flow_task(retry=Retry(times=2, delay="1s"))
+    def locked() -> bool:
+        with LOCK:
+            return True
+
+    @task
+    def check(died, timed_out) -> str:
+        assert isinstance(died, Failure) and "exited with code 7" in died.message, died
+        assert isinstance(timed_out, Failure), timed_out
+        assert "ran longer than its timeout" in timed_out.message, timed_out
+        return "caught both"
+
     explode()
     sleepy()
+    locked()
+    check(vanish(), slow())
 
 
 flow_fatal()
