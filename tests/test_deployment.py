@@ -1,0 +1,79 @@
+"""Flow tasks under a real deployment: api-server, scheduler, dag-processor and triggerer.
+
+``airflow dags test`` runs a task in the test process itself; a deployment runs it in a task
+process under the task supervisor of a LocalExecutor worker, talking to the Execution API
+over HTTP, with runs created by the REST API (as the UI does) or by the scheduler (asset
+events). One deployment serves the whole module: starting it is the expensive part.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from deployment import Deployment
+
+DEPLOY_DAGS = Path(__file__).resolve().parent / "deploy_dags"
+
+pytestmark = [
+    pytest.mark.deployment,
+    pytest.mark.dags_test,
+]
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    migrated_db: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Deployment]:
+    cache = request.config.cache
+    pycache = cache.mkdir("deployment-pycache") if cache is not None else None
+    home = tmp_path_factory.mktemp("deployment")
+    running = Deployment(home, DEPLOY_DAGS, migrated_db, pycache=pycache).__enter__()
+    try:
+        yield running
+    finally:
+        strays = running.stop()
+    assert not strays, f"processes outlived the deployment: {strays}"
+
+
+def result_manifest(deployment: Deployment, dag_id: str, run_id: str, task_id: str) -> dict | None:
+    path = deployment.artifacts / "runs" / dag_id / run_id / task_id / "-1" / "1" / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def failure_lines(log: str, limit: int = 12) -> str:
+    """The lines of a task log that say why it failed."""
+    words = ("error", "exception", "traceback", "failed")
+    lines = [line for line in log.splitlines() if any(w in line.lower() for w in words)]
+    return "\n".join(line[:1500] for line in lines[-limit:]) or log[-3000:]
+
+
+def run_to_end(deployment: Deployment, dag_id: str, form: dict | None = None) -> tuple[str, str]:
+    """Unpause ``dag_id``, trigger it from the 'UI', wait: (run_id, final state)."""
+    deployment.wait_for_dag(dag_id)
+    deployment.api.unpause(dag_id)
+    run_id = deployment.api.trigger_like_ui(dag_id, form)["dag_run_id"]
+    return run_id, deployment.api.wait_for_run(dag_id, run_id)
+
+
+def test_plain_tasks_run_and_nothing_listens_beyond_loopback(deployment: Deployment):
+    run_id, state = run_to_end(deployment, "deploy_plain")
+    api = deployment.api
+    assert state == "success", api.task_states("deploy_plain", run_id)
+    assert api.task_states("deploy_plain", run_id) == {"numbers": "success", "total": "success"}
+    run = api.dag_run("deploy_plain", run_id)
+    assert (run["run_type"], run["triggered_by"]) == ("manual", "ui")
+    assert run["triggering_user_name"] == api.username
+    assert "Done. Returned value was: 6" in api.task_log("deploy_plain", run_id, "total")
+    sockets = deployment.listening()
+    assert ("127.0.0.1", deployment.port) in {(ip, port) for _, ip, port in sockets}
+    assert all(ip == "127.0.0.1" for _, ip, _ in sockets), sockets
+
+
+def test_stopping_the_deployment_leaves_no_process_behind(deployment: Deployment):
+    assert deployment.processes()
+    strays = deployment.stop()
+    assert strays == []
+    assert deployment.processes() == []
