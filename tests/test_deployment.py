@@ -72,6 +72,23 @@ def test_plain_tasks_run_and_nothing_listens_beyond_loopback(deployment: Deploym
     assert all(ip == "127.0.0.1" for _, ip, _ in sockets), sockets
 
 
+def test_a_flow_task_that_imports_airflow_runs_under_the_scheduler(deployment: Deployment):
+    dag_id = "deploy_imports_airflow"
+    form = {"flow_tags": ["ui", "deploy"], "flow_namespace": None}
+    run_id, state = run_to_end(deployment, dag_id, form)
+    api = deployment.api
+    log = api.task_log(dag_id, run_id, "hook_name")
+    assert state == "success", (
+        f"{api.task_states(dag_id, run_id)}; hook_name's log:\n{failure_lines(log)}"
+    )
+    assert api.task_states(dag_id, run_id) == {"hook_name": "success", "check": "success"}
+    manifest = result_manifest(deployment, dag_id, run_id, "hook_name")
+    assert manifest is not None
+    assert manifest["status"] == "succeeded"
+    assert manifest["namespace"] == f"user:{api.username}"
+    assert manifest["tags"] == ["ui", "deploy"]
+
+
 def test_stopping_the_deployment_leaves_no_process_behind(deployment: Deployment):
     assert deployment.processes()
     strays = deployment.stop()
