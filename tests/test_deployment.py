@@ -9,11 +9,13 @@ events). One deployment serves the whole module: starting it is the expensive pa
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
-from deployment import Deployment
+from deployment import Deployment, pid_running
 
 DEPLOY_DAGS = Path(__file__).resolve().parent / "deploy_dags"
 
@@ -87,6 +89,37 @@ def test_a_flow_task_that_imports_airflow_runs_under_the_scheduler(deployment: D
     assert manifest["status"] == "succeeded"
     assert manifest["namespace"] == f"user:{api.username}"
     assert manifest["tags"] == ["ui", "deploy"]
+
+
+def test_marking_a_running_flow_task_failed_stops_its_runtime(
+    deployment: Deployment, tmp_path: Path
+):
+    dag_id = "deploy_kill"
+    deployment.wait_for_dag(dag_id)
+    api = deployment.api
+    api.unpause(dag_id)
+    run_id = api.trigger_like_ui(dag_id, {"workdir": str(tmp_path)})["dag_run_id"]
+    pid_file = tmp_path / "runtime.pid"
+    deployment.wait_until(pid_file.exists, "the flow task's runtime to start", timeout=120)
+    pid = int(pid_file.read_text())
+    assert pid_running(pid)
+    marked = time.monotonic()
+    api.set_task_state(dag_id, run_id, "sleeper", "failed")
+    try:
+        while pid_running(pid) and time.monotonic() - marked < 15:
+            time.sleep(0.5)
+        log = api.task_log(dag_id, run_id, "sleeper")
+        assert not pid_running(pid), (
+            f"the runtime (pid {pid}) still runs {time.monotonic() - marked:.0f}s after its "
+            f"task was marked failed; the task's log ends:\n{log[-3000:]}"
+        )
+    finally:
+        if pid_running(pid):  # today's orphan: stop it so it cannot finish later
+            psutil.Process(pid).kill()
+    assert not (tmp_path / "finished").exists()
+    manifest = result_manifest(deployment, dag_id, run_id, "sleeper")
+    assert manifest is None or manifest["status"] != "succeeded", manifest
+    assert api.wait_for_run(dag_id, run_id) == "failed"
 
 
 def test_stopping_the_deployment_leaves_no_process_behind(deployment: Deployment):
