@@ -122,6 +122,29 @@ def test_marking_a_running_flow_task_failed_stops_its_runtime(
     assert api.wait_for_run(dag_id, run_id) == "failed"
 
 
+def test_an_asset_triggered_run_gets_the_production_namespace(deployment: Deployment):
+    consumer = "deploy_asset_consumer"
+    deployment.wait_for_dag(consumer)
+    deployment.api.unpause(consumer)
+    _, state = run_to_end(deployment, "deploy_asset_producer")
+    assert state == "success"
+    api = deployment.api
+    runs = deployment.wait_until(
+        lambda: api.dag_runs(consumer), "the asset event to trigger the consumer", timeout=60
+    )
+    (run,) = runs
+    assert run["run_type"] == "asset_triggered"
+    run_id = run["dag_run_id"]
+    state = api.wait_for_run(consumer, run_id)
+    log = api.task_log(consumer, run_id, "consume")
+    assert state == "success", f"consume's log:\n{failure_lines(log)}"
+    manifest = result_manifest(deployment, consumer, run_id, "consume")
+    assert manifest is not None and manifest["status"] == "succeeded"
+    assert manifest["namespace"] == f"production:{consumer}", (
+        f"run_type={run['run_type']}, triggering_user_name={run['triggering_user_name']}"
+    )
+
+
 def test_stopping_the_deployment_leaves_no_process_behind(deployment: Deployment):
     assert deployment.processes()
     strays = deployment.stop()
