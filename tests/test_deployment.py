@@ -22,7 +22,7 @@ DEPLOY_DAGS = Path(__file__).resolve().parent / "deploy_dags"
 pytestmark = [
     pytest.mark.deployment,
     pytest.mark.dags_test,
-]
+]  # under `-n 2` all of them run on one xdist worker: see ONE_WORKER_MODULES in conftest.py
 
 
 @pytest.fixture(scope="module")
