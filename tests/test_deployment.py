@@ -19,10 +19,8 @@ from deployment import Deployment, pid_running
 
 DEPLOY_DAGS = Path(__file__).resolve().parent / "deploy_dags"
 
-pytestmark = [
-    pytest.mark.deployment,
-    pytest.mark.dags_test,
-]  # under `-n 2` all of them run on one xdist worker: see ONE_WORKER_MODULES in conftest.py
+# Under `-n 2` all of these tests run on one xdist worker: see ONE_WORKER_MODULES in conftest.py.
+pytestmark = [pytest.mark.deployment, pytest.mark.dags_test]
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +30,10 @@ def deployment(
     cache = request.config.cache
     pycache = cache.mkdir("deployment-pycache") if cache is not None else None
     home = tmp_path_factory.mktemp("deployment")
-    running = Deployment(home, DEPLOY_DAGS, migrated_db, pycache=pycache).__enter__()
-    try:
+    running = Deployment(home, DEPLOY_DAGS, migrated_db, pycache=pycache)
+    with running:  # stops it even if starting fails
         yield running
-    finally:
-        strays = running.stop()
+        strays = running.stop()  # what this stop found; the context's exit finds nothing more
     assert not strays, f"processes outlived the deployment: {strays}"
 
 
