@@ -78,6 +78,28 @@ def cluster(tmp_path: Path) -> Iterator[Any]:
         yield running
 
 
+# Modules whose tests share one expensive module-scoped fixture (test_deployment.py starts a
+# whole Airflow deployment): under xdist they all go to one worker, so it starts once. The
+# `xdist_group` mark with `--dist loadgroup` would say this, but with pytest 9.2 loadgroup
+# silently stops grouping (pytest-dev/pytest-xdist#1386).
+ONE_WORKER_MODULES = frozenset({"test_deployment.py"})
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist load`` (what ``-n 2`` means), except that ONE_WORKER_MODULES stay together."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LoadScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if Path(module).name in ONE_WORKER_MODULES else nodeid
+
+    return LoadScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def _batch_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from batch_cluster import LocalBatch

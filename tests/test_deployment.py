@@ -1,0 +1,149 @@
+"""Flow tasks under a real deployment: api-server, scheduler, dag-processor and triggerer.
+
+``airflow dags test`` runs a task in the test process itself; a deployment runs it in a task
+process under the task supervisor of a LocalExecutor worker, talking to the Execution API
+over HTTP, with runs created by the REST API (as the UI does) or by the scheduler (asset
+events). One deployment serves the whole module: starting it is the expensive part.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from deployment import Deployment, pid_running
+
+DEPLOY_DAGS = Path(__file__).resolve().parent / "deploy_dags"
+
+# Under `-n 2` all of these tests run on one xdist worker: see ONE_WORKER_MODULES in conftest.py.
+pytestmark = [pytest.mark.deployment, pytest.mark.dags_test]
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    migrated_db: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Deployment]:
+    cache = request.config.cache
+    pycache = cache.mkdir("deployment-pycache") if cache is not None else None
+    home = tmp_path_factory.mktemp("deployment")
+    running = Deployment(home, DEPLOY_DAGS, migrated_db, pycache=pycache)
+    with running:  # stops it even if starting fails
+        yield running
+        strays = running.stop()  # what this stop found; the context's exit finds nothing more
+    assert not strays, f"processes outlived the deployment: {strays}"
+
+
+def result_manifest(deployment: Deployment, dag_id: str, run_id: str, task_id: str) -> dict | None:
+    path = deployment.artifacts / "runs" / dag_id / run_id / task_id / "-1" / "1" / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def failure_lines(log: str, limit: int = 12) -> str:
+    """The lines of a task log that say why it failed."""
+    words = ("error", "exception", "traceback", "failed")
+    lines = [line for line in log.splitlines() if any(w in line.lower() for w in words)]
+    return "\n".join(line[:1500] for line in lines[-limit:]) or log[-3000:]
+
+
+def run_to_end(deployment: Deployment, dag_id: str, form: dict | None = None) -> tuple[str, str]:
+    """Unpause ``dag_id``, trigger it from the 'UI', wait: (run_id, final state)."""
+    deployment.wait_for_dag(dag_id)
+    deployment.api.unpause(dag_id)
+    run_id = deployment.api.trigger_like_ui(dag_id, form)["dag_run_id"]
+    return run_id, deployment.api.wait_for_run(dag_id, run_id)
+
+
+def test_plain_tasks_run_and_nothing_listens_beyond_loopback(deployment: Deployment):
+    run_id, state = run_to_end(deployment, "deploy_plain")
+    api = deployment.api
+    assert state == "success", api.task_states("deploy_plain", run_id)
+    assert api.task_states("deploy_plain", run_id) == {"numbers": "success", "total": "success"}
+    run = api.dag_run("deploy_plain", run_id)
+    assert (run["run_type"], run["triggered_by"]) == ("manual", "ui")
+    assert run["triggering_user_name"] == api.username
+    assert "Done. Returned value was: 6" in api.task_log("deploy_plain", run_id, "total")
+    sockets = deployment.listening()
+    assert ("127.0.0.1", deployment.port) in {(ip, port) for _, ip, port in sockets}
+    assert all(ip == "127.0.0.1" for _, ip, _ in sockets), sockets
+
+
+def test_a_flow_task_that_imports_airflow_runs_under_the_scheduler(deployment: Deployment):
+    dag_id = "deploy_imports_airflow"
+    form = {"flow_tags": ["ui", "deploy"], "flow_namespace": None}
+    run_id, state = run_to_end(deployment, dag_id, form)
+    api = deployment.api
+    log = api.task_log(dag_id, run_id, "hook_name")
+    assert state == "success", (
+        f"{api.task_states(dag_id, run_id)}; hook_name's log:\n{failure_lines(log)}"
+    )
+    assert api.task_states(dag_id, run_id) == {"hook_name": "success", "check": "success"}
+    manifest = result_manifest(deployment, dag_id, run_id, "hook_name")
+    assert manifest is not None
+    assert manifest["status"] == "succeeded"
+    assert manifest["namespace"] == f"user:{api.username}"
+    assert manifest["tags"] == ["ui", "deploy"]
+
+
+def test_marking_a_running_flow_task_failed_stops_its_runtime(
+    deployment: Deployment, tmp_path: Path
+):
+    dag_id = "deploy_kill"
+    deployment.wait_for_dag(dag_id)
+    api = deployment.api
+    api.unpause(dag_id)
+    run_id = api.trigger_like_ui(dag_id, {"workdir": str(tmp_path)})["dag_run_id"]
+    pid_file = tmp_path / "runtime.pid"
+    deployment.wait_until(pid_file.exists, "the flow task's runtime to start", timeout=120)
+    pid = int(pid_file.read_text())
+    assert pid_running(pid)
+    marked = time.monotonic()
+    api.set_task_state(dag_id, run_id, "sleeper", "failed")
+    try:
+        while pid_running(pid) and time.monotonic() - marked < 15:
+            time.sleep(0.5)
+        log = api.task_log(dag_id, run_id, "sleeper")
+        assert not pid_running(pid), (
+            f"the runtime (pid {pid}) still runs {time.monotonic() - marked:.0f}s after its "
+            f"task was marked failed; the task's log ends:\n{log[-3000:]}"
+        )
+    finally:
+        if pid_running(pid):  # today's orphan: stop it so it cannot finish later
+            psutil.Process(pid).kill()
+    assert not (tmp_path / "finished").exists()
+    manifest = result_manifest(deployment, dag_id, run_id, "sleeper")
+    assert manifest is None or manifest["status"] != "succeeded", manifest
+    assert api.wait_for_run(dag_id, run_id) == "failed"
+
+
+def test_an_asset_triggered_run_gets_the_production_namespace(deployment: Deployment):
+    consumer = "deploy_asset_consumer"
+    deployment.wait_for_dag(consumer)
+    deployment.api.unpause(consumer)
+    _, state = run_to_end(deployment, "deploy_asset_producer")
+    assert state == "success"
+    api = deployment.api
+    runs = deployment.wait_until(
+        lambda: api.dag_runs(consumer), "the asset event to trigger the consumer", timeout=60
+    )
+    (run,) = runs
+    assert run["run_type"] == "asset_triggered"
+    run_id = run["dag_run_id"]
+    state = api.wait_for_run(consumer, run_id)
+    log = api.task_log(consumer, run_id, "consume")
+    assert state == "success", f"consume's log:\n{failure_lines(log)}"
+    manifest = result_manifest(deployment, consumer, run_id, "consume")
+    assert manifest is not None and manifest["status"] == "succeeded"
+    assert manifest["namespace"] == f"production:{consumer}", (
+        f"run_type={run['run_type']}, triggering_user_name={run['triggering_user_name']}"
+    )
+
+
+def test_stopping_the_deployment_leaves_no_process_behind(deployment: Deployment):
+    assert deployment.processes()
+    strays = deployment.stop()
+    assert strays == []
+    assert deployment.processes() == []
