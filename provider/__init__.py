@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from provider.runtime.context import flow_context
 from provider.runtime.failure import Failure
 from provider.specs import Environment, KubernetesOptions, Resources, Retry, SpecError, TaskSpec
 
@@ -27,6 +28,7 @@ __all__ = [
     "SpecError",
     "TaskSpec",
     "__version__",
+    "flow_context",
     "flow_params",
     "flow_task",
 ]

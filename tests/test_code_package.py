@@ -8,13 +8,9 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import pytest
-
 from provider.compute import bootstrap_command, build_code_package
-from provider.compute.code_package import module_entry
 from provider.operators.targets.code import code_reference, store_code_package
 from provider.runtime import Payload
 from provider.store import ArtifactStore, open_store
@@ -41,30 +37,21 @@ def test_the_package_is_reproducible_and_holds_only_what_a_container_needs():
     assert len(package) < 200_000
 
 
-def test_dag_folder_modules_go_in_under_their_import_names(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_every_module_of_the_dag_folder_goes_in_under_its_import_name(tmp_path: Path):
     helpers = tmp_path / "ft_helpers"
-    helpers.mkdir()
+    (helpers / "__pycache__").mkdir(parents=True)
     (helpers / "__init__.py").write_text("")
-    (helpers / "shapes.py").write_text("SIDES = 4\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import ft_helpers.shapes as shapes  # type: ignore[import-not-found]
+    (helpers / "shapes.py").write_text("SIDES = 4\n")  # imported lazily, inside a task
+    (helpers / "__pycache__" / "shapes.cpython-311.py").write_text("")
+    (tmp_path / ".venv" / "lib").mkdir(parents=True)
+    (tmp_path / ".venv" / "lib" / "big.py").write_text("")
+    (tmp_path / "my_dag.py").write_text("x = 1\n")
 
-    package = build_code_package([shapes, sys.modules["ft_helpers"]])
-    assert {"ft_helpers/__init__.py", "ft_helpers/shapes.py"} <= set(_names(package))
-    assert package != build_code_package()
-
-
-def test_a_module_whose_name_is_not_its_path_is_left_out(tmp_path: Path):
-    dag_file = tmp_path / "my_dag.py"
-    dag_file.write_text("x = 1\n")
-    mangled = ModuleType("unusual_prefix_0123_my_dag")
-    mangled.__file__ = str(dag_file)
-    assert module_entry(mangled) is None
-    plain = ModuleType("my_dag")
-    plain.__file__ = str(dag_file)
-    assert module_entry(plain) == ("my_dag.py", dag_file.resolve())
+    package = build_code_package(tmp_path)
+    names = set(_names(package))
+    assert {"ft_helpers/__init__.py", "ft_helpers/shapes.py", "my_dag.py"} <= names
+    assert not [n for n in names if "__pycache__" in n or ".venv" in n]
+    assert package == build_code_package(tmp_path) != build_code_package()
 
 
 def test_stored_once_per_content_and_render_computes_the_same_reference(tmp_path: Path):

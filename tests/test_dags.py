@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 from conftest import BUCKET, TEST_DAGS, DagsTest, aws_connection, s3_client
@@ -169,6 +171,32 @@ def test_secrets_reach_the_task_and_are_kept_nowhere(dags_test: DagsTest):
     assert not [p for p in stored if p.name == "payload.pickle"]
     assert not [p for p in stored if password.encode() in p.read_bytes()]
     assert token not in run.output and "'API_TOKEN': '***'" in run.output
+
+
+def test_flow_tasks_do_what_task_does(dags_test: DagsTest):
+    run = dags_test("flow_taskflow", dags_folder=TEST_DAGS)
+    assert run.returncode == 0, run.output[-8000:]
+    rows = _xcom_rows(run.home, "flow_taskflow")
+    # Chained and dict mapping, DAG-folder imports, templates, NamedTuples, context: checked
+    # inside the DAG's tasks; the plain task downstream saw every value as @task would.
+    assert rows["check[-1]"] == "all like @task"
+    # The function's stderr is a warning in the task log, its stdout information.
+    assert re.search(r"\[warning\s*\] a line on stderr", run.output)
+    assert re.search(r"\[info\s*\] a line on stdout", run.output)
+    # The flow task's fan-in read no item past the end (a plain @task's still does).
+    assert "not found for task 'describe'" not in run.output
+    # The result is previewed in the log and in the XCom row the UI shows.
+    assert "Returned int: 2 (25 bytes stored)" in run.output
+    assert rows["double[0]"]["preview"] == "int: 2"
+    # The daemon the function left behind was stopped when the task ended.
+    store = open_store(run.artifacts.as_uri())
+    daemon = store.get(rows["leave_a_daemon[-1]"])
+    assert not Path(f"/proc/{daemon}").exists() or "Z" in Path(f"/proc/{daemon}/stat").read_text()
+    # A 314-character XCom key is stored (its manifest's name is shortened, never too long).
+    with sqlite3.connect(run.home / "airflow.db") as db:
+        (value,) = db.execute("SELECT value FROM xcom WHERE task_id = 'long_key'").fetchone()
+    assert store.get(json.loads(value)) == list(range(2000))
+    assert_gc_keeps_everything_reachable(run.artifacts, rows)
 
 
 def test_example_flow_mixed_on_s3_with_credentials_from_the_airflow_connection(

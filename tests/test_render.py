@@ -41,7 +41,7 @@ def test_render_prints_the_pod_as_json(tmp_path: Path):
     store = (tmp_path / "flow_artifacts").as_uri()
     assert command[command.index("--store") + 1] == store
     assert not (tmp_path / "flow_artifacts").exists()  # nothing was stored
-    package = build_code_package()  # the DAG file itself travels pickled in the payload
+    package = build_code_package(TEST_DAGS)  # the runtime and the DAG folder's modules
     sha256 = hashlib.sha256(package).hexdigest()
     expected = f"data/{sha256[:2]}/{sha256}:{len(package)}"
     assert command[command.index("--code") + 1] == expected
@@ -74,4 +74,4 @@ def test_render_a_mapped_task_with_its_dag_folder_helpers(
     assert pod["metadata"]["annotations"]["flowtask.io/map-index"] == "0"
     assert pod["spec"]["activeDeadlineSeconds"] == 600
     _, size = container["command"][container["command"].index("--code") + 1].split(":")
-    assert int(size) > len(build_code_package())  # + dags_examples/flow_helpers
+    assert int(size) == len(build_code_package(EXAMPLES))  # with dags_examples/flow_helpers

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import OrderedDict
+from typing import NamedTuple
 
 import cloudpickle
 import numpy as np
@@ -107,10 +109,46 @@ def test_keys_layout_stores_one_artifact_per_key(store):
     np.testing.assert_array_equal(store.get(refs["high"]), np.arange(3))
 
 
-def test_items_layout_rejects_a_non_list_result(store):
+def test_items_layout_stores_a_dict_per_key_and_rejects_a_scalar(store):
+    # Airflow maps downstream tasks over a dict's (key, value) pairs.
     proc = _run(store, Payload(outputs, layout="items", identity=IDENTITY))
+    assert proc.returncode == 0, proc.stderr
+    assert store.get(store.read_manifest(KEY)["result"]["low"]) == 1
+    proc = _run(store, Payload(len, ("abc",), layout="items", identity=IDENTITY))
     assert proc.returncode == 1
-    assert "must return a list or tuple, got dict" in proc.stderr
+    assert "must return a list, a tuple or a dict with string keys, got int" in proc.stderr
+
+
+class Config(NamedTuple):
+    lr: float
+    layers: int
+
+
+def learning_rate(cfg: Config, extra: OrderedDict) -> tuple[float, str, str]:
+    return cfg.lr, type(cfg).__name__, type(extra).__name__
+
+
+def test_arguments_keep_their_types_while_references_are_resolved(store):
+    ref = store.put(7).to_json()
+    payload = Payload(
+        learning_rate,
+        (Config(lr=0.1, layers=ref), OrderedDict(a=1)),  # a reference inside a NamedTuple
+        identity=IDENTITY,
+    )
+    proc = _run(store, payload)
+    assert proc.returncode == 0, proc.stderr
+    assert store.get(store.read_manifest(KEY)["result"]) == (0.1, "Config", "OrderedDict")
+
+
+def opens_a_file(path):
+    return open(path)
+
+
+def test_an_open_file_result_is_refused_not_turned_into_a_stringio(store, tmp_path):
+    (tmp_path / "f.txt").write_text("contents")
+    proc = _run(store, Payload(opens_a_file, (str(tmp_path / "f.txt"),), identity=IDENTITY))
+    assert proc.returncode == 1
+    assert "an open file" in proc.stderr and "return its path or its contents" in proc.stderr
 
 
 def test_python_version_mismatch_names_both_versions(store):

@@ -1,7 +1,7 @@
 """The code package: what a container needs to run a flow task besides Python itself.
 
-A zip of the flowtask runtime (``provider`` without its Airflow layers), cloudpickle and the DAG
-folder's own modules, built byte-for-byte reproducibly so equal code has one content address
+A zip of the flowtask runtime (``provider`` without its Airflow layers), cloudpickle and every
+module of the DAG folder, built byte-for-byte reproducibly so equal code has one content address
 and is stored once. The container's bootstrap puts the zip on ``sys.path``.
 """
 
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from types import ModuleType
 
 import cloudpickle
 
@@ -20,6 +19,7 @@ import provider
 
 RUNTIME_PARTS = ("__init__.py", "specs", "store", "runtime")
 _EPOCH = (1980, 1, 1, 0, 0, 0)
+_SKIPPED = {"__pycache__", "site-packages", "node_modules"}
 
 Entry = tuple[str, str, int, int]  # (name in the zip, path on disk, size, mtime_ns)
 
@@ -33,34 +33,27 @@ def _python_files(root: Path, arcroot: str) -> Iterator[tuple[str, Path]]:
             yield f"{arcroot}/{path.relative_to(root).as_posix()}", path
 
 
-def module_entry(module: ModuleType) -> tuple[str, Path] | None:
-    """The zip name under which ``module`` imports by its own name, or None when it cannot.
-
-    A DAG file is imported under a made-up module name (it travels pickled by value instead);
-    a helper module ``helpers.io`` at ``<dags>/helpers/io.py`` is ``helpers/io.py``.
-    """
-    file = getattr(module, "__file__", None)
-    if not file or not file.endswith(".py"):
-        return None
-    path = Path(file).resolve()
-    parts = module.__name__.split(".")
-    if path.name == "__init__.py":
-        parts.append("__init__")
-    name = "/".join(parts) + ".py"
-    return (name, path) if path.as_posix().endswith("/" + name) else None
+def _dag_folder_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """Every module under the DAG folder, under the name it imports by (the folder is on
+    ``sys.path`` in Airflow's processes); hidden folders and caches are skipped."""
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") or part in _SKIPPED for part in relative.parts[:-1]):
+            continue
+        name = relative.as_posix()
+        if not name.startswith(("provider/", "cloudpickle/")):
+            yield name, path
 
 
-def package_entries(modules: Iterable[ModuleType] = ()) -> tuple[Entry, ...]:
+def package_entries(dag_folder: Path | None = None) -> tuple[Entry, ...]:
     """What goes into the package, with the sizes and times that make it a cache key."""
     found: dict[str, Path] = {}
     provider_root = Path(provider.__file__).parent
     for part in RUNTIME_PARTS:
         found.update(_python_files(provider_root / part, f"provider/{part}"))
     found.update(_python_files(Path(cloudpickle.__file__).parent, "cloudpickle"))
-    for module in modules:
-        entry = module_entry(module)
-        if entry is not None and not entry[0].startswith(("provider/", "cloudpickle/")):
-            found[entry[0]] = entry[1]
+    if dag_folder is not None:
+        found.update(_dag_folder_files(dag_folder.resolve()))
     entries = []
     for name, path in sorted(found.items()):
         stat = path.stat()
@@ -80,6 +73,10 @@ def _build(entries: tuple[Entry, ...]) -> bytes:
     return buffer.getvalue()
 
 
-def build_code_package(modules: Iterable[ModuleType] = ()) -> bytes:
-    """The zip for the runtime plus ``modules``; equal content gives equal bytes."""
-    return _build(package_entries(modules))
+def build_code_package(dag_folder: Path | None = None) -> bytes:
+    """The zip of the runtime plus every module of ``dag_folder``; equal content, equal bytes.
+
+    Helpers imported lazily inside a task, and classes of values handed over from plain
+    tasks, import where the task runs as they do on the worker.
+    """
+    return _build(package_entries(dag_folder))

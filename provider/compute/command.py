@@ -40,9 +40,14 @@ def runtime_command(
     manifest_key: str,
     *,
     python: str = "python",
+    code_path: str | None = None,
 ) -> list[str]:
-    """Argv that runs a stored payload with ``provider.runtime`` where flowtask is installed."""
-    return [python, "-m", "provider.runtime", *runtime_args(store_uri, payload_ref, manifest_key)]
+    """Argv that runs a stored payload with ``provider.runtime`` where flowtask is installed.
+
+    ``code_path`` is a local copy of the code package, for the DAG folder's modules.
+    """
+    argv = [python, "-m", "provider.runtime", *runtime_args(store_uri, payload_ref, manifest_key)]
+    return [*argv, "--code", code_path] if code_path else argv
 
 
 def bootstrap_command(

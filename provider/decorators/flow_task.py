@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
-from airflow.sdk.bases.decorator import TaskDecorator, task_decorator_factory
+import attr
+from airflow.sdk.bases.decorator import DecoratedMappedOperator, TaskDecorator, _TaskDecorator
 
 from provider.operators.flow_task import FlowTaskOperator, retry_kwargs_given
 from provider.specs import SpecError, TaskSpec
+from provider.xcom.references import references_kept
 
+SPEC_FIELDS = tuple(f.name for f in fields(TaskSpec))
 _AIRFLOW_RETRY_KWARGS = {
     "retries": "retry",
     "retry_delay": "retry",
@@ -19,53 +23,86 @@ _AIRFLOW_RETRY_KWARGS = {
 }
 
 
-def flow_task(
-    python_callable: Callable[..., Any] | None = None,
-    *,
-    resources: Any = None,
-    retry: Any = None,
-    timeout: Any = None,
-    catch: Any = None,
-    environment: Any = None,
-    compute: str | None = None,
-    kubernetes: Any = None,
-    multiple_outputs: bool | None = None,
-    **kwargs: Any,
-) -> TaskDecorator:
-    """Turn a function into a flow task.
+def fold_specs(spec: TaskSpec, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Move the spec keywords of ``kwargs`` into ``flow_spec`` (checked now, at parse time).
 
-    ``resources``, ``retry``, ``timeout``, ``catch``, ``environment``, ``compute`` and
-    ``kubernetes`` (:class:`provider.KubernetesOptions`) are checked
-    here, when the DAG file is parsed; a bad value raises :class:`provider.SpecError`. ``retry``
-    and ``timeout`` become Airflow's own ``retries``, ``retry_delay``,
-    ``retry_exponential_backoff``, ``max_retry_delay`` and ``execution_timeout``. Every other
-    keyword goes to the operator, as with ``@task``; ``.expand``, ``.partial`` and ``.override``
-    work as for any TaskFlow task.
+    ``resources=`` and the like never reach ``BaseOperator``, whose own ``resources``
+    argument means something else; ``retry`` and ``timeout`` become Airflow's own arguments.
     """
-    spec = TaskSpec.build(
-        resources=resources,
-        retry=retry,
-        timeout=timeout,
-        catch=catch,
-        environment=environment,
-        compute=compute,
-        kubernetes=kubernetes,
-    )
+    given = {name: kwargs.pop(name) for name in SPEC_FIELDS if name in kwargs}
     for name, spec_field in _AIRFLOW_RETRY_KWARGS.items():
-        given = retry if spec_field == "retry" else timeout
-        if name in kwargs and given is not None:
+        if name in kwargs and given.get(spec_field) is not None:
             raise SpecError(
                 name,
                 kwargs[name],
                 f"either {spec_field}= or {name}=, not both",
                 f"{spec_field}= already sets it",
             )
-    mapped = retry_kwargs_given(spec, retry=retry is not None, timeout=timeout is not None)
-    return task_decorator_factory(
-        python_callable=python_callable,
-        multiple_outputs=multiple_outputs,
-        decorated_operator_class=FlowTaskOperator,
-        flow_spec=spec,
-        **mapped,
+    folded = spec.with_overrides(**given)
+    retry_given = given.get("retry") is not None
+    timeout_given = given.get("timeout") is not None
+    return {
         **kwargs,
-    )
+        **retry_kwargs_given(folded, retry=retry_given, timeout=timeout_given),
+        "flow_spec": folded,
+    }
+
+
+@attr.define(kw_only=True, repr=False)
+class FlowMappedOperator(DecoratedMappedOperator):
+    """A mapped flow task: its mapped arguments stay references while they are expanded, so
+    each instance's runtime loads its own item where it runs (never through the worker)."""
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        with references_kept():
+            super().render_template_fields(context, jinja_env)
+
+
+@attr.define(slots=False)
+class FlowTaskDecorator(_TaskDecorator):
+    """``_TaskDecorator`` whose ``.override`` takes specs and whose mapped tasks keep
+    references."""
+
+    def override(self, **kwargs: Any) -> Any:
+        spec = self.kwargs.get("flow_spec") or TaskSpec()
+        return super().override(**fold_specs(spec, kwargs))
+
+    def _expand(self, expand_input: Any, *, strict: bool) -> Any:
+        xcom_arg: Any = super()._expand(expand_input, strict=strict)
+        # Same fields, same slots: only the expansion behaviour above differs.
+        xcom_arg.operator.__class__ = FlowMappedOperator
+        return xcom_arg
+
+
+def flow_task(
+    python_callable: Callable[..., Any] | None = None,
+    *,
+    multiple_outputs: bool | None = None,
+    **kwargs: Any,
+) -> TaskDecorator:
+    """Turn a function into a flow task.
+
+    ``resources``, ``retry``, ``timeout``, ``catch``, ``environment``, ``compute`` and the
+    target options (``kubernetes=KubernetesOptions(...)``) are checked here, when the DAG file
+    is parsed; a bad value raises :class:`provider.SpecError`. ``retry`` and ``timeout`` become
+    Airflow's own ``retries``, ``retry_delay``, ``retry_exponential_backoff``,
+    ``max_retry_delay`` and ``execution_timeout``. Every other keyword goes to the operator, as
+    with ``@task``; ``.expand``, ``.partial`` and ``.override`` (specs included) work as for any
+    TaskFlow task.
+    """
+    operator_kwargs = fold_specs(TaskSpec(), kwargs)
+
+    def decorate(function: Callable[..., Any]) -> Any:
+        inferred: Any = attr.NOTHING  # _TaskDecorator infers it from the return annotation
+        return FlowTaskDecorator(
+            function=function,
+            multiple_outputs=inferred if multiple_outputs is None else multiple_outputs,
+            operator_class=FlowTaskOperator,
+            kwargs=dict(operator_kwargs),
+        )
+
+    if python_callable is not None:
+        if not callable(python_callable):
+            raise TypeError("flow_task takes keyword arguments only, e.g. @flow_task(retry=3)")
+        return decorate(python_callable)
+    return decorate  # type: ignore[return-value]

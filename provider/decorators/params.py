@@ -36,18 +36,21 @@ def flow_params(
             description="Namespace of this run's artifacts; empty: user:<you> "
             "(production:<dag_id> for scheduled runs).",
         ),
+        # Optional (a "null" type), and lenient: the form's list field leaves an empty line
+        # behind a trailing Enter, which the run ignores.
         "flow_tags": Param(
             tag_list,
-            type="array",
-            items={"type": "string", "minLength": 1},
+            type=["array", "null"],
+            items={"type": "string"},
             title="flowtask tags",
-            description="Tags recorded with this run's artifacts, to find them later.",
+            description="Tags recorded with this run's artifacts, to find them later; one a line.",
         ),
         "flow_compute": Param(
             compute,
             type=["null", "string"],
             enum=[None, *COMPUTE_TARGETS],
+            values_display={"null": "each task's own", **{c: c for c in COMPUTE_TARGETS}},
             title="flowtask compute override",
-            description="Run every flow task of this run on this target; empty: each task's own.",
+            description="Run every flow task of this run on this target.",
         ),
     }

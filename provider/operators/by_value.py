@@ -1,4 +1,4 @@
-"""Pickle a task function together with the DAG folder's own modules, by value."""
+"""Pickle a task function by value; name what cannot be pickled."""
 
 from __future__ import annotations
 
@@ -6,50 +6,43 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from types import CodeType, ModuleType
+from types import CodeType
 from typing import Any
 
 
-def dag_folder_modules(function: Callable[..., Any]) -> list[ModuleType]:
-    """The function's module and every loaded module whose file sits in that module's folder tree.
-
-    A function defined in a DAG file lives in a module that exists only in the process that
-    parsed the DAG; helper modules next to the DAG file are importable only where the DAG folder
-    is on ``sys.path``. Pickling them by value lets the runtime run anywhere.
-    """
-    home = sys.modules.get(getattr(function, "__module__", "") or "")
-    home_file = getattr(home, "__file__", None)
-    if home is None or home_file is None:
-        return []
-    folder = Path(home_file).resolve().parent
-    found = [home]
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if module is home or file is None or name == "__main__":
-            continue
-        path = Path(file).resolve()
-        if path.is_relative_to(folder) and "site-packages" not in path.parts:
-            found.append(module)
-    return found
+def dag_folder_of(function: Callable[..., Any], bundle_path: Any = None) -> Path | None:
+    """The folder whose modules import by name where Airflow runs the DAG: the DAG bundle's
+    root when known, else the folder of the function's file."""
+    if bundle_path is not None:
+        return Path(bundle_path).resolve()
+    module = sys.modules.get(getattr(function, "__module__", "") or "")
+    file = getattr(module, "__file__", None)
+    return Path(file).resolve().parent if file else None
 
 
 @contextmanager
 def pickled_by_value(function: Callable[..., Any]) -> Iterator[None]:
-    """Within the block, cloudpickle serializes the DAG folder's modules by value."""
+    """Within the block, cloudpickle serializes the function's own module by value.
+
+    A DAG file is imported under a name that exists only in the process that parsed it, so its
+    functions and classes travel by value. Every other module of the DAG folder travels in the
+    code package and is pickled by reference, as on the worker: one class, one identity.
+    """
     import cloudpickle
 
-    registered = []
-    for module in dag_folder_modules(function):
-        try:
-            cloudpickle.register_pickle_by_value(module)
-        except ValueError:  # already registered (nested use) or not importable by name
-            continue
-        registered.append(module)
+    module = sys.modules.get(getattr(function, "__module__", "") or "")
+    if module is None or getattr(module, "__file__", None) is None:
+        yield
+        return
+    try:
+        cloudpickle.register_pickle_by_value(module)
+    except ValueError:  # already registered (nested use) or not importable by name
+        yield
+        return
     try:
         yield
     finally:
-        for module in registered:
-            cloudpickle.unregister_pickle_by_value(module)
+        cloudpickle.unregister_pickle_by_value(module)
 
 
 def unpicklable_part(

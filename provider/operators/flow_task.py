@@ -12,7 +12,7 @@ from provider.operators.outcome import FlowTaskFailed
 from provider.operators.targets import ComputeUnavailable
 from provider.runtime.payload import ResultLayout
 from provider.specs import SpecError, TaskSpec, airflow_retry_kwargs
-from provider.xcom.references import references_kept
+from provider.xcom.references import references_kept, references_loaded
 
 __all__ = ["ComputeUnavailable", "FlowTaskFailed", "FlowTaskOperator", "retry_kwargs_given"]
 
@@ -78,6 +78,11 @@ class FlowTaskOperator(DecoratedOperator):
         with references_kept():
             super().render_template_fields(context, jinja_env)
 
+    def _render(self, template: Any, context: Any, dag: Any = None) -> Any:
+        # A Jinja template renders values, as for any task ("{{ ti.xcom_pull(...) }}").
+        with references_loaded():
+            return super()._render(template, context, dag)
+
     def execute(self, context: Any) -> Any:
         from airflow.sdk.exceptions import AirflowTaskTimeout
 
@@ -111,10 +116,15 @@ class FlowTaskOperator(DecoratedOperator):
         """Whether a failure of this try is caught: ``catch=`` is set and no retry is left."""
         return bool(self.flow_spec.catch) and context["ti"].try_number > self.retries
 
-    def result_layout(self) -> ResultLayout:
+    def result_layout(self, map_index: int) -> ResultLayout:
+        """How the runtime stores the result: per key, per item, or whole.
+
+        Downstream tasks mapped over an unmapped task's result get one of its items each; over
+        a mapped task's results (``b.expand(x=a.expand(...))``), one whole result each.
+        """
         if self.multiple_outputs:
             return "keys"
-        if next(self.iter_mapped_dependants(), None) is not None:
+        if map_index < 0 and next(self.iter_mapped_dependants(), None) is not None:
             return "items"
         return "value"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import fields
 from typing import Any
 
 from provider.operators.targets import ComputeTarget, TaskRun
@@ -15,8 +16,10 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
     from airflow.sdk.exceptions import AirflowFailException
 
     from provider import config
+    from provider.operators.by_value import dag_folder_of
     from provider.operators.run_context import RunParamError, resolve_compute, run_identity
     from provider.operators.targets import ComputeUnavailable, compute_target
+    from provider.operators.task_context import ContextCannotCross
     from provider.specs import SpecError
     from provider.store import launch_manifest_key, manifest_key, payload_key, run_manifest_key
 
@@ -42,9 +45,9 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         identity["try_number"],
     )
     try:
-        payload = _store_payload(op, store, payload_key(key), identity)
-    except UnpicklableTask as exc:
-        raise AirflowFailException(str(exc)) from None
+        payload = _store_payload(op, store, payload_key(key), identity, context)
+    except (UnpicklableTask, ContextCannotCross) as exc:
+        raise AirflowFailException(f"flow task {op.task_id} cannot run: {exc}") from None
     run = TaskRun(
         task_id=op.task_id,
         spec=op.flow_spec,
@@ -54,6 +57,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         manifest_key=key,
         identity=identity,
         log=op.log,
+        dag_folder=dag_folder_of(op.python_callable, _bundle_path(context)),
     )
     try:
         kept = target.prepare(run)
@@ -71,34 +75,53 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         store.discard(payload)
         raise
     op.log.info(
-        "flow task %s: compute=%s, specs=%r; payload %s (%d bytes, deleted when the try ends)",
+        "flow task %s: compute=%s, %s; payload %s (%d bytes, deleted when the try ends)",
         op.task_id,
         compute,
-        op.flow_spec,
+        _spec_summary(op.flow_spec),
         payload.uri,
         payload.size,
     )
     return run, target
 
 
+def _spec_summary(spec: Any) -> str:
+    """The specs that differ from the defaults (env values show as ***)."""
+    default = type(spec)()
+    changed = [
+        f"{f.name}={getattr(spec, f.name)!r}"
+        for f in fields(spec)
+        if getattr(spec, f.name) != getattr(default, f.name)
+    ]
+    return "specs: " + ", ".join(changed) if changed else "default specs"
+
+
+def _bundle_path(context: Any) -> Any:
+    bundle = getattr(context.get("ti"), "bundle_instance", None)
+    return getattr(bundle, "path", None)
+
+
 class UnpicklableTask(ValueError):
     """The function, one of its globals or an argument cannot be sent where the task runs."""
 
 
-def _store_payload(op: Any, store: Any, key: str, identity: dict[str, Any]) -> Any:
+def _store_payload(op: Any, store: Any, key: str, identity: dict[str, Any], context: Any) -> Any:
     from provider.operators.by_value import pickled_by_value, unpicklable_part
+    from provider.operators.task_context import context_arguments, plain_context
     from provider.runtime import Payload
     from provider.xcom.references import references_kept
 
     with references_kept():
         args = tuple(_materialize(arg) for arg in op.op_args)
         kwargs = {name: _materialize(arg) for name, arg in op.op_kwargs.items()}
+    kwargs.update(context_arguments(op.python_callable, args, kwargs, context))
     payload = Payload(
         function=op.python_callable,
         args=args,
         kwargs=kwargs,
-        layout=op.result_layout(),
+        layout=op.result_layout(identity["map_index"]),
         identity=identity,
+        context=plain_context(context),
     )
     with pickled_by_value(op.python_callable):
         try:
@@ -108,7 +131,7 @@ def _store_payload(op: Any, store: Any, key: str, identity: dict[str, Any]) -> A
             if culprit is None:
                 raise
             raise UnpicklableTask(
-                f"flow task {op.task_id} cannot be sent to where it runs: {culprit} cannot be "
+                f"it cannot be sent to where it runs: {culprit} cannot be "
                 f"pickled ({type(exc).__name__}: {exc}). Create it inside the function, or "
                 "pass what it is made from as an argument."
             ) from exc
@@ -119,5 +142,5 @@ def _materialize(value: Any) -> Any:
     from airflow.sdk.execution_time.lazy_sequence import LazyXComSequence
 
     if isinstance(value, LazyXComSequence):
-        return list(value)
+        return list(value[:])  # one request; iterating would read one past the end
     return value

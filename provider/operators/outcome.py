@@ -35,6 +35,7 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
             manifest["function_seconds"],
             manifest["peak_rss_mib"],
         )
+        _log_result(run, manifest["result"])
         return manifest["result"]
     error = manifest.get("error")
     if error:
@@ -59,7 +60,17 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
     run.log.warning("flow task failed on its last try; caught as a Failure: %s", message)
     if isinstance(op.flow_spec.catch, str):
         context["ti"].xcom_push(key=op.flow_spec.catch, value=caught)
-    return [caught] if op.result_layout() == "items" else caught
+    return [caught] if op.result_layout(run.identity["map_index"]) == "items" else caught
+
+
+def _log_result(run: TaskRun, result: Any) -> None:
+    """What ``@task`` logs as "Returned value was", without loading anything."""
+    if isinstance(result, dict) and "preview" in result:
+        run.log.info("Returned %s (%d bytes stored)", result["preview"], result["size"])
+    elif isinstance(result, dict):
+        run.log.info("Returned %d values, stored by key: %s", len(result), ", ".join(result))
+    elif isinstance(result, list):
+        run.log.info("Returned %d items, stored one by one", len(result))
 
 
 def record_unreported(

@@ -89,7 +89,7 @@ def render_pod(
         task_id,
         spec,
         store_uri=store_uri,
-        code=code_reference(store_uri, code_package(task.python_callable)),
+        code=code_reference(store_uri, code_package(folder)),
         payload=PAYLOAD_AT_RUN_TIME,
         manifest_key=key,
         identity=identity,

@@ -23,13 +23,14 @@ def default_namespace(dag_id: str, run_type: str, triggering_user: str | None) -
 
 
 def run_tags(params: Mapping[str, Any]) -> list[str]:
+    """The run's tags: stripped, blank ones (a trailing Enter in the form) dropped, each once."""
     tags = params.get("flow_tags") or []
-    if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) and t for t in tags):
+    if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
         raise RunParamError(
-            f"flow_tags={tags!r} is invalid. Accepted: a list of non-empty strings, "
+            f"flow_tags={tags!r} is invalid. Accepted: a list of strings, "
             'e.g. ["nightly", "exp-42"]'
         )
-    return list(dict.fromkeys(tags))
+    return list(dict.fromkeys(tag.strip() for tag in tags if tag.strip()))
 
 
 def resolve_compute(task_compute: str | None, params: Mapping[str, Any], default: str) -> str:

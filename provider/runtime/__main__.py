@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--payload", required=True, help="the payload's reference, as JSON")
     run.add_argument("--manifest", required=True, help="store key of the result manifest")
     run.add_argument("--python", default="", help="the worker's Python major.minor")
+    run.add_argument("--code", default="", help="a local copy of the code package (a zip)")
     args = parser.parse_args(argv)
+    if args.code:  # after the installed packages, as Airflow puts the DAG folder on the path
+        sys.path.append(args.code)
     stop_group_on_sigterm()
     end_with_parent()
     _configure_logging()

@@ -22,3 +22,6 @@ class Payload:
     # Identity of the task try (dag_id, run_id, task_id, map_index, try_number, namespace, tags),
     # copied into the result manifest.
     identity: Mapping[str, Any] = field(default_factory=dict)
+    # The plain values of the task's Airflow context (ds, params, logical_date, ...), read
+    # with ``provider.flow_context()`` where the task runs.
+    context: Mapping[str, Any] = field(default_factory=dict)

@@ -16,8 +16,10 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
+from provider.runtime.context import explain_airflow_access, flow_context_of
 from provider.runtime.failure import Failure
 from provider.runtime.payload import Payload
+from provider.runtime.preview import preview
 from provider.store import ArtifactStore, Reference, is_reference
 
 
@@ -36,25 +38,41 @@ def check_python(expected: str) -> None:
 
 
 def resolve_references(value: Any, store: ArtifactStore) -> Any:
-    """Replace artifact references (also inside lists, tuples and dicts) by their values."""
+    """Replace artifact references by their values, also inside lists, tuples and dicts.
+
+    A container is rebuilt as exactly its own type (a NamedTuple stays one) and only when a
+    reference was found in it; anything else, and every container without references, is
+    handed over as it is.
+    """
     if is_reference(value):
         return store.get(value)
-    if isinstance(value, list):
-        return [resolve_references(item, store) for item in value]
-    if isinstance(value, tuple):
-        return tuple(resolve_references(item, store) for item in value)
-    if isinstance(value, dict):
-        return {key: resolve_references(item, store) for key, item in value.items()}
+    kind = type(value)
+    if kind is dict:
+        resolved = {key: resolve_references(item, store) for key, item in value.items()}
+        return value if all(resolved[k] is v for k, v in value.items()) else resolved
+    if kind is list or kind is tuple or _is_namedtuple(value):
+        items = [resolve_references(item, store) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        if kind is list:
+            return items
+        return kind._make(items) if kind is not tuple else tuple(items)
     return value
+
+
+def _is_namedtuple(value: Any) -> bool:
+    return isinstance(value, tuple) and hasattr(type(value), "_make")
 
 
 def store_result(result: Any, layout: str, store: ArtifactStore) -> Any:
     """Store the result as the payload's layout asks; return the reference JSON to report."""
-    if layout == "items":
+    if layout == "items":  # Airflow maps downstream tasks over a list's items or a dict's pairs
+        if isinstance(result, Mapping) and all(isinstance(k, str) for k in result):
+            return {key: store.put(item).to_json() for key, item in result.items()}
         if not isinstance(result, (list, tuple)):
             raise TypeError(
-                "a task whose downstream tasks are mapped over its result must return a list "
-                f"or tuple, got {type(result).__name__}"
+                "a task whose downstream tasks are mapped over its result must return a list, "
+                f"a tuple or a dict with string keys, got {type(result).__name__}"
             )
         return [store.put(item).to_json() for item in result]
     if layout == "keys":
@@ -63,8 +81,13 @@ def store_result(result: Any, layout: str, store: ArtifactStore) -> Any:
                 "multiple_outputs=True needs a dict with string keys as the return value, "
                 f"got {type(result).__name__}"
             )
-        return {key: store.put(item).to_json() for key, item in result.items()}
-    return store.put(result).to_json()
+        return {key: _with_preview(store, item) for key, item in result.items()}
+    return _with_preview(store, result)
+
+
+def _with_preview(store: ArtifactStore, value: Any) -> dict[str, Any]:
+    """The value's reference, with a short preview for the task log and the XCom view."""
+    return {**store.put(value).to_json(), "preview": preview(value)}
 
 
 def _peak_rss_mib() -> float:
@@ -101,12 +124,14 @@ def run_payload(store: ArtifactStore, payload_ref: Reference, manifest_key: str)
         args = resolve_references(payload.args, store)
         kwargs = resolve_references(dict(payload.kwargs), store)
         call_started = manifest["function_started_at"] = time.time()
-        result = payload.function(*args, **kwargs)
+        with flow_context_of(payload.context):
+            result = payload.function(*args, **kwargs)
         manifest["function_seconds"] = round(time.time() - call_started, 6)
         manifest["result"] = store_result(result, payload.layout, store)
         manifest["status"] = "succeeded"
         code = 0
     except Exception as exc:  # the runtime's whole job is to report any failure
+        explain_airflow_access(exc)
         traceback.print_exc()
         failure = Failure.from_exception(exc)
         manifest["status"] = "failed"

@@ -16,9 +16,12 @@ caller asks for pickling by value. Both load with plain ``pickle.loads``.
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import struct
+from collections import ChainMap
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from provider.store.errors import StoreError
@@ -51,9 +54,29 @@ def _pickle(value: Any, by_value: bool) -> tuple[bytes, list[pickle.PickleBuffer
             return pickle.dumps(value, protocol=5, buffer_callback=buffers.append), buffers
         except (pickle.PicklingError, AttributeError, TypeError):
             buffers.clear()
+    out = io.BytesIO()
+    _cloud_pickler()(out, protocol=5, buffer_callback=buffers.append).dump(value)
+    return out.getvalue(), buffers
+
+
+def _refuse_file(file: Any) -> Any:
+    raise pickle.PicklingError(
+        f"an open file ({getattr(file, 'name', '?')!r}) cannot be stored: cloudpickle would "
+        "silently turn it into a StringIO of its contents; return its path or its contents"
+    )
+
+
+@lru_cache(maxsize=1)
+def _cloud_pickler() -> Any:
+    """cloudpickle's pickler, minus its lossy conversion of open files into StringIOs."""
     import cloudpickle
 
-    return cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append), buffers
+    class Pickler(cloudpickle.CloudPickler):
+        dispatch_table = ChainMap(
+            {io.TextIOWrapper: _refuse_file}, cloudpickle.CloudPickler.dispatch_table
+        )
+
+    return Pickler
 
 
 def _raw(buffer: pickle.PickleBuffer) -> memoryview:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from urllib.parse import quote
 
 from provider.store.errors import StoreError
@@ -19,8 +20,22 @@ def blob_key(sha256: str) -> str:
     return f"data/{sha256[:2]}/{sha256}"
 
 
+MAX_PART = 128  # bytes of one quoted key segment; file names stop at 255
+
+
 def _part(value: object) -> str:
+    """``value`` as one key segment: quoted, never '.' or '..', at most ``MAX_PART`` bytes.
+
+    A longer one (Airflow accepts 250-character ids and 512-character XCom keys, any Unicode,
+    which quoting can triple) keeps a readable start and ends in its SHA-256, so distinct
+    values never share a segment.
+    """
     text = quote(str(value), safe="-_.+=@:,")
+    if len(text) > MAX_PART:
+        digest = hashlib.sha256(str(value).encode()).hexdigest()[:32]
+        start = text[: MAX_PART - len(digest) - 1]
+        start = start[: start.rfind("%")] if "%" in start[-2:] else start  # no cut escape
+        return f"{start}~{digest}"
     # A lone '.' or '..' would be a path segment, not a name.
     return text.replace(".", "%2E") if text in (".", "..") else text
 

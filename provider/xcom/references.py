@@ -26,6 +26,16 @@ def references_kept() -> Iterator[None]:
         _keep_references.reset(token)
 
 
+@contextmanager
+def references_loaded() -> Iterator[None]:
+    """XComs read within the block are loaded values, as for any task (Jinja templates)."""
+    token = _keep_references.set(False)
+    try:
+        yield
+    finally:
+        _keep_references.reset(token)
+
+
 def keeping_references() -> bool:
     return _keep_references.get()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from provider.specs import TaskSpec
@@ -29,6 +30,7 @@ class TaskRun:
     manifest_key: str
     identity: Mapping[str, Any]
     log: Any
+    dag_folder: Path | None = None  # its modules travel in the code package
 
 
 @dataclass(frozen=True)

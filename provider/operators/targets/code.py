@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import os
+from pathlib import Path
 
+from provider.operators.targets.base import TaskRun
 from provider.store import ArtifactStore, Reference, bytes_reference
 
 CODE_PACKAGE_TYPE = "flowtask.code_package"
 CODE_PACKAGE_ENCODING = "zip"
 
 
-def code_package(function: Callable[..., Any]) -> bytes:
-    """The runtime, cloudpickle and the modules of ``function``'s DAG folder, as one zip."""
-    from provider.compute import build_code_package
-    from provider.operators.by_value import dag_folder_modules
+def stored_code_package(run: TaskRun) -> Reference:
+    """Build (cached per content) and store (once per content) the try's code package."""
+    package = store_code_package(run.store, code_package(run.dag_folder))
+    run.log.info("code package: %s (%d bytes)", package.uri, package.size)
+    return package
 
-    return build_code_package(dag_folder_modules(function))
+
+def code_package(dag_folder: Path | None) -> bytes:
+    """The runtime, cloudpickle and the modules of the DAG folder, as one zip."""
+    from provider.compute import build_code_package
+
+    return build_code_package(dag_folder)
 
 
 def store_code_package(store: ArtifactStore, package: bytes) -> Reference:
@@ -29,3 +36,19 @@ def code_reference(store_uri: str, package: bytes) -> Reference:
     return bytes_reference(
         store_uri, package, type_name=CODE_PACKAGE_TYPE, encoding=CODE_PACKAGE_ENCODING
     )
+
+
+def local_code_package(run: TaskRun) -> tuple[Reference, Path]:
+    """Store the code package, and keep a copy on this worker for local runtimes to import
+    from (``$AIRFLOW_HOME/flowtask/code/<sha256>.zip``, written once per content)."""
+    from provider import config
+
+    package = code_package(run.dag_folder)
+    ref = store_code_package(run.store, package)
+    path = config.airflow_home() / "flowtask" / "code" / f"{ref.sha256}.zip"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(package)
+        os.replace(tmp, path)
+    return ref, path

@@ -23,7 +23,7 @@ class KubernetesTarget(ComputeTarget):
         check_secrets_for(self.name, spec.environment.secrets)
 
     def prepare(self, run: TaskRun) -> dict[str, Reference]:
-        from provider.operators.targets.code import code_package, store_code_package
+        from provider.operators.targets.code import stored_code_package
 
         if run.store.root_uri.startswith("file://"):
             run.log.warning(
@@ -31,8 +31,7 @@ class KubernetesTarget(ComputeTarget):
                 "mount the same path; set [flow_task] artifact_store to an s3:// URI",
                 run.store.root_uri,
             )
-        self._code = store_code_package(run.store, code_package(run.function))
-        run.log.info("code package: %s (%d bytes)", self._code.uri, self._code.size)
+        self._code = stored_code_package(run)
         return {"code_package": self._code}
 
     def run(self, run: TaskRun, context: Any) -> Outcome:

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
+from provider.store import Reference
 
 
 class LocalTarget(ComputeTarget):
@@ -15,6 +16,15 @@ class LocalTarget(ComputeTarget):
 
     def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
+        self._code_path: str | None = None
+
+    def prepare(self, run: TaskRun) -> dict[str, Reference]:
+        from provider.operators.targets.code import local_code_package
+
+        # The DAG folder's modules import from the code package, as in a pod or a job.
+        ref, path = local_code_package(run)
+        self._code_path = str(path)
+        return {"code_package": ref}
 
     def run(self, run: TaskRun, context: Any) -> Outcome:
         from provider import config
@@ -39,7 +49,11 @@ class LocalTarget(ComputeTarget):
             },
         )
         argv = runtime_command(
-            run.store.root_uri, run.payload.to_json(), run.manifest_key, python=sys.executable
+            run.store.root_uri,
+            run.payload.to_json(),
+            run.manifest_key,
+            python=sys.executable,
+            code_path=self._code_path,
         )
         code = run_local(
             argv,
