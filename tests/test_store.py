@@ -145,6 +145,14 @@ def test_references_outside_the_root_are_refused_before_unpickling(store, tmp_pa
     assert not Path("/tmp/flowtask-pwned").exists()
 
 
+def test_refusal_names_the_blob_the_store_would_read(store, tmp_path):
+    foreign = open_store((tmp_path / "other").as_uri()).put("elsewhere")
+    expected = f"{store.root_uri}/data/{foreign.sha256[:2]}/{foreign.sha256}"
+    with pytest.raises(StoreError) as raised:
+        store.get(foreign)
+    assert f"this store only reads {expected} for the reference's own sha256" in str(raised.value)
+
+
 @pytest.mark.parametrize(
     "obj",
     [
