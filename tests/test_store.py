@@ -239,6 +239,14 @@ def test_manifests_round_trip_with_quoted_keys(store):
     ]
 
 
+def test_manifest_that_is_not_json_is_named(store):
+    key = manifest_key("d", "r", "t", -1, 1)
+    (store.backend.root / key).parent.mkdir(parents=True)  # type: ignore[attr-defined]
+    (store.backend.root / key).write_text('{"status": "succ')  # type: ignore[attr-defined]
+    with pytest.raises(StoreError, match=rf"manifest {store.root_uri}/{key} is not valid JSON: "):
+        store.read_manifest(key)
+
+
 @pytest.mark.parametrize("task_id", ["a/b", "..", "../x", "."])
 def test_manifest_key_components_cannot_escape(task_id):
     key = manifest_key("d", "r", task_id, -1, 1)

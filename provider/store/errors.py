@@ -13,3 +13,7 @@ class IntegrityError(StoreError):
 
 class MissingArtifact(StoreError):
     """The referenced blob or manifest is not in the store (never written, or collected)."""
+
+
+class BadManifest(StoreError):
+    """A manifest is not a JSON object: damaged, or not written by flowtask."""

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from provider.store import codec
-from provider.store.errors import IntegrityError, StoreError
+from provider.store.errors import BadManifest, IntegrityError, StoreError
 from provider.store.file import FileBackend
 from provider.store.keys import blob_key, check_key
 from provider.store.progress import PROGRESS_MIN_BYTES, Progress
@@ -162,7 +162,18 @@ class ArtifactStore:
         return f"{self._root_uri}/{key}"
 
     def read_manifest(self, key: str) -> dict[str, Any]:
-        return dict(json.loads(self.backend.read_bytes(key)))
+        """A manifest; ``BadManifest`` names it when it is not a JSON object."""
+        body = self.backend.read_bytes(key)
+        try:
+            document = json.loads(body)
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+            raise BadManifest(
+                f"manifest {self._root_uri}/{key} is not valid JSON: {error}"
+            ) from None
+        if not isinstance(document, dict):
+            kind = type(document).__name__
+            raise BadManifest(f"manifest {self._root_uri}/{key} is a JSON {kind}, not an object")
+        return document
 
     def list_manifests(self, prefix: str) -> Iterator[str]:
         return (key for key in self.backend.list(prefix) if key.endswith(".json"))
