@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +283,84 @@ def test_large_transfers_log_bytes_and_rate(store, caplog):
         line.startswith(f"stored {big.uri}: 72.0 MiB in ") and "MiB/s" in line for line in lines
     ), lines
     assert any(line.startswith(f"loaded {big.uri}: 72.0 MiB in ") for line in lines), lines
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once ``room`` bytes are written."""
+
+    def __init__(self, real, room: int) -> None:
+        self.real, self.room = real, room
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.real.close()
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        if n > self.room:
+            self.real.write(memoryview(data).cast("B")[: self.room])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= n
+        return self.real.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_full_disk_names_the_store_and_leaves_no_temp_file(store, monkeypatch):
+    from provider.store import file
+
+    def full_disk_open(*args, **kwargs):
+        return _FullDisk(open(*args, **kwargs), room=4096)  # _FullDisk closes it
+
+    monkeypatch.setattr(file, "open", full_disk_open, raising=False)
+    with pytest.raises(StoreError) as raised:
+        store.put(np.zeros(100_000))
+    message = str(raised.value)
+    assert message.startswith(f"artifact store {store.root_uri} is full (no space left on device)")
+    assert "writing data/" in message and "point [flow_task] artifact_store elsewhere" in message
+    key = manifest_key("d", "r", "t", -1, 1)
+    with pytest.raises(StoreError, match=f"is full .* writing {key}"):
+        store.write_manifest(key, {"x": "y" * 10_000})
+    root = store.backend.root  # type: ignore[attr-defined]
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+
+
+_FILL_A_TMPFS = """
+import sys
+from provider.store import StoreError, open_store
+store = open_store(sys.argv[1])
+try:
+    store.put(b"x" * (2 * 2**20))
+except StoreError as error:
+    print(error)
+"""
+
+
+def test_full_tmpfs_names_the_store(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = (
+        f"mount -t tmpfs -o size=1m tmpfs {mount} || exit 77; "
+        f"{sys.executable} -c '{_FILL_A_TMPFS}' {mount.as_uri()}; "
+        f"find {mount} -type f"
+    )
+    try:
+        run = subprocess.run(
+            ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except FileNotFoundError:
+        pytest.skip("no unshare(1) to mount a small tmpfs")
+    if run.returncode in (1, 77) and "is full" not in run.stdout:
+        pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines, run.stderr
+    assert lines[0].startswith(f"artifact store {mount.as_uri()} is full (no space left on")
+    assert "writing data/" in lines[0]
+    assert lines[1:] == []  # no temp file left

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from provider.store.errors import MissingArtifact
+from provider.store.errors import MissingArtifact, StoreError
 from provider.store.keys import check_key
 
 _TMP_MARK = ".tmp-"
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 READ_CHUNK = 8 * 1024 * 1024
 
 
@@ -43,20 +46,35 @@ class FileBackend:
     ) -> None:
         """Write atomically: readers see the whole file or nothing, even if this is interrupted."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}{_TMP_MARK}{uuid.uuid4().hex}")
+        with self._naming_a_full_disk(key):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as out:
+                    for frame in frames:
+                        out.write(frame)
+                        if progress is not None:
+                            progress(len(memoryview(frame).cast("B")))
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+
+    @contextmanager
+    def _naming_a_full_disk(self, key: str) -> Iterator[None]:
+        """Turn ENOSPC / EDQUOT into a ``StoreError`` that names the store and the key."""
         try:
-            with open(tmp, "wb") as out:
-                for frame in frames:
-                    out.write(frame)
-                    if progress is not None:
-                        progress(len(memoryview(frame).cast("B")))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            yield
+        except OSError as error:
+            if error.errno not in _FULL:
+                raise
+            reason = os.strerror(error.errno).lower()
+            raise StoreError(
+                f"artifact store {self.root.as_uri()} is full ({reason}) writing {key}; "
+                "free space or point [flow_task] artifact_store elsewhere"
+            ) from error
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self.write_frames(key, (data,))
