@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from provider.store.backend import BlobStat
 from provider.store.errors import MissingArtifact, StoreError
 from provider.store.keys import check_key
 
@@ -28,12 +29,13 @@ class FileBackend:
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
 
-    def stat(self, key: str) -> int | None:
-        """Size of the file, or None when there is none."""
+    def stat(self, key: str) -> BlobStat | None:
+        """Size and modification time of the file, or None when there is none."""
         try:
-            return self._path(key).stat().st_size
+            info = self._path(key).stat()
         except FileNotFoundError:
             return None
+        return BlobStat(info.st_size, info.st_mtime)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from provider.store.backend import BlobStat
 from provider.store.errors import MissingArtifact, StoreError
 from provider.store.keys import check_key
 from provider.store.streams import BufferSink, FramesReader
@@ -97,8 +98,8 @@ class S3Backend:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def stat(self, key: str) -> int | None:
-        """Size of the object, or None when there is none: one HEAD request."""
+    def stat(self, key: str) -> BlobStat | None:
+        """Size, LastModified and ETag of the object, or None when there is none: one HEAD."""
         from botocore.exceptions import ClientError
 
         try:
@@ -107,7 +108,9 @@ class S3Backend:
             if _is_missing(error):
                 return None
             raise
-        return int(head["ContentLength"])
+        return BlobStat(
+            int(head["ContentLength"]), head["LastModified"].timestamp(), head.get("ETag")
+        )
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
@@ -139,9 +142,10 @@ class S3Backend:
         if on_chunk is not None:
             raise ValueError("S3 downloads ranges in parallel; chunks do not arrive in order")
         if size is None:
-            size = self.stat(key)
-            if size is None:
+            found = self.stat(key)
+            if found is None:
                 raise MissingArtifact(f"no object s3://{self.bucket}/{self._key(key)}")
+            size = found.size
         from botocore.exceptions import ClientError
 
         sink = BufferSink(size)

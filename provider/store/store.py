@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from provider.store import codec
+from provider.store.backend import Backend
 from provider.store.errors import BadManifest, IntegrityError, StoreError
 from provider.store.file import FileBackend
 from provider.store.keys import blob_key, check_key
@@ -17,33 +18,6 @@ from provider.store.progress import PROGRESS_MIN_BYTES, Progress
 from provider.store.reference import Reference
 
 PIPELINE_MIN_BYTES = 16 * 1024 * 1024
-
-
-class Backend(Protocol):
-    """What the store needs from a place to keep bytes.
-
-    A backend whose ``reads_in_order`` is true accepts ``on_chunk`` in ``read_into`` and calls
-    it with each chunk in order, so the store can hash while the rest is read.
-    """
-
-    reads_in_order: bool
-
-    def stat(self, key: str) -> int | None: ...
-    def write_frames(
-        self, key: str, frames: Any, progress: Callable[[int], None] | None = None
-    ) -> None: ...
-    def write_bytes(self, key: str, data: bytes) -> None: ...
-    def read_into(
-        self,
-        key: str,
-        size: int | None = None,
-        on_chunk: Callable[[memoryview], None] | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> bytearray: ...
-    def read_bytes(self, key: str) -> bytes: ...
-    def list(self, prefix: str) -> Iterator[str]: ...
-    def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]: ...
-    def delete(self, key: str) -> None: ...
 
 
 class ArtifactStore:
@@ -112,7 +86,8 @@ class ArtifactStore:
 
     def _write_blob(self, sha256: str, frames: tuple[memoryview, ...], size: int) -> None:
         key = blob_key(sha256)
-        if self.backend.stat(key) == size:
+        found = self.backend.stat(key)
+        if found is not None and found.size == size:
             return
         progress = _progress("stored", self.blob_uri(sha256), size)
         try:
@@ -120,7 +95,8 @@ class ArtifactStore:
         except Exception:
             # The write may have landed with only its acknowledgment lost; the content
             # address and the hash check on read make accepting it safe.
-            if self.backend.stat(key) != size:
+            found = self.backend.stat(key)
+            if found is None or found.size != size:
                 raise
         if progress is not None:
             progress.finish()

@@ -1,0 +1,46 @@
+"""What the store needs from a place to keep bytes, and what a backend reports back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class BlobStat:
+    """An object's size and when it was last written (unix time).
+
+    ``etag`` is S3's: handed to a transfer, it saves the transfer its own HEAD request.
+    """
+
+    size: int
+    modified: float
+    etag: str | None = None
+
+
+class Backend(Protocol):
+    """A place to keep bytes: a folder or an S3 prefix.
+
+    A backend whose ``reads_in_order`` is true accepts ``on_chunk`` in ``read_into`` and calls
+    it with each chunk in order, so the store can hash while the rest is read.
+    """
+
+    reads_in_order: bool
+
+    def stat(self, key: str) -> BlobStat | None: ...
+    def write_frames(
+        self, key: str, frames: Any, progress: Callable[[int], None] | None = None
+    ) -> None: ...
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+    def read_into(
+        self,
+        key: str,
+        size: int | None = None,
+        on_chunk: Callable[[memoryview], None] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> bytearray: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def list(self, prefix: str) -> Iterator[str]: ...
+    def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]: ...
+    def delete(self, key: str) -> None: ...
