@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -364,3 +365,21 @@ def test_full_tmpfs_names_the_store(tmp_path):
     assert lines[0].startswith(f"artifact store {mount.as_uri()} is full (no space left on")
     assert "writing data/" in lines[0]
     assert lines[1:] == []  # no temp file left
+
+
+@pytest.mark.parametrize("claim", ["smaller", "larger"])
+def test_size_mismatch_is_named_before_allocating(store, claim):
+    ref = store.put("forty-odd bytes of pickle")
+    claimed = 3 * 2**30 if claim == "larger" else ref.size - 1
+    crafted = Reference(ref.uri, ref.sha256, claimed, ref.type, ref.encoding)
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError) as raised:
+            store.get(crafted)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"size mismatch: the reference claims {claimed} bytes, the object has {ref.size}" in (
+        str(raised.value)
+    )
+    assert peak < 2**20

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import random
+import tracemalloc
 
 import numpy as np
 import pytest
 from conftest import BUCKET, s3_client
 from s3_servers import FaultProxy
 
-from provider.store import ArtifactStore, IntegrityError, MissingArtifact, StoreError, open_store
+from provider.store import (
+    ArtifactStore,
+    IntegrityError,
+    MissingArtifact,
+    Reference,
+    StoreError,
+    open_store,
+)
 
 
 @pytest.fixture
@@ -162,3 +170,32 @@ def test_part_size_and_concurrency_from_the_environment(monkeypatch):
     monkeypatch.setenv(s3.CONCURRENCY_ENV, "many")
     with pytest.raises(StoreError, match="FLOWTASK_S3_MAX_CONCURRENCY='many' is invalid"):
         s3.max_concurrency()
+
+
+def _record_calls(store: ArtifactStore) -> list[str]:
+    calls: list[str] = []
+    store.backend.client.meta.events.register(  # type: ignore[attr-defined]
+        "before-call.s3.*", lambda model, **_: calls.append(model.name)
+    )
+    return calls
+
+
+def test_crafted_size_is_refused_before_allocating(store):
+    ref = store.put("a small value")
+    calls = _record_calls(store)
+    assert store.get(ref) == "a small value"
+    assert calls == ["HeadObject", "GetObject"]  # the transfer sends no HEAD of its own
+    calls.clear()
+    crafted = Reference(ref.uri, ref.sha256, 3 * 2**30, ref.type, ref.encoding)
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError) as raised:
+            store.get(crafted)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"size mismatch: the reference claims {3 * 2**30} bytes, the object has {ref.size}" in (
+        str(raised.value)
+    )
+    assert peak < 2**20
+    assert calls == ["HeadObject"]

@@ -28,6 +28,7 @@ class Backend(Protocol):
 
     reads_in_order: bool
 
+    def uri(self, key: str) -> str: ...
     def stat(self, key: str) -> BlobStat | None: ...
     def write_frames(
         self, key: str, frames: Any, progress: Callable[[int], None] | None = None

@@ -17,3 +17,10 @@ class MissingArtifact(StoreError):
 
 class BadManifest(StoreError):
     """A manifest is not a JSON object: damaged, or not written by flowtask."""
+
+
+def size_mismatch(uri: str, claimed: int, actual: int) -> IntegrityError:
+    """The error for a reference whose size is not the stored object's."""
+    return IntegrityError(
+        f"{uri}: size mismatch: the reference claims {claimed} bytes, the object has {actual}"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from provider.store.backend import BlobStat
-from provider.store.errors import MissingArtifact, StoreError
+from provider.store.errors import MissingArtifact, StoreError, size_mismatch
 from provider.store.keys import check_key
 
 _TMP_MARK = ".tmp-"
@@ -28,6 +29,9 @@ class FileBackend:
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
 
     def stat(self, key: str) -> BlobStat | None:
         """Size and modification time of the file, or None when there is none."""
@@ -90,20 +94,18 @@ class FileBackend:
     ) -> bytearray:
         """The whole file in one buffer, read without intermediate copies.
 
+        ``size`` (the reference's claim) is checked against the file before allocating.
         ``on_chunk`` sees each chunk as soon as it is read, in order (the store hashes them
         while the next chunk is read).
         """
-        path = self._path(key)
-        try:
-            src = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the with below
-        except FileNotFoundError:
-            raise MissingArtifact(f"no file {path}") from None
-        with src:
-            size = os.fstat(src.fileno()).st_size
-            data = bytearray(size)
+        with self._open(key) as src:
+            actual = os.fstat(src.fileno()).st_size
+            if size is not None and actual != size:
+                raise size_mismatch(self.uri(key), size, actual)
+            data = bytearray(actual)
             view = memoryview(data)
             filled = 0
-            while filled < size:
+            while filled < actual:
                 n = src.readinto(view[filled : filled + READ_CHUNK])
                 if not n:
                     break
@@ -112,7 +114,14 @@ class FileBackend:
                 if progress is not None:
                     progress(n)
                 filled += n
-        return data if filled == size else data[:filled]
+        return data if filled == actual else data[:filled]
+
+    def _open(self, key: str) -> io.FileIO:
+        path = self._path(key)
+        try:
+            return open(path, "rb", buffering=0)  # the caller closes it
+        except FileNotFoundError:
+            raise MissingArtifact(f"no file {path}") from None
 
     def read_bytes(self, key: str) -> bytes:
         path = self._path(key)

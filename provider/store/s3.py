@@ -2,9 +2,11 @@
 
 Uploads are single PUTs or multipart uploads that S3 makes visible only on completion, so a
 reader never sees a partial blob; a failed multipart upload is aborted by the transfer manager.
-Downloads fetch ranges in parallel straight into one preallocated buffer. botocore's
-``standard`` retry mode retries throttling (503 SlowDown), 500s, connection resets and
-timeouts with backoff; the transfer manager also retries interrupted download streams.
+Downloads fetch ranges in parallel straight into one preallocated buffer, sized by one HEAD
+that is also checked against the reference's claimed size (and handed to the transfer, which
+would otherwise send the same HEAD itself). botocore's ``standard`` retry mode retries
+throttling (503 SlowDown), 500s, connection resets and timeouts with backoff; the transfer
+manager also retries interrupted download streams.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from provider.store.backend import BlobStat
-from provider.store.errors import MissingArtifact, StoreError
+from provider.store.errors import MissingArtifact, StoreError, size_mismatch
 from provider.store.keys import check_key
 from provider.store.streams import BufferSink, FramesReader
 
@@ -83,6 +85,18 @@ def _is_missing(error: Exception) -> bool:
     return code in ("404", "NoSuchKey", "NotFound")
 
 
+def _known(found: BlobStat) -> Any:
+    """A transfer subscriber handing over size and ETag, so the transfer sends no HEAD."""
+    from s3transfer.subscribers import BaseSubscriber
+
+    class Known(BaseSubscriber):
+        def on_queued(self, future: Any, **kwargs: Any) -> None:
+            future.meta.provide_transfer_size(found.size)
+            future.meta.provide_object_etag(found.etag)
+
+    return Known()
+
+
 class S3Backend:
     """Blobs and manifests as objects under ``s3://bucket/prefix/``."""
 
@@ -97,6 +111,9 @@ class S3Backend:
     def _key(self, key: str) -> str:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
 
     def stat(self, key: str) -> BlobStat | None:
         """Size, LastModified and ETag of the object, or None when there is none: one HEAD."""
@@ -139,25 +156,36 @@ class S3Backend:
         on_chunk: Callable[[memoryview], None] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> bytearray:
+        """The object in one buffer, allocated only once its real size matches ``size``."""
         if on_chunk is not None:
             raise ValueError("S3 downloads ranges in parallel; chunks do not arrive in order")
-        if size is None:
-            found = self.stat(key)
-            if found is None:
-                raise MissingArtifact(f"no object s3://{self.bucket}/{self._key(key)}")
-            size = found.size
+        found = self.stat(key)
+        if found is None:
+            raise MissingArtifact(f"no object {self.uri(key)}")
+        if size is not None and found.size != size:
+            raise size_mismatch(self.uri(key), size, found.size)
+        sink = BufferSink(found.size)
+        self._download(key, sink, found, progress)
+        return sink.buffer
+
+    def _download(
+        self, key: str, sink: Any, found: BlobStat, progress: Callable[[int], None] | None
+    ) -> None:
+        from boto3.s3.transfer import ProgressCallbackInvoker, create_transfer_manager
         from botocore.exceptions import ClientError
 
-        sink = BufferSink(size)
+        subscribers = [_known(found)]
+        if progress is not None:
+            subscribers.append(ProgressCallbackInvoker(progress))
         try:
-            self.client.download_fileobj(
-                self.bucket, self._key(key), sink, Config=self._transfer, Callback=progress
-            )
+            with create_transfer_manager(self.client, self._transfer) as manager:
+                manager.download(
+                    self.bucket, self._key(key), sink, subscribers=subscribers
+                ).result()
         except ClientError as error:
             if _is_missing(error):
-                raise MissingArtifact(f"no object s3://{self.bucket}/{self._key(key)}") from None
+                raise MissingArtifact(f"no object {self.uri(key)}") from None
             raise
-        return sink.buffer
 
     def read_bytes(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
@@ -166,7 +194,7 @@ class S3Backend:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
         except ClientError as error:
             if _is_missing(error):
-                raise MissingArtifact(f"no object s3://{self.bucket}/{self._key(key)}") from None
+                raise MissingArtifact(f"no object {self.uri(key)}") from None
             raise
         return bytes(body.read())
 

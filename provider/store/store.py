@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlparse
 
 from provider.store import codec
 from provider.store.backend import Backend
-from provider.store.errors import BadManifest, IntegrityError, StoreError
+from provider.store.errors import BadManifest, IntegrityError, StoreError, size_mismatch
 from provider.store.file import FileBackend
 from provider.store.keys import blob_key, check_key
 from provider.store.progress import PROGRESS_MIN_BYTES, Progress
@@ -127,7 +127,7 @@ class ArtifactStore:
     @staticmethod
     def _verify(ref: Reference, size: int, actual: str) -> None:
         if size != ref.size:
-            raise IntegrityError(f"{ref.uri}: expected {ref.size} bytes, found {size}")
+            raise size_mismatch(ref.uri, ref.size, size)
         if actual != ref.sha256:
             raise IntegrityError(f"{ref.uri}: expected sha256 {ref.sha256}, found {actual}")
 
