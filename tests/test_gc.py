@@ -114,3 +114,23 @@ def test_xcom_values_stay_alive_and_purge_keeps_shared_blobs(tmp_path, monkeypat
     assert collect_garbage(store, grace=timedelta(days=7), delete=True).deleted == 0
     FlowXCom.purge(SimpleNamespace(value=ref))  # a cleared task: the blob may be shared
     assert store.get(ref) == list(range(5000))
+
+
+def test_renewal_after_gc_took_the_blob_stores_it_again(tmp_path, monkeypatch):
+    from provider.store import file
+
+    store = open_store(tmp_path.as_uri())
+    _, _, orphan = _populate(store)
+    _age(store, orphan, days=30)
+    utime = os.utime
+    reports = []
+
+    def gc_runs_first(path, *args, **kwargs):
+        reports.append(collect_garbage(store, grace=timedelta(days=7), delete=True))
+        return utime(path, *args, **kwargs)
+
+    monkeypatch.setattr(file.os, "utime", gc_runs_first)
+    open_store(tmp_path.as_uri()).put("orphaned: its manifest was never written")
+    monkeypatch.undo()
+    assert [r.deleted for r in reports] == [1]
+    assert store.get(orphan) == "orphaned: its manifest was never written"

@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from provider.store import (
     run_manifest_key,
 )
 from provider.store.file import FileBackend
+from provider.store.store import RENEW_AFTER
 
 
 @pytest.fixture
@@ -383,3 +385,64 @@ def test_size_mismatch_is_named_before_allocating(store, claim):
         str(raised.value)
     )
     assert peak < 2**20
+
+
+def _age(path: Path, seconds: float) -> None:
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+def test_dedup_hit_renews_the_age_of_an_old_blob_only(store):
+    ref = store.put(np.arange(1000))
+    path = _blob_path(store, ref)
+    _age(path, 30 * 60)  # younger than RENEW_AFTER: the cheap path, nothing touched
+    young = path.stat().st_mtime
+    assert store.put(np.arange(1000)) == ref
+    assert path.stat().st_mtime == young
+    _age(path, RENEW_AFTER.total_seconds() + 60)
+    assert store.put(np.arange(1000)) == ref
+    assert time.time() - path.stat().st_mtime < 60
+    np.testing.assert_array_equal(store.get(ref), np.arange(1000))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_dedup_hit_repairs_a_damaged_blob(store, caplog, damage):
+    value = np.arange(100_000)
+    ref = store.put(value)
+    path = _blob_path(store, ref)
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01
+    else:
+        del data[-10:]
+    path.write_bytes(bytes(data))
+    _age(path, 2 * RENEW_AFTER.total_seconds())
+    with pytest.raises(IntegrityError):
+        store.get(ref)
+    caplog.set_level("WARNING", logger="provider.store")
+    assert store.put(value) == ref
+    np.testing.assert_array_equal(store.get(ref), value)
+    assert [r.getMessage() for r in caplog.records if ref.uri in r.getMessage()], caplog.text
+    assert any("damaged" in r.getMessage() for r in caplog.records)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+
+
+def test_blob_collected_while_renewed_is_stored_again(store, monkeypatch):
+    from provider.store import file
+
+    ref = store.put("value")
+    path = _blob_path(store, ref)
+    _age(path, 2 * RENEW_AFTER.total_seconds())
+    utime = os.utime
+    taken = []
+
+    def gc_deletes_first(target, *args, **kwargs):
+        Path(target).unlink()  # gc took it between the writer's check and its renewal
+        taken.append(target)
+        return utime(target, *args, **kwargs)
+
+    monkeypatch.setattr(file.os, "utime", gc_deletes_first)
+    assert store.put("value") == ref
+    monkeypatch.undo()
+    assert taken == [path]
+    assert path.exists() and store.get(ref) == "value"

@@ -44,6 +44,14 @@ class FileBackend:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def touch(self, key: str, known: BlobStat | None = None) -> bool:
+        """Set the modification time to now; False when the file is gone."""
+        try:
+            os.utime(self._path(key))
+        except FileNotFoundError:
+            return False
+        return True
+
     def write_frames(
         self,
         key: str,
@@ -115,6 +123,16 @@ class FileBackend:
                     progress(n)
                 filled += n
         return data if filled == actual else data[:filled]
+
+    def read_chunks(
+        self, key: str, on_chunk: Callable[[memoryview], None], known: BlobStat | None = None
+    ) -> None:
+        """Stream the file to ``on_chunk`` in order, through one reused 8 MiB buffer."""
+        buffer = bytearray(READ_CHUNK)
+        view = memoryview(buffer)
+        with self._open(key) as src:
+            while n := src.readinto(buffer):
+                on_chunk(view[:n])
 
     def _open(self, key: str) -> io.FileIO:
         path = self._path(key)
