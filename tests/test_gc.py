@@ -32,10 +32,13 @@ def _populate(store: ArtifactStore):
     return kept, nested, orphan
 
 
+def _blob(store: ArtifactStore, ref) -> Path:
+    return store.backend.root / "data" / ref.sha256[:2] / ref.sha256  # type: ignore[attr-defined]
+
+
 def _age(store: ArtifactStore, ref, days: float) -> None:
-    path = store.backend.root / "data" / ref.sha256[:2] / ref.sha256  # type: ignore[attr-defined]
     old = time.time() - days * DAY
-    os.utime(path, (old, old))
+    os.utime(_blob(store, ref), (old, old))
 
 
 def test_dry_run_reports_and_delete_removes_only_old_unreferenced(tmp_path):
@@ -134,3 +137,88 @@ def test_renewal_after_gc_took_the_blob_stores_it_again(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert [r.deleted for r in reports] == [1]
     assert store.get(orphan) == "orphaned: its manifest was never written"
+
+
+def _scan_then(store: ArtifactStore, monkeypatch, meanwhile) -> None:
+    """Run ``meanwhile(key, modified)`` after gc's scan saw a blob and before gc acts on it."""
+    entries = type(store.backend).entries
+
+    def scanned_then_meanwhile(self, prefix):
+        for key, size, modified in entries(self, prefix):
+            meanwhile(key, modified)
+            yield key, size, modified
+
+    monkeypatch.setattr(type(store.backend), "entries", scanned_then_meanwhile)
+
+
+def test_blob_stored_again_during_gc_is_kept(tmp_path, monkeypatch):
+    store = open_store(tmp_path.as_uri())
+    _, _, orphan = _populate(store)
+    _age(store, orphan, days=30)
+    writer = open_store(tmp_path.as_uri())
+    _scan_then(store, monkeypatch, lambda key, _: writer.put(store.get(orphan)))
+    report = collect_garbage(store, grace=timedelta(days=7), delete=True)
+    assert report.deleted == 0
+    assert report.renewed == [f"data/{orphan.sha256[:2]}/{orphan.sha256}"]
+    assert store.get(orphan) == "orphaned: its manifest was never written"
+
+
+def test_blob_stored_again_while_gc_deletes_it_is_kept(tmp_path, monkeypatch):
+    from provider.store import file
+
+    store = open_store(tmp_path.as_uri())
+    _, _, orphan = _populate(store)
+    _age(store, orphan, days=30)
+    rename = os.rename
+
+    def writer_puts_right_after(src, dst):
+        rename(src, dst)
+        open_store(tmp_path.as_uri()).put("orphaned: its manifest was never written")
+
+    monkeypatch.setattr(file.os, "rename", writer_puts_right_after)
+    report = collect_garbage(store, grace=timedelta(days=7), delete=True)
+    monkeypatch.undo()
+    assert report.deleted == 1  # the old copy; the writer's new one stays
+    assert store.get(orphan) == "orphaned: its manifest was never written"
+    assert [p.name for p in _blob(store, orphan).parent.iterdir()] == [orphan.sha256]
+
+
+def test_gc_on_s3_checks_the_age_again_before_deleting(moto, monkeypatch):
+    store = open_store(f"s3://{BUCKET}/gc-recheck", s3_client=s3_client(moto.endpoint))
+    _, _, orphan = _populate(store)
+    calls: list[str] = []
+    store.backend.client.meta.events.register(  # type: ignore[attr-defined]
+        "before-call.s3.*", lambda model, **_: calls.append(model.name)
+    )
+    # The scan saw the orphan 30 days old; by the time gc acts on it, a writer renewed it.
+    entries = type(store.backend).entries
+
+    def stale_scan(self, prefix):
+        for key, size, modified in entries(self, prefix):
+            yield key, size, modified - 30 * DAY
+
+    monkeypatch.setattr(type(store.backend), "entries", stale_scan)
+    report = collect_garbage(store, grace=timedelta(days=7), delete=True)
+    assert report.deleted == 0 and len(report.renewed) == 1
+    assert "DeleteObject" not in calls
+    assert store.get(orphan) == "orphaned: its manifest was never written"
+
+
+def test_cli_warns_when_the_grace_does_not_protect_writers(tmp_path):
+    store = open_store(tmp_path.as_uri())
+    _populate(store)
+    run = subprocess.run(
+        [FLOWTASK, "gc", "--store", tmp_path.as_uri(), "--grace", "30m"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "warning: --grace 0:30:00 is below 1:00:00" in run.stderr
+    assert "only while nothing writes to the store" in run.stderr
+    run = subprocess.run(
+        [FLOWTASK, "gc", "--store", tmp_path.as_uri(), "--grace", "1h"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stderr == ""

@@ -1,4 +1,9 @@
-"""The ``file://`` blob backend: a folder, atomic writes by temp file + rename."""
+"""The ``file://`` blob backend: a folder, atomic writes by temp file + rename.
+
+Deleting for gc is airtight against writers that renew a blob: the blob is first renamed away
+(atomic), then its modification time is checked again; a writer's ``touch`` of a renamed-away
+blob fails, and the writer stores it again.
+"""
 
 from __future__ import annotations
 
@@ -156,6 +161,29 @@ class FileBackend:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_if_older(self, key: str, cutoff: float) -> bool:
+        """Delete the file unless it was written or renewed after ``cutoff``; True if deleted.
+
+        The file is renamed to a temp name first, so no writer can renew it between the last
+        check of its age and the unlink.
+        """
+        path = self._path(key)
+        quarantine = path.with_name(f".{path.name}{_TMP_MARK}gc-{uuid.uuid4().hex}")
+        try:
+            os.rename(path, quarantine)
+        except FileNotFoundError:
+            return False
+        if quarantine.stat().st_mtime <= cutoff:
+            quarantine.unlink()
+            return True
+        # Renewed since the scan: a writer relies on it. Put it back unless a writer already
+        # stored a new copy (equal content: replacing one with the other would be harmless).
+        if path.exists():
+            quarantine.unlink()
+        else:
+            os.replace(quarantine, path)
+        return False
 
     def list(self, prefix: str) -> Iterator[str]:
         """Keys under ``prefix`` (a folder key), in sorted order; temp files are skipped."""

@@ -1,4 +1,14 @@
-"""Garbage collection: delete blobs that no manifest references, past a grace period."""
+"""Garbage collection: delete blobs that no manifest references, past a grace period.
+
+Safety against concurrent writers: a ``put`` that finds its blob already stored renews the
+blob's age when it is older than ``RENEW_AFTER`` (1 h), after checking its SHA-256. So a blob
+that a writer is about to reference is never older than 1 h at that moment, and gc with a grace
+of at least 1 h never takes it. gc also checks each candidate's age again right before
+deleting it: on ``file://`` it renames the blob away first (atomic) and puts it back if it was
+renewed since the scan, so no renewal can be lost; on S3 it sends a HEAD right before the
+DELETE, and a renewal landing between the two (one round trip) is the one window left. With a
+grace below 1 h, run gc only while nothing writes to the store.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +31,8 @@ class GcReport:
     within_grace: int = 0
     unreferenced: list[tuple[str, int]] = field(default_factory=list)  # (key, size)
     deleted: int = 0
+    deleted_bytes: int = 0
+    renewed: list[str] = field(default_factory=list)  # candidates kept: renewed since the scan
 
     @property
     def unreferenced_bytes(self) -> int:
@@ -49,10 +61,10 @@ def collect_garbage(
     its result and not yet written the manifest that names it. XCom's ``purge`` never deletes
     blobs (they are shared by content); this is how storage is reclaimed.
     """
+    cutoff = (time.time() if now is None else now) - grace.total_seconds()
     live: set[str] = set()
     for key in store.list_manifests("runs"):
         live.update(referenced_hashes(store.read_manifest(key)))
-    cutoff = (time.time() if now is None else now) - grace.total_seconds()
     report = GcReport()
     for key, size, modified in store.backend.entries("data"):
         report.blobs += 1
@@ -62,7 +74,9 @@ def collect_garbage(
             report.within_grace += 1
         else:
             report.unreferenced.append((key, size))
-            if delete:
-                store.backend.delete(key)
+            if delete and store.backend.delete_if_older(key, cutoff):
                 report.deleted += 1
+                report.deleted_bytes += size
+            elif delete:
+                report.renewed.append(key)
     return report

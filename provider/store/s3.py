@@ -10,7 +10,9 @@ manager also retries interrupted download streams.
 
 A blob's LastModified means "last written or verified": ``touch`` copies the object onto itself
 with replaced metadata (a server-side managed copy, multipart above the part size, so objects
-over 5 GB work too).
+over 5 GB work too). S3 has no atomic rename, so gc's ``delete_if_older`` checks the age with a
+HEAD right before the DELETE; a writer's renewal landing between the two is the one window
+left (one round trip).
 """
 
 from __future__ import annotations
@@ -244,6 +246,17 @@ class S3Backend:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def delete_if_older(self, key: str, cutoff: float) -> bool:
+        """HEAD, then DELETE unless written or renewed after ``cutoff``; True if deleted.
+
+        Not atomic: a renewal between the HEAD and the DELETE is lost with the object.
+        """
+        found = self.stat(key)
+        if found is None or found.modified > cutoff:
+            return False
+        self.delete(key)
+        return True
 
     def list(self, prefix: str) -> Iterator[str]:
         return (key for key, _, _ in self.entries(prefix))

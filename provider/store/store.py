@@ -6,7 +6,8 @@ checked; an intact blob then gets its age renewed (``touch``), a damaged one is 
 A blob's modification time thus means "last written or verified", and gc keeps everything
 younger than its grace period. Hence: a dedup hit renews the blob's age when it is older than
 1 h; gc with a grace of at least 1 h is safe against concurrent writers (a reference returned
-by ``put`` stays safe for the grace period minus 1 h even before a manifest names it).
+by ``put`` stays safe for the grace period minus 1 h even before a manifest names it). gc
+checks each blob's age again right before deleting it; see ``provider.store.gc``.
 """
 
 from __future__ import annotations
