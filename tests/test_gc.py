@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import BUCKET, s3_client
 
-from provider.store import ArtifactStore, MissingArtifact, manifest_key, open_store
+from provider.store import ArtifactStore, MissingArtifact, StoreError, manifest_key, open_store
 from provider.store.gc import collect_garbage
 from provider.xcom import FlowXCom
 
@@ -222,3 +222,35 @@ def test_cli_warns_when_the_grace_does_not_protect_writers(tmp_path):
         check=True,
     )
     assert run.stderr == ""
+
+
+def test_bad_manifest_is_named_and_nothing_is_deleted(tmp_path):
+    store = open_store(tmp_path.as_uri())
+    _, _, orphan = _populate(store)
+    _age(store, orphan, days=30)
+    key = manifest_key("d", "r", "broken", -1, 1)
+    (tmp_path / key).parent.mkdir(parents=True)
+    (tmp_path / key).write_text('{"result": {"__flowtask_ref__": 1, "sha2')
+    with pytest.raises(StoreError) as raised:
+        collect_garbage(store, grace=timedelta(days=7), delete=True)
+    assert f"{store.root_uri}/{key} is not valid JSON: Unterminated string" in str(raised.value)
+    assert "deleting nothing" in str(raised.value)
+    assert store.get(orphan)
+    run = subprocess.run(
+        [FLOWTASK, "gc", "--store", tmp_path.as_uri(), "--delete"], capture_output=True, text=True
+    )
+    assert run.returncode == 2 and f"{key} is not valid JSON" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    assert store.get(orphan)
+
+
+def test_gc_refuses_a_store_that_does_not_exist(tmp_path):
+    missing = tmp_path / "typo"
+    run = subprocess.run(
+        [FLOWTASK, "gc", "--store", missing.as_uri()], capture_output=True, text=True
+    )
+    assert run.returncode == 2
+    assert f"no artifact store at {missing}" in run.stderr
+    with pytest.raises(StoreError, match="no artifact store at"):
+        collect_garbage(open_store(missing.as_uri()), grace=timedelta(days=7), delete=False)
+    assert not missing.exists()

@@ -446,3 +446,9 @@ def test_blob_collected_while_renewed_is_stored_again(store, monkeypatch):
     monkeypatch.undo()
     assert taken == [path]
     assert path.exists() and store.get(ref) == "value"
+
+
+def test_open_store_for_gc_refuses_a_missing_folder(tmp_path):
+    with pytest.raises(StoreError, match=f"no artifact store at {tmp_path / 'nope'}"):
+        open_store((tmp_path / "nope").as_uri(), must_exist=True)
+    assert open_store(tmp_path.as_uri(), must_exist=True).root_uri == tmp_path.as_uri()

@@ -17,7 +17,7 @@ STORE_ENV = "AIRFLOW__FLOW_TASK__ARTIFACT_STORE"
 
 
 def _gc(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
+    store = open_store(args.store, must_exist=True)
     grace = parse_duration(args.grace, "--grace")
     if grace < RENEW_AFTER:
         print(

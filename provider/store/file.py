@@ -38,6 +38,11 @@ class FileBackend:
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
 
+    def check_root(self) -> None:
+        """Raise ``StoreError`` unless the store's folder exists."""
+        if not self.root.is_dir():
+            raise StoreError(f"no artifact store at {self.root}")
+
     def stat(self, key: str) -> BlobStat | None:
         """Size and modification time of the file, or None when there is none."""
         try:

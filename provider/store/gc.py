@@ -8,6 +8,8 @@ deleting it: on ``file://`` it renames the blob away first (atomic) and puts it 
 renewed since the scan, so no renewal can be lost; on S3 it sends a HEAD right before the
 DELETE, and a renewal landing between the two (one round trip) is the one window left. With a
 grace below 1 h, run gc only while nothing writes to the store.
+
+A manifest gc cannot read may reference anything: gc then deletes nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from provider.store.errors import BadManifest
 from provider.store.reference import REFERENCE_MARKER
 from provider.store.store import ArtifactStore
 
@@ -52,6 +55,23 @@ def referenced_hashes(document: Any) -> Iterator[str]:
             stack.extend(item)
 
 
+def live_hashes(store: ArtifactStore) -> set[str]:
+    """Hashes every manifest under ``runs/`` references; ``BadManifest`` names unreadable ones."""
+    live: set[str] = set()
+    bad: list[str] = []
+    for key in store.list_manifests("runs"):
+        try:
+            live.update(referenced_hashes(store.read_manifest(key)))
+        except BadManifest as error:
+            bad.append(str(error))
+    if bad:
+        raise BadManifest(
+            f"{len(bad)} unreadable manifest(s), deleting nothing (they may reference blobs); "
+            "repair or remove them: " + "; ".join(bad)
+        )
+    return live
+
+
 def collect_garbage(
     store: ArtifactStore, *, grace: timedelta, delete: bool, now: float | None = None
 ) -> GcReport:
@@ -61,10 +81,9 @@ def collect_garbage(
     its result and not yet written the manifest that names it. XCom's ``purge`` never deletes
     blobs (they are shared by content); this is how storage is reclaimed.
     """
+    store.backend.check_root()
     cutoff = (time.time() if now is None else now) - grace.total_seconds()
-    live: set[str] = set()
-    for key in store.list_manifests("runs"):
-        live.update(referenced_hashes(store.read_manifest(key)))
+    live = live_hashes(store)
     report = GcReport()
     for key, size, modified in store.backend.entries("data"):
         report.blobs += 1

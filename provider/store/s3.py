@@ -122,6 +122,9 @@ class S3Backend:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
 
+    def check_root(self) -> None:
+        """Nothing to check: a prefix exists once written to; a missing bucket fails listing."""
+
     def stat(self, key: str) -> BlobStat | None:
         """Size, LastModified and ETag of the object, or None when there is none: one HEAD."""
         from botocore.exceptions import ClientError

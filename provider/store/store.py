@@ -267,11 +267,13 @@ def bytes_reference(root_uri: str, data: bytes, *, type_name: str, encoding: str
     )
 
 
-def open_store(uri: str, *, s3_client: Any = None) -> ArtifactStore:
+def open_store(uri: str, *, s3_client: Any = None, must_exist: bool = False) -> ArtifactStore:
     """A store for ``file:///abs/path`` (or a plain absolute path) or ``s3://bucket/prefix``.
 
     S3 uses ``s3_client`` when given (the worker builds one from its Airflow connection), else
-    a client from the ordinary AWS credential chain.
+    a client from the ordinary AWS credential chain. ``must_exist`` refuses a ``file://``
+    store whose folder does not exist (gc: a typo must not look like an empty store); writers
+    create it.
     """
     parsed = urlparse(uri)
     if parsed.scheme == "s3" and parsed.netloc:
@@ -291,4 +293,7 @@ def open_store(uri: str, *, s3_client: Any = None) -> ArtifactStore:
             "Accepted: file:///absolute/path, an absolute path, or s3://bucket/prefix"
         )
     path = path.resolve()
-    return ArtifactStore(FileBackend(path), path.as_uri())
+    backend = FileBackend(path)
+    if must_exist:
+        backend.check_root()
+    return ArtifactStore(backend, path.as_uri())
