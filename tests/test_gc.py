@@ -14,6 +14,7 @@ import pytest
 from conftest import BUCKET, s3_client
 
 from provider.store import ArtifactStore, MissingArtifact, StoreError, manifest_key, open_store
+from provider.store.file import FileBackend
 from provider.store.gc import collect_garbage
 from provider.xcom import FlowXCom
 
@@ -254,3 +255,19 @@ def test_gc_refuses_a_store_that_does_not_exist(tmp_path):
     with pytest.raises(StoreError, match="no artifact store at"):
         collect_garbage(open_store(missing.as_uri()), grace=timedelta(days=7), delete=False)
     assert not missing.exists()
+
+
+def test_blob_removed_between_listing_and_stat_is_skipped(tmp_path, monkeypatch):
+    store = open_store(tmp_path.as_uri())
+    _, _, orphan = _populate(store)
+    listed = FileBackend.list
+
+    def removed_once_listed(self, prefix):
+        for key in listed(self, prefix):
+            if key.endswith(orphan.sha256):
+                (tmp_path / key).unlink()  # a concurrent gc took (or quarantined) it
+            yield key
+
+    monkeypatch.setattr(FileBackend, "list", removed_once_listed)
+    report = collect_garbage(store, grace=timedelta(days=7), delete=True)
+    assert (report.blobs, report.referenced, report.deleted) == (2, 2, 0)

@@ -161,7 +161,10 @@ class FileBackend:
     def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]:
         """(key, size, modification time) of every object under ``prefix``."""
         for key in self.list(prefix):
-            info = self._path(key).stat()
+            try:
+                info = self._path(key).stat()
+            except FileNotFoundError:  # deleted since it was listed
+                continue
             yield key, info.st_size, info.st_mtime
 
     def delete(self, key: str) -> None:
