@@ -13,7 +13,15 @@ from types import SimpleNamespace
 import pytest
 from conftest import BUCKET, s3_client
 
-from provider.store import ArtifactStore, MissingArtifact, StoreError, manifest_key, open_store
+from provider.client.cli import main
+from provider.store import (
+    ArtifactStore,
+    MissingArtifact,
+    StoreError,
+    gc,
+    manifest_key,
+    open_store,
+)
 from provider.store.file import FileBackend
 from provider.store.gc import collect_garbage
 from provider.xcom import FlowXCom
@@ -271,3 +279,77 @@ def test_blob_removed_between_listing_and_stat_is_skipped(tmp_path, monkeypatch)
     monkeypatch.setattr(FileBackend, "list", removed_once_listed)
     report = collect_garbage(store, grace=timedelta(days=7), delete=True)
     assert (report.blobs, report.referenced, report.deleted) == (2, 2, 0)
+
+
+def _killed_writer(root: Path, key: str) -> None:
+    """A process killed (SIGKILL) in the middle of writing ``key``: its temp file stays."""
+    code = (
+        "import sys\n"
+        "from provider.store.file import FileBackend\n"
+        "def frames():\n"
+        "    yield b'x' * 100_000\n"
+        "    print('written', flush=True)\n"
+        "    sys.stdin.read()\n"
+        "    yield b'never'\n"
+        f"FileBackend({str(root)!r}).write_frames({key!r}, frames())\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "written\n"
+    proc.kill()
+    proc.wait()
+
+
+def test_interrupted_writes_on_a_folder_are_found_and_removed(tmp_path, monkeypatch, capsys):
+    store = open_store(tmp_path.as_uri())
+    kept, _, _ = _populate(store)
+    _killed_writer(tmp_path, f"data/ab/{'ab' * 32}")
+    _killed_writer(tmp_path, manifest_key("d", "r", "t", -1, 2))
+    leftovers = sorted(p for p in tmp_path.rglob(".*.tmp-*"))
+    assert len(leftovers) == 2 and all(p.stat().st_size == 100_000 for p in leftovers)
+
+    young = collect_garbage(store, grace=timedelta(days=7), delete=True)
+    assert young.interrupted == [] and len(sorted(tmp_path.rglob(".*.tmp-*"))) == 2
+
+    later = time.time() + 8 * DAY
+    report = collect_garbage(store, grace=timedelta(days=7), delete=False, now=later)
+    assert sorted(w.key for w in report.interrupted) == sorted(
+        p.relative_to(tmp_path).as_posix() for p in leftovers
+    )
+    assert report.interrupted_bytes == 200_000 and report.interrupted_removed == 0
+
+    monkeypatch.setattr(gc.time, "time", lambda: later)
+    assert main(["gc", "--store", tmp_path.as_uri(), "--delete"]) == 0
+    out = capsys.readouterr().out
+    for path in leftovers:
+        assert f"removed {path.as_uri()} 100000 B" in out
+    assert "2 interrupted writes older than 7 days, 0:00:00 (0.2 MiB): removed" in out
+    assert list(tmp_path.rglob(".*.tmp-*")) == []
+    assert store.get(kept) == "result of a task"
+
+
+def test_interrupted_multipart_uploads_on_s3_are_found_and_aborted(moto):
+    client = s3_client(moto.endpoint)
+    store = open_store(f"s3://{BUCKET}/gc-uploads", s3_client=client)
+    store.put("something")
+    key = f"gc-uploads/data/ab/{'ab' * 32}"
+    upload = client.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    for number, size in ((1, 5 * 2**20), (2, 1000)):
+        client.upload_part(
+            Bucket=BUCKET, Key=key, UploadId=upload, PartNumber=number, Body=b"z" * size
+        )
+    elsewhere = client.create_multipart_upload(Bucket=BUCKET, Key="other-prefix/data/x")
+    try:
+        assert collect_garbage(store, grace=timedelta(days=7), delete=True).interrupted == []
+        later = time.time() + 8 * DAY
+        report = collect_garbage(store, grace=timedelta(days=7), delete=True, now=later)
+        [write] = report.interrupted
+        assert (write.key, write.upload_id, write.size) == (key[11:], upload, 5 * 2**20 + 1000)
+        assert report.interrupted_removed == 1
+        remaining = client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+        assert [u["UploadId"] for u in remaining] == [elsewhere["UploadId"]]
+    finally:
+        client.abort_multipart_upload(
+            Bucket=BUCKET, Key="other-prefix/data/x", UploadId=elsewhere["UploadId"]
+        )

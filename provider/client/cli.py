@@ -36,6 +36,9 @@ def _print_gc(root: str, grace: timedelta, delete: bool, report: GcReport) -> No
     for key, size in report.unreferenced:
         state = "kept (renewed since the scan)" if key in renewed else "deleted"
         print(f"{state if delete else 'unreferenced'} {root}/{key} {size} B")
+    for write in report.interrupted:
+        state = "removed" if delete else "interrupted write"
+        print(f"{state} {root}/{write.describe()} {write.size} B")
     if delete:
         verb, count, size = "deleted", report.deleted, report.deleted_bytes
     else:
@@ -47,6 +50,11 @@ def _print_gc(root: str, grace: timedelta, delete: bool, report: GcReport) -> No
     )
     if report.renewed:
         print(f"{len(report.renewed)} kept: a writer renewed them since the scan")
+    verb = "removed" if delete else "would remove (dry run)"
+    print(
+        f"{len(report.interrupted)} interrupted writes older than {grace} "
+        f"({report.interrupted_bytes / 2**20:.1f} MiB): {verb}"
+    )
 
 
 def _render(args: argparse.Namespace) -> int:

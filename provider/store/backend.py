@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,6 +17,19 @@ class BlobStat:
     size: int
     modified: float
     etag: str | None = None
+
+
+@dataclass(frozen=True)
+class InterruptedWrite:
+    """What a killed writer left: a temp file, or an incomplete S3 multipart upload."""
+
+    key: str
+    size: int
+    modified: float
+    upload_id: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.key} (multipart upload {self.upload_id})" if self.upload_id else self.key
 
 
 class Backend(Protocol):
@@ -51,3 +64,5 @@ class Backend(Protocol):
     def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]: ...
     def delete(self, key: str) -> None: ...
     def delete_if_older(self, key: str, cutoff: float) -> bool: ...
+    def interrupted_writes(self, prefixes: Iterable[str]) -> Iterator[InterruptedWrite]: ...
+    def discard(self, write: InterruptedWrite) -> None: ...

@@ -1,8 +1,10 @@
 """The ``file://`` blob backend: a folder, atomic writes by temp file + rename.
 
-Deleting for gc is airtight against writers that renew a blob: the blob is first renamed away
-(atomic), then its modification time is checked again; a writer's ``touch`` of a renamed-away
-blob fails, and the writer stores it again.
+A write goes to ``.<name>.tmp-<uuid>`` next to its target and is renamed into place, so a killed
+writer leaves only such a temp file behind (``interrupted_writes`` finds them). Deleting for gc
+is airtight against writers that renew a blob: the blob is first renamed away (atomic), then
+its modification time is checked again; a writer's ``touch`` of a renamed-away blob fails, and
+the writer stores it again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from provider.store.backend import BlobStat
+from provider.store.backend import BlobStat, InterruptedWrite
 from provider.store.errors import MissingArtifact, StoreError, size_mismatch
 from provider.store.keys import check_key
 
@@ -192,6 +194,25 @@ class FileBackend:
         else:
             os.replace(quarantine, path)
         return False
+
+    def interrupted_writes(self, prefixes: Iterable[str]) -> Iterator[InterruptedWrite]:
+        """Temp files of killed writers (and of a killed gc) under ``prefixes``.
+
+        Their age is the later of modification and status change time: a rename (gc's
+        quarantine) changes the latter.
+        """
+        for prefix in prefixes:
+            base = self._path(prefix)
+            for path in sorted(base.rglob(f".*{_TMP_MARK}*")) if base.is_dir() else ():
+                try:
+                    info = path.stat()
+                except FileNotFoundError:  # completed or removed since it was listed
+                    continue
+                key = path.relative_to(self.root).as_posix()
+                yield InterruptedWrite(key, info.st_size, max(info.st_mtime, info.st_ctime))
+
+    def discard(self, write: InterruptedWrite) -> None:
+        self._path(write.key).unlink(missing_ok=True)
 
     def list(self, prefix: str) -> Iterator[str]:
         """Keys under ``prefix`` (a folder key), in sorted order; temp files are skipped."""

@@ -20,9 +20,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from provider.store.backend import InterruptedWrite
 from provider.store.errors import BadManifest
 from provider.store.reference import REFERENCE_MARKER
 from provider.store.store import ArtifactStore
+
+# Where killed writers leave temp files (file://) or incomplete multipart uploads (S3).
+WRITE_PREFIXES = ("data", "runs")
 
 
 @dataclass
@@ -36,10 +40,16 @@ class GcReport:
     deleted: int = 0
     deleted_bytes: int = 0
     renewed: list[str] = field(default_factory=list)  # candidates kept: renewed since the scan
+    interrupted: list[InterruptedWrite] = field(default_factory=list)
+    interrupted_removed: int = 0
 
     @property
     def unreferenced_bytes(self) -> int:
         return sum(size for _, size in self.unreferenced)
+
+    @property
+    def interrupted_bytes(self) -> int:
+        return sum(write.size for write in self.interrupted)
 
 
 def referenced_hashes(document: Any) -> Iterator[str]:
@@ -75,7 +85,8 @@ def live_hashes(store: ArtifactStore) -> set[str]:
 def collect_garbage(
     store: ArtifactStore, *, grace: timedelta, delete: bool, now: float | None = None
 ) -> GcReport:
-    """Find (and with ``delete``, remove) blobs no manifest references, older than ``grace``.
+    """Find (and with ``delete``, remove) blobs no manifest references, older than ``grace``,
+    and what interrupted writes left behind, older than ``grace`` too.
 
     Blobs younger than the grace period are kept even when unreferenced: a task may have stored
     its result and not yet written the manifest that names it. XCom's ``purge`` never deletes
@@ -98,4 +109,17 @@ def collect_garbage(
                 report.deleted_bytes += size
             elif delete:
                 report.renewed.append(key)
+    _collect_interrupted(store, cutoff, delete, report)
     return report
+
+
+def _collect_interrupted(
+    store: ArtifactStore, cutoff: float, delete: bool, report: GcReport
+) -> None:
+    for write in store.backend.interrupted_writes(WRITE_PREFIXES):
+        if write.modified > cutoff:
+            continue  # perhaps still being written
+        report.interrupted.append(write)
+        if delete:
+            store.backend.discard(write)
+            report.interrupted_removed += 1

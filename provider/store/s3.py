@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from provider.store.backend import BlobStat
+from provider.store.backend import BlobStat, InterruptedWrite
 from provider.store.errors import MissingArtifact, StoreError, size_mismatch
 from provider.store.keys import check_key
 from provider.store.streams import BufferSink, FramesReader, OrderedSink
@@ -87,9 +87,12 @@ def transfer_config() -> Any:
     )
 
 
+def _error_code(error: Exception) -> str:
+    return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
+
+
 def _is_missing(error: Exception) -> bool:
-    code = str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NotFound")
+    return _error_code(error) in ("404", "NoSuchKey", "NotFound")
 
 
 def _known(found: BlobStat) -> Any:
@@ -116,7 +119,9 @@ class S3Backend:
         self._transfer = transfer_config()
 
     def _key(self, key: str) -> str:
-        check_key(key)
+        return self._full(check_key(key))
+
+    def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def uri(self, key: str) -> str:
@@ -260,6 +265,48 @@ class S3Backend:
             return False
         self.delete(key)
         return True
+
+    def interrupted_writes(self, prefixes: Iterable[str]) -> Iterator[InterruptedWrite]:
+        """Incomplete multipart uploads under ``prefixes``: their parts' bytes and latest age."""
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        uploads = self.client.get_paginator("list_multipart_uploads")
+        for prefix in prefixes:
+            base = self._key(prefix).rstrip("/") + "/"
+            for page in uploads.paginate(Bucket=self.bucket, Prefix=base):
+                for upload in page.get("Uploads", ()):
+                    size, modified = self._parts(upload)
+                    key = upload["Key"][strip:]
+                    yield InterruptedWrite(key, size, modified, upload["UploadId"])
+
+    def _parts(self, upload: dict[str, Any]) -> tuple[int, float]:
+        """Total size of an upload's parts, and when it last grew (or started)."""
+        from botocore.exceptions import ClientError
+
+        size, modified = 0, upload["Initiated"].timestamp()
+        parts = self.client.get_paginator("list_parts")
+        try:
+            for page in parts.paginate(
+                Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            ):
+                for part in page.get("Parts", ()):
+                    size += int(part["Size"])
+                    modified = max(modified, part["LastModified"].timestamp())
+        except ClientError as error:
+            if _error_code(error) != "NoSuchUpload":  # completed or aborted meanwhile
+                raise
+        return size, modified
+
+    def discard(self, write: InterruptedWrite) -> None:
+        """Abort the multipart upload; its parts' storage is freed."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self._full(write.key), UploadId=write.upload_id
+            )
+        except ClientError as error:
+            if _error_code(error) != "NoSuchUpload":
+                raise
 
     def list(self, prefix: str) -> Iterator[str]:
         return (key for key, _, _ in self.entries(prefix))
