@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import subprocess
+import sys
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,7 @@ from provider.store import (
     run_manifest_key,
 )
 from provider.store.file import FileBackend
+from provider.store.store import RENEW_AFTER
 
 
 @pytest.fixture
@@ -145,6 +151,14 @@ def test_references_outside_the_root_are_refused_before_unpickling(store, tmp_pa
     assert not Path("/tmp/flowtask-pwned").exists()
 
 
+def test_refusal_names_the_blob_the_store_would_read(store, tmp_path):
+    foreign = open_store((tmp_path / "other").as_uri()).put("elsewhere")
+    expected = f"{store.root_uri}/data/{foreign.sha256[:2]}/{foreign.sha256}"
+    with pytest.raises(StoreError) as raised:
+        store.get(foreign)
+    assert f"this store only reads {expected} for the reference's own sha256" in str(raised.value)
+
+
 @pytest.mark.parametrize(
     "obj",
     [
@@ -231,6 +245,14 @@ def test_manifests_round_trip_with_quoted_keys(store):
     ]
 
 
+def test_manifest_that_is_not_json_is_named(store):
+    key = manifest_key("d", "r", "t", -1, 1)
+    (store.backend.root / key).parent.mkdir(parents=True)  # type: ignore[attr-defined]
+    (store.backend.root / key).write_text('{"status": "succ')  # type: ignore[attr-defined]
+    with pytest.raises(StoreError, match=rf"manifest {store.root_uri}/{key} is not valid JSON: "):
+        store.read_manifest(key)
+
+
 @pytest.mark.parametrize("task_id", ["a/b", "..", "../x", "."])
 def test_manifest_key_components_cannot_escape(task_id):
     key = manifest_key("d", "r", task_id, -1, 1)
@@ -264,3 +286,169 @@ def test_large_transfers_log_bytes_and_rate(store, caplog):
         line.startswith(f"stored {big.uri}: 72.0 MiB in ") and "MiB/s" in line for line in lines
     ), lines
     assert any(line.startswith(f"loaded {big.uri}: 72.0 MiB in ") for line in lines), lines
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once ``room`` bytes are written."""
+
+    def __init__(self, real, room: int) -> None:
+        self.real, self.room = real, room
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.real.close()
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        if n > self.room:
+            self.real.write(memoryview(data).cast("B")[: self.room])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= n
+        return self.real.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_full_disk_names_the_store_and_leaves_no_temp_file(store, monkeypatch):
+    from provider.store import file
+
+    def full_disk_open(*args, **kwargs):
+        return _FullDisk(open(*args, **kwargs), room=4096)  # _FullDisk closes it
+
+    monkeypatch.setattr(file, "open", full_disk_open, raising=False)
+    with pytest.raises(StoreError) as raised:
+        store.put(np.zeros(100_000))
+    message = str(raised.value)
+    assert message.startswith(f"artifact store {store.root_uri} is full (no space left on device)")
+    assert "writing data/" in message and "point [flow_task] artifact_store elsewhere" in message
+    key = manifest_key("d", "r", "t", -1, 1)
+    with pytest.raises(StoreError, match=f"is full .* writing {key}"):
+        store.write_manifest(key, {"x": "y" * 10_000})
+    root = store.backend.root  # type: ignore[attr-defined]
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+
+
+_FILL_A_TMPFS = """
+import sys
+from provider.store import StoreError, open_store
+store = open_store(sys.argv[1])
+try:
+    store.put(b"x" * (2 * 2**20))
+except StoreError as error:
+    print(error)
+"""
+
+
+def test_full_tmpfs_names_the_store(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = (
+        f"mount -t tmpfs -o size=1m tmpfs {mount} || exit 77; "
+        f"{sys.executable} -c '{_FILL_A_TMPFS}' {mount.as_uri()}; "
+        f"find {mount} -type f"
+    )
+    try:
+        run = subprocess.run(
+            ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except FileNotFoundError:
+        pytest.skip("no unshare(1) to mount a small tmpfs")
+    if run.returncode in (1, 77) and "is full" not in run.stdout:
+        pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines, run.stderr
+    assert lines[0].startswith(f"artifact store {mount.as_uri()} is full (no space left on")
+    assert "writing data/" in lines[0]
+    assert lines[1:] == []  # no temp file left
+
+
+@pytest.mark.parametrize("claim", ["smaller", "larger"])
+def test_size_mismatch_is_named_before_allocating(store, claim):
+    ref = store.put("forty-odd bytes of pickle")
+    claimed = 3 * 2**30 if claim == "larger" else ref.size - 1
+    crafted = Reference(ref.uri, ref.sha256, claimed, ref.type, ref.encoding)
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError) as raised:
+            store.get(crafted)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"size mismatch: the reference claims {claimed} bytes, the object has {ref.size}" in (
+        str(raised.value)
+    )
+    assert peak < 2**20
+
+
+def _age(path: Path, seconds: float) -> None:
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+def test_dedup_hit_renews_the_age_of_an_old_blob_only(store):
+    ref = store.put(np.arange(1000))
+    path = _blob_path(store, ref)
+    _age(path, 30 * 60)  # younger than RENEW_AFTER: the cheap path, nothing touched
+    young = path.stat().st_mtime
+    assert store.put(np.arange(1000)) == ref
+    assert path.stat().st_mtime == young
+    _age(path, RENEW_AFTER.total_seconds() + 60)
+    assert store.put(np.arange(1000)) == ref
+    assert time.time() - path.stat().st_mtime < 60
+    np.testing.assert_array_equal(store.get(ref), np.arange(1000))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_dedup_hit_repairs_a_damaged_blob(store, caplog, damage):
+    value = np.arange(100_000)
+    ref = store.put(value)
+    path = _blob_path(store, ref)
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01
+    else:
+        del data[-10:]
+    path.write_bytes(bytes(data))
+    _age(path, 2 * RENEW_AFTER.total_seconds())
+    with pytest.raises(IntegrityError):
+        store.get(ref)
+    caplog.set_level("WARNING", logger="provider.store")
+    assert store.put(value) == ref
+    np.testing.assert_array_equal(store.get(ref), value)
+    assert [r.getMessage() for r in caplog.records if ref.uri in r.getMessage()], caplog.text
+    assert any("damaged" in r.getMessage() for r in caplog.records)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+
+
+def test_blob_collected_while_renewed_is_stored_again(store, monkeypatch):
+    from provider.store import file
+
+    ref = store.put("value")
+    path = _blob_path(store, ref)
+    _age(path, 2 * RENEW_AFTER.total_seconds())
+    utime = os.utime
+    taken = []
+
+    def gc_deletes_first(target, *args, **kwargs):
+        Path(target).unlink()  # gc took it between the writer's check and its renewal
+        taken.append(target)
+        return utime(target, *args, **kwargs)
+
+    monkeypatch.setattr(file.os, "utime", gc_deletes_first)
+    assert store.put("value") == ref
+    monkeypatch.undo()
+    assert taken == [path]
+    assert path.exists() and store.get(ref) == "value"
+
+
+def test_open_store_for_gc_refuses_a_missing_folder(tmp_path):
+    with pytest.raises(StoreError, match=f"no artifact store at {tmp_path / 'nope'}"):
+        open_store((tmp_path / "nope").as_uri(), must_exist=True)
+    assert open_store(tmp_path.as_uri(), must_exist=True).root_uri == tmp_path.as_uri()

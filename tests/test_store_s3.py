@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
 from conftest import BUCKET, s3_client
 from s3_servers import FaultProxy
 
-from provider.store import ArtifactStore, IntegrityError, MissingArtifact, StoreError, open_store
+from provider.store import (
+    ArtifactStore,
+    IntegrityError,
+    MissingArtifact,
+    Reference,
+    StoreError,
+    open_store,
+)
+from provider.store.store import RENEW_AFTER
 
 
 @pytest.fixture
@@ -162,3 +172,87 @@ def test_part_size_and_concurrency_from_the_environment(monkeypatch):
     monkeypatch.setenv(s3.CONCURRENCY_ENV, "many")
     with pytest.raises(StoreError, match="FLOWTASK_S3_MAX_CONCURRENCY='many' is invalid"):
         s3.max_concurrency()
+
+
+def _record_calls(store: ArtifactStore) -> list[str]:
+    calls: list[str] = []
+    store.backend.client.meta.events.register(  # type: ignore[attr-defined]
+        "before-call.s3.*", lambda model, **_: calls.append(model.name)
+    )
+    return calls
+
+
+def _head(store: ArtifactStore, ref) -> dict:
+    backend = store.backend
+    key = f"{backend.prefix}/data/{ref.sha256[:2]}/{ref.sha256}"  # type: ignore[attr-defined]
+    return backend.client.head_object(Bucket=BUCKET, Key=key)  # type: ignore[attr-defined]
+
+
+def test_crafted_size_is_refused_before_allocating(store):
+    ref = store.put("a small value")
+    calls = _record_calls(store)
+    assert store.get(ref) == "a small value"
+    assert calls == ["HeadObject", "GetObject"]  # the transfer sends no HEAD of its own
+    calls.clear()
+    crafted = Reference(ref.uri, ref.sha256, 3 * 2**30, ref.type, ref.encoding)
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError) as raised:
+            store.get(crafted)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"size mismatch: the reference claims {3 * 2**30} bytes, the object has {ref.size}" in (
+        str(raised.value)
+    )
+    assert peak < 2**20
+    assert calls == ["HeadObject"]
+
+
+def test_dedup_hit_on_an_old_blob_verifies_and_renews_it(store):
+    ref = store.put(np.arange(100_000))
+    before = _head(store, ref)["LastModified"]
+    calls = _record_calls(store)
+    store.clock = lambda: time.time() + 30 * 60  # young: one HEAD, nothing else
+    assert store.put(np.arange(100_000)) == ref
+    assert calls == ["HeadObject"]
+    calls.clear()
+    store.clock = lambda: time.time() + RENEW_AFTER.total_seconds() + 60
+    assert store.put(np.arange(100_000)) == ref
+    assert calls == ["HeadObject", "GetObject", "CopyObject"]
+    head = _head(store, ref)
+    assert head["LastModified"] >= before
+    assert abs(int(head["Metadata"]["flowtask-verified"]) - time.time()) < 60
+    np.testing.assert_array_equal(store.get(ref), np.arange(100_000))
+
+
+def test_renewal_of_a_blob_above_the_part_size_is_a_multipart_copy(moto, monkeypatch):
+    from provider.store import s3
+
+    monkeypatch.setenv(s3.PART_SIZE_ENV, "5")
+    store = open_store(f"s3://{BUCKET}/renew-multipart", s3_client=s3_client(moto.endpoint))
+    value = np.ones(6 * 2**20 // 8)  # 6 MiB: two parts
+    ref = store.put(value)
+    calls = _record_calls(store)
+    store.clock = lambda: time.time() + 2 * RENEW_AFTER.total_seconds()
+    assert store.put(value) == ref
+    verify = ["HeadObject", "GetObject", "GetObject"]  # two ranges, hashed in order
+    copy = ["CreateMultipartUpload", "UploadPartCopy", "UploadPartCopy", "CompleteMultipartUpload"]
+    assert sorted(calls) == sorted(verify + copy), calls
+    assert "flowtask-verified" in _head(store, ref)["Metadata"]
+    np.testing.assert_array_equal(store.get(ref), value)
+
+
+def test_damaged_object_is_repaired_on_dedup(store, caplog):
+    value = b"x" * 1000
+    ref = store.put(value)
+    backend = store.backend
+    key = f"{backend.prefix}/data/{ref.sha256[:2]}/{ref.sha256}"  # type: ignore[attr-defined]
+    backend.client.put_object(Bucket=BUCKET, Key=key, Body=b"y" * ref.size)  # type: ignore[attr-defined]
+    with pytest.raises(IntegrityError):
+        store.get(ref)
+    caplog.set_level("WARNING", logger="provider.store")
+    store.clock = lambda: time.time() + 2 * RENEW_AFTER.total_seconds()
+    assert store.put(value) == ref
+    assert store.get(ref) == value
+    assert any(ref.uri in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)

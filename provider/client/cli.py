@@ -5,28 +5,56 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from provider.specs import SpecError, parse_duration
 from provider.store import StoreError, open_store
-from provider.store.gc import collect_garbage
+from provider.store.gc import GcReport, collect_garbage
+from provider.store.store import RENEW_AFTER
 
 STORE_ENV = "AIRFLOW__FLOW_TASK__ARTIFACT_STORE"
 
 
 def _gc(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
+    store = open_store(args.store, must_exist=True)
     grace = parse_duration(args.grace, "--grace")
+    if grace < RENEW_AFTER:
+        print(
+            f"flowtask gc: warning: --grace {grace} is below {RENEW_AFTER}, the age at which a "
+            "put renews the blob it finds: blobs that concurrent writers are storing may be "
+            "deleted. Use a grace this short only while nothing writes to the store.",
+            file=sys.stderr,
+        )
     report = collect_garbage(store, grace=grace, delete=args.delete)
-    verb = "deleted" if args.delete else "would delete (dry run; pass --delete)"
+    _print_gc(store.root_uri, grace, args.delete, report)
+    return 0
+
+
+def _print_gc(root: str, grace: timedelta, delete: bool, report: GcReport) -> None:
+    renewed = set(report.renewed)
     for key, size in report.unreferenced:
-        print(f"{'deleted' if args.delete else 'unreferenced'} {store.root_uri}/{key} {size} B")
+        state = "kept (renewed since the scan)" if key in renewed else "deleted"
+        print(f"{state if delete else 'unreferenced'} {root}/{key} {size} B")
+    for write in report.interrupted:
+        state = "removed" if delete else "interrupted write"
+        print(f"{state} {root}/{write.describe()} {write.size} B")
+    if delete:
+        verb, count, size = "deleted", report.deleted, report.deleted_bytes
+    else:
+        verb = "would delete (dry run; pass --delete)"
+        count, size = len(report.unreferenced), report.unreferenced_bytes
     print(
         f"{report.blobs} blobs: {report.referenced} referenced, {report.within_grace} "
-        f"unreferenced but younger than {grace}; {verb} {len(report.unreferenced)} "
-        f"({report.unreferenced_bytes / 2**20:.1f} MiB)"
+        f"unreferenced but younger than {grace}; {verb} {count} ({size / 2**20:.1f} MiB)"
     )
-    return 0
+    if report.renewed:
+        print(f"{len(report.renewed)} kept: a writer renewed them since the scan")
+    verb = "removed" if delete else "would remove (dry run)"
+    print(
+        f"{len(report.interrupted)} interrupted writes older than {grace} "
+        f"({report.interrupted_bytes / 2**20:.1f} MiB): {verb}"
+    )
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -13,3 +13,14 @@ class IntegrityError(StoreError):
 
 class MissingArtifact(StoreError):
     """The referenced blob or manifest is not in the store (never written, or collected)."""
+
+
+class BadManifest(StoreError):
+    """A manifest is not a JSON object: damaged, or not written by flowtask."""
+
+
+def size_mismatch(uri: str, claimed: int, actual: int) -> IntegrityError:
+    """The error for a reference whose size is not the stored object's."""
+    return IntegrityError(
+        f"{uri}: size mismatch: the reference claims {claimed} bytes, the object has {actual}"
+    )

@@ -1,4 +1,16 @@
-"""Garbage collection: delete blobs that no manifest references, past a grace period."""
+"""Garbage collection: delete blobs that no manifest references, past a grace period.
+
+Safety against concurrent writers: a ``put`` that finds its blob already stored renews the
+blob's age when it is older than ``RENEW_AFTER`` (1 h), after checking its SHA-256. So a blob
+that a writer is about to reference is never older than 1 h at that moment, and gc with a grace
+of at least 1 h never takes it. gc also checks each candidate's age again right before
+deleting it: on ``file://`` it renames the blob away first (atomic) and puts it back if it was
+renewed since the scan, so no renewal can be lost; on S3 it sends a HEAD right before the
+DELETE, and a renewal landing between the two (one round trip) is the one window left. With a
+grace below 1 h, run gc only while nothing writes to the store.
+
+A manifest gc cannot read may reference anything: gc then deletes nothing.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +20,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from provider.store.backend import InterruptedWrite
+from provider.store.errors import BadManifest
 from provider.store.reference import REFERENCE_MARKER
 from provider.store.store import ArtifactStore
+
+# Where killed writers leave temp files (file://) or incomplete multipart uploads (S3).
+WRITE_PREFIXES = ("data", "runs")
 
 
 @dataclass
@@ -21,10 +38,18 @@ class GcReport:
     within_grace: int = 0
     unreferenced: list[tuple[str, int]] = field(default_factory=list)  # (key, size)
     deleted: int = 0
+    deleted_bytes: int = 0
+    renewed: list[str] = field(default_factory=list)  # candidates kept: renewed since the scan
+    interrupted: list[InterruptedWrite] = field(default_factory=list)
+    interrupted_removed: int = 0
 
     @property
     def unreferenced_bytes(self) -> int:
         return sum(size for _, size in self.unreferenced)
+
+    @property
+    def interrupted_bytes(self) -> int:
+        return sum(write.size for write in self.interrupted)
 
 
 def referenced_hashes(document: Any) -> Iterator[str]:
@@ -40,19 +65,36 @@ def referenced_hashes(document: Any) -> Iterator[str]:
             stack.extend(item)
 
 
+def live_hashes(store: ArtifactStore) -> set[str]:
+    """Hashes every manifest under ``runs/`` references; ``BadManifest`` names unreadable ones."""
+    live: set[str] = set()
+    bad: list[str] = []
+    for key in store.list_manifests("runs"):
+        try:
+            live.update(referenced_hashes(store.read_manifest(key)))
+        except BadManifest as error:
+            bad.append(str(error))
+    if bad:
+        raise BadManifest(
+            f"{len(bad)} unreadable manifest(s), deleting nothing (they may reference blobs); "
+            "repair or remove them: " + "; ".join(bad)
+        )
+    return live
+
+
 def collect_garbage(
     store: ArtifactStore, *, grace: timedelta, delete: bool, now: float | None = None
 ) -> GcReport:
-    """Find (and with ``delete``, remove) blobs no manifest references, older than ``grace``.
+    """Find (and with ``delete``, remove) blobs no manifest references, older than ``grace``,
+    and what interrupted writes left behind, older than ``grace`` too.
 
     Blobs younger than the grace period are kept even when unreferenced: a task may have stored
     its result and not yet written the manifest that names it. XCom's ``purge`` never deletes
     blobs (they are shared by content); this is how storage is reclaimed.
     """
-    live: set[str] = set()
-    for key in store.list_manifests("runs"):
-        live.update(referenced_hashes(store.read_manifest(key)))
+    store.backend.check_root()
     cutoff = (time.time() if now is None else now) - grace.total_seconds()
+    live = live_hashes(store)
     report = GcReport()
     for key, size, modified in store.backend.entries("data"):
         report.blobs += 1
@@ -62,7 +104,22 @@ def collect_garbage(
             report.within_grace += 1
         else:
             report.unreferenced.append((key, size))
-            if delete:
-                store.backend.delete(key)
+            if delete and store.backend.delete_if_older(key, cutoff):
                 report.deleted += 1
+                report.deleted_bytes += size
+            elif delete:
+                report.renewed.append(key)
+    _collect_interrupted(store, cutoff, delete, report)
     return report
+
+
+def _collect_interrupted(
+    store: ArtifactStore, cutoff: float, delete: bool, report: GcReport
+) -> None:
+    for write in store.backend.interrupted_writes(WRITE_PREFIXES):
+        if write.modified > cutoff:
+            continue  # perhaps still being written
+        report.interrupted.append(write)
+        if delete:
+            store.backend.discard(write)
+            report.interrupted_removed += 1

@@ -2,20 +2,30 @@
 
 Uploads are single PUTs or multipart uploads that S3 makes visible only on completion, so a
 reader never sees a partial blob; a failed multipart upload is aborted by the transfer manager.
-Downloads fetch ranges in parallel straight into one preallocated buffer. botocore's
-``standard`` retry mode retries throttling (503 SlowDown), 500s, connection resets and
-timeouts with backoff; the transfer manager also retries interrupted download streams.
+Downloads fetch ranges in parallel straight into one preallocated buffer, sized by one HEAD
+that is also checked against the reference's claimed size (and handed to the transfer, which
+would otherwise send the same HEAD itself). botocore's ``standard`` retry mode retries
+throttling (503 SlowDown), 500s, connection resets and timeouts with backoff; the transfer
+manager also retries interrupted download streams.
+
+A blob's LastModified means "last written or verified": ``touch`` copies the object onto itself
+with replaced metadata (a server-side managed copy, multipart above the part size, so objects
+over 5 GB work too). S3 has no atomic rename, so gc's ``delete_if_older`` checks the age with a
+HEAD right before the DELETE; a writer's renewal landing between the two is the one window
+left (one round trip).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from provider.store.errors import MissingArtifact, StoreError
+from provider.store.backend import BlobStat, InterruptedWrite
+from provider.store.errors import MissingArtifact, StoreError, size_mismatch
 from provider.store.keys import check_key
-from provider.store.streams import BufferSink, FramesReader
+from provider.store.streams import BufferSink, FramesReader, OrderedSink
 
 MiB = 1024 * 1024
 # 16 MiB parts, 8 in flight: 1.3-1.5x the throughput of boto3's defaults (8 MiB, 10 threads) in
@@ -77,9 +87,24 @@ def transfer_config() -> Any:
     )
 
 
+def _error_code(error: Exception) -> str:
+    return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
+
+
 def _is_missing(error: Exception) -> bool:
-    code = str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NotFound")
+    return _error_code(error) in ("404", "NoSuchKey", "NotFound")
+
+
+def _known(found: BlobStat) -> Any:
+    """A transfer subscriber handing over size and ETag, so the transfer sends no HEAD."""
+    from s3transfer.subscribers import BaseSubscriber
+
+    class Known(BaseSubscriber):
+        def on_queued(self, future: Any, **kwargs: Any) -> None:
+            future.meta.provide_transfer_size(found.size)
+            future.meta.provide_object_etag(found.etag)
+
+    return Known()
 
 
 class S3Backend:
@@ -94,11 +119,19 @@ class S3Backend:
         self._transfer = transfer_config()
 
     def _key(self, key: str) -> str:
-        check_key(key)
+        return self._full(check_key(key))
+
+    def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def stat(self, key: str) -> int | None:
-        """Size of the object, or None when there is none: one HEAD request."""
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def check_root(self) -> None:
+        """Nothing to check: a prefix exists once written to; a missing bucket fails listing."""
+
+    def stat(self, key: str) -> BlobStat | None:
+        """Size, LastModified and ETag of the object, or None when there is none: one HEAD."""
         from botocore.exceptions import ClientError
 
         try:
@@ -107,10 +140,33 @@ class S3Backend:
             if _is_missing(error):
                 return None
             raise
-        return int(head["ContentLength"])
+        return BlobStat(
+            int(head["ContentLength"]), head["LastModified"].timestamp(), head.get("ETag")
+        )
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
+
+    def touch(self, key: str, known: BlobStat | None = None) -> bool:
+        """Renew LastModified by copying the object onto itself; False when it is gone."""
+        from boto3.s3.transfer import create_transfer_manager
+        from botocore.exceptions import ClientError
+
+        full = self._key(key)
+        extra = {
+            "MetadataDirective": "REPLACE",
+            "Metadata": {"flowtask-verified": str(int(time.time()))},
+        }
+        subscribers = [_known(known)] if known is not None else None
+        try:
+            with create_transfer_manager(self.client, self._transfer) as manager:
+                source = {"Bucket": self.bucket, "Key": full}
+                manager.copy(source, self.bucket, full, extra, subscribers).result()
+        except ClientError as error:
+            if _is_missing(error):
+                return False
+            raise
+        return True
 
     def write_frames(
         self,
@@ -136,24 +192,45 @@ class S3Backend:
         on_chunk: Callable[[memoryview], None] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> bytearray:
+        """The object in one buffer, allocated only once its real size matches ``size``."""
         if on_chunk is not None:
             raise ValueError("S3 downloads ranges in parallel; chunks do not arrive in order")
-        if size is None:
-            size = self.stat(key)
-            if size is None:
-                raise MissingArtifact(f"no object s3://{self.bucket}/{self._key(key)}")
+        found = self.stat(key)
+        if found is None:
+            raise MissingArtifact(f"no object {self.uri(key)}")
+        if size is not None and found.size != size:
+            raise size_mismatch(self.uri(key), size, found.size)
+        sink = BufferSink(found.size)
+        self._download(key, sink, found, progress)
+        return sink.buffer
+
+    def read_chunks(
+        self, key: str, on_chunk: Callable[[memoryview], None], known: BlobStat | None = None
+    ) -> None:
+        """Stream the object to ``on_chunk`` in order; ranges still download in parallel."""
+        found = known or self.stat(key)
+        if found is None:
+            raise MissingArtifact(f"no object {self.uri(key)}")
+        self._download(key, OrderedSink(on_chunk), found, None)
+
+    def _download(
+        self, key: str, sink: Any, found: BlobStat, progress: Callable[[int], None] | None
+    ) -> None:
+        from boto3.s3.transfer import ProgressCallbackInvoker, create_transfer_manager
         from botocore.exceptions import ClientError
 
-        sink = BufferSink(size)
+        subscribers = [_known(found)]
+        if progress is not None:
+            subscribers.append(ProgressCallbackInvoker(progress))
         try:
-            self.client.download_fileobj(
-                self.bucket, self._key(key), sink, Config=self._transfer, Callback=progress
-            )
+            with create_transfer_manager(self.client, self._transfer) as manager:
+                manager.download(
+                    self.bucket, self._key(key), sink, subscribers=subscribers
+                ).result()
         except ClientError as error:
             if _is_missing(error):
-                raise MissingArtifact(f"no object s3://{self.bucket}/{self._key(key)}") from None
+                raise MissingArtifact(f"no object {self.uri(key)}") from None
             raise
-        return sink.buffer
 
     def read_bytes(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
@@ -162,7 +239,7 @@ class S3Backend:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
         except ClientError as error:
             if _is_missing(error):
-                raise MissingArtifact(f"no object s3://{self.bucket}/{self._key(key)}") from None
+                raise MissingArtifact(f"no object {self.uri(key)}") from None
             raise
         return bytes(body.read())
 
@@ -177,6 +254,59 @@ class S3Backend:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def delete_if_older(self, key: str, cutoff: float) -> bool:
+        """HEAD, then DELETE unless written or renewed after ``cutoff``; True if deleted.
+
+        Not atomic: a renewal between the HEAD and the DELETE is lost with the object.
+        """
+        found = self.stat(key)
+        if found is None or found.modified > cutoff:
+            return False
+        self.delete(key)
+        return True
+
+    def interrupted_writes(self, prefixes: Iterable[str]) -> Iterator[InterruptedWrite]:
+        """Incomplete multipart uploads under ``prefixes``: their parts' bytes and latest age."""
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        uploads = self.client.get_paginator("list_multipart_uploads")
+        for prefix in prefixes:
+            base = self._key(prefix).rstrip("/") + "/"
+            for page in uploads.paginate(Bucket=self.bucket, Prefix=base):
+                for upload in page.get("Uploads", ()):
+                    size, modified = self._parts(upload)
+                    key = upload["Key"][strip:]
+                    yield InterruptedWrite(key, size, modified, upload["UploadId"])
+
+    def _parts(self, upload: dict[str, Any]) -> tuple[int, float]:
+        """Total size of an upload's parts, and when it last grew (or started)."""
+        from botocore.exceptions import ClientError
+
+        size, modified = 0, upload["Initiated"].timestamp()
+        parts = self.client.get_paginator("list_parts")
+        try:
+            for page in parts.paginate(
+                Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            ):
+                for part in page.get("Parts", ()):
+                    size += int(part["Size"])
+                    modified = max(modified, part["LastModified"].timestamp())
+        except ClientError as error:
+            if _error_code(error) != "NoSuchUpload":  # completed or aborted meanwhile
+                raise
+        return size, modified
+
+    def discard(self, write: InterruptedWrite) -> None:
+        """Abort the multipart upload; its parts' storage is freed."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self._full(write.key), UploadId=write.upload_id
+            )
+        except ClientError as error:
+            if _error_code(error) != "NoSuchUpload":
+                raise
 
     def list(self, prefix: str) -> Iterator[str]:
         return (key for key, _, _ in self.entries(prefix))

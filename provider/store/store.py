@@ -1,57 +1,58 @@
-"""The content-addressed artifact store."""
+"""The content-addressed artifact store.
+
+Storing content that is already there costs one existence check (a ``stat`` or a HEAD) while
+the stored blob is younger than ``RENEW_AFTER``. An older one is read back and its SHA-256
+checked; an intact blob then gets its age renewed (``touch``), a damaged one is stored again.
+A blob's modification time thus means "last written or verified", and gc keeps everything
+younger than its grace period. Hence: a dedup hit renews the blob's age when it is older than
+1 h; gc with a grace of at least 1 h is safe against concurrent writers (a reference returned
+by ``put`` stays safe for the grace period minus 1 h even before a manifest names it). gc
+checks each blob's age again right before deleting it; see ``provider.store.gc``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from provider.store import codec
-from provider.store.errors import IntegrityError, StoreError
+from provider.store.backend import Backend, BlobStat
+from provider.store.errors import (
+    BadManifest,
+    IntegrityError,
+    MissingArtifact,
+    StoreError,
+    size_mismatch,
+)
 from provider.store.file import FileBackend
 from provider.store.keys import blob_key, check_key
 from provider.store.progress import PROGRESS_MIN_BYTES, Progress
 from provider.store.reference import Reference
 
+log = logging.getLogger("provider.store")
+
 PIPELINE_MIN_BYTES = 16 * 1024 * 1024
-
-
-class Backend(Protocol):
-    """What the store needs from a place to keep bytes.
-
-    A backend whose ``reads_in_order`` is true accepts ``on_chunk`` in ``read_into`` and calls
-    it with each chunk in order, so the store can hash while the rest is read.
-    """
-
-    reads_in_order: bool
-
-    def stat(self, key: str) -> int | None: ...
-    def write_frames(
-        self, key: str, frames: Any, progress: Callable[[int], None] | None = None
-    ) -> None: ...
-    def write_bytes(self, key: str, data: bytes) -> None: ...
-    def read_into(
-        self,
-        key: str,
-        size: int | None = None,
-        on_chunk: Callable[[memoryview], None] | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> bytearray: ...
-    def read_bytes(self, key: str) -> bytes: ...
-    def list(self, prefix: str) -> Iterator[str]: ...
-    def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]: ...
-    def delete(self, key: str) -> None: ...
+# A dedup hit on a blob older than this verifies it and renews its age. gc is safe against
+# concurrent writers only with a grace period at least this long.
+RENEW_AFTER = timedelta(hours=1)
 
 
 class ArtifactStore:
     """Immutable, deduplicated blobs under ``data/`` and JSON manifests under ``runs/``."""
 
-    def __init__(self, backend: Backend, root_uri: str) -> None:
+    def __init__(
+        self, backend: Backend, root_uri: str, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.backend = backend
         self._root_uri = root_uri.rstrip("/")
+        self.clock = clock  # unix time, compared with blobs' modification times
 
     @property
     def root_uri(self) -> str:
@@ -61,7 +62,9 @@ class ArtifactStore:
         return f"{self._root_uri}/{blob_key(sha256)}"
 
     def put(self, value: Any, *, by_value: bool = False) -> Reference:
-        """Store ``value``; storing equal content again costs one hash and one existence check."""
+        """Store ``value``; storing equal content again costs one hash and one existence check
+        (plus a verifying read and a renewal when the stored copy is older than ``RENEW_AFTER``).
+        """
         encoded = codec.encode(value, by_value=by_value)
         self._write_blob(encoded.sha256, encoded.frames, encoded.size)
         return Reference(
@@ -111,16 +114,56 @@ class ArtifactStore:
         return ref
 
     def _write_blob(self, sha256: str, frames: tuple[memoryview, ...], size: int) -> None:
-        key = blob_key(sha256)
-        if self.backend.stat(key) == size:
-            return
-        progress = _progress("stored", self.blob_uri(sha256), size)
+        """Store a blob unless an intact copy is there; renew the age of an old intact copy."""
+        key, uri = blob_key(sha256), self.blob_uri(sha256)
+        found = self.backend.stat(key)
+        if found is not None and found.size == size:
+            if self.clock() - found.modified < RENEW_AFTER.total_seconds():
+                return  # the cheap path: one stat
+            if self._verify_and_renew(key, uri, sha256, found):
+                return
+        elif found is not None:
+            log.warning("%s is damaged (%d bytes, not %d); storing it again", uri, found.size, size)
+        self._write(key, uri, frames, size)
+
+    def _verify_and_renew(self, key: str, uri: str, sha256: str, found: BlobStat) -> bool:
+        """Check the stored blob's SHA-256 and renew its age; False when it must be stored."""
+        try:
+            actual = self._stored_sha256(key, uri, found)
+            if actual != sha256:
+                log.warning("%s is damaged (its bytes hash to %s); storing it again", uri, actual)
+                return False
+            return self.backend.touch(key, found)  # False: collected since the check
+        except MissingArtifact:  # collected since the stat
+            return False
+        except Exception as error:  # storing it again is always safe
+            log.warning("%s could not be verified or renewed (%s); storing it again", uri, error)
+            return False
+
+    def _stored_sha256(self, key: str, uri: str, found: BlobStat) -> str:
+        """SHA-256 of the stored bytes, streamed: memory stays at a few chunks."""
+        digest = hashlib.sha256()
+        progress = _progress("verified", uri, found.size)
+
+        def update(chunk: memoryview) -> None:
+            digest.update(chunk)
+            if progress is not None:
+                progress(chunk.nbytes)
+
+        self.backend.read_chunks(key, update, found)
+        if progress is not None:
+            progress.finish()
+        return digest.hexdigest()
+
+    def _write(self, key: str, uri: str, frames: tuple[memoryview, ...], size: int) -> None:
+        progress = _progress("stored", uri, size)
         try:
             self.backend.write_frames(key, frames, progress=progress)
         except Exception:
             # The write may have landed with only its acknowledgment lost; the content
             # address and the hash check on read make accepting it safe.
-            if self.backend.stat(key) != size:
+            found = self.backend.stat(key)
+            if found is None or found.size != size:
                 raise
         if progress is not None:
             progress.finish()
@@ -151,7 +194,7 @@ class ArtifactStore:
     @staticmethod
     def _verify(ref: Reference, size: int, actual: str) -> None:
         if size != ref.size:
-            raise IntegrityError(f"{ref.uri}: expected {ref.size} bytes, found {size}")
+            raise size_mismatch(ref.uri, ref.size, size)
         if actual != ref.sha256:
             raise IntegrityError(f"{ref.uri}: expected sha256 {ref.sha256}, found {actual}")
 
@@ -162,7 +205,18 @@ class ArtifactStore:
         return f"{self._root_uri}/{key}"
 
     def read_manifest(self, key: str) -> dict[str, Any]:
-        return dict(json.loads(self.backend.read_bytes(key)))
+        """A manifest; ``BadManifest`` names it when it is not a JSON object."""
+        body = self.backend.read_bytes(key)
+        try:
+            document = json.loads(body)
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+            raise BadManifest(
+                f"manifest {self._root_uri}/{key} is not valid JSON: {error}"
+            ) from None
+        if not isinstance(document, dict):
+            kind = type(document).__name__
+            raise BadManifest(f"manifest {self._root_uri}/{key} is a JSON {kind}, not an object")
+        return document
 
     def list_manifests(self, prefix: str) -> Iterator[str]:
         return (key for key in self.backend.list(prefix) if key.endswith(".json"))
@@ -213,11 +267,13 @@ def bytes_reference(root_uri: str, data: bytes, *, type_name: str, encoding: str
     )
 
 
-def open_store(uri: str, *, s3_client: Any = None) -> ArtifactStore:
+def open_store(uri: str, *, s3_client: Any = None, must_exist: bool = False) -> ArtifactStore:
     """A store for ``file:///abs/path`` (or a plain absolute path) or ``s3://bucket/prefix``.
 
     S3 uses ``s3_client`` when given (the worker builds one from its Airflow connection), else
-    a client from the ordinary AWS credential chain.
+    a client from the ordinary AWS credential chain. ``must_exist`` refuses a ``file://``
+    store whose folder does not exist (gc: a typo must not look like an empty store); writers
+    create it.
     """
     parsed = urlparse(uri)
     if parsed.scheme == "s3" and parsed.netloc:
@@ -237,4 +293,7 @@ def open_store(uri: str, *, s3_client: Any = None) -> ArtifactStore:
             "Accepted: file:///absolute/path, an absolute path, or s3://bucket/prefix"
         )
     path = path.resolve()
-    return ArtifactStore(FileBackend(path), path.as_uri())
+    backend = FileBackend(path)
+    if must_exist:
+        backend.check_root()
+    return ArtifactStore(backend, path.as_uri())

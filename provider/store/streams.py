@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 class _Positioned(io.RawIOBase):
@@ -86,3 +86,24 @@ class BufferSink(_Positioned):
         self._view[self._pos : end] = data
         self._pos = end
         return n
+
+
+class OrderedSink(io.RawIOBase):
+    """A write-only stream that is not seekable: boto3's transfer manager then downloads
+    ranges in parallel but writes them in order, each handed to ``on_chunk`` (e.g. a hash).
+    """
+
+    def __init__(self, on_chunk: Callable[[memoryview], None]) -> None:
+        super().__init__()
+        self._on_chunk = on_chunk
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(data).cast("B")
+        self._on_chunk(view)
+        return view.nbytes
