@@ -73,9 +73,17 @@ def test_plain_tasks_run_and_nothing_listens_beyond_loopback(deployment: Deploym
 
 def test_a_flow_task_that_imports_airflow_runs_under_the_scheduler(deployment: Deployment):
     dag_id = "deploy_imports_airflow"
-    form = {"flow_tags": ["ui", "deploy"], "flow_namespace": None}
-    run_id, state = run_to_end(deployment, dag_id, form)
     api = deployment.api
+    deployment.wait_for_dag(dag_id)
+    # What the trigger form reads to draw the fields: none of the flow params is required
+    # (a "null" type), and the compute override's empty option has a readable label.
+    params = api.dag_details(dag_id)["params"]
+    for name in ("flow_tags", "flow_namespace", "flow_compute"):
+        assert "null" in params[name]["schema"]["type"], params[name]
+    assert params["flow_compute"]["schema"]["values_display"]["null"] == "each task's own"
+    # A trailing Enter in the tags field leaves an empty line: the run ignores it.
+    form = {"flow_tags": ["ui", "deploy", ""], "flow_namespace": None}
+    run_id, state = run_to_end(deployment, dag_id, form)
     log = api.task_log(dag_id, run_id, "hook_name")
     assert state == "success", (
         f"{api.task_states(dag_id, run_id)}; hook_name's log:\n{failure_lines(log)}"

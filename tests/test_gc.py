@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import ANY
 
 import pytest
 from conftest import BUCKET, s3_client
@@ -21,6 +22,7 @@ from provider.store import (
     gc,
     manifest_key,
     open_store,
+    payload_key,
 )
 from provider.store.file import FileBackend
 from provider.store.gc import collect_garbage
@@ -353,3 +355,17 @@ def test_interrupted_multipart_uploads_on_s3_are_found_and_aborted(moto):
         client.abort_multipart_upload(
             Bucket=BUCKET, Key="other-prefix/data/x", UploadId=elsewhere["UploadId"]
         )
+
+
+def test_payloads_a_dead_worker_left_behind_go_once_their_try_has_finished(tmp_path):
+    store = open_store(tmp_path.as_uri())
+    finished = manifest_key("d", "r", "done", -1, 1)
+    running = manifest_key("d", "r", "running", -1, 1)
+    for key in (finished, running):
+        store.put_at(payload_key(key), {"password": "kept only while the try runs"})
+    store.write_manifest(finished, {"status": "failed", "written_by": "worker"})
+    later = time.time() + 8 * DAY
+    report = collect_garbage(store, grace=timedelta(days=7), delete=True, now=later)
+    assert report.payloads == [(payload_key(finished), ANY)] and report.payloads_removed == 1
+    assert store.backend.stat(payload_key(finished)) is None
+    assert store.backend.stat(payload_key(running)) is not None  # its runtime may not have read it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -72,3 +73,18 @@ def test_zero_inline_limit_stores_everything(store, monkeypatch):
     row = _row(1)
     assert is_reference(row.value)
     assert FlowXCom.deserialize_value(row) == 1
+
+
+def test_a_long_unicode_key_is_stored_under_a_short_file_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE", tmp_path.as_uri())
+    key = "métriques-" + "é" * 500  # Airflow takes XCom keys up to 512 characters
+    ref = FlowXCom.serialize_value(
+        list(range(3000)), key=key, dag_id="d", run_id="r", task_id="t", map_index=-1
+    )
+    (manifest,) = (tmp_path / "runs").rglob("*.json")
+    assert len(manifest.name.encode()) <= 255
+    assert json.loads(manifest.read_text())["key"] == key  # the full key is kept inside
+    other = FlowXCom.serialize_value(
+        list(range(4000)), key=key[:-1] + "x", dag_id="d", run_id="r", task_id="t", map_index=-1
+    )
+    assert other != ref and len(list((tmp_path / "runs").rglob("*.json"))) == 2

@@ -39,6 +39,8 @@ def _print_gc(root: str, grace: timedelta, delete: bool, report: GcReport) -> No
     for write in report.interrupted:
         state = "removed" if delete else "interrupted write"
         print(f"{state} {root}/{write.describe()} {write.size} B")
+    for key, size in report.payloads:
+        print(f"{'removed' if delete else 'left-over payload'} {root}/{key} {size} B")
     if delete:
         verb, count, size = "deleted", report.deleted, report.deleted_bytes
     else:
@@ -55,6 +57,8 @@ def _print_gc(root: str, grace: timedelta, delete: bool, report: GcReport) -> No
         f"{len(report.interrupted)} interrupted writes older than {grace} "
         f"({report.interrupted_bytes / 2**20:.1f} MiB): {verb}"
     )
+    if report.payloads:
+        print(f"{len(report.payloads)} payloads of finished tries left by dead workers: {verb}")
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 from provider.store.backend import InterruptedWrite
 from provider.store.errors import BadManifest
+from provider.store.keys import PAYLOAD_NAME
 from provider.store.reference import REFERENCE_MARKER
 from provider.store.store import ArtifactStore
 
@@ -42,6 +43,8 @@ class GcReport:
     renewed: list[str] = field(default_factory=list)  # candidates kept: renewed since the scan
     interrupted: list[InterruptedWrite] = field(default_factory=list)
     interrupted_removed: int = 0
+    payloads: list[tuple[str, int]] = field(default_factory=list)  # of finished tries
+    payloads_removed: int = 0
 
     @property
     def unreferenced_bytes(self) -> int:
@@ -110,7 +113,22 @@ def collect_garbage(
             elif delete:
                 report.renewed.append(key)
     _collect_interrupted(store, cutoff, delete, report)
+    _collect_payloads(store, cutoff, delete, report)
     return report
+
+
+def _collect_payloads(store: ArtifactStore, cutoff: float, delete: bool, report: GcReport) -> None:
+    """Payloads of finished tries: a worker deletes its try's payload when the try ends, but
+    one that died first leaves it behind (with the task's arguments, secrets included)."""
+    for key, size, modified in store.backend.entries("runs"):
+        if not key.endswith("/" + PAYLOAD_NAME) or modified > cutoff:
+            continue
+        if store.backend.stat(key.rsplit("/", 1)[0] + "/result.json") is None:
+            continue  # the try may still run: its runtime has yet to read the payload
+        report.payloads.append((key, size))
+        if delete:
+            store.backend.delete(key)
+            report.payloads_removed += 1
 
 
 def _collect_interrupted(
