@@ -140,7 +140,9 @@ def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: Da
     # An unpicklable global can never work: one try, not three, and the global is named.
     assert "locked" not in tasks
     assert _try_numbers(run.home, "flow_fatal")["locked"] == 1
-    assert "flow task locked cannot be sent to where it runs: the global 'LOCK'" in run.output
+    assert "flow task locked cannot run: it cannot be sent to where it runs: the global 'LOCK'" in (
+        run.output
+    )
     assert_gc_keeps_everything_reachable(run.artifacts, _xcom_rows(run.home, "flow_fatal"))
 
 
