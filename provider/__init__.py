@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from provider.runtime.context import flow_context
 from provider.runtime.failure import Failure
-from provider.specs import Environment, KubernetesOptions, Resources, Retry, SpecError, TaskSpec
+from provider.specs import (
+    Environment,
+    ForeachOptions,
+    KubernetesOptions,
+    Resources,
+    Retry,
+    SpecError,
+    TaskSpec,
+)
 
 if TYPE_CHECKING:
     from provider.decorators.flow_task import flow_task
@@ -22,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Environment",
     "Failure",
+    "ForeachOptions",
     "KubernetesOptions",
     "Resources",
     "Retry",

@@ -67,6 +67,29 @@ class FlowTaskDecorator(_TaskDecorator):
         spec = self.kwargs.get("flow_spec") or TaskSpec()
         return super().override(**fold_specs(spec, kwargs))
 
+    def foreach(self, **mapped: Any) -> Any:
+        """One task that runs the function once per item of a list (or an upstream's list):
+        ``fit.foreach(shard=shards)``. Unlike ``.expand``, Airflow sees one task instance; the
+        items run on a local worker pool, an Indexed Job or a Batch array job."""
+        if len(mapped) != 1:
+            raise TypeError(
+                f".foreach takes exactly one keyword, the argument each item is passed as "
+                f"(got {sorted(mapped)}); use .foreach_kwargs([{{...}}, ...]) for several"
+            )
+        ((argument, items),) = mapped.items()
+        return self._foreach(items, argument)
+
+    def foreach_kwargs(self, items: Any) -> Any:
+        """Like :meth:`foreach`, each item a dict of keyword arguments."""
+        return self._foreach(items, None)
+
+    def _foreach(self, items: Any, argument: str | None) -> Any:
+        kwargs = dict(self.kwargs)
+        partial = kwargs.pop("op_kwargs", {})  # from .partial(...)
+        one = attr.evolve(self, kwargs={**kwargs, "foreach_items": items})
+        one.kwargs["foreach_argument"] = argument
+        return one(**partial)
+
     def _expand(self, expand_input: Any, *, strict: bool) -> Any:
         xcom_arg: Any = super()._expand(expand_input, strict=strict)
         # Same fields, same slots: only the expansion behaviour above differs.

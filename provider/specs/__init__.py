@@ -2,6 +2,7 @@
 
 from provider.specs.environment import Environment
 from provider.specs.errors import SpecError
+from provider.specs.foreach import ForeachOptions
 from provider.specs.kubernetes import KubernetesOptions
 from provider.specs.resources import Resources
 from provider.specs.retry import Retry
@@ -11,6 +12,7 @@ from provider.specs.units import parse_cpu, parse_duration, parse_mebibytes
 __all__ = [
     "COMPUTE_TARGETS",
     "Environment",
+    "ForeachOptions",
     "KubernetesOptions",
     "Resources",
     "Retry",

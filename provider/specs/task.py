@@ -10,12 +10,14 @@ from typing import Any
 
 from provider.specs.environment import Environment
 from provider.specs.errors import SpecError
+from provider.specs.foreach import ForeachOptions
 from provider.specs.kubernetes import KubernetesOptions
 from provider.specs.resources import Resources
 from provider.specs.retry import Retry
 from provider.specs.units import parse_duration
 
 COMPUTE_TARGETS = ("local", "kubernetes", "batch")
+FOREACH_FORM = "ForeachOptions(max_parallel=8, chunk_size=100) or a dict of it"
 MAX_TIMEOUT_SECONDS = 2**31 - 1  # the largest activeDeadlineSeconds Kubernetes accepts
 CATCH_FORM = "True, or a Python identifier such as 'error' naming where the Failure is published"
 
@@ -98,6 +100,7 @@ class TaskSpec:
     environment: Environment = field(default_factory=Environment)
     compute: str | None = None
     kubernetes: KubernetesOptions = field(default_factory=KubernetesOptions)
+    foreach: ForeachOptions = field(default_factory=ForeachOptions)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -109,6 +112,7 @@ class TaskSpec:
         set_(self, "environment", _environment(self.environment))
         set_(self, "compute", _compute(self.compute))
         set_(self, "kubernetes", _kubernetes(self.kubernetes))
+        set_(self, "foreach", _spec(ForeachOptions, self.foreach, "foreach", FOREACH_FORM))
         if self.compute == "kubernetes":
             check_secrets_for("kubernetes", self.environment.secrets)
 

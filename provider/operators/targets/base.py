@@ -31,6 +31,7 @@ class TaskRun:
     identity: Mapping[str, Any]
     log: Any
     dag_folder: Path | None = None  # its modules travel in the code package
+    foreach: Any = None  # a ``ForeachPlan`` for ``.foreach``: the chunks to run
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ class ComputeTarget(ABC):
     @abstractmethod
     def run(self, run: TaskRun, context: Any) -> Outcome:
         """Launch the payload and observe it to its end."""
+
+    def run_foreach(self, run: TaskRun, chunks: list[int], context: Any) -> Outcome:
+        """Run these chunks of ``run.foreach`` to their end (each writes its own manifest)."""
+        raise NotImplementedError(f"compute={self.name!r} cannot run .foreach yet")
 
     @abstractmethod
     def kill(self) -> None:
