@@ -10,7 +10,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from provider.runtime.failure import Failure
-from provider.specs import Environment, KubernetesOptions, Resources, Retry, SpecError, TaskSpec
+from provider.specs import (
+    BatchOptions,
+    Environment,
+    KubernetesOptions,
+    Resources,
+    Retry,
+    SpecError,
+    TaskSpec,
+)
 
 if TYPE_CHECKING:
     from provider.decorators.flow_task import flow_task
@@ -19,6 +27,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchOptions",
     "Environment",
     "Failure",
     "KubernetesOptions",

@@ -29,13 +29,15 @@ def flow_task(
     environment: Any = None,
     compute: str | None = None,
     kubernetes: Any = None,
+    batch: Any = None,
     multiple_outputs: bool | None = None,
     **kwargs: Any,
 ) -> TaskDecorator:
     """Turn a function into a flow task.
 
-    ``resources``, ``retry``, ``timeout``, ``catch``, ``environment``, ``compute`` and
-    ``kubernetes`` (:class:`provider.KubernetesOptions`) are checked
+    ``resources``, ``retry``, ``timeout``, ``catch``, ``environment``, ``compute``,
+    ``kubernetes`` (:class:`provider.KubernetesOptions`) and ``batch``
+    (:class:`provider.BatchOptions`) are checked
     here, when the DAG file is parsed; a bad value raises :class:`provider.SpecError`. ``retry``
     and ``timeout`` become Airflow's own ``retries``, ``retry_delay``,
     ``retry_exponential_backoff``, ``max_retry_delay`` and ``execution_timeout``. Every other
@@ -50,6 +52,7 @@ def flow_task(
         environment=environment,
         compute=compute,
         kubernetes=kubernetes,
+        batch=batch,
     )
     for name, spec_field in _AIRFLOW_RETRY_KWARGS.items():
         given = retry if spec_field == "retry" else timeout

@@ -47,6 +47,7 @@ class FlowTaskOperator(DecoratedOperator):
         environment: Any = None,
         compute: Any = None,
         kubernetes: Any = None,
+        batch: Any = None,
         **kwargs: Any,
     ) -> None:
         spec = (flow_spec or TaskSpec()).with_overrides(
@@ -57,6 +58,7 @@ class FlowTaskOperator(DecoratedOperator):
             environment=environment,
             compute=compute,
             kubernetes=kubernetes,
+            batch=batch,
         )
         kwargs.update(
             retry_kwargs_given(spec, retry=retry is not None, timeout=timeout is not None)
