@@ -145,7 +145,11 @@ def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: Da
 def test_kubernetes_task_runs_locally_with_the_flow_compute_param(dags_test: DagsTest):
     run = dags_test("flow_targets", conf={"flow_compute": "batch"}, dags_folder=TEST_DAGS)
     assert run.returncode != 0
-    assert "flow task train cannot run: compute='batch' is not available" in run.output
+    # Batch takes secrets as ARNs only: its Kubernetes Secret name can never work there.
+    assert (
+        "flow task train cannot run: environment.secrets='db-creds' is invalid: a Kubernetes "
+        "Secret name is resolved by compute='kubernetes' only" in run.output
+    )
     assert _try_numbers(run.home, "flow_targets") == {"train": 1}  # not retried: it cannot work
 
     run = dags_test("flow_targets", conf={"flow_compute": "local"}, dags_folder=TEST_DAGS)
