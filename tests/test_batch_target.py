@@ -7,6 +7,7 @@ runtime as a local subprocess, exactly as a container would.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -123,6 +124,40 @@ def test_what_boto3_gets_is_the_request():
     op.submit_job(None)
     assert sent == [request]
     assert operator_kwargs(request)["submit_job_timeout"] == 7200
+
+
+def test_the_submit_request_does_not_grow_with_the_payload(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """Only the payload's reference travels in SubmitJob: its size field's digits aside, a
+    100-byte and a 20 MB payload make requests of one size."""
+    from provider.compute.batch import overrides_length
+    from provider.operators.targets.batch import batch_requests
+    from provider.operators.targets.code import code_package, code_reference
+
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
+    store = open_store((tmp_path / "store").as_uri())
+    run = task_run(store, slow, 1)
+    code = code_reference(store.root_uri, code_package(slow))
+    sizes = {}
+    for label, value in (("small", b"x" * 100), ("large", bytes(20 * 2**20))):
+        payload = store.put_at(payload_key(run.manifest_key), value).to_json()
+        _, request = batch_requests(
+            run.spec,
+            store_uri=store.root_uri,
+            code=code,
+            payload=payload,
+            manifest_key=run.manifest_key,
+            identity=run.identity,
+        )
+        sizes[label] = (len(json.dumps(request).encode()), len(str(payload["size"])))
+    (small, small_digits), (large, large_digits) = sizes["small"], sizes["large"]
+    print(
+        f"SubmitJob request: {small} bytes (small payload), {large} bytes (20 MB payload); "
+        f"containerOverrides {overrides_length(request)} characters"
+    )
+    assert large - small == large_digits - small_digits
+    assert large < 30 * 1024  # Batch's limit on a SubmitJob request
 
 
 def greet(name: str) -> str:

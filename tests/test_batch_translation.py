@@ -143,6 +143,15 @@ def test_resources_go_to_the_submission_and_the_rest_to_the_definition():
     assert len(names) == 3 and all(re.fullmatch(r"flowtask-[0-9a-f]{16}", n) for n in names)
 
 
+def test_overrides_ecs_would_refuse_are_refused_before_submitting():
+    from provider.compute.batch import overrides_length
+
+    fits = requests(TaskSpec.build(compute="batch", environment={"env": {"A": "x" * 2000}}))
+    assert overrides_length(fits["submit_job"]) < 8192
+    with pytest.raises(SpecError, match=r"come to \d+ characters; ECS starts no container"):
+        requests(TaskSpec.build(compute="batch", environment={"env": {"A": "x" * 8192}}))
+
+
 def test_batch_retries_a_lost_host_only():
     strategy = requests(TaskSpec(compute="batch"))["submit_job"]["retryStrategy"]
     assert strategy == {

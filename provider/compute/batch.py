@@ -33,6 +33,9 @@ JOB_DEFINITION_PREFIX = "flowtask-"
 DEFINITION_RESOURCES = ({"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "2048"})
 HOST_LOST = "Host EC2*"  # the statusReason of an attempt whose instance went away
 MIN_ATTEMPT_SECONDS = 60  # Batch refuses a shorter attemptDurationSeconds
+# ECS fails a job whose container overrides are longer ("Container Overrides length must be
+# at most 8192"); the bootstrap command alone takes about 5 KB of it.
+MAX_CONTAINER_OVERRIDES = 8192
 TAG_PREFIX = "flowtask.io/"
 RUN_TAG_PREFIX = f"tag.{TAG_PREFIX}"
 _TAG_BAD = re.compile(r"[^\w +=.:/@-]+")
@@ -222,7 +225,22 @@ def submit_job_request(
     if spec.timeout is not None:
         seconds = max(MIN_ATTEMPT_SECONDS, math.ceil(spec.timeout.total_seconds()))
         request["timeout"] = {"attemptDurationSeconds": seconds}
+    size = overrides_length(request)
+    if size > MAX_CONTAINER_OVERRIDES:
+        raise SpecError(
+            "environment",
+            spec.environment,
+            "fewer or shorter env values and pip requirements (large values belong in secrets, "
+            "in the image, or in the task's arguments)",
+            f"the job's command, variables and resources come to {size} characters; ECS "
+            f"starts no container whose overrides are over {MAX_CONTAINER_OVERRIDES}",
+        )
     return request
+
+
+def overrides_length(request: Mapping[str, Any]) -> int:
+    """The length of a submission's ``containerOverrides``, as compact JSON."""
+    return len(json.dumps(request["containerOverrides"], separators=(",", ":")))
 
 
 _OPERATOR_NAMES = {
