@@ -103,10 +103,14 @@ def test_example_dag_runs_as_batch_jobs_through_a_lost_host_and_an_oom(
     assert run.output.count("scoring 1000 values") == 3  # the retried attempt's log too
 
     # One job definition per distinct content, looked up before registering.
-    definitions = batch.client("batch").describe_job_definitions(status="ACTIVE")["jobDefinitions"]
-    ours = [d for d in definitions if d["jobDefinitionName"].startswith("flowtask-")]
-    shm = [d for d in ours if d["containerProperties"].get("linuxParameters")]
-    assert len(ours) == 2 and [d["revision"] for d in ours] == [1, 1]
+    client = batch.client("batch")
+    names = sorted({r["jobDefinition"] for r in batch.requests})
+    ours = [
+        client.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")["jobDefinitions"]
+        for name in names
+    ]
+    assert len(names) == 2 and [len(revisions) for revisions in ours] == [1, 1]
+    shm = [d for [d] in ours if d["containerProperties"].get("linuxParameters")]
     assert shm[0]["containerProperties"]["linuxParameters"] == {"sharedMemorySize": 256}
     requests = {r["jobName"]: r for r in batch.requests}
     score = next(r for name, r in requests.items() if name.startswith("flowtask-score-"))

@@ -63,12 +63,13 @@ def task_run(
     *args: Any,
     spec: TaskSpec | None = None,
     try_number: int = 1,
-    run_id: str = "manual__1",
+    run_id: str | None = None,
 ) -> TaskRun:
     """One try of a flow task, its payload stored as the operator stores it."""
     from provider.operators.by_value import pickled_by_value
     from provider.runtime import Payload
 
+    run_id = run_id or f"manual__{uuid.uuid4().hex[:8]}"
     identity = {
         "dag_id": "batch_target",
         "run_id": run_id,
@@ -171,10 +172,10 @@ def test_a_task_runs_as_a_job_with_its_secrets_env_and_logs(
     batch: LocalBatch, store: ArtifactStore, capfd: pytest.CaptureFixture[str]
 ):
     secrets = batch.client("secretsmanager")
-    secrets.create_secret(Name=f"db-{uuid.uuid4().hex[:6]}", SecretString='{"password": "pw"}')
-    arn = secrets.list_secrets()["SecretList"][-1]["ARN"]
-    batch.client("ssm").put_parameter(Name="/flow/token", Value="tok", Type="SecureString")
-    token = f"arn:aws:ssm:{batch.region}:{batch.account_id}:parameter/flow/token"
+    unique = uuid.uuid4().hex[:6]
+    arn = secrets.create_secret(Name=f"db-{unique}", SecretString='{"password": "pw"}')["ARN"]
+    batch.client("ssm").put_parameter(Name=f"/{unique}/token", Value="tok", Type="SecureString")
+    token = f"arn:aws:ssm:{batch.region}:{batch.account_id}:parameter/{unique}/token"
     spec = TaskSpec.build(
         compute="batch",
         environment=Environment(env={"MODE": "fast"}, secrets=[f"{arn}:password::", token]),
@@ -258,19 +259,37 @@ def slow(seconds: float) -> str:
 def test_a_later_try_reattaches_to_the_job_a_dead_worker_left_running(
     batch: LocalBatch, store: ArtifactStore
 ):
-    # Try 1 submits, and its worker dies without watching the job.
-    first = task_run(store, slow, 1.5)
-    dead = compute_target("batch")
-    dead.prepare(first)
-    op = batch_operator("slow", dead._request)
-    job_definition_arn(op.hook.client, dead._definition)
-    op.submit_job({})
-    # Try 2 finds that job by its name and waits for it instead of submitting another.
-    second = task_run(store, slow, 1.5, try_number=2)
-    target, outcome = launch(second)
+    # The compute environment is full: jobs wait RUNNABLE until the test frees it.
+    batch.slots.acquire()
+    batch.slots.acquire()
+    try:
+        # Try 1 submits, and its worker dies without watching the job.
+        first = task_run(store, slow, 0.2, run_id="manual__reattach")
+        dead = compute_target("batch")
+        dead.prepare(first)
+        op = batch_operator("slow", dead._request)
+        job_definition_arn(op.hook.client, dead._definition)
+        op.submit_job({})
+        # Try 2 finds that job by its name and waits for it instead of submitting another.
+        second = task_run(store, slow, 0.2, try_number=2, run_id="manual__reattach")
+        target = compute_target("batch")
+        target.check(second.spec)
+        target.prepare(second)
+        outcomes: list[Outcome] = []
+        watcher = threading.Thread(target=lambda: outcomes.append(target.run(second, {})))
+        watcher.start()
+        deadline = time.monotonic() + 30
+        while getattr(target._operator, "job_id", None) is None and len(batch.requests) == 1:
+            assert time.monotonic() < deadline, "try 2 neither reattached nor submitted"
+            time.sleep(0.02)
+    finally:
+        batch.slots.release()
+        batch.slots.release()
+    watcher.join(30)
 
     assert len(batch.requests) == 1
     assert target._operator.job_id == op.job_id
+    [outcome] = outcomes
     assert outcome.manifest_key == first.manifest_key and outcome.exit_code == 0
     assert store.get(store.read_manifest(first.manifest_key)["result"]) == "slept"
     with pytest.raises(MissingArtifact):  # the dead try's payload is gone with its job
