@@ -317,3 +317,79 @@ def test_kill_terminates_the_job_and_no_later_try_reattaches_to_it(
     [outcome] = outcomes
     assert outcome.failure is not None and "stopped by Airflow" in outcome.failure
     assert batch.describe(job["jobId"])["status"] == "FAILED"
+
+
+class _Jobs:
+    """A Batch client whose jobs are given; records what is asked of it."""
+
+    def __init__(self, *jobs: dict[str, Any], tagging: Exception | None = None) -> None:
+        self.jobs, self.tagging, self.calls = list(jobs), tagging, []
+
+    def list_jobs(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(("list_jobs", kwargs))
+        return {"jobSummaryList": [{"jobId": j["jobId"], "status": j["status"]} for j in self.jobs]}
+
+    def describe_jobs(self, jobs: list[str]) -> dict[str, Any]:
+        return {"jobs": [j for j in self.jobs if j["jobId"] in jobs]}
+
+    def terminate_job(self, **kwargs: Any) -> None:
+        self.calls.append(("terminate_job", kwargs))
+
+    def tag_resource(self, **kwargs: Any) -> None:
+        if self.tagging is not None:
+            raise self.tagging
+        self.calls.append(("tag_resource", kwargs))
+
+
+def _job(job_id: str, status: str, manifest: str, created: int, **tags: str) -> dict[str, Any]:
+    env = [{"name": "FLOWTASK_MANIFEST", "value": manifest}]
+    return {
+        "jobId": job_id,
+        "jobArn": f"arn:aws:batch:us-east-1:123456789012:job/{job_id}",
+        "status": status,
+        "createdAt": created,
+        "tags": tags,
+        "container": {"environment": env, "command": ["python3", "--payload", "not json"]},
+    }
+
+
+def test_only_an_active_unstopped_job_whose_try_never_ended_is_reattached(tmp_path: Any):
+    store = open_store((tmp_path / "store").as_uri())
+    store.write_manifest("runs/d/r/t/-1/3/result.json", {"status": "failed"})
+    client = _Jobs(
+        _job("done", "SUCCEEDED", "runs/d/r/t/-1/1/result.json", 1),
+        _job("stopping", "RUNNING", "runs/d/r/t/-1/4/result.json", 5, **{STOPPED_TAG: "true"}),
+        _job("ended-try", "RUNNING", "runs/d/r/t/-1/3/result.json", 4),
+        _job("older", "RUNNABLE", "runs/d/r/t/-1/1/result.json", 2),
+        _job("left", "STARTING", "runs/d/r/t/-1/2/result.json", 3),
+    )
+    found = running_job(client, "q", "flowtask-t-abc", store)
+    assert found is not None and (found.job_id, found.manifest_key, found.payload) == (
+        "left",
+        "runs/d/r/t/-1/2/result.json",
+        None,
+    )
+    assert client.calls == [
+        (
+            "list_jobs",
+            {"jobQueue": "q", "filters": [{"name": "JOB_NAME", "values": ["flowtask-t-abc"]}]},
+        )
+    ]
+    assert running_job(_Jobs(), "q", "flowtask-t-abc", store) is None
+
+
+def test_a_job_that_cannot_be_tagged_is_still_terminated():
+    from provider.operators.targets.batch_jobs import mark_stopped
+
+    client = _Jobs(_job("j", "RUNNING", "m", 1), tagging=RuntimeError("AccessDenied"))
+    assert mark_stopped(client, "j", "why") == "RuntimeError: AccessDenied"
+    assert client.calls == [("terminate_job", {"jobId": "j", "reason": "why"})]
+    tagged = _Jobs(_job("j", "RUNNING", "m", 1))
+    assert mark_stopped(tagged, "j", "why") is None
+    assert tagged.calls[-1] == (
+        "tag_resource",
+        {
+            "resourceArn": "arn:aws:batch:us-east-1:123456789012:job/j",
+            "tags": {STOPPED_TAG: "true"},
+        },
+    )

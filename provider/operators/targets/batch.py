@@ -89,8 +89,10 @@ class BatchTarget(ComputeTarget):
 
         op = self._operator
         if op is not None and op.job_id:
-            mark_stopped(op.hook.client, op.job_id, STOP_REASON)
+            untagged = mark_stopped(op.hook.client, op.job_id, STOP_REASON)
             op.log.info("Batch job %s terminated: %s", op.job_id, STOP_REASON)
+            if untagged:
+                op.log.warning("could not tag Batch job %s as stopped: %s", op.job_id, untagged)
 
 
 def batch_requests(

@@ -83,11 +83,18 @@ def running_job(client: Any, queue: str, name: str, store: ArtifactStore) -> Run
     return None
 
 
-def mark_stopped(client: Any, job_id: str, reason: str) -> None:
-    """Terminate the job and tag it, so that no later try reattaches to it while it stops."""
+def mark_stopped(client: Any, job_id: str, reason: str) -> str | None:
+    """Terminate the job and tag it, so that no later try reattaches to it while it stops.
+
+    Returns why the tag could not be set (the job is terminated all the same), else None.
+    """
     client.terminate_job(jobId=job_id, reason=reason)
-    [job] = client.describe_jobs(jobs=[job_id])["jobs"]
-    client.tag_resource(resourceArn=job["jobArn"], tags={STOPPED_TAG: "true"})
+    try:
+        [job] = client.describe_jobs(jobs=[job_id])["jobs"]
+        client.tag_resource(resourceArn=job["jobArn"], tags={STOPPED_TAG: "true"})
+    except Exception as exc:  # e.g. no batch:TagResource: a stopping job may be reattached
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def discard_payload(store: ArtifactStore, payload: Mapping[str, Any] | None) -> None:
