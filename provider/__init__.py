@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from provider.runtime.context import flow_context
 from provider.runtime.failure import Failure
 from provider.specs import (
+    BatchOptions,
     Environment,
     ForeachOptions,
     KubernetesOptions,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchOptions",
     "Environment",
     "Failure",
     "ForeachOptions",

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from provider.specs import COMPUTE_TARGETS, KubernetesOptions, SpecError
+from provider.specs import COMPUTE_TARGETS, BatchOptions, KubernetesOptions, SpecError
 from provider.store import ArtifactStore, open_store
 
 SECTION = "flow_task"
@@ -142,6 +142,50 @@ def kubernetes_secrets() -> tuple[str, ...]:
         return tuple(Environment(secrets=_comma_list(raw)).secrets)
     except SpecError as exc:
         raise ValueError(f"[{SECTION}] kubernetes_secrets={raw!r} is invalid: {exc}") from None
+
+
+_BATCH_SETTINGS = {  # [flow_task] key -> BatchOptions field
+    "batch_job_queue": "queue",
+    "batch_job_role_arn": "job_role_arn",
+    "batch_execution_role_arn": "execution_role_arn",
+    "batch_platform": "platform",
+}
+DEFAULT_BATCH_POLL_SECONDS = 10.0
+
+
+def batch_defaults() -> BatchOptions:
+    """The ``[flow_task] batch_*`` settings that every flow task's Batch job starts from."""
+    given: dict[str, Any] = {}
+    for key, name in _BATCH_SETTINGS.items():
+        raw = _get(key, "")
+        if not raw:
+            continue
+        try:
+            BatchOptions(**{name: raw})  # type: ignore[arg-type]
+        except SpecError as exc:
+            raise ValueError(f"[{SECTION}] {key}={raw!r} is invalid: {exc}") from None
+        given[name] = raw
+    return BatchOptions(**given)
+
+
+def aws_region() -> str | None:
+    """``[flow_task] aws_region`` for Batch; empty means the AWS connection's region."""
+    return _get("aws_region", "") or None
+
+
+def batch_poll_seconds() -> float:
+    """Seconds between status checks of a Batch job (and fetches of its CloudWatch logs)."""
+    raw = _get("batch_poll_interval", str(DEFAULT_BATCH_POLL_SECONDS))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 600:
+        raise ValueError(
+            f"[{SECTION}] batch_poll_interval={raw!r} is invalid. Accepted: seconds, more than "
+            "0 and at most 600"
+        )
+    return value
 
 
 def pod_store_env() -> dict[str, str]:

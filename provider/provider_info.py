@@ -50,6 +50,51 @@ def _kubernetes_options() -> dict[str, dict[str, Any]]:
     }
 
 
+def _batch_options() -> dict[str, dict[str, Any]]:
+    """Defaults under every task's BatchOptions (task values win), and how jobs are watched."""
+    described = {
+        "batch_job_queue": (
+            "AWS Batch job queue (name or ARN) of flow tasks whose BatchOptions set none. A "
+            "Batch task with no queue anywhere fails at once.",
+            "",
+            "flow-spot",
+        ),
+        "batch_job_role_arn": (
+            "IAM role the job's container runs as (its AWS credentials, e.g. for an s3:// "
+            "artifact store).",
+            "",
+            "arn:aws:iam::123456789012:role/flow-job",
+        ),
+        "batch_execution_role_arn": (
+            "IAM role Batch and ECS use to start the job: pull the image, write logs, read "
+            "Environment(secrets=[...]). Needed on Fargate and for secrets.",
+            "",
+            "arn:aws:iam::123456789012:role/flow-execution",
+        ),
+        "batch_platform": ("EC2 or FARGATE; empty means EC2.", "", "FARGATE"),
+        "aws_region": (
+            "AWS region of the Batch API; empty means the AWS connection's (aws_conn_id).",
+            "",
+            "eu-west-1",
+        ),
+        "batch_poll_interval": (
+            "Seconds between status checks of a running Batch job and fetches of its "
+            "CloudWatch logs.",
+            "10",
+            "30",
+        ),
+    }
+    return {
+        name: _option(
+            description + "\n",
+            default,
+            example,
+            kind="float" if name == "batch_poll_interval" else "string",
+        )
+        for name, (description, default, example) in described.items()
+    }
+
+
 def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-flowtask",
@@ -98,6 +143,7 @@ def get_provider_info() -> dict[str, Any]:
                         "kubernetes_ml",
                     ),
                     **_kubernetes_options(),
+                    **_batch_options(),
                     "xcom_inline_max_bytes": _option(
                         "With the flowtask XCom backend, JSON values up to this many bytes stay "
                         "in the XCom row; larger or non-JSON values go to the artifact store. "

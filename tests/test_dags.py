@@ -149,7 +149,11 @@ def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: Da
 def test_kubernetes_task_runs_locally_with_the_flow_compute_param(dags_test: DagsTest):
     run = dags_test("flow_targets", conf={"flow_compute": "batch"}, dags_folder=TEST_DAGS)
     assert run.returncode != 0
-    assert "flow task train cannot run: compute='batch' is not available" in run.output
+    # Batch takes secrets as ARNs only: its Kubernetes Secret name can never work there.
+    assert (
+        "flow task train cannot run: environment.secrets='db-creds' is invalid: a Kubernetes "
+        "Secret name is resolved by compute='kubernetes' only" in run.output
+    )
     assert _try_numbers(run.home, "flow_targets") == {"train": 1}  # not retried: it cannot work
 
     run = dags_test("flow_targets", conf={"flow_compute": "local"}, dags_folder=TEST_DAGS)
@@ -270,3 +274,20 @@ def test_example_flow_kubernetes_runs_locally_with_the_flow_compute_param(dags_t
     assert len(tasks["score"]) == 3
     summary = tasks["summarize"][0]["result"]  # a dict return: one artifact per key
     assert store.get(summary["batches"]) == 3 and store.get(summary["total"]) > 0
+
+
+def test_example_flow_batch_runs_locally_with_the_flow_compute_param(dags_test: DagsTest):
+    run = dags_test("flow_batch", conf={"flow_compute": "local"})
+    assert run.returncode == 0, run.output[-5000:]
+    store = open_store(run.artifacts.as_uri())
+    tasks = _by_task(run.manifests("flow_batch"))
+    assert {name: len(tries) for name, tries in tasks.items()} == {
+        "make_batches": 1,
+        "score": 3,
+        "fit_in_memory": 1,
+        "summarize": 1,
+    }
+    summary = {k: store.get(v) for k, v in tasks["summarize"][0]["result"].items()}
+    # Locally nothing limits memory: the fit that Batch kills succeeds here.
+    assert summary == {"batches": 3, "total": summary["total"], "fit": 72}
+    assert summary["total"] > 0 and "compute=local" in run.output

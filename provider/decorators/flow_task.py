@@ -105,11 +105,12 @@ def flow_task(
 ) -> TaskDecorator:
     """Turn a function into a flow task.
 
-    ``resources``, ``retry``, ``timeout``, ``catch``, ``environment``, ``compute`` and the
-    target options (``kubernetes=KubernetesOptions(...)``) are checked here, when the DAG file
-    is parsed; a bad value raises :class:`provider.SpecError`. ``retry`` and ``timeout`` become
-    Airflow's own ``retries``, ``retry_delay``, ``retry_exponential_backoff``,
-    ``max_retry_delay`` and ``execution_timeout``. Every other keyword goes to the operator, as
+    ``resources``, ``retry``, ``timeout``, ``catch``, ``environment``, ``compute``, the
+    target options (``kubernetes=KubernetesOptions(...)``, ``batch=BatchOptions(...)``) and
+    ``foreach=ForeachOptions(...)`` are checked here, when the DAG file is parsed; a bad value
+    raises :class:`provider.SpecError`. ``retry`` and ``timeout`` become Airflow's own
+    ``retries``, ``retry_delay``, ``retry_exponential_backoff``, ``max_retry_delay`` and
+    ``execution_timeout``. Every other keyword goes to the operator, as
     with ``@task``; ``.expand``, ``.partial`` and ``.override`` (specs included) work as for any
     TaskFlow task.
     """

@@ -47,6 +47,7 @@ class FlowTaskOperator(DecoratedOperator):
         environment: Any = None,
         compute: Any = None,
         kubernetes: Any = None,
+        batch: Any = None,
         foreach_items: Any = None,
         foreach_argument: str | None = None,
         **kwargs: Any,
@@ -59,6 +60,7 @@ class FlowTaskOperator(DecoratedOperator):
             environment=environment,
             compute=compute,
             kubernetes=kubernetes,
+            batch=batch,
         )
         kwargs.update(
             retry_kwargs_given(spec, retry=retry is not None, timeout=timeout is not None)

@@ -8,6 +8,12 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
 
+from provider.specs.batch import (
+    RESERVED_ENV_PREFIX,
+    BatchOptions,
+    check_fargate,
+    secret_variables,
+)
 from provider.specs.environment import Environment
 from provider.specs.errors import SpecError
 from provider.specs.foreach import ForeachOptions
@@ -60,6 +66,15 @@ def _kubernetes(value: Any) -> KubernetesOptions:
     )
 
 
+def _batch(value: Any) -> BatchOptions:
+    return _spec(
+        BatchOptions,
+        value,
+        "batch",
+        "BatchOptions(queue='flow-spot', platform='EC2') or a dict of it",
+    )
+
+
 def _timeout(value: Any) -> timedelta:
     timeout = parse_duration(value, "timeout")
     if timeout > timedelta(seconds=MAX_TIMEOUT_SECONDS):
@@ -101,6 +116,7 @@ class TaskSpec:
     compute: str | None = None
     kubernetes: KubernetesOptions = field(default_factory=KubernetesOptions)
     foreach: ForeachOptions = field(default_factory=ForeachOptions)
+    batch: BatchOptions = field(default_factory=BatchOptions)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -113,8 +129,13 @@ class TaskSpec:
         set_(self, "compute", _compute(self.compute))
         set_(self, "kubernetes", _kubernetes(self.kubernetes))
         set_(self, "foreach", _spec(ForeachOptions, self.foreach, "foreach", FOREACH_FORM))
-        if self.compute == "kubernetes":
-            check_secrets_for("kubernetes", self.environment.secrets)
+        set_(self, "batch", _batch(self.batch))
+        if self.compute in ("kubernetes", "batch"):
+            check_secrets_for(self.compute, self.environment.secrets)
+        if self.compute == "batch":
+            check_batch_env(self.environment)
+        if self.batch.fargate:
+            check_fargate(self.resources)
 
     @classmethod
     def build(cls, **loose: Any) -> TaskSpec:
@@ -133,6 +154,9 @@ class TaskSpec:
 
 def check_secrets_for(compute: str, secrets: Sequence[str]) -> None:
     """Secret references must be of the kind the compute target resolves."""
+    if compute == "batch":
+        secret_variables(secrets)  # full ARNs, each its own variable
+        return
     for secret in secrets:
         is_arn = secret.startswith("arn:")
         if compute == "kubernetes" and is_arn:
@@ -141,6 +165,18 @@ def check_secrets_for(compute: str, secrets: Sequence[str]) -> None:
                 secret,
                 "Kubernetes Secret names such as 'db-creds' with compute='kubernetes'",
                 "AWS ARNs are resolved by compute='batch' only",
+            )
+
+
+def check_batch_env(environment: Environment) -> None:
+    """Batch refuses variables named ``AWS_BATCH*``: they are its own."""
+    for name, _ in environment.env:
+        if name.startswith(RESERVED_ENV_PREFIX):
+            raise SpecError(
+                f"environment.env[{name!r}]",
+                name,
+                f"a variable name not starting with {RESERVED_ENV_PREFIX} with compute='batch'",
+                "Batch sets AWS_BATCH_* itself and refuses them in a job",
             )
 
 

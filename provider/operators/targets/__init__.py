@@ -9,6 +9,7 @@ from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
 _TARGETS = {
     "local": "provider.operators.targets.local:LocalTarget",
     "kubernetes": "provider.operators.targets.kubernetes:KubernetesTarget",
+    "batch": "provider.operators.targets.batch:BatchTarget",
 }
 
 
