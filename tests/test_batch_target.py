@@ -139,7 +139,7 @@ def test_the_submit_request_does_not_grow_with_the_payload(
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
     store = open_store((tmp_path / "store").as_uri())
     run = task_run(store, slow, 1)
-    code = code_reference(store.root_uri, code_package(slow))
+    code = code_reference(store.root_uri, code_package(None))
     sizes = {}
     for label, value in (("small", b"x" * 100), ("large", bytes(20 * 2**20))):
         payload = store.put_at(payload_key(run.manifest_key), value).to_json()
