@@ -343,3 +343,12 @@ def test_default_image_matches_the_worker_python(monkeypatch: pytest.MonkeyPatch
     assert config.default_image() == f"python:{major}.{minor}-slim"
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__DEFAULT_IMAGE", "ghcr.io/acme/base:1")
     assert config.default_image() == "ghcr.io/acme/base:1"
+
+
+@pytest.mark.parametrize("golden", sorted(GOLDEN.glob("*.json")), ids=lambda p: p.stem)
+def test_every_golden_pod_passes_the_api_servers_checks(golden: Path):
+    from k8s_admission import admit_pod
+
+    pod = json.loads(golden.read_text())
+    pod["metadata"]["name"] = pod["metadata"]["name"].replace("<suffix>", "abcd1234")
+    admit_pod(pod)
