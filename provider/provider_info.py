@@ -37,7 +37,11 @@ def _kubernetes_options() -> dict[str, dict[str, Any]]:
             "CPU limit as a multiple of the request; empty means no CPU limit.",
             "2",
         ),
-        "gpu_vendor": ("GPU resource vendor: nvidia, amd or intel (<vendor>.com/gpu).", "amd"),
+        "gpu_vendor": (
+            "GPU vendor, for the resource its device plugin advertises: nvidia "
+            "(nvidia.com/gpu), amd (amd.com/gpu) or intel (gpu.intel.com/i915).",
+            "amd",
+        ),
         "gpu_type_label": (
             "Node label that Resources(gpu_type=...) selects on; empty means "
             "nvidia.com/gpu.product.",

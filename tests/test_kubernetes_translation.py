@@ -43,6 +43,15 @@ MATRIX: dict[str, dict[str, Any]] = {
         "resources": Resources(gpu=1, gpu_type="mi300x"),
         "kubernetes": KubernetesOptions(gpu_vendor="amd", gpu_type_label="example.com/gpu-model"),
     },
+    "gpu_intel": {
+        "resources": Resources(gpu=1),
+        "kubernetes": KubernetesOptions(gpu_vendor="intel"),
+    },
+    "extended_resources": {
+        "kubernetes": KubernetesOptions(
+            extended_resources={"gpu.intel.com/xe": 1, "example.com/fpga": 2}
+        )
+    },
     "disk": {"resources": Resources(disk="100Gi")},
     "shared_memory": {"resources": Resources(memory="8Gi", shared_memory="2Gi")},
     "secrets_and_env": {
@@ -269,6 +278,20 @@ def test_a_pod_without_status_has_no_description():
         ({"cpu_limit_ratio": "2"}, "kubernetes.cpu_limit_ratio"),
         ({"gpu_vendor": "nvidea"}, "kubernetes.gpu_vendor"),
         ({"gpu_type_label": "has space"}, "kubernetes.gpu_type_label"),
+        ({"extended_resources": ["example.com/fpga"]}, "kubernetes.extended_resources"),
+        ({"extended_resources": {"cpu": 1}}, "kubernetes.extended_resources['cpu']"),
+        (
+            {"extended_resources": {"kubernetes.io/batteries": 1}},
+            "kubernetes.extended_resources['kubernetes.io/batteries']",
+        ),
+        (
+            {"extended_resources": {"example.com/fpga": 0}},
+            "kubernetes.extended_resources['example.com/fpga']",
+        ),
+        (
+            {"extended_resources": {"example.com/fpga": 0.5}},
+            "kubernetes.extended_resources['example.com/fpga']",
+        ),
     ],
 )
 def test_bad_kubernetes_options_name_the_field(given: dict[str, Any], field: str):
@@ -352,3 +375,40 @@ def test_every_golden_pod_passes_the_api_servers_checks(golden: Path):
     pod = json.loads(golden.read_text())
     pod["metadata"]["name"] = pod["metadata"]["name"].replace("<suffix>", "abcd1234")
     admit_pod(pod)
+
+
+# The resource each vendor's device plugin advertises on a node (NVIDIA's k8s-device-plugin,
+# AMD's k8s-device-plugin, Intel's intel-device-plugins-for-kubernetes GPU plugin).
+DEVICE_PLUGIN_RESOURCES = {
+    "nvidia": "nvidia.com/gpu",
+    "amd": "amd.com/gpu",
+    "intel": "gpu.intel.com/i915",
+}
+
+
+@pytest.mark.parametrize("vendor", sorted(DEVICE_PLUGIN_RESOURCES))
+def test_gpu_pods_ask_for_what_the_vendors_device_plugin_advertises(vendor: str):
+    from k8s_node import Node, unschedulable
+
+    node = Node(allocatable={"cpu": "8", "memory": "32Gi", "pods": "110"})
+    node.allocatable[DEVICE_PLUGIN_RESOURCES[vendor]] = "2"
+    spec = TaskSpec.build(
+        resources=Resources(gpu=2), kubernetes=KubernetesOptions(gpu_vendor=vendor)
+    )
+    assert unschedulable(render(spec), node, []) is None
+
+
+def test_extended_resources_are_requested_and_limited_alike():
+    spec = TaskSpec.build(kubernetes=KubernetesOptions(extended_resources={"example.com/fpga": 2}))
+    resources = render(spec)["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["example.com/fpga"] == resources["limits"]["example.com/fpga"]
+    assert resources["limits"]["example.com/fpga"] == "2"
+
+
+def test_a_gpu_asked_for_twice_is_refused():
+    spec = TaskSpec.build(
+        resources=Resources(gpu=1),
+        kubernetes=KubernetesOptions(extended_resources={"nvidia.com/gpu": 1}),
+    )
+    with pytest.raises(SpecError, match=r"extended_resources\['nvidia.com/gpu'\]"):
+        render(spec)

@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from provider.compute.labels import label_key_name, label_value
-from provider.specs import KubernetesOptions, Resources, TaskSpec, check_secrets_for
+from provider.specs import KubernetesOptions, Resources, SpecError, TaskSpec, check_secrets_for
+from provider.specs.kubernetes import GPU_RESOURCES
 
 LABEL_PREFIX = "flowtask.io"
 TAG_LABEL_PREFIX = f"tag.{LABEL_PREFIX}/"
@@ -38,8 +39,19 @@ def resource_requirements(resources: Resources, options: KubernetesOptions) -> A
         limits["cpu"] = cpu_quantity(math.ceil(resources.cpu_millicores * options.cpu_limit_ratio))
     if resources.disk_quantity is not None:
         requests["ephemeral-storage"] = limits["ephemeral-storage"] = resources.disk_quantity
+    gpu = GPU_RESOURCES[options.gpu_vendor or DEFAULT_GPU_VENDOR]
     if resources.gpu:
-        limits[f"{options.gpu_vendor or DEFAULT_GPU_VENDOR}.com/gpu"] = str(resources.gpu)
+        limits[gpu] = str(resources.gpu)
+    for name, count in options.extended_resources:
+        if resources.gpu and name == gpu:
+            raise SpecError(
+                f"kubernetes.extended_resources[{name!r}]",
+                count,
+                f"either resources.gpu or extended_resources[{name!r}]",
+                f"resources.gpu={resources.gpu} already asks for {name}",
+            )
+        # Kubernetes requires request = limit for extended resources; a limit alone implies it.
+        requests[name] = limits[name] = str(count)
     return k8s.V1ResourceRequirements(requests=requests, limits=limits)
 
 

@@ -21,7 +21,15 @@ TOLERATION_FORM = (
     "a list of dicts with keys key, operator ('Exists' or 'Equal'), value, effect "
     "('NoSchedule', 'PreferNoSchedule', 'NoExecute') and toleration_seconds"
 )
-GPU_VENDORS = ("nvidia", "amd", "intel")
+# The resource each vendor's device plugin advertises. Intel's plugin names it after the kernel
+# driver: gpu.intel.com/i915 for the GPUs it drives today (Data Center GPU Flex and Max, Arc,
+# integrated); GPUs on the newer xe driver are gpu.intel.com/xe (ask with extended_resources).
+GPU_RESOURCES = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu", "intel": "gpu.intel.com/i915"}
+GPU_VENDORS = tuple(GPU_RESOURCES)
+EXTENDED_RESOURCES_FORM = (
+    "a dict of device-plugin resource names to whole counts, such as {'gpu.intel.com/xe': 1} "
+    "or {'example.com/fpga': 2}"
+)
 
 _TOLERATION_KEYS = {"key", "operator", "value", "effect", "toleration_seconds"}
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -99,6 +107,44 @@ def _toleration(item: Any, field: str) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted({**item, "operator": operator}.items()))
 
 
+def is_extended_resource(name: object) -> bool:
+    """A resource a device plugin or operator advertises: ``vendor.example/thing``.
+
+    Native resources (no domain, or a ``kubernetes.io`` one) and quota names are not.
+    """
+    if not isinstance(name, str) or "/" not in name or name.startswith("requests."):
+        return False
+    domain = name.partition("/")[0]
+    native = domain == "kubernetes.io" or domain.endswith(".kubernetes.io")
+    return not native and is_qualified_name(name)
+
+
+def _extended_resources(value: Any) -> tuple[tuple[str, int], ...]:
+    field = "kubernetes.extended_resources"
+    if isinstance(value, tuple):
+        value = dict(value)
+    if not isinstance(value, Mapping):
+        raise SpecError(field, value, EXTENDED_RESOURCES_FORM, "not a dict")
+    for name, count in value.items():
+        if not is_extended_resource(name):
+            raise SpecError(
+                f"{field}[{name!r}]",
+                name,
+                EXTENDED_RESOURCES_FORM,
+                "cpu, memory and names in kubernetes.io are not extended resources"
+                if isinstance(name, str)
+                else None,
+            )
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise SpecError(
+                f"{field}[{name!r}]",
+                count,
+                "a whole count >= 1",
+                "Kubernetes does not share extended resources fractionally",
+            )
+    return tuple(sorted(value.items()))
+
+
 def _tolerations(value: Any) -> tuple[tuple[tuple[str, Any], ...], ...]:
     if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)):
         raise SpecError("kubernetes.tolerations", value, TOLERATION_FORM, "not a list")
@@ -125,6 +171,8 @@ class KubernetesOptions:
     merged with the task's keys winning, lists are joined.
     ``cpu_limit_ratio`` sets the CPU limit to that multiple of the request (none by default:
     the pod may use idle CPUs); the memory limit always equals the request.
+    ``gpu_vendor`` picks the device plugin's resource (:data:`GPU_RESOURCES`);
+    ``extended_resources`` asks for any other (request = limit, as Kubernetes requires).
     """
 
     namespace: str | None = None
@@ -137,6 +185,7 @@ class KubernetesOptions:
     cpu_limit_ratio: float | None = None
     gpu_vendor: str | None = None
     gpu_type_label: str | None = None
+    extended_resources: Any = ()
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -174,6 +223,7 @@ class KubernetesOptions:
             )
         if self.gpu_vendor is not None and self.gpu_vendor not in GPU_VENDORS:
             raise SpecError("kubernetes.gpu_vendor", self.gpu_vendor, f"one of {GPU_VENDORS}")
+        set_(self, "extended_resources", _extended_resources(self.extended_resources))
         label = self.gpu_type_label
         if label is not None and not is_qualified_name(label):
             raise SpecError(
@@ -188,7 +238,7 @@ class KubernetesOptions:
         merged: dict[str, Any] = {}
         for f in fields(self):
             mine, base = getattr(self, f.name), getattr(defaults, f.name)
-            if f.name in ("node_selector", "labels", "annotations"):
+            if f.name in ("node_selector", "labels", "annotations", "extended_resources"):
                 merged[f.name] = {**dict(base), **dict(mine)}
             elif f.name in ("tolerations", "image_pull_secrets"):
                 merged[f.name] = tuple(dict.fromkeys(base + mine))
