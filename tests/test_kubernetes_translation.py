@@ -201,9 +201,17 @@ def test_different_names_get_different_labels():
         ("Group.Fit_Model", "group-fit-model"),
         ("__x__", "x"),
         ("___", "flow-task"),
+        (
+            "preprocessing_of_the_nightly_feature_tables.per_region_models.train_the_model",
+            "ghtly-feature-tables-per-region-models-train-the-model",
+        ),
+        ("x" * 60 + ".__fit", "x" * 50 + "-fit"),
+        ("a" * 49 + "-.-.-.-" + "b" * 50, "b" * 50),
     ],
 )
 def test_pod_names_are_what_kubernetes_accepts(task_id: str, name: str):
+    """KPO cuts a name to 63 with its 9-character suffix, from the front: a long TaskGroup
+    name would push the task's own name out, so the name keeps the end of the task id."""
     assert pod_name(task_id) == name
     identity = {**IDENTITY, "task_id": task_id}
     assert render(TaskSpec(), identity, expect_name=name)["metadata"]["name"] == f"{name}-<suffix>"

@@ -20,9 +20,16 @@ DEFAULT_GPU_VENDOR = "nvidia"
 DEFAULT_GPU_TYPE_LABEL = "nvidia.com/gpu.product"
 
 
+POD_NAME_STEM = 63 - 9  # KPO appends "-" and 8 random characters, and cuts to 63 from the front
+
+
 def pod_name(task_id: str) -> str:
-    """A valid pod name stem for a task id (the operator appends a random suffix)."""
-    return re.sub(r"[^a-z0-9-]+", "-", task_id.lower()).strip("-")[:200] or "flow-task"
+    """A valid pod name stem for a task id (the operator appends a random suffix).
+
+    It keeps the end of the task id: a task in a long-named TaskGroup keeps its own name.
+    """
+    name = re.sub(r"[^a-z0-9-]+", "-", task_id.lower()).strip("-")
+    return name[-POD_NAME_STEM:].lstrip("-") or "flow-task"
 
 
 def cpu_quantity(millicores: int) -> str:
