@@ -48,10 +48,25 @@ def _kubernetes_options() -> dict[str, dict[str, Any]]:
             "cloud.google.com/gke-accelerator",
         ),
     }
-    return {
+    options = {
         f"kubernetes_{name}": _option(description + "\n", "", example)
         for name, (description, example) in described.items()
     }
+    options["kubernetes_schedule_timeout"] = _option(
+        "How long an unschedulable pod waits for a node (a cluster autoscaler's, or capacity "
+        "that frees up) before its task fails with the scheduler's reason: a duration such as "
+        "'10m', '90s' or seconds. A missing Secret or image fails at once.\n",
+        "10m",
+        "0",
+    )
+    options["kubernetes_deferrable"] = _option(
+        "Whether flow task pods run deferred: the worker slot is released while the pod runs "
+        "and the triggerer watches it (KubernetesOptions(deferrable=...) per task).\n",
+        "False",
+        "True",
+        kind="boolean",
+    )
+    return options
 
 
 def get_provider_info() -> dict[str, Any]:

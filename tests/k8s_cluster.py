@@ -305,12 +305,14 @@ class Kubelet:
         self.missing_images = missing_images if missing_images is not None else set()
         self.pods: dict[tuple[str, str], _Pod] = {}
         self.started_at: dict[str, float] = {}
+        self.lifetimes: dict[str, tuple[float, float | None]] = {}  # created, ended
         self.tasks: set[asyncio.Task[None]] = set()
         self.freed = asyncio.Event()  # replaced whenever a bound pod ends: capacity came back
 
     def schedule(self, pod: dict[str, Any]) -> None:
         p = _Pod(copy.deepcopy(pod))
         self.pods[p.key] = p
+        self.lifetimes[p.key[1]] = (time.time(), None)
         task = asyncio.create_task(self.run(p))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -376,6 +378,7 @@ class Kubelet:
         finally:
             p.done.set()
             p.touch()
+            self.lifetimes[p.key[1]] = (self.lifetimes[p.key[1]][0], time.time())
             if p.bound:
                 freed, self.freed = self.freed, asyncio.Event()
                 freed.set()
@@ -745,6 +748,10 @@ class LocalCluster:
     def started_at(self, pod_name: str) -> float | None:
         """When the pod's subprocess started (``time.time()``), or None if it has not."""
         return self._kubelet.started_at.get(pod_name)
+
+    def lifetime(self, pod_name: str) -> tuple[float, float | None]:
+        """When the pod was created and when it ended (stopped or deleted), by ``time.time()``."""
+        return self._kubelet.lifetimes[pod_name]
 
     def logs(self, pod_name: str, namespace: str = "default") -> str:
         """The pod's output so far."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from typing import Any
 
 from provider.specs.errors import SpecError
 from provider.specs.names import is_dns_label, is_dns_subdomain, is_label_value, is_qualified_name
+from provider.specs.units import parse_duration
 
 NAME_FORM = "a DNS-1123 name such as 'ml-jobs' (lowercase letters, digits, '-', at most 63)"
 SECRET_NAME_FORM = (
@@ -145,6 +147,13 @@ def _extended_resources(value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(value.items()))
 
 
+def _schedule_timeout(value: Any) -> timedelta:
+    """A duration, or 0 to fail at once when no node can host the pod."""
+    if value in (0, "0", "0s") and not isinstance(value, bool):
+        return timedelta(0)
+    return parse_duration(value, "kubernetes.schedule_timeout")
+
+
 def _tolerations(value: Any) -> tuple[tuple[tuple[str, Any], ...], ...]:
     if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)):
         raise SpecError("kubernetes.tolerations", value, TOLERATION_FORM, "not a list")
@@ -173,6 +182,9 @@ class KubernetesOptions:
     the pod may use idle CPUs); the memory limit always equals the request.
     ``gpu_vendor`` picks the device plugin's resource (:data:`GPU_RESOURCES`);
     ``extended_resources`` asks for any other (request = limit, as Kubernetes requires).
+    ``schedule_timeout`` is how long an unschedulable pod waits for a node (a cluster
+    autoscaler's) before the task fails; ``deferrable`` releases the worker slot while the pod
+    runs (the triggerer watches it).
     """
 
     namespace: str | None = None
@@ -186,6 +198,8 @@ class KubernetesOptions:
     gpu_vendor: str | None = None
     gpu_type_label: str | None = None
     extended_resources: Any = ()
+    schedule_timeout: Any = None
+    deferrable: bool | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -224,6 +238,10 @@ class KubernetesOptions:
         if self.gpu_vendor is not None and self.gpu_vendor not in GPU_VENDORS:
             raise SpecError("kubernetes.gpu_vendor", self.gpu_vendor, f"one of {GPU_VENDORS}")
         set_(self, "extended_resources", _extended_resources(self.extended_resources))
+        if self.schedule_timeout is not None:
+            set_(self, "schedule_timeout", _schedule_timeout(self.schedule_timeout))
+        if self.deferrable is not None and not isinstance(self.deferrable, bool):
+            raise SpecError("kubernetes.deferrable", self.deferrable, "True, False or None")
         label = self.gpu_type_label
         if label is not None and not is_qualified_name(label):
             raise SpecError(

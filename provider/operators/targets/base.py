@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from provider.specs import TaskSpec
 from provider.store import ArtifactStore, Reference
@@ -68,3 +68,27 @@ class ComputeTarget(ABC):
     @abstractmethod
     def kill(self) -> None:
         """Stop what :meth:`run` started (called from Airflow's ``on_kill``)."""
+
+    def resume(self, run: TaskRun, context: Any, event: Any, state: Mapping[str, Any]) -> Outcome:
+        """Observe to its end what :meth:`run` deferred, once the trigger fired with ``event``;
+        ``state`` is what :meth:`defer` was given."""
+        raise NotImplementedError(f"compute={self.name!r} does not defer")
+
+    def defer(self, run: TaskRun, deferral: Any, state: Mapping[str, Any]) -> NoReturn:
+        """Hand ``deferral`` (the official operator's ``TaskDeferred``) to Airflow, resuming in
+        the flow task operator's ``execute_complete`` and then in :meth:`resume`."""
+        from airflow.sdk.exceptions import TaskDeferred
+
+        resume = {
+            "compute": self.name,
+            "payload": run.payload.to_json(),
+            "manifest_key": run.manifest_key,
+            "identity": dict(run.identity),
+            "target": dict(state),
+        }
+        raise TaskDeferred(
+            trigger=deferral.trigger,
+            method_name="execute_complete",
+            kwargs={"resume": resume},
+            timeout=deferral.timeout,
+        )

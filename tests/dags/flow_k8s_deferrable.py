@@ -1,0 +1,34 @@
+"""The same pod twice: deferred (the worker slot is free while it runs) and held."""
+
+from __future__ import annotations
+
+import time
+
+from airflow.sdk import dag
+
+from provider import KubernetesOptions, flow_task
+
+SECONDS = 12
+
+
+@dag(schedule=None, catchup=False)
+def flow_k8s_deferrable():
+    @flow_task(compute="kubernetes", kubernetes=KubernetesOptions(deferrable=True))
+    def deferred(seconds: int) -> str:
+        time.sleep(seconds)
+        return "deferred"
+
+    @flow_task(compute="kubernetes")
+    def held(seconds: int) -> str:
+        time.sleep(seconds)
+        return "held"
+
+    @flow_task(compute="kubernetes", kubernetes=KubernetesOptions(deferrable=True))
+    def deferred_failure() -> str:
+        raise ValueError("the pod's function failed after the deferral")
+
+    deferred(SECONDS) >> held(SECONDS)
+    deferred_failure()
+
+
+flow_k8s_deferrable()
