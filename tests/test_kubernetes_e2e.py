@@ -5,8 +5,10 @@ API test server (kmock) whose local kubelet runs each pod's command -> moto's S3
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +241,49 @@ def test_pods_that_cannot_start_fail_in_seconds_with_the_reason(
         assert ended is not None
         print(f"PENDING {name}: failed and deleted {ended - created:.1f}s after its creation")
         assert ended - created < 15, name
+
+
+def _slot_seconds(output: str, task_id: str) -> float:
+    """Seconds ``task_id`` ran on the worker in `airflow dags test`, deferrals left out."""
+    stamp = r"^(\S+) \[\w+\s*\] "
+    began = rf"{stamp}\[DAG TEST\] running task <TaskInstance: [\w.]+\.{task_id} "
+    paused = rf"{stamp}Pausing task as DEFERRED\..*task_id={task_id}\b"
+    ended = rf"{stamp}\[DAG TEST\] end task task_id={task_id} "
+    marks = []
+    for kind, pattern in (("+", began), ("-", paused), ("-", ended)):
+        for match in re.finditer(pattern, output, re.MULTILINE):
+            marks.append((datetime.fromisoformat(match[1]), kind))
+    total, since = 0.0, None
+    for at, kind in sorted(marks):
+        if kind == "+":
+            since = at
+        elif since is not None:
+            total, since = total + (at - since).total_seconds(), None
+    return total
+
+
+def test_a_deferrable_pod_frees_the_worker_slot_while_it_runs(
+    dags_test: DagsTest, cluster: LocalCluster, moto: Any
+):
+    _secret(cluster, "flow-test-env", {"UNUSED": "1"})
+    run = dags_test(
+        "flow_k8s_deferrable",
+        dags_folder=TEST_DAGS,
+        **_cluster_env(cluster, moto, "e2e-k8s-deferrable"),
+    )
+    assert run.returncode != 0  # deferred_failure
+    out = run.output
+    tasks = _manifests(_store(moto, "e2e-k8s-deferrable"), "flow_k8s_deferrable")
+    store = _store(moto, "e2e-k8s-deferrable")
+    assert [m["status"] for m in tasks["deferred"]] == ["succeeded"]
+    assert store.get(tasks["deferred"][0]["result"]) == "deferred"
+    assert [m["status"] for m in tasks["held"]] == ["succeeded"]  # downstream of the deferred one
+    assert (
+        "flow task deferred_failure failed: builtins.ValueError: the pod's function failed" in out
+    )
+    assert out.count("runs deferred: the worker slot is free until it ends") == 2
+    assert "[base] " in out  # the pod's log, read when the trigger returned
+    assert cluster.pods() == []
+    deferred, held = _slot_seconds(out, "deferred"), _slot_seconds(out, "held")
+    print(f"WORKER SLOT deferred={deferred:.1f}s held={held:.1f}s (each pod sleeps 12s)")
+    assert held >= 12 and deferred < held - 8

@@ -111,7 +111,10 @@ class FlowTaskOperator(DecoratedOperator):
         """Where a try that its compute target deferred resumes, once the trigger fired."""
         from provider.operators.outcome import settle
         from provider.operators.resume import resumed_try
+        from provider.operators.targets import RESUME_KEY
 
+        if resume is None and isinstance(event, dict):  # `airflow dags test` passes the event
+            resume = event.get(RESUME_KEY)
         run, self._target = resumed_try(self, resume)
         try:
             outcome = self._target.resume(run, context, event, resume["target"])

@@ -16,6 +16,8 @@ from typing import Any, ClassVar, NoReturn
 from provider.specs import TaskSpec
 from provider.store import ArtifactStore, Reference
 
+RESUME_KEY = "flowtask_resume"
+
 
 @dataclass(frozen=True)
 class TaskRun:
@@ -74,21 +76,29 @@ class ComputeTarget(ABC):
         ``state`` is what :meth:`defer` was given."""
         raise NotImplementedError(f"compute={self.name!r} does not defer")
 
-    def defer(self, run: TaskRun, deferral: Any, state: Mapping[str, Any]) -> NoReturn:
-        """Hand ``deferral`` (the official operator's ``TaskDeferred``) to Airflow, resuming in
-        the flow task operator's ``execute_complete`` and then in :meth:`resume`."""
-        from airflow.sdk.exceptions import TaskDeferred
+    def resume_state(self, run: TaskRun, state: Mapping[str, Any]) -> dict[str, Any]:
+        """What a deferred try resumes from: the try, and the target's own ``state`` (JSON).
 
-        resume = {
+        A target puts it in its trigger's events too, under :data:`RESUME_KEY`: ``airflow dags
+        test`` resumes a task with the event alone, where a triggerer adds the event to the
+        deferral's keyword arguments.
+        """
+        return {
             "compute": self.name,
             "payload": run.payload.to_json(),
             "manifest_key": run.manifest_key,
             "identity": dict(run.identity),
             "target": dict(state),
         }
+
+    def defer(self, deferral: Any, resume: Mapping[str, Any]) -> NoReturn:
+        """Hand ``deferral`` (the official operator's ``TaskDeferred``) to Airflow, resuming in
+        the flow task operator's ``execute_complete`` and then in :meth:`resume`."""
+        from airflow.sdk.exceptions import TaskDeferred
+
         raise TaskDeferred(
             trigger=deferral.trigger,
             method_name="execute_complete",
-            kwargs={"resume": resume},
+            kwargs={"resume": dict(resume)},
             timeout=deferral.timeout,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
+from provider.operators.targets.base import RESUME_KEY, ComputeTarget, Outcome, TaskRun
 from provider.specs import TaskSpec, check_secrets_for
 from provider.store import Reference
 
@@ -39,17 +39,17 @@ class KubernetesTarget(ComputeTarget):
         from airflow.sdk.exceptions import TaskDeferred
 
         assert self._code is not None, "prepare() stores the code package first"
-        self._pod_operator = self._operator(run, self._code)
-        if not self._pod_operator.deferrable:
-            return run_pod(self._pod_operator, context, run.manifest_key)
+        self._pod_operator = pod_op = self._operator(run, self._code)
+        if not pod_op.deferrable:
+            return run_pod(pod_op, context, run.manifest_key)
+        resume = self.resume_state(run, {"code": self._code.to_json()})
+        pod_op.trigger_kwargs = {**(pod_op.trigger_kwargs or {}), RESUME_KEY: resume}
         try:
-            return run_pod(self._pod_operator, context, run.manifest_key, deferrable=True)
+            return run_pod(pod_op, context, run.manifest_key, deferrable=True)
         except TaskDeferred as deferral:
-            run.log.info(
-                "pod %s runs deferred: the worker slot is free until it ends",
-                self._pod_operator.pod.metadata.name,
-            )
-            self.defer(run, deferral, {"code": self._code.to_json()})
+            name = pod_op.pod.metadata.name
+            run.log.info("pod %s runs deferred: the worker slot is free until it ends", name)
+            self.defer(deferral, resume)
 
     def resume(self, run: TaskRun, context: Any, event: Any, state: Mapping[str, Any]) -> Outcome:
         from airflow.sdk.exceptions import AirflowException
