@@ -105,7 +105,14 @@ def kubernetes_conn_id() -> str:
     return _get("kubernetes_conn_id", "kubernetes_default")
 
 
-_KUBERNETES_JSON = ("node_selector", "tolerations", "labels", "annotations")
+_KUBERNETES_JSON = (
+    "node_selector",
+    "tolerations",
+    "labels",
+    "annotations",
+    "persistent_volume_claims",
+    "security_context",
+)
 _KUBERNETES_LISTS = ("image_pull_secrets",)
 _KUBERNETES_TEXT = (
     "namespace",
@@ -113,6 +120,10 @@ _KUBERNETES_TEXT = (
     "gpu_vendor",
     "gpu_type_label",
     "schedule_timeout",
+    "qos",
+    "image_pull_policy",
+    "termination_message_policy",
+    "pod_template_file",
 )
 _KUBERNETES_BOOLS = ("deferrable",)
 DEFAULT_SCHEDULE_TIMEOUT = "10m"

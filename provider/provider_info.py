@@ -47,6 +47,31 @@ def _kubernetes_options() -> dict[str, dict[str, Any]]:
             "nvidia.com/gpu.product.",
             "cloud.google.com/gke-accelerator",
         ),
+        "qos": (
+            "Burstable or Guaranteed; empty means Burstable. Both set the memory limit to the "
+            "request; Guaranteed also sets the CPU limit to the request.",
+            "Guaranteed",
+        ),
+        "image_pull_policy": (
+            "Always, IfNotPresent or Never; empty means Kubernetes' default for the tag.",
+            "IfNotPresent",
+        ),
+        "persistent_volume_claims": (
+            "PersistentVolumeClaims every pod mounts, a JSON object of claim name to path.",
+            '{"shared-datasets": "/data"}',
+        ),
+        "security_context": (
+            "The container securityContext of every pod, a JSON object in Kubernetes' names.",
+            '{"runAsNonRoot": true, "allowPrivilegeEscalation": false}',
+        ),
+        "termination_message_policy": (
+            "File or FallbackToLogsOnError; empty means File.",
+            "FallbackToLogsOnError",
+        ),
+        "pod_template_file": (
+            "A pod template YAML file every pod is laid over (flowtask's fields win).",
+            "/etc/flowtask/pod-template.yaml",
+        ),
     }
     options = {
         f"kubernetes_{name}": _option(description + "\n", "", example)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
+from provider.specs import pod_options
 from provider.specs.errors import SpecError
 from provider.specs.names import is_dns_label, is_dns_subdomain, is_label_value, is_qualified_name
 from provider.specs.units import parse_duration
@@ -172,6 +174,15 @@ def _secret_names(value: Any, field: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+_MERGED_DICTS = (
+    "node_selector",
+    "labels",
+    "annotations",
+    "extended_resources",
+    "persistent_volume_claims",
+)
+
+
 @dataclass(frozen=True)
 class KubernetesOptions:
     """Namespace, service account, placement, pull secrets and metadata of a flow task's pod.
@@ -185,6 +196,14 @@ class KubernetesOptions:
     ``schedule_timeout`` is how long an unschedulable pod waits for a node (a cluster
     autoscaler's) before the task fails; ``deferrable`` releases the worker slot while the pod
     runs (the triggerer watches it).
+
+    The pod itself: ``qos`` ("Burstable", the default: memory limit = request, CPU limit only
+    with ``cpu_limit_ratio``; "Guaranteed": CPU limit = request too), ``image_pull_policy``,
+    ``persistent_volume_claims`` ({claim: mount path}), ``tmpfs`` (a size, or {size, path}: a
+    memory-backed folder that ``TMPDIR`` points at), ``security_context`` (the container's, in
+    Kubernetes' names), ``port``, ``termination_message_policy``, and a pod template under it
+    all (``pod_template_file`` or ``full_pod_spec``, a manifest dict): what the translation
+    sets wins.
     """
 
     namespace: str | None = None
@@ -200,6 +219,15 @@ class KubernetesOptions:
     extended_resources: Any = ()
     schedule_timeout: Any = None
     deferrable: bool | None = None
+    qos: str | None = None
+    image_pull_policy: str | None = None
+    persistent_volume_claims: Any = ()
+    tmpfs: Any = None
+    security_context: Any = None
+    port: int | None = None
+    termination_message_policy: str | None = None
+    pod_template_file: str | None = None
+    full_pod_spec: Any = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -242,6 +270,40 @@ class KubernetesOptions:
             set_(self, "schedule_timeout", _schedule_timeout(self.schedule_timeout))
         if self.deferrable is not None and not isinstance(self.deferrable, bool):
             raise SpecError("kubernetes.deferrable", self.deferrable, "True, False or None")
+        self._check_pod_options()
+
+    def _check_pod_options(self) -> None:
+        set_, po = object.__setattr__, pod_options
+        set_(self, "qos", po.choice(self.qos, "kubernetes.qos", po.QOS_CLASSES))
+        if self.qos == "Guaranteed" and self.cpu_limit_ratio not in (None, 1):
+            raise SpecError(
+                "kubernetes.cpu_limit_ratio",
+                self.cpu_limit_ratio,
+                "None or 1 with qos='Guaranteed'",
+                "a Guaranteed pod's CPU limit is its request",
+            )
+        policy = po.choice(self.image_pull_policy, "kubernetes.image_pull_policy", po.PULL_POLICIES)
+        set_(self, "image_pull_policy", policy)
+        claims = po.persistent_volume_claims(self.persistent_volume_claims)
+        set_(self, "persistent_volume_claims", claims)
+        set_(self, "tmpfs", po.tmpfs(self.tmpfs))
+        if self.tmpfs is not None and self.tmpfs[1] in dict(claims).values():
+            raise SpecError(
+                "kubernetes.tmpfs.path", self.tmpfs[1], "a path no volume claim is mounted at"
+            )
+        set_(self, "security_context", po.security_context(self.security_context))
+        set_(self, "port", po.port(self.port))
+        set_(
+            self,
+            "termination_message_policy",
+            po.choice(
+                self.termination_message_policy,
+                "kubernetes.termination_message_policy",
+                po.TERMINATION_MESSAGE_POLICIES,
+            ),
+        )
+        set_(self, "pod_template_file", po.template_file(self.pod_template_file))
+        set_(self, "full_pod_spec", po.full_pod_spec(self.full_pod_spec))
         label = self.gpu_type_label
         if label is not None and not is_qualified_name(label):
             raise SpecError(
@@ -256,8 +318,11 @@ class KubernetesOptions:
         merged: dict[str, Any] = {}
         for f in fields(self):
             mine, base = getattr(self, f.name), getattr(defaults, f.name)
-            if f.name in ("node_selector", "labels", "annotations", "extended_resources"):
+            if f.name in _MERGED_DICTS:
                 merged[f.name] = {**dict(base), **dict(mine)}
+            elif f.name == "security_context":
+                parts = [json.loads(text) for text in (base, mine) if text]
+                merged[f.name] = {k: v for part in parts for k, v in part.items()} or None
             elif f.name in ("tolerations", "image_pull_secrets"):
                 merged[f.name] = tuple(dict.fromkeys(base + mine))
             else:
@@ -267,6 +332,14 @@ class KubernetesOptions:
     @property
     def toleration_dicts(self) -> list[dict[str, Any]]:
         return [dict(item) for item in self.tolerations]
+
+    @property
+    def security_context_dict(self) -> dict[str, Any] | None:
+        return None if self.security_context is None else json.loads(self.security_context)
+
+    @property
+    def full_pod_spec_dict(self) -> dict[str, Any] | None:
+        return None if self.full_pod_spec is None else json.loads(self.full_pod_spec)
 
 
 def _service_account(value: Any) -> str | None:
