@@ -10,8 +10,10 @@ its state reported in the pod status as a real kubelet does, and its output serv
 What a real cluster refuses is refused here: the API server's checks on create
 (``k8s_admission``), one node with labels, taints and allocatable resources that a pod must fit
 or stay Pending as Unschedulable (``k8s_node``), images the "registry" does not have
-(``k8s_images``), Secrets that do not exist. Stopping a container is graceful: SIGTERM, then
-SIGKILL after the grace period (the delete request's, else ``terminationGracePeriodSeconds``).
+(``k8s_images``), Secrets and PersistentVolumeClaims that do not exist. Volumes are checked,
+not mounted: the container sees the machine's file system. Stopping a container is graceful:
+SIGTERM, then SIGKILL after the grace period (the delete request's, else
+``terminationGracePeriodSeconds``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from k8s_node import NODE, Node, unschedulable
 T = TypeVar("T")
 PODS = kmock.resource("", "v1", "pods")
 EVENTS = kmock.resource("", "v1", "events")
+PVCS = kmock.resource("", "v1", "persistentvolumeclaims")
 DEFAULT_GRACE_SECONDS = 30  # terminationGracePeriodSeconds when the pod sets none
 _UNITS = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _UNITS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "": 1}
@@ -391,7 +394,7 @@ class Kubelet:
         told = None
         while not p.killed:
             running = [q.pod for q in self.pods.values() if q.bound and not q.done.is_set()]
-            message = unschedulable(p.pod, self.node, running)
+            message = await self.missing_claim(p) or unschedulable(p.pod, self.node, running)
             if message is None:
                 p.bound = True
                 await self.api.update(PODS, p.key, p.uid, {"spec": {"nodeName": self.node.name}})
@@ -410,6 +413,18 @@ class Kubelet:
             for task in pending:
                 task.cancel()
         return False
+
+    async def missing_claim(self, p: _Pod) -> str | None:
+        """The scheduler's message for a pod whose PersistentVolumeClaim does not exist."""
+        for volume in p.pod["spec"].get("volumes") or []:
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim and await self.api.live(PVCS, p.key[0], claim) is None:
+                return (
+                    f'0/1 nodes are available: persistentvolumeclaim "{claim}" not found. '
+                    "preemption: 0/1 nodes are available: 1 Preemption is not helpful for "
+                    "scheduling."
+                )
+        return None
 
     async def wait_pending(self, p: _Pod, state: dict[str, Any]) -> None:
         """Report a container that cannot start, and keep the pod Pending until it is deleted."""

@@ -250,6 +250,29 @@ def test_pods_the_node_cannot_host_stay_pending_with_the_schedulers_message(
         assert gpu_cluster.started_at(name) is None
 
 
+def test_a_pod_whose_volume_claim_is_missing_is_unschedulable(cluster: LocalCluster):
+    from kubernetes.client import models as k8s
+
+    api = cluster.core_v1()
+    volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": "datasets"}}]
+    mounts = {"volumeMounts": [{"name": "data", "mountPath": "/data"}]}
+    api.create_namespaced_pod("default", pod("claims", volumes=volumes, container=mounts))
+    message = unschedulable(wait(api, "claims", unschedulable))
+    assert message.startswith(
+        '0/1 nodes are available: persistentvolumeclaim "datasets" not found.'
+    )
+    claim = k8s.V1PersistentVolumeClaim(
+        metadata=k8s.V1ObjectMeta(name="datasets"),
+        spec=k8s.V1PersistentVolumeClaimSpec(
+            access_modes=["ReadWriteOnce"],
+            resources=k8s.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+        ),
+    )
+    api.create_namespaced_persistent_volume_claim("default", claim)
+    api.create_namespaced_pod("default", pod("claimed", volumes=volumes, container=mounts))
+    assert wait(api, "claimed", lambda p: p.status.phase == "Succeeded")
+
+
 def test_a_pod_waits_for_capacity_and_runs_when_it_frees(gpu_cluster: LocalCluster, tmp_path):
     api = gpu_cluster.core_v1()
     gpus = {"container": {"resources": {"limits": {"nvidia.com/gpu": "2"}}}}
