@@ -146,7 +146,7 @@ def run_pod(pod_op: Any, context: Any, manifest_key: str, *, deferrable: bool = 
         if isinstance(exc.__context__, AirflowTaskTimeout):  # raised again by the pod cleanup
             raise exc.__context__ from None
         failure = (
-            pod_op.start_failure
+            getattr(pod_op, "start_failure", None)  # a FlowPodOperator's account of its start
             or describe_pod_failure(pod_op.remote_pod or pod_op.pod)
             or str(exc).splitlines()[0]
         )
