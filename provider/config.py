@@ -105,15 +105,35 @@ def kubernetes_conn_id() -> str:
     return _get("kubernetes_conn_id", "kubernetes_default")
 
 
-_KUBERNETES_JSON = ("node_selector", "tolerations", "labels", "annotations")
+_KUBERNETES_JSON = (
+    "node_selector",
+    "tolerations",
+    "labels",
+    "annotations",
+    "persistent_volume_claims",
+    "security_context",
+)
 _KUBERNETES_LISTS = ("image_pull_secrets",)
-_KUBERNETES_TEXT = ("namespace", "service_account", "gpu_vendor", "gpu_type_label")
+_KUBERNETES_TEXT = (
+    "namespace",
+    "service_account",
+    "gpu_vendor",
+    "gpu_type_label",
+    "schedule_timeout",
+    "qos",
+    "image_pull_policy",
+    "termination_message_policy",
+    "pod_template_file",
+)
+_KUBERNETES_BOOLS = ("deferrable",)
+DEFAULT_SCHEDULE_TIMEOUT = "10m"
 
 
 def kubernetes_defaults() -> KubernetesOptions:
     """The ``[flow_task] kubernetes_*`` settings that every flow task's pod starts from."""
     given: dict[str, Any] = {}
-    for name in (*_KUBERNETES_JSON, *_KUBERNETES_LISTS, *_KUBERNETES_TEXT, "cpu_limit_ratio"):
+    names = (*_KUBERNETES_JSON, *_KUBERNETES_LISTS, *_KUBERNETES_TEXT, *_KUBERNETES_BOOLS)
+    for name in (*names, "cpu_limit_ratio"):
         raw = _get(f"kubernetes_{name}", "")
         if not raw:
             continue
@@ -124,6 +144,8 @@ def kubernetes_defaults() -> KubernetesOptions:
                 given[name] = _comma_list(raw)
             elif name == "cpu_limit_ratio":
                 given[name] = float(raw)
+            elif name in _KUBERNETES_BOOLS:
+                given[name] = _boolean(raw)
             else:
                 given[name] = raw
             options = KubernetesOptions(**{name: given[name]})
@@ -199,6 +221,23 @@ def pod_store_env() -> dict[str, str]:
     if hook.conn_region_name:
         env["AWS_DEFAULT_REGION"] = hook.conn_region_name
     return env
+
+
+def kubernetes_schedule_timeout(options: KubernetesOptions) -> float:
+    """Seconds an unschedulable pod waits for a node: the task's, the setting's, else 10m."""
+    from provider.specs import parse_duration
+
+    timeout = options.schedule_timeout
+    if timeout is None:
+        timeout = parse_duration(DEFAULT_SCHEDULE_TIMEOUT, "kubernetes_schedule_timeout")
+    return float(timeout.total_seconds())
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError("Accepted: true or false")
+    return lowered in ("true", "1", "yes")
 
 
 def _comma_list(raw: str) -> list[str]:

@@ -63,9 +63,8 @@ def bootstrap_command(
 
     ``python3`` is on the PATH of the official Python images and of distribution images alike.
     """
-    argv = [python, "-c", BOOTSTRAP_SOURCE, "--store", store_uri]
-    code = f"{blob_key(code_package.sha256)}:{code_package.size}"
-    argv += ["--code", code, "--python", worker_python()]
+    argv = [python, "-c", BOOTSTRAP_SOURCE, "--python", worker_python(), "--store", store_uri]
+    argv += ["--code", f"{blob_key(code_package.sha256)}:{code_package.size}"]
     for requirement in pip:
         argv += ["--pip", requirement]
     return [*argv, "--", *runtime_args(store_uri, payload_ref, manifest_key)]

@@ -102,18 +102,22 @@ class FlowTaskOperator(DecoratedOperator):
             return super()._render(template, context, dag)
 
     def execute(self, context: Any) -> Any:
-        from airflow.sdk.exceptions import AirflowTaskTimeout
+        from airflow.sdk.exceptions import AirflowTaskTimeout, TaskDeferred
 
         from provider.operators.launch import prepare_try
         from provider.operators.outcome import record_unreported, settle
         from provider.operators.targets import Outcome
 
         run, self._target = prepare_try(self, context)
+        deferred = False
         try:
             if run.foreach is not None:
                 outcome = self._run_foreach(run, context)
             else:
                 outcome = self._target.run(run, context)
+        except TaskDeferred:
+            deferred = True  # the payload stays until the try resumes and ends
+            raise
         except AirflowTaskTimeout:
             self._target.kill()
             outcome = Outcome(
@@ -124,6 +128,22 @@ class FlowTaskOperator(DecoratedOperator):
             if not self._catches_now(context):
                 record_unreported(run, outcome, outcome.failure or "")
                 raise
+        finally:
+            if not deferred:
+                _discard_payload(run)
+        return settle(self, run, outcome, context)
+
+    def execute_complete(self, context: Any, event: Any = None, resume: Any = None) -> Any:
+        """Where a try that its compute target deferred resumes, once the trigger fired."""
+        from provider.operators.outcome import settle
+        from provider.operators.resume import resumed_try
+        from provider.operators.targets import RESUME_KEY
+
+        if resume is None and isinstance(event, dict):  # `airflow dags test` passes the event
+            resume = event.get(RESUME_KEY)
+        run, self._target = resumed_try(self, resume)
+        try:
+            outcome = self._target.resume(run, context, event, resume["target"])
         finally:
             _discard_payload(run)
         return settle(self, run, outcome, context)
