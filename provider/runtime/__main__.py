@@ -48,9 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     _common(foreach)
     which = foreach.add_mutually_exclusive_group(required=True)
     which.add_argument("--chunk", type=int, help="run this chunk")
-    which.add_argument("--chunk-env", help="run the chunk this variable names (an index)")
+    which.add_argument(
+        "--chunk-env",
+        help="run the chunk at the index this variable holds (JOB_COMPLETION_INDEX, "
+        "AWS_BATCH_JOB_ARRAY_INDEX) in --chunks",
+    )
     which.add_argument("--serve-fd", type=int, help="read chunk numbers from stdin, reply here")
-    foreach.add_argument("--chunk-offset", type=int, default=0, help="added to --chunk-env's")
+    foreach.add_argument("--chunks", default="", help="with --chunk-env: the chunks, '0-9,12'")
     args = parser.parse_args(argv)
     if args.code:  # after the installed packages, as Airflow puts the DAG folder on the path
         sys.path.append(args.code)
@@ -71,15 +75,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _foreach(store: Any, payload_ref: Reference, args: argparse.Namespace) -> int:
-    from provider.runtime.foreach import ChunkRunner, serve_chunks
+    from provider.runtime.foreach import ChunkRunner, parse_chunks, serve_chunks
 
     payload = store.get(payload_ref)
     runner = ChunkRunner(store, payload, int(payload.identity.get("try_number", 1)))
     if args.serve_fd is not None:
         with os.fdopen(args.serve_fd, "w", buffering=1) as replies:
             return serve_chunks(runner, (line.strip() for line in sys.stdin), replies.write)
-    chunk = args.chunk if args.chunk is not None else int(os.environ[args.chunk_env])
-    runner.run(chunk + args.chunk_offset)
+    if args.chunk is not None:
+        chunk = args.chunk
+    else:
+        index = int(os.environ[args.chunk_env])
+        chunks = parse_chunks(args.chunks) if args.chunks else range(runner.plan.chunks)
+        chunk = chunks[index]
+    runner.run(chunk)
     return 0
 
 

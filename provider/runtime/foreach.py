@@ -179,3 +179,28 @@ def chunk_reference(
     """One reference to the ordered results of every chunk (loaded chunk by chunk)."""
     chunks = [{"result": m["result"], "count": m["stop"] - m["start"]} for m in manifests]
     return store.put_chunked(chunks, length=plan.length)
+
+
+def format_chunks(chunks: Sequence[int]) -> str:
+    """Chunk numbers as compact text: ``[0, 1, 2, 5, 7, 8]`` -> ``"0-2,5,7-8"``."""
+    parts: list[str] = []
+    run: list[int] = []
+    for chunk in sorted(chunks):
+        if run and chunk == run[-1] + 1:
+            run.append(chunk)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [chunk]
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
+
+
+def parse_chunks(text: str) -> list[int]:
+    """The inverse of :func:`format_chunks`, in order: an index into it picks a chunk."""
+    chunks: list[int] = []
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        chunks.extend(range(int(first), int(last or first) + 1))
+    return chunks
