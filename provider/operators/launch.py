@@ -22,7 +22,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
     from provider.operators.targets import ComputeUnavailable, compute_target
     from provider.operators.task_context import ContextCannotCross
     from provider.specs import SpecError
-    from provider.store import launch_manifest_key, manifest_key, run_manifest_key
+    from provider.store import launch_manifest_key, manifest_key
 
     try:
         identity = run_identity(context)
@@ -34,10 +34,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
     except (RunParamError, ComputeUnavailable, SpecError) as exc:
         raise AirflowFailException(f"flow task {op.task_id} cannot run: {exc}") from None
     store = config.open_artifact_store()
-    store.write_manifest(
-        run_manifest_key(identity["dag_id"], identity["run_id"]),
-        {k: identity[k] for k in ("dag_id", "run_id", "namespace", "tags")},
-    )
+    _record_run(store, identity)
     key = manifest_key(
         identity["dag_id"],
         identity["run_id"],
@@ -64,6 +61,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
     try:
         kept = target.prepare(run)
         # What the try uses besides the payload (a code package) stays reachable for gc.
+        # Not flushed to the disk: it only matters while the try runs, and a crash ends that.
         store.write_manifest(
             launch_manifest_key(key),
             {
@@ -73,6 +71,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
                 **{name: ref.to_json() for name, ref in kept.items()},
                 **({"foreach_items": plan.items} if plan is not None else {}),
             },
+            durable=False,
         )
     except BaseException:
         store.discard(payload)
@@ -86,6 +85,21 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         payload.size,
     )
     return run, target
+
+
+def _record_run(store: Any, identity: dict[str, Any]) -> None:
+    """The run's namespace and tags, written by its first flow task (a stat for the others)."""
+    from provider.store import run_manifest_key
+
+    key = run_manifest_key(identity["dag_id"], identity["run_id"])
+    fields_ = {k: identity[k] for k in ("dag_id", "run_id", "namespace", "tags")}
+    if store.backend.stat(key) is not None:
+        try:
+            if store.read_manifest(key) == fields_:
+                return
+        except Exception:  # unreadable: write it again
+            pass
+    store.write_manifest(key, fields_)
 
 
 def _spec_summary(spec: Any) -> str:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -106,6 +104,8 @@ class ChunkRunner:
                 with flow_context_of({**self.payload.context, "foreach_index": start + offset}):
                     results[offset] = self.payload.function(*self.payload.args, **kwargs)
             except Exception as exc:  # an item's failure is recorded, not raised
+                import traceback
+
                 explain_airflow_access(exc)
                 print(f"flowtask foreach: item {start + offset} failed:", file=sys.stderr)
                 traceback.print_exc()
@@ -129,7 +129,7 @@ class ChunkRunner:
             "finished_at": time.time(),
             "peak_rss_mib": _peak_rss_mib(),
             "try_number": self.try_number,
-            "host": socket.gethostname(),
+            "host": os.uname().nodename,
             "pid": os.getpid(),
         }
         store.write_manifest(plan.chunk_key(chunk), manifest)
@@ -166,6 +166,8 @@ def serve_chunks(runner: ChunkRunner, commands: Iterator[str], reply: Callable[[
         try:
             manifest = runner.run(chunk)
         except Exception:  # the chunk cannot run at all (its items cannot be loaded...)
+            import traceback
+
             traceback.print_exc()
             reply(f"{chunk} error 0\n")
             continue

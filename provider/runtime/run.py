@@ -7,12 +7,8 @@ subprocess, with only Python, cloudpickle and (for S3) boto3 in the image.
 from __future__ import annotations
 
 import os
-import platform
-import resource
-import socket
 import sys
 import time
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -106,6 +102,8 @@ def _peak_rss_mib() -> float:
                     return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         pass
+    import resource
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
@@ -114,9 +112,9 @@ def run_payload(store: ArtifactStore, payload_ref: Reference, manifest_key: str)
     """Run one payload end to end; always write the result manifest. Returns the exit code."""
     started = time.time()
     manifest: dict[str, Any] = {
-        "host": socket.gethostname(),
+        "host": os.uname().nodename,
         "pid": os.getpid(),
-        "python": platform.python_version(),
+        "python": "{}.{}.{}".format(*sys.version_info[:3]),
         "started_at": started,
     }
     if "FLOWTASK_BOOTSTRAP_SECONDS" in os.environ:  # set by a container's bootstrap
@@ -134,6 +132,8 @@ def run_payload(store: ArtifactStore, payload_ref: Reference, manifest_key: str)
         manifest["status"] = "succeeded"
         code = 0
     except Exception as exc:  # the runtime's whole job is to report any failure
+        import traceback
+
         explain_airflow_access(exc)
         traceback.print_exc()
         failure = Failure.from_exception(exc)

@@ -69,8 +69,13 @@ class FileBackend:
         key: str,
         frames: Iterable[memoryview | bytes],
         progress: Callable[[int], None] | None = None,
+        durable: bool = True,
     ) -> None:
-        """Write atomically: readers see the whole file or nothing, even if this is interrupted."""
+        """Write atomically: readers see the whole file or nothing, even if this is interrupted.
+
+        ``durable`` also flushes it to the disk (fsync) before it takes its name, so it
+        survives a crash of the machine; what can be rebuilt skips that cost.
+        """
         path = self._path(key)
         tmp = path.with_name(f".{path.name}{_TMP_MARK}{uuid.uuid4().hex}")
         with self._naming_a_full_disk(key):
@@ -82,7 +87,8 @@ class FileBackend:
                         if progress is not None:
                             progress(len(memoryview(frame).cast("B")))
                     out.flush()
-                    os.fsync(out.fileno())
+                    if durable:
+                        os.fsync(out.fileno())
                 os.replace(tmp, path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -102,8 +108,8 @@ class FileBackend:
                 "free space or point [flow_task] artifact_store elsewhere"
             ) from error
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        self.write_frames(key, (data,))
+    def write_bytes(self, key: str, data: bytes, durable: bool = True) -> None:
+        self.write_frames(key, (data,), durable=durable)
 
     def read_into(
         self,

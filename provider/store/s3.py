@@ -173,6 +173,7 @@ class S3Backend:
         key: str,
         frames: Iterable[memoryview | bytes],
         progress: Callable[[int], None] | None = None,
+        durable: bool = True,  # S3 acknowledges a write once it is stored durably
     ) -> None:
         self.client.upload_fileobj(
             FramesReader(tuple(frames)),
@@ -182,7 +183,7 @@ class S3Backend:
             Callback=progress,
         )
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def write_bytes(self, key: str, data: bytes, durable: bool = True) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def read_into(
