@@ -133,6 +133,7 @@ def run_pod(pod_op: Any, context: Any, manifest_key: str, *, deferrable: bool = 
     from provider.compute.kubernetes import MANIFEST_ANNOTATION
 
     failure = None
+    context = without_pod_xcoms(context)
     try:
         if deferrable:
             pod_op.execute(context)  # the name check, then create, watch the start, defer
@@ -156,6 +157,34 @@ def run_pod(pod_op: Any, context: Any, manifest_key: str, *, deferrable: bool = 
         exit_code=_exit_code(pod_op.remote_pod),
         failure=failure,
     )
+
+
+class _TaskInstanceWithoutPodXComs:
+    """The task instance as the pod operator sees it: everything but its ``pod_name`` and
+    ``pod_namespace`` XComs, which a flow task's users did not ask for (its XCom is its
+    result; the pod is named in the task log)."""
+
+    _DROPPED = frozenset({"pod_name", "pod_namespace"})
+
+    def __init__(self, ti: Any) -> None:
+        self._ti = ti
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ti, name)
+
+    def xcom_push(self, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        if key in self._DROPPED:
+            return None
+        return self._ti.xcom_push(key, value, *args, **kwargs)
+
+
+def without_pod_xcoms(context: Any) -> Any:
+    """``context`` with a task instance that does not push the pod's name and namespace."""
+    ti = context.get("ti")
+    if ti is None or isinstance(ti, _TaskInstanceWithoutPodXComs):
+        return context
+    quiet = _TaskInstanceWithoutPodXComs(ti)
+    return {**context, "ti": quiet, "task_instance": quiet}
 
 
 def _exit_code(pod: Any) -> int | None:
