@@ -36,6 +36,7 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
             manifest["peak_rss_mib"],
         )
         _log_result(run, manifest["result"])
+        log_usage(run, manifest.get("usage"))
         return manifest["result"]
     error = manifest.get("error")
     if error:
@@ -61,6 +62,53 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
     if isinstance(op.flow_spec.catch, str):
         context["ti"].xcom_push(key=op.flow_spec.catch, value=caught)
     return [caught] if op.result_layout(run.identity["map_index"]) == "items" else caught
+
+
+def log_usage(run: TaskRun, used: dict[str, Any] | None) -> None:
+    """One line of what the try used against what it asked for, and a warning when the two
+    are far apart (or, locally, when a cluster would have killed it)."""
+    from provider.runtime.usage import human_mib, suggested_request
+
+    if not used:
+        return
+    asked = run.spec.resources
+    memory, peak = float(asked.memory), float(used["peak_rss_mib"])
+    cpus = used["cpu_seconds"] / max(used["wall_seconds"], 1e-3)
+    run.log.info(
+        "used %s of %s memory, %.1f of %g CPUs (avg)%s",
+        human_mib(peak),
+        human_mib(memory),
+        cpus,
+        float(asked.cpu),
+        f", {human_mib(used['gpu_memory_mib'])} of GPU memory" if "gpu_memory_mib" in used else "",
+    )
+    suggested = suggested_request(peak, used["cpu_seconds"], used["wall_seconds"])
+    hint = f"Resources(memory={suggested['memory_mib']}) would fit"
+    if peak > memory and run.identity.get("compute") == "local":
+        run.log.warning(
+            "peak memory %s is over the task's request (%s): on Kubernetes or Batch it would "
+            "be killed for memory; %s",
+            human_mib(peak),
+            human_mib(memory),
+            hint,
+        )
+    elif peak > 0.9 * memory:
+        run.log.warning(
+            "peak memory %s is over 90%% of the request (%s); %s",
+            human_mib(peak),
+            human_mib(memory),
+            hint,
+        )
+    elif peak < 0.25 * memory and memory > MEMORY_WORTH_WARNING_MIB:
+        run.log.warning(
+            "peak memory %s is under a quarter of the request (%s); %s",
+            human_mib(peak),
+            human_mib(memory),
+            hint,
+        )
+
+
+MEMORY_WORTH_WARNING_MIB = 1024  # asking for less than this is not worth a warning
 
 
 def _log_result(run: TaskRun, result: Any) -> None:

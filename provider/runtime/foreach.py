@@ -84,13 +84,15 @@ class ChunkRunner:
 
     def run(self, chunk: int) -> dict[str, Any]:
         """Run one chunk (only its items without a result yet); write and return its manifest."""
-        from provider.runtime.run import _peak_rss_mib, resolve_references
+        from provider.runtime.run import resolve_references
+        from provider.runtime.usage import cpu_seconds, peak_rss_mib, usage
 
         plan, store = self.plan, self.store
         start, stop = plan.bounds(chunk)
         results, redo = self._previous(chunk, stop - start)
         seconds: list[float | None] = [None] * (stop - start)
         started = time.time()
+        cpu_at_start = cpu_seconds()
         for offset in redo:
             item = self.items[start + offset]
             began = time.perf_counter()
@@ -127,7 +129,8 @@ class ChunkRunner:
             "ran": len(redo),
             "started_at": started,
             "finished_at": time.time(),
-            "peak_rss_mib": _peak_rss_mib(),
+            "usage": usage(started, cpu_at_start),
+            "peak_rss_mib": peak_rss_mib(),
             "try_number": self.try_number,
             "host": os.uname().nodename,
             "pid": os.getpid(),
