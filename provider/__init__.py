@@ -16,6 +16,7 @@ from provider.specs import Environment, KubernetesOptions, Resources, Retry, Spe
 if TYPE_CHECKING:
     from provider.decorators.flow_task import flow_task
     from provider.decorators.params import flow_params
+    from provider.decorators.run_state import record_run_state
 
 __version__ = "0.1.0"
 
@@ -31,9 +32,14 @@ __all__ = [
     "flow_context",
     "flow_params",
     "flow_task",
+    "record_run_state",
 ]
 
-_LAZY = {"flow_task": "provider.decorators", "flow_params": "provider.decorators"}
+_LAZY = {
+    "flow_task": "provider.decorators",
+    "flow_params": "provider.decorators",
+    "record_run_state": "provider.decorators",
+}
 
 
 def __getattr__(name: str) -> Any:

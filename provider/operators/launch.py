@@ -22,6 +22,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
     from provider.operators.task_context import ContextCannotCross
     from provider.specs import SpecError
     from provider.store import launch_manifest_key, manifest_key, payload_key, run_manifest_key
+    from provider.store.index import record_run_start
 
     try:
         identity = run_identity(context)
@@ -37,6 +38,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         run_manifest_key(identity["dag_id"], identity["run_id"]),
         {k: identity[k] for k in ("dag_id", "run_id", "namespace", "tags")},
     )
+    record_run_start(store, identity, context.get("dag"))  # the run index (flowtask runs)
     key = manifest_key(
         identity["dag_id"],
         identity["run_id"],
