@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import threading
 import time
@@ -17,6 +18,8 @@ from run_factory import RECORDING_DAG, make_run
 
 from provider.store import open_store, run_manifest_key
 from provider.store.index import (
+    CLAIM_SECONDS,
+    COMPACT_AFTER,
     SNAPSHOT,
     append_event,
     apply_event,
@@ -120,6 +123,32 @@ def test_a_reading_folds_the_log_into_the_snapshot_and_deletes_what_it_folded(st
         "r4": None,
         "r5": None,
     }
+
+
+def test_recording_ends_keeps_the_log_short_without_any_reader(tmp_path):
+    store = open_store(tmp_path.as_uri())
+    for i in range(COMPACT_AFTER - 1):
+        make_run(store, "d", f"r{i:03d}", end="success")  # 2 events each
+    # The 50th end folded the log's 100 events; 49 runs wrote 98 events since.
+    assert len(_log(store, "d")) == 2 * (COMPACT_AFTER - 1) - COMPACT_AFTER
+    runs = read_runs(store, "d", compact=False)
+    assert len(runs) == COMPACT_AFTER - 1 and {r.state for r in runs.values()} == {"success"}
+    assert not (tmp_path / "index" / "d" / "compacting.json").exists()
+
+
+def test_one_writer_at_a_time_compacts_and_a_dead_ones_claim_expires(tmp_path):
+    store = open_store(tmp_path.as_uri())
+    claim = tmp_path / "index" / "d" / "compacting.json"
+    claim.parent.mkdir(parents=True)
+    claim.write_text("{}")  # another writer is folding the log
+    for i in range(COMPACT_AFTER // 2 + 1):
+        make_run(store, "d", f"r{i:03d}", end="success")
+    assert len(_log(store, "d")) == COMPACT_AFTER + 2
+    stale = time.time() - CLAIM_SECONDS - 1
+    os.utime(claim, (stale, stale))  # ... and died
+    record_run_end(store, "d", "r000", "failed")
+    assert _log(store, "d") == [] and not claim.exists()
+    assert read_runs(store, "d")["r000"].state == "failed"
 
 
 def test_concurrent_taggers_never_lose_each_others_tags(store):

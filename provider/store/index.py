@@ -57,6 +57,8 @@ MAX_TAG_LENGTH = 500
 _EVENT_NAME = re.compile(r"\d{20}-[0-9a-f]{16}\.json")
 _FETCH_THREADS = 16
 _ATTEMPTS = 5
+COMPACT_AFTER = 100  # events in the log before a run's end folds it
+CLAIM_SECONDS = 300  # a writer's claim to compact, older than this, is taken over
 
 
 @dataclass(frozen=True)
@@ -141,11 +143,44 @@ def record_run_start(store: ArtifactStore, identity: Mapping[str, Any], dag: Any
 def record_run_end(
     store: ArtifactStore, dag_id: str, run_id: str, state: str, *, reason: str | None = None
 ) -> None:
-    """Record a run's final state (``success`` or ``failed``); the latest record wins."""
+    """Record a run's final state (``success`` or ``failed``); the latest record wins.
+
+    Then, when the log holds ``COMPACT_AFTER`` events or more, fold it (one LIST to know): so a
+    DAG that records its ends keeps its log short even when nobody lists its runs, and the
+    first listing after many runs stays cheap.
+    """
     if state not in ("success", "failed"):
         raise ValueError(f"state={state!r} is invalid. Accepted: 'success' or 'failed'")
     event = {"kind": "end", "run_id": run_id, "state": state, "at": time.time(), "reason": reason}
     append_event(store, dag_id, event)
+    try:
+        _compact_if_long(store, dag_id)
+    except Exception as error:  # the end is recorded; a reader folds the log later
+        log.warning("run index of %s: could not compact: %s", dag_id, error)
+
+
+def _compact_if_long(store: ArtifactStore, dag_id: str) -> None:
+    """Fold a log of ``COMPACT_AFTER`` events or more, unless another writer is at it.
+
+    Writers claim the job by creating ``compacting.json`` conditionally, so a burst of run ends
+    (a backfill) folds the log once, not once per run; a claim older than ``CLAIM_SECONDS``
+    (its writer died) is taken over, conditionally too.
+    """
+    prefix = index_prefix(dag_id)
+    if sum(1 for _ in store.backend.list(f"{prefix}/log")) < COMPACT_AFTER:
+        return
+    claim = f"{prefix}/compacting.json"
+    found = store.backend.stat(claim)
+    if found is not None and time.time() - found.modified < CLAIM_SECONDS:
+        return
+    version = None if found is None else store.backend.version(claim)
+    body = json.dumps({"since": time.time()}).encode()
+    if not store.backend.write_if_version(claim, body, version):
+        return
+    try:
+        read_runs(store, dag_id, attempts=1)
+    finally:
+        store.backend.delete(claim)
 
 
 def check_tags(tags: Iterable[str]) -> list[str]:
@@ -311,15 +346,19 @@ def _load_snapshot(store: ArtifactStore, key: str) -> tuple[dict[str, Any], str 
     return snapshot, version
 
 
-def read_runs(store: ArtifactStore, dag_id: str, *, compact: bool = True) -> dict[str, RunRecord]:
+def read_runs(
+    store: ArtifactStore, dag_id: str, *, compact: bool = True, attempts: int = _ATTEMPTS
+) -> dict[str, RunRecord]:
     """Every run of ``dag_id`` the index knows, by run id.
 
     With ``compact``, events read beyond the snapshot are folded into it and deleted (best
-    effort: a reader without write access still gets the right answer).
+    effort: a reader without write access still gets the right answer). A reading that found
+    the snapshot replaced meanwhile starts over, up to ``attempts`` times; after the last one
+    it answers from what it read but does not compact.
     """
     prefix = index_prefix(dag_id)
     key = f"{prefix}/{SNAPSHOT}"
-    for _ in range(_ATTEMPTS):
+    for _ in range(attempts):
         snapshot, version = _load_snapshot(store, key)
         runs: dict[str, dict[str, Any]] = snapshot["runs"]
         listed = [k.rsplit("/", 1)[1] for k in store.backend.list(f"{prefix}/log")]
@@ -329,7 +368,9 @@ def read_runs(store: ArtifactStore, dag_id: str, *, compact: bool = True) -> dic
         if store.backend.version(key) == version:
             break  # no compactor deleted anything this reading has not got
     else:
-        log.warning("run index of %s: the snapshot kept changing; listing may be stale", dag_id)
+        if attempts > 1:
+            log.warning("run index of %s: the snapshot kept changing; listing may be stale", dag_id)
+        compact = False
     folded = []
     for name, event in zip(new, events, strict=True):
         if event is not None:
