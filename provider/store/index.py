@@ -7,9 +7,10 @@ Per DAG, under ``index/<dag>/``::
                                   were added or removed after the fact
     started/<run>.json            the run's start is recorded (what each task try checks)
     snapshot.json                 the events folded so far; replaced only by a conditional write
+    compacting.json               a run end's claim to fold the log (while it does)
 
-Writers only append: S3 has no append, so each event is a new object under a fresh name. They
-never read, never conflict and never retry, and nobody loses anybody's update (two people
+Writers append: S3 has no append, so each event is a new object under a fresh name. Recording
+an event never reads, conflicts or retries, and nobody loses anybody's update (two people
 tagging one run at once write two events). One index object rewritten with conditional writes
 would instead make every run start, run end and tagger contend for that object, and rewrite an
 object that grows with the DAG's history on every event.
@@ -23,13 +24,16 @@ snapshot that replaced the one every other reader could still hold has it: a rea
 snapshot unchanged from before its LIST to after its GETs missed nothing. Folding is
 order-independent and idempotent (a run's earliest start wins, its latest end wins, each added
 tag takes the state of its latest event, by event name), so an event folded twice (its compactor
-died before deleting it) changes nothing, and the next compaction deletes it.
+died before deleting it) changes nothing, and the next compaction deletes it. A run's end, once
+recorded, also folds the log when it holds ``COMPACT_AFTER`` events (one writer at a time), so
+the log stays short even for a DAG nobody lists.
 
 Limits: compaction needs a store that honours conditional writes (AWS S3 since 2024, MinIO, a
 local folder); on one that ignores them two compactors racing can drop events. A reader without
-write access reads correctly but never compacts, so each reading pays for every event since the
-last compaction. Event names carry the writer's clock: it orders a run's ends and one tag's adds
-and removes, so clocks that disagree can reorder edits made within that disagreement.
+write access reads correctly but never compacts: with a DAG that does not record its ends, each
+reading then pays for every event since the last compaction. Event names carry the writer's
+clock: it orders a run's ends and one tag's adds and removes, so clocks that disagree can
+reorder edits made within that disagreement.
 """
 
 from __future__ import annotations
