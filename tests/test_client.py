@@ -24,7 +24,13 @@ from provider.client import (
     namespaces,
 )
 from provider.runtime import Failure
-from provider.store import IntegrityError, open_store, xcom_manifest_key
+from provider.store import (
+    IntegrityError,
+    launch_manifest_key,
+    manifest_key,
+    open_store,
+    xcom_manifest_key,
+)
 
 
 @pytest.fixture(params=["folder", "s3"])
@@ -146,6 +152,20 @@ def test_mapped_tasks_by_map_index(store):
     assert not fit.mapped and list(fit) == [fit] and fit.map_index == -1
     with pytest.raises(UnknownTask, match="'fit' is not mapped"):
         fit[0]
+
+
+def test_a_try_still_running_has_only_its_launch_manifest(store):
+    identity = make_run(store, "d", "r1", tasks={"t": Fails("lost its node")})
+    launch = launch_manifest_key(manifest_key("d", "r1", "t", -1, 2))
+    store.write_manifest(
+        launch, {**identity, "task_id": "t", "compute": "kubernetes", "launched_at": 5.0}
+    )
+    task = Flow("d", store)["r1"]["t"]
+    running = task.tries[-1]
+    assert (running.number, running.status, running.compute) == (2, "running", "kubernetes")
+    assert running.started_at == 5.0 and running.usage == {}
+    with pytest.raises(NoResult, match="try 2 running"):
+        _ = task.data
 
 
 def test_a_task_with_only_failed_tries_has_no_result(store):

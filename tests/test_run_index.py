@@ -292,3 +292,24 @@ def test_listing_1000_runs_on_s3_costs_a_few_requests(moto):
     warm = time.perf_counter() - started
     assert dict(requests) == {"GetObject": 1, "ListObjectsV2": 1, "HeadObject": 1}
     assert warm < 2.0 and cold < 5.0, (warm, cold)
+
+
+def test_the_record_run_state_callback_records_what_airflow_says(tmp_path, monkeypatch):
+    """Airflow calls DAG callbacks with ``reason`` ``success``, or the cause of the failure."""
+    from types import SimpleNamespace
+
+    from provider import config, record_run_state
+
+    store = open_store(tmp_path.as_uri())
+    monkeypatch.setattr(config, "open_artifact_store", lambda: store)
+    make_run(store, "d", "ok")
+    make_run(store, "d", "late")
+    dag = SimpleNamespace(dag_id="d")
+    record_run_state({"dag": dag, "run_id": "ok", "reason": "success"})
+    record_run_state({"dag": dag, "run_id": "late", "reason": "timed_out"})
+    runs = read_runs(store, "d")
+    assert (runs["ok"].state, runs["late"].state, runs["late"].reason) == (
+        "success",
+        "failed",
+        "timed_out",
+    )
