@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 from provider.runtime.context import flow_context
 from provider.runtime.failure import Failure
-from provider.specs import Environment, KubernetesOptions, Resources, Retry, SpecError, TaskSpec
+from provider.specs import (
+    BatchOptions,
+    Environment,
+    ForeachOptions,
+    KubernetesOptions,
+    Resources,
+    Retry,
+    SpecError,
+    TaskSpec,
+)
 
 if TYPE_CHECKING:
     from provider.decorators.flow_task import flow_task
@@ -21,8 +30,10 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchOptions",
     "Environment",
     "Failure",
+    "ForeachOptions",
     "KubernetesOptions",
     "Resources",
     "Retry",

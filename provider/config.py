@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from provider.specs import COMPUTE_TARGETS, KubernetesOptions, SpecError
+from provider.specs import COMPUTE_TARGETS, BatchOptions, KubernetesOptions, SpecError
 from provider.store import ArtifactStore, open_store
 
 SECTION = "flow_task"
@@ -105,15 +105,35 @@ def kubernetes_conn_id() -> str:
     return _get("kubernetes_conn_id", "kubernetes_default")
 
 
-_KUBERNETES_JSON = ("node_selector", "tolerations", "labels", "annotations")
+_KUBERNETES_JSON = (
+    "node_selector",
+    "tolerations",
+    "labels",
+    "annotations",
+    "persistent_volume_claims",
+    "security_context",
+)
 _KUBERNETES_LISTS = ("image_pull_secrets",)
-_KUBERNETES_TEXT = ("namespace", "service_account", "gpu_vendor", "gpu_type_label")
+_KUBERNETES_TEXT = (
+    "namespace",
+    "service_account",
+    "gpu_vendor",
+    "gpu_type_label",
+    "schedule_timeout",
+    "qos",
+    "image_pull_policy",
+    "termination_message_policy",
+    "pod_template_file",
+)
+_KUBERNETES_BOOLS = ("deferrable",)
+DEFAULT_SCHEDULE_TIMEOUT = "10m"
 
 
 def kubernetes_defaults() -> KubernetesOptions:
     """The ``[flow_task] kubernetes_*`` settings that every flow task's pod starts from."""
     given: dict[str, Any] = {}
-    for name in (*_KUBERNETES_JSON, *_KUBERNETES_LISTS, *_KUBERNETES_TEXT, "cpu_limit_ratio"):
+    names = (*_KUBERNETES_JSON, *_KUBERNETES_LISTS, *_KUBERNETES_TEXT, *_KUBERNETES_BOOLS)
+    for name in (*names, "cpu_limit_ratio"):
         raw = _get(f"kubernetes_{name}", "")
         if not raw:
             continue
@@ -124,6 +144,8 @@ def kubernetes_defaults() -> KubernetesOptions:
                 given[name] = _comma_list(raw)
             elif name == "cpu_limit_ratio":
                 given[name] = float(raw)
+            elif name in _KUBERNETES_BOOLS:
+                given[name] = _boolean(raw)
             else:
                 given[name] = raw
             options = KubernetesOptions(**{name: given[name]})
@@ -144,6 +166,50 @@ def kubernetes_secrets() -> tuple[str, ...]:
         raise ValueError(f"[{SECTION}] kubernetes_secrets={raw!r} is invalid: {exc}") from None
 
 
+_BATCH_SETTINGS = {  # [flow_task] key -> BatchOptions field
+    "batch_job_queue": "queue",
+    "batch_job_role_arn": "job_role_arn",
+    "batch_execution_role_arn": "execution_role_arn",
+    "batch_platform": "platform",
+}
+DEFAULT_BATCH_POLL_SECONDS = 10.0
+
+
+def batch_defaults() -> BatchOptions:
+    """The ``[flow_task] batch_*`` settings that every flow task's Batch job starts from."""
+    given: dict[str, Any] = {}
+    for key, name in _BATCH_SETTINGS.items():
+        raw = _get(key, "")
+        if not raw:
+            continue
+        try:
+            BatchOptions(**{name: raw})  # type: ignore[arg-type]
+        except SpecError as exc:
+            raise ValueError(f"[{SECTION}] {key}={raw!r} is invalid: {exc}") from None
+        given[name] = raw
+    return BatchOptions(**given)
+
+
+def aws_region() -> str | None:
+    """``[flow_task] aws_region`` for Batch; empty means the AWS connection's region."""
+    return _get("aws_region", "") or None
+
+
+def batch_poll_seconds() -> float:
+    """Seconds between status checks of a Batch job (and fetches of its CloudWatch logs)."""
+    raw = _get("batch_poll_interval", str(DEFAULT_BATCH_POLL_SECONDS))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 600:
+        raise ValueError(
+            f"[{SECTION}] batch_poll_interval={raw!r} is invalid. Accepted: seconds, more than "
+            "0 and at most 600"
+        )
+    return value
+
+
 def pod_store_env() -> dict[str, str]:
     """Where pods find an s3:// store: the connection's endpoint and region, never its keys."""
     if not artifact_store_uri().startswith("s3://"):
@@ -155,6 +221,23 @@ def pod_store_env() -> dict[str, str]:
     if hook.conn_region_name:
         env["AWS_DEFAULT_REGION"] = hook.conn_region_name
     return env
+
+
+def kubernetes_schedule_timeout(options: KubernetesOptions) -> float:
+    """Seconds an unschedulable pod waits for a node: the task's, the setting's, else 10m."""
+    from provider.specs import parse_duration
+
+    timeout = options.schedule_timeout
+    if timeout is None:
+        timeout = parse_duration(DEFAULT_SCHEDULE_TIMEOUT, "kubernetes_schedule_timeout")
+    return float(timeout.total_seconds())
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError("Accepted: true or false")
+    return lowered in ("true", "1", "yes")
 
 
 def _comma_list(raw: str) -> list[str]:

@@ -37,16 +37,105 @@ def _kubernetes_options() -> dict[str, dict[str, Any]]:
             "CPU limit as a multiple of the request; empty means no CPU limit.",
             "2",
         ),
-        "gpu_vendor": ("GPU resource vendor: nvidia, amd or intel (<vendor>.com/gpu).", "amd"),
+        "gpu_vendor": (
+            "GPU vendor, for the resource its device plugin advertises: nvidia "
+            "(nvidia.com/gpu), amd (amd.com/gpu) or intel (gpu.intel.com/i915).",
+            "amd",
+        ),
         "gpu_type_label": (
             "Node label that Resources(gpu_type=...) selects on; empty means "
             "nvidia.com/gpu.product.",
             "cloud.google.com/gke-accelerator",
         ),
+        "qos": (
+            "Burstable or Guaranteed; empty means Burstable. Both set the memory limit to the "
+            "request; Guaranteed also sets the CPU limit to the request.",
+            "Guaranteed",
+        ),
+        "image_pull_policy": (
+            "Always, IfNotPresent or Never; empty means Kubernetes' default for the tag.",
+            "IfNotPresent",
+        ),
+        "persistent_volume_claims": (
+            "PersistentVolumeClaims every pod mounts, a JSON object of claim name to path.",
+            '{"shared-datasets": "/data"}',
+        ),
+        "security_context": (
+            "The container securityContext of every pod, a JSON object in Kubernetes' names.",
+            '{"runAsNonRoot": true, "allowPrivilegeEscalation": false}',
+        ),
+        "termination_message_policy": (
+            "File or FallbackToLogsOnError; empty means File.",
+            "FallbackToLogsOnError",
+        ),
+        "pod_template_file": (
+            "A pod template YAML file every pod is laid over (flowtask's fields win).",
+            "/etc/flowtask/pod-template.yaml",
+        ),
     }
-    return {
+    options = {
         f"kubernetes_{name}": _option(description + "\n", "", example)
         for name, (description, example) in described.items()
+    }
+    options["kubernetes_schedule_timeout"] = _option(
+        "How long an unschedulable pod waits for a node (a cluster autoscaler's, or capacity "
+        "that frees up) before its task fails with the scheduler's reason: a duration such as "
+        "'10m', '90s' or seconds. A missing Secret or image fails at once.\n",
+        "10m",
+        "0",
+    )
+    options["kubernetes_deferrable"] = _option(
+        "Whether flow task pods run deferred: the worker slot is released while the pod runs "
+        "and the triggerer watches it (KubernetesOptions(deferrable=...) per task).\n",
+        "False",
+        "True",
+        kind="boolean",
+    )
+    return options
+
+
+def _batch_options() -> dict[str, dict[str, Any]]:
+    """Defaults under every task's BatchOptions (task values win), and how jobs are watched."""
+    described = {
+        "batch_job_queue": (
+            "AWS Batch job queue (name or ARN) of flow tasks whose BatchOptions set none. A "
+            "Batch task with no queue anywhere fails at once.",
+            "",
+            "flow-spot",
+        ),
+        "batch_job_role_arn": (
+            "IAM role the job's container runs as (its AWS credentials, e.g. for an s3:// "
+            "artifact store).",
+            "",
+            "arn:aws:iam::123456789012:role/flow-job",
+        ),
+        "batch_execution_role_arn": (
+            "IAM role Batch and ECS use to start the job: pull the image, write logs, read "
+            "Environment(secrets=[...]). Needed on Fargate and for secrets.",
+            "",
+            "arn:aws:iam::123456789012:role/flow-execution",
+        ),
+        "batch_platform": ("EC2 or FARGATE; empty means EC2.", "", "FARGATE"),
+        "aws_region": (
+            "AWS region of the Batch API; empty means the AWS connection's (aws_conn_id).",
+            "",
+            "eu-west-1",
+        ),
+        "batch_poll_interval": (
+            "Seconds between status checks of a running Batch job and fetches of its "
+            "CloudWatch logs.",
+            "10",
+            "30",
+        ),
+    }
+    return {
+        name: _option(
+            description + "\n",
+            default,
+            example,
+            kind="float" if name == "batch_poll_interval" else "string",
+        )
+        for name, (description, default, example) in described.items()
     }
 
 
@@ -98,6 +187,7 @@ def get_provider_info() -> dict[str, Any]:
                         "kubernetes_ml",
                     ),
                     **_kubernetes_options(),
+                    **_batch_options(),
                     "xcom_inline_max_bytes": _option(
                         "With the flowtask XCom backend, JSON values up to this many bytes stay "
                         "in the XCom row; larger or non-JSON values go to the artifact store. "

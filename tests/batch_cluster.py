@@ -820,7 +820,7 @@ class LocalBatch:
         """The first injected fault that names this job (or any job), removed from the list."""
         with self.lock:
             for fault in self.faults:
-                if fault.job_name in (None, job.job_name):
+                if fault.job_name is None or glob_matches(fault.job_name, job.job_name):
                     self.faults.remove(fault)
                     return fault
         return None
@@ -828,7 +828,8 @@ class LocalBatch:
     # --- for tests ---------------------------------------------------------------------------
 
     def inject(self, kind: Fault, job_name: str | None = None, after: float = 0.0) -> None:
-        """Make the next job to start (or the next one named ``job_name``) lose its first
+        """Make the next job to start (or the next one named ``job_name``, which may end in
+        ``*`` to match a prefix as evaluateOnExit patterns do) lose its first
         attempt ``after`` seconds into RUNNING: ``"host_termination"`` (a Spot reclaim: no exit
         code, statusReason ``Host EC2 (instance ...) terminated.``) or ``"oom"`` (exit 137,
         ``OutOfMemoryError: ...``). Its retryStrategy then decides what happens."""

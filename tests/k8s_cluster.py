@@ -6,6 +6,14 @@ pod created through the API is run by a small kubelet in that same loop: the fir
 ``command + args`` become a local subprocess in its own process group, with the container's env
 (values, Secrets, ConfigMaps), a memory limit, ``activeDeadlineSeconds`` and eviction enforced,
 its state reported in the pod status as a real kubelet does, and its output served as pod logs.
+
+What a real cluster refuses is refused here: the API server's checks on create
+(``k8s_admission``), one node with labels, taints and allocatable resources that a pod must fit
+or stay Pending as Unschedulable (``k8s_node``), images the "registry" does not have
+(``k8s_images``), Secrets and PersistentVolumeClaims that do not exist. Volumes are checked,
+not mounted: the container sees the machine's file system. Stopping a container is graceful:
+SIGTERM, then SIGKILL after the grace period (the delete request's, else
+``terminationGracePeriodSeconds``).
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ import json
 import os
 import re
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -34,11 +41,15 @@ from typing import Any, TypeVar
 import aiohttp.web
 import attrs
 import kmock
+from k8s_admission import Invalid, admit_pod
+from k8s_images import interpreter, pull_error, python_of, shims
+from k8s_node import NODE, Node, unschedulable
 
 T = TypeVar("T")
 PODS = kmock.resource("", "v1", "pods")
 EVENTS = kmock.resource("", "v1", "events")
-NODE = "local-node"
+PVCS = kmock.resource("", "v1", "persistentvolumeclaims")
+DEFAULT_GRACE_SECONDS = 30  # terminationGracePeriodSeconds when the pod sets none
 _UNITS = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _UNITS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "": 1}
 # One selector requirement: `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`.
@@ -104,29 +115,20 @@ def group_rss(pgid: int) -> int:
     return total
 
 
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}")
-_LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
-
-
-def check_pod_metadata(meta: dict[str, Any]) -> None:
-    """Refuse a pod name or labels a real API server refuses (422 Invalid)."""
-    problems = []
-    name = meta.get("name") or ""
-    if not _DNS_SUBDOMAIN.fullmatch(name):
-        problems.append(f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain")
-    for key, value in (meta.get("labels") or {}).items():
-        if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(str(value)):
-            problems.append(f"metadata.labels: Invalid value: {key!r}: {value!r}")
-    if problems:
-        message = f"Pod {name!r} is invalid: " + "; ".join(problems)
-        raise kmock.KubernetesError(status=422, reason="Invalid", message=message)
-
-
-def condition(kind: str, status: bool, reason: str | None = None) -> dict[str, Any]:
+def condition(
+    kind: str, status: bool, reason: str | None = None, message: str | None = None
+) -> dict[str, Any]:
     cond = {"type": kind, "status": str(status), "lastTransitionTime": timestamp()}
-    return cond | ({"reason": reason} if reason else {})
+    return cond | ({"reason": reason} if reason else {}) | ({"message": message} if message else {})
+
+
+def grace_seconds(request: kmock.Request, pod: dict[str, Any]) -> float:
+    """The grace period of a DELETE: the request's, else the pod's, else 30 s."""
+    options = request.data if isinstance(request.data, dict) else {}
+    given = request.params.get("gracePeriodSeconds", options.get("gracePeriodSeconds"))
+    if given is None:
+        given = pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+    return float(given)
 
 
 class _Api(kmock.KubernetesEmulator):
@@ -168,6 +170,16 @@ class _Api(kmock.KubernetesEmulator):
             obj.patch(patch)
             await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
 
+    async def remove(self, resource: kmock.resource, key: tuple[str, str], uid: str) -> None:
+        """Delete an object that ended its graceful deletion; tell watchers."""
+        async with self._lock:
+            obj = self.find(resource, *key)
+            if obj is None or obj["metadata"].get("uid") != uid:
+                return
+            raw = obj.raw
+            obj.delete()
+            await self._buses[resource].put({"type": "DELETED", "object": raw})
+
     async def create(self, resource: kmock.resource, obj: dict[str, Any]) -> None:
         """Store a new object as if it were POSTed (used for events)."""
         meta = obj["metadata"]
@@ -207,16 +219,52 @@ class _Api(kmock.KubernetesEmulator):
         if created:
             submitted = copy.deepcopy(request.data)
             if is_pod:
-                check_pod_metadata(request.data.get("metadata") or {})
+                try:
+                    admit_pod(request.data)
+                except Invalid as refused:
+                    raise kmock.KubernetesError(
+                        status=refused.status, reason=refused.reason, message=str(refused)
+                    ) from None
                 request.data.setdefault("status", {"phase": "Pending"})
             self.stamp(request.data, request.namespace)
         if is_pod and request.action == kmock.action.DELETE:
-            self.kubelet.kill((request.namespace or "", request.name or ""), "Deleted")
+            key = (request.namespace or "", request.name or "")
+            if (graceful := await self.delete_gracefully(request, key)) is not None:
+                return graceful
         response = await super()._handle(request)
         if created and is_pod and response.status < 300:
             self.history.append(submitted)
             self.kubelet.schedule(request.data)
         return response
+
+    async def delete_gracefully(
+        self, request: kmock.Request, key: tuple[str, str]
+    ) -> aiohttp.web.StreamResponse | None:
+        """Stop a running pod's container with its grace period, as the kubelet does on delete.
+
+        The pod stays, with a ``deletionTimestamp``, until its container has stopped; None when
+        there is nothing to wait for (the pod is deleted at once).
+        """
+        obj = await self.live(PODS, *key)
+        p = self.kubelet.pods.get(key)
+        if obj is None or p is None or p.done.is_set() or p.uid != obj["metadata"]["uid"]:
+            if p is not None:
+                self.kubelet.kill(key, "Deleted")
+            return None
+        grace = grace_seconds(request, p.pod)
+        if p.proc is None or grace <= 0:
+            self.kubelet.kill(key, "Deleted")
+            return None
+        await self.update(
+            PODS,
+            key,
+            p.uid,
+            {"metadata": {"deletionTimestamp": timestamp(), "deletionGracePeriodSeconds": grace}},
+        )
+        self.kubelet.kill(key, "Deleted", grace)
+        p.on_done.append(lambda: self.remove(PODS, key, p.uid))
+        live = await self.live(PODS, *key)
+        return aiohttp.web.json_response(copy.deepcopy(live.raw if live else obj.raw))
 
 
 @dataclass
@@ -229,6 +277,8 @@ class _Pod:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     proc: asyncio.subprocess.Process | None = None
     killed: str | None = None  # OOMKilled, DeadlineExceeded, Evicted, Deleted
+    bound: bool = False  # scheduled onto the node: it takes its requests from it
+    on_done: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -251,32 +301,48 @@ class _Pod:
 class Kubelet:
     """Runs pods as local subprocesses and reports their status through the API."""
 
-    def __init__(self, api: _Api, root: Path) -> None:
-        self.api, self.root = api, root
+    def __init__(
+        self, api: _Api, root: Path, node: Node, missing_images: set[str] | None = None
+    ) -> None:
+        self.api, self.root, self.node = api, root, node
+        self.missing_images = missing_images if missing_images is not None else set()
         self.pods: dict[tuple[str, str], _Pod] = {}
         self.started_at: dict[str, float] = {}
+        self.lifetimes: dict[str, tuple[float, float | None]] = {}  # created, ended
         self.tasks: set[asyncio.Task[None]] = set()
-        self.shims = root / "bin"
-        self.shims.mkdir(parents=True, exist_ok=True)
-        for name in ("python", "python3"):
-            shim = self.shims / name
-            shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-            shim.chmod(0o755)
+        self.freed = asyncio.Event()  # replaced whenever a bound pod ends: capacity came back
 
     def schedule(self, pod: dict[str, Any]) -> None:
         p = _Pod(copy.deepcopy(pod))
         self.pods[p.key] = p
+        self.lifetimes[p.key[1]] = (time.time(), None)
         task = asyncio.create_task(self.run(p))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def kill(self, key: tuple[str, str], why: str) -> None:
-        """SIGKILL the pod's process group, remembering why (the first reason wins)."""
+    def kill(self, key: tuple[str, str], why: str, grace: float = 0) -> None:
+        """Stop the pod's process group, remembering why (the first reason wins): SIGTERM, then
+        SIGKILL after ``grace`` seconds (at once when ``grace`` is 0)."""
         if (p := self.pods.get(key)) is None or p.done.is_set():
             return
         p.killed = p.killed or why
         p.touch()
-        if p.proc is not None:
+        if p.proc is None:
+            return
+        if grace <= 0:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.proc.pid, signal.SIGKILL)
+            return
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.proc.pid, signal.SIGTERM)
+        task = asyncio.create_task(self._kill_after(p, grace))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _kill_after(self, p: _Pod, grace: float) -> None:
+        with suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(p.done.wait(), grace)
+        if not p.done.is_set() and p.proc is not None:
             with suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.proc.pid, signal.SIGKILL)
 
@@ -288,14 +354,17 @@ class Kubelet:
     async def report(self, p: _Pod, status: dict[str, Any]) -> None:
         await self.api.update(PODS, p.key, p.uid, {"status": status})
 
-    async def event(self, p: _Pod, kind: str, reason: str, message: str) -> None:
+    async def event(
+        self, p: _Pod, kind: str, reason: str, message: str, component: str = "kubelet"
+    ) -> None:
         namespace, name = p.key
         meta = {"name": f"{name}.{uuid.uuid4().hex[:16]}", "namespace": namespace}
         involved = {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": name}
         now = timestamp()
         event = {"apiVersion": "v1", "kind": "Event", "metadata": meta, "type": kind}
         event |= {"reason": reason, "message": message, "count": 1, "firstTimestamp": now}
-        event |= {"lastTimestamp": now, "source": {"component": "kubelet", "host": NODE}}
+        source = {"component": component} | ({"host": NODE} if component == "kubelet" else {})
+        event |= {"lastTimestamp": now, "source": source}
         await self.api.create(EVENTS, event | {"involvedObject": involved | {"uid": p.uid}})
 
     def container_status(self, p: _Pod, state: dict[str, Any], ready: bool = False) -> dict:
@@ -312,9 +381,89 @@ class Kubelet:
         finally:
             p.done.set()
             p.touch()
+            self.lifetimes[p.key[1]] = (self.lifetimes[p.key[1]][0], time.time())
+            if p.bound:
+                freed, self.freed = self.freed, asyncio.Event()
+                freed.set()
+            for callback in p.on_done:
+                await callback()
+
+    async def bind(self, p: _Pod) -> bool:
+        """Wait until the node can host the pod (False if it is deleted first), as the
+        scheduler does: Unschedulable with its message and a FailedScheduling event meanwhile."""
+        told = None
+        while not p.killed:
+            running = [q.pod for q in self.pods.values() if q.bound and not q.done.is_set()]
+            message = await self.missing_claim(p) or unschedulable(p.pod, self.node, running)
+            if message is None:
+                p.bound = True
+                await self.api.update(PODS, p.key, p.uid, {"spec": {"nodeName": self.node.name}})
+                return True
+            if message != told:
+                status = {"phase": "Pending", "conditions": []}
+                status["conditions"] = [condition("PodScheduled", False, "Unschedulable", message)]
+                await self.report(p, status)
+                await self.event(
+                    p, "Warning", "FailedScheduling", message, component="default-scheduler"
+                )
+                told = message
+            freed, changed = self.freed, p.changed
+            waits = [asyncio.create_task(e.wait()) for e in (freed, changed)]
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+        return False
+
+    async def missing_claim(self, p: _Pod) -> str | None:
+        """The scheduler's message for a pod whose PersistentVolumeClaim does not exist."""
+        for volume in p.pod["spec"].get("volumes") or []:
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim and await self.api.live(PVCS, p.key[0], claim) is None:
+                return (
+                    f'0/1 nodes are available: persistentvolumeclaim "{claim}" not found. '
+                    "preemption: 0/1 nodes are available: 1 Preemption is not helpful for "
+                    "scheduling."
+                )
+        return None
+
+    async def wait_pending(self, p: _Pod, state: dict[str, Any]) -> None:
+        """Report a container that cannot start, and keep the pod Pending until it is deleted."""
+        await self.report(p, {"containerStatuses": [self.container_status(p, state)]})
+        while not p.killed:
+            await p.changed.wait()
+
+    async def pull(self, p: _Pod) -> str | None:
+        """The interpreter for the container's image, or None after a pull that never succeeds
+        (ErrImagePull, then ImagePullBackOff, until the pod is deleted)."""
+        image = p.container.get("image", "")
+        python = None if image in self.missing_images else interpreter(image)
+        if python is not None:
+            return python
+        error = pull_error(image)
+        if image not in self.missing_images:
+            version = python_of(image)
+            error += f" (the test cluster has no Python {version} on this machine)"
+        await self.event(p, "Normal", "Pulling", f'Pulling image "{image}"')
+        await self.event(p, "Warning", "Failed", f'Failed to pull image "{image}": {error}')
+        await self.event(p, "Warning", "Failed", "Error: ErrImagePull")
+        state = {"waiting": {"reason": "ErrImagePull", "message": error}}
+        await self.report(p, {"containerStatuses": [self.container_status(p, state)]})
+        if not p.killed:  # a real kubelet backs off for 10 s, then longer; here for 1 s
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(p.changed.wait(), 1)
+        if not p.killed:
+            await self.event(p, "Normal", "BackOff", f'Back-off pulling image "{image}"')
+            await self.event(p, "Warning", "Failed", "Error: ImagePullBackOff")
+            message = f'Back-off pulling image "{image}": ErrImagePull: {error}'
+            await self.wait_pending(
+                p, {"waiting": {"reason": "ImagePullBackOff", "message": message}}
+            )
+        return None
 
     async def _run(self, p: _Pod) -> None:
         start_time, t0 = timestamp(), time.monotonic()
+        if not await self.bind(p):
+            return
         waiting = self.container_status(p, {"waiting": {"reason": "ContainerCreating"}})
         await self.report(
             p,
@@ -327,19 +476,24 @@ class Kubelet:
             },
         )
         await self.event(
-            p, "Normal", "Scheduled", f"Successfully assigned {'/'.join(p.key)} to {NODE}"
+            p,
+            "Normal",
+            "Scheduled",
+            f"Successfully assigned {'/'.join(p.key)} to {NODE}",
+            component="default-scheduler",
         )
+        python = await self.pull(p)
+        if python is None:
+            return await self.finish(p, 137, start_time)
         work = Path(tempfile.mkdtemp(prefix=f"{p.key[1]}-", dir=self.root))
         for name in ("home", "tmp"):
             (work / name).mkdir()
         try:
-            env = await self.environment(p, work)
+            env = await self.environment(p, work, python)
         except LookupError as e:  # a real kubelet keeps such a pod Pending (until deleted)
-            state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
-            await self.report(p, {"containerStatuses": [self.container_status(p, state)]})
             await self.event(p, "Warning", "Failed", f"Error: {e}")
-            while not p.killed:
-                await p.changed.wait()
+            state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
+            await self.wait_pending(p, state)
             return await self.finish(p, 137, start_time)
         argv = [*p.container.get("command", []), *p.container.get("args", [])]
         if p.killed:  # deleted or evicted before it started
@@ -386,14 +540,14 @@ class Kubelet:
         self, p: _Pod, exit_code: int, started: str, state: dict[str, Any] | None = None
     ) -> None:
         """Report the terminated container and the pod's final phase."""
-        if p.killed:
+        if p.killed in ("OOMKilled", "Evicted") or (p.killed and p.proc is None):
             exit_code = 137
         reason = (
             "Completed" if exit_code == 0 else "OOMKilled" if p.killed == "OOMKilled" else "Error"
         )
         terminated = {"exitCode": exit_code, "reason": reason, "startedAt": started}
         terminated |= (state or {}) | {"finishedAt": timestamp()}
-        phase = "Succeeded" if exit_code == 0 else "Failed"
+        phase = "Succeeded" if exit_code == 0 and p.killed not in _KILL_STATUS else "Failed"
         status: dict[str, Any] = {"phase": phase}
         if p.killed in _KILL_STATUS:
             status |= {"reason": p.killed, "message": _KILL_STATUS[p.killed]}
@@ -426,7 +580,8 @@ class Kubelet:
         limit = None if limit is None else parse_quantity(limit)
         while deadline is not None or limit is not None:
             if deadline is not None and time.monotonic() - t0 > deadline:
-                self.kill(p.key, "DeadlineExceeded")
+                grace = p.pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+                self.kill(p.key, "DeadlineExceeded", grace)
                 return await self.event(
                     p, "Normal", "DeadlineExceeded", _KILL_STATUS["DeadlineExceeded"]
                 )
@@ -434,9 +589,10 @@ class Kubelet:
                 return self.kill(p.key, "OOMKilled")
             await asyncio.sleep(0.02)
 
-    async def environment(self, p: _Pod, work: Path) -> dict[str, str]:
+    async def environment(self, p: _Pod, work: Path, python: str) -> dict[str, str]:
         """The container's env: a minimal one, then envFrom, then env (values, keys, fields)."""
-        env = {"PATH": f"{self.shims}:/usr/local/bin:/usr/bin:/bin", "HOSTNAME": p.key[1]}
+        bin_ = shims(self.root, python)
+        env = {"PATH": f"{bin_}:/usr/local/bin:/usr/bin:/bin", "HOSTNAME": p.key[1]}
         env |= {"HOME": str(work / "home"), "TMPDIR": str(work / "tmp")}
         for source in p.container.get("envFrom") or []:
             kind, ref = next((k, source[k]) for k in ("secretRef", "configMapRef") if source.get(k))
@@ -520,7 +676,11 @@ class Kubelet:
 class LocalCluster:
     """A Kubernetes API on 127.0.0.1 whose pods run as local subprocesses (see module doc)."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(
+        self, root: Path | str, node: Node | None = None, missing_images: set[str] | None = None
+    ) -> None:
+        self.node = node or Node()
+        self.missing_images = missing_images if missing_images is not None else set()
         self.root = Path(root) / "k8s"
         self.kubeconfig = self.root / "kubeconfig"
         self.history: list[dict[str, Any]] = []  # every pod as submitted, in order
@@ -562,7 +722,9 @@ class LocalCluster:
     async def _start(self) -> None:
         self._api = _Api()
         self._api.history, self._api.versions = self.history, itertools.count(1)
-        self._kubelet = self._api.kubelet = Kubelet(self._api, self.root / "pods")
+        self._kubelet = self._api.kubelet = Kubelet(
+            self._api, self.root / "pods", self.node, self.missing_images
+        )
         self._server = kmock.Server(self._api)
         await self._api.__aenter__()
         await self._server.__aenter__()
@@ -601,6 +763,10 @@ class LocalCluster:
     def started_at(self, pod_name: str) -> float | None:
         """When the pod's subprocess started (``time.time()``), or None if it has not."""
         return self._kubelet.started_at.get(pod_name)
+
+    def lifetime(self, pod_name: str) -> tuple[float, float | None]:
+        """When the pod was created and when it ended (stopped or deleted), by ``time.time()``."""
+        return self._kubelet.lifetimes[pod_name]
 
     def logs(self, pod_name: str, namespace: str = "default") -> str:
         """The pod's output so far."""

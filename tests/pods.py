@@ -41,3 +41,32 @@ def finished_pod(
             ],
         ),
     )
+
+
+def pending_pod(
+    *, waiting: tuple[str, str] | None = None, unschedulable: str | None = None
+) -> k8s.V1Pod:
+    """A Pending pod ``fit-abc`` whose container waits (reason, message), or that no node takes."""
+    conditions = [
+        k8s.V1PodCondition(
+            type="PodScheduled",
+            status="False" if unschedulable else "True",
+            reason="Unschedulable" if unschedulable else None,
+            message=unschedulable,
+        )
+    ]
+    statuses = None
+    if waiting is not None:
+        state = k8s.V1ContainerState(
+            waiting=k8s.V1ContainerStateWaiting(reason=waiting[0], message=waiting[1])
+        )
+        statuses = [
+            k8s.V1ContainerStatus(
+                name="base", image="nope:1", image_id="", ready=False, restart_count=0, state=state
+            )
+        ]
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="fit-abc"),
+        spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base", image="nope:1")]),
+        status=k8s.V1PodStatus(phase="Pending", conditions=conditions, container_statuses=statuses),
+    )

@@ -203,6 +203,15 @@ def test_a_host_termination_is_retried_by_the_spot_retry_strategy(batch):
     ]  # fmt: skip
 
 
+def test_a_fault_can_name_jobs_by_a_prefix(batch):
+    batch.inject("oom", job_name="other-*")
+    batch.inject("host_termination", job_name="glob-*")
+    job = batch.wait(submit(batch, "pass", jobName=f"glob-{uuid.uuid4().hex[:8]}"))
+    [attempt] = job["attempts"]  # no retryStrategy: one attempt
+    assert attempt["statusReason"] == HOST_TERMINATED
+    assert [fault.job_name for fault in batch.faults] == ["other-*"]
+
+
 def test_the_spot_retry_strategy_does_not_retry_an_ordinary_failure(batch):
     job = batch.wait(submit(batch, "raise SystemExit(1)", retryStrategy=SPOT_ONLY))
     assert job["status"] == "FAILED"

@@ -147,14 +147,20 @@ def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: Da
     # An unpicklable global can never work: one try, not three, and the global is named.
     assert "locked" not in tasks
     assert _try_numbers(run.home, "flow_fatal")["locked"] == 1
-    assert "flow task locked cannot be sent to where it runs: the global 'LOCK'" in run.output
+    assert "flow task locked cannot run: it cannot be sent to where it runs: the global 'LOCK'" in (
+        run.output
+    )
     assert_gc_keeps_everything_reachable(run.artifacts, _xcom_rows(run.home, "flow_fatal"))
 
 
 def test_kubernetes_task_runs_locally_with_the_flow_compute_param(dags_test: DagsTest):
     run = dags_test("flow_targets", conf={"flow_compute": "batch"}, dags_folder=TEST_DAGS)
     assert run.returncode != 0
-    assert "flow task train cannot run: compute='batch' is not available" in run.output
+    # Batch takes secrets as ARNs only: its Kubernetes Secret name can never work there.
+    assert (
+        "flow task train cannot run: environment.secrets='db-creds' is invalid: a Kubernetes "
+        "Secret name is resolved by compute='kubernetes' only" in run.output
+    )
     assert _try_numbers(run.home, "flow_targets") == {"train": 1}  # not retried: it cannot work
 
     run = dags_test("flow_targets", conf={"flow_compute": "local"}, dags_folder=TEST_DAGS)
@@ -206,6 +212,46 @@ def test_flow_tasks_do_what_task_does(dags_test: DagsTest):
     assert_gc_keeps_everything_reachable(run.artifacts, rows)
 
 
+def test_example_flow_foreach_runs_ten_thousand_items_as_one_task(dags_test: DagsTest):
+    run = dags_test("flow_foreach")
+    assert run.returncode == 0, run.output[-8000:]
+    # The plain task downstream compared all 10,000 results, in order.
+    assert _xcom_rows(run.home, "flow_foreach")["check[-1]"] == "10000 items checked"
+    assert _try_numbers(run.home, "flow_foreach")["score"] == 1  # one task instance, one try
+    (score,) = _by_task(run.manifests("flow_foreach"))["score"]
+    assert score["foreach"] == {
+        "items": 10_000,
+        "chunks": 20,
+        "chunk_size": 500,
+        "prefix": score["foreach"]["prefix"],
+        "failed": 0,
+    }
+    assert score["seconds"] < 60, score["seconds"]
+    chunks = sorted((run.artifacts / score["foreach"]["prefix"]).glob("*.json"))
+    assert len(chunks) == 20 and all(json.loads(c.read_text())["ran"] == 500 for c in chunks)
+    print(f"FOREACH 10000 items: {score['seconds']:.2f}s in the task")
+
+
+def test_foreach_retries_only_failed_items_catches_and_composes(dags_test: DagsTest, tmp_path):
+    marker = tmp_path / "calls"
+    run = dags_test("flow_foreach_cases", dags_folder=TEST_DAGS, FLOW_TEST_MARKER=str(marker))
+    assert run.returncode == 0, run.output[-8000:]
+    rows = _xcom_rows(run.home, "flow_foreach_cases")
+    # The plain task downstream saw: the healed list, a caught Failure in place, `.expand`
+    # over a foreach, a foreach over an upstream's dicts, the slow foreach's results.
+    assert rows["check[-1]"] == "foreach cases checked"
+    assert (
+        "flow task fragile failed: ForeachFailed: 3 of 20 items failed: "
+        "[3] builtins.ValueError: item 3 fails on its first call" in run.output
+    )
+    assert "20 items in 5 chunks of 4; 3 chunks to run (2 done by an earlier try)" in run.output
+    calls = {int(d.name.split("-")[1]): len(list(d.iterdir())) for d in marker.iterdir()}
+    assert calls == {i: 2 if i % 7 == 3 else 1 for i in range(20)}  # try 2 re-ran only those
+    assert _try_numbers(run.home, "flow_foreach_cases")["fragile"] == 2
+    assert re.search(r"foreach: \d+/60 items done, 0 failed; \d+ items/s, ~\d+s left", run.output)
+    assert_gc_keeps_everything_reachable(run.artifacts, rows)
+
+
 def test_example_flow_mixed_on_s3_with_credentials_from_the_airflow_connection(
     dags_test: DagsTest, moto
 ):
@@ -235,3 +281,20 @@ def test_example_flow_kubernetes_runs_locally_with_the_flow_compute_param(dags_t
     assert len(tasks["score"]) == 3
     summary = tasks["summarize"][0]["result"]  # a dict return: one artifact per key
     assert store.get(summary["batches"]) == 3 and store.get(summary["total"]) > 0
+
+
+def test_example_flow_batch_runs_locally_with_the_flow_compute_param(dags_test: DagsTest):
+    run = dags_test("flow_batch", conf={"flow_compute": "local"})
+    assert run.returncode == 0, run.output[-5000:]
+    store = open_store(run.artifacts.as_uri())
+    tasks = _by_task(run.manifests("flow_batch"))
+    assert {name: len(tries) for name, tries in tasks.items()} == {
+        "make_batches": 1,
+        "score": 3,
+        "fit_in_memory": 1,
+        "summarize": 1,
+    }
+    summary = {k: store.get(v) for k, v in tasks["summarize"][0]["result"].items()}
+    # Locally nothing limits memory: the fit that Batch kills succeeds here.
+    assert summary == {"batches": 3, "total": summary["total"], "fit": 72}
+    assert summary["total"] > 0 and "compute=local" in run.output

@@ -5,8 +5,10 @@ API test server (kmock) whose local kubelet runs each pod's command -> moto's S3
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from reachability import assert_gc_keeps_everything_reachable
 
 pytest.importorskip("kmock")  # kmock needs Python >= 3.11
 from k8s_cluster import LocalCluster
+from k8s_node import Node
 
 from provider.store import ArtifactStore, open_store
 
@@ -191,3 +194,96 @@ def test_oomkilled_evicted_and_timed_out_pods_fail_with_their_reason(
     sleepy = next(p for p in cluster.history if p["metadata"]["name"].startswith("sleepy"))
     assert sleepy["spec"]["activeDeadlineSeconds"] == 10
     assert json.loads(sleepy["metadata"]["annotations"]["flowtask.io/tags"]) == []
+
+
+@pytest.fixture
+def gpu_cluster(tmp_path: Path) -> Any:
+    """One node with an A100 labelled as GPU feature discovery labels it; a registry without
+    ``registry.example/nope:1``."""
+    node = Node(
+        labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+        allocatable={"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": "1"},
+    )
+    with LocalCluster(tmp_path, node=node, missing_images={"registry.example/nope:1"}) as c:
+        yield c
+
+
+def test_pods_that_cannot_start_fail_in_seconds_with_the_reason(
+    dags_test: DagsTest, gpu_cluster: LocalCluster, moto: Any
+):
+    _secret(gpu_cluster, "flow-test-env", {"UNUSED": "1"})
+    env = _cluster_env(gpu_cluster, moto, "e2e-k8s-pending")
+    run = dags_test(
+        "flow_k8s_pending",
+        dags_folder=TEST_DAGS,
+        **env,
+        AIRFLOW__FLOW_TASK__KUBERNETES_SCHEDULE_TIMEOUT="3",
+    )
+    assert run.returncode != 0
+    out = run.output
+    assert "flow task needs_secret failed: pod needs-secret-" in out
+    assert 'cannot start: secret "db-creds" not found' in out
+    assert "flow task bad_image failed: pod bad-image-" in out
+    assert 'cannot start: image "registry.example/nope:1" cannot be pulled (ErrImagePull)' in out
+    assert "flow task no_node failed: pod no-node-" in out
+    assert (
+        "cannot start: 0/1 nodes are available: 1 node(s) didn't match Pod's node "
+        "affinity/selector." in out
+    )
+    assert "gpu_type='A100' selects nodes labelled nvidia.com/gpu.product=A100" in out
+    assert "Waiting up to 3s for a cluster autoscaler" in out  # said while it waited
+    manifests = _manifests(_store(moto, "e2e-k8s-pending"), "flow_k8s_pending")
+    assert "cannot start" in manifests["needs_secret"][0]["error"]["message"]
+    assert gpu_cluster.pods() == []  # every pod deleted
+    for pod in gpu_cluster.history:
+        name = pod["metadata"]["name"]
+        created, ended = gpu_cluster.lifetime(name)
+        assert ended is not None
+        print(f"PENDING {name}: failed and deleted {ended - created:.1f}s after its creation")
+        assert ended - created < 15, name
+
+
+def _slot_seconds(output: str, task_id: str) -> float:
+    """Seconds ``task_id`` ran on the worker in `airflow dags test`, deferrals left out."""
+    stamp = r"^(\S+) \[\w+\s*\] "
+    began = rf"{stamp}\[DAG TEST\] running task <TaskInstance: [\w.]+\.{task_id} "
+    paused = rf"{stamp}Pausing task as DEFERRED\..*task_id={task_id}\b"
+    ended = rf"{stamp}\[DAG TEST\] end task task_id={task_id} "
+    marks = []
+    for kind, pattern in (("+", began), ("-", paused), ("-", ended)):
+        for match in re.finditer(pattern, output, re.MULTILINE):
+            marks.append((datetime.fromisoformat(match[1]), kind))
+    total, since = 0.0, None
+    for at, kind in sorted(marks):
+        if kind == "+":
+            since = at
+        elif since is not None:
+            total, since = total + (at - since).total_seconds(), None
+    return total
+
+
+def test_a_deferrable_pod_frees_the_worker_slot_while_it_runs(
+    dags_test: DagsTest, cluster: LocalCluster, moto: Any
+):
+    _secret(cluster, "flow-test-env", {"UNUSED": "1"})
+    run = dags_test(
+        "flow_k8s_deferrable",
+        dags_folder=TEST_DAGS,
+        **_cluster_env(cluster, moto, "e2e-k8s-deferrable"),
+    )
+    assert run.returncode != 0  # deferred_failure
+    out = run.output
+    tasks = _manifests(_store(moto, "e2e-k8s-deferrable"), "flow_k8s_deferrable")
+    store = _store(moto, "e2e-k8s-deferrable")
+    assert [m["status"] for m in tasks["deferred"]] == ["succeeded"]
+    assert store.get(tasks["deferred"][0]["result"]) == "deferred"
+    assert [m["status"] for m in tasks["held"]] == ["succeeded"]  # downstream of the deferred one
+    assert (
+        "flow task deferred_failure failed: builtins.ValueError: the pod's function failed" in out
+    )
+    assert out.count("runs deferred: the worker slot is free until it ends") == 2
+    assert "[base] " in out  # the pod's log, read when the trigger returned
+    assert cluster.pods() == []
+    deferred, held = _slot_seconds(out, "deferred"), _slot_seconds(out, "held")
+    print(f"WORKER SLOT deferred={deferred:.1f}s held={held:.1f}s (each pod sleeps 12s)")
+    assert held >= 12 and deferred < held - 8

@@ -43,6 +43,59 @@ MATRIX: dict[str, dict[str, Any]] = {
         "resources": Resources(gpu=1, gpu_type="mi300x"),
         "kubernetes": KubernetesOptions(gpu_vendor="amd", gpu_type_label="example.com/gpu-model"),
     },
+    "gpu_intel": {
+        "resources": Resources(gpu=1),
+        "kubernetes": KubernetesOptions(gpu_vendor="intel"),
+    },
+    "extended_resources": {
+        "kubernetes": KubernetesOptions(
+            extended_resources={"gpu.intel.com/xe": 1, "example.com/fpga": 2}
+        )
+    },
+    "qos_guaranteed": {
+        "resources": Resources(cpu=2, memory="8Gi"),
+        "kubernetes": KubernetesOptions(qos="Guaranteed"),
+    },
+    "container_options": {
+        "kubernetes": KubernetesOptions(
+            image_pull_policy="Always",
+            port=8080,
+            termination_message_policy="FallbackToLogsOnError",
+            security_context={
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+        )
+    },
+    "volumes": {
+        "resources": Resources(memory="4Gi", shared_memory="1Gi"),
+        "kubernetes": KubernetesOptions(
+            persistent_volume_claims={"datasets": "/data", "team.checkpoints": "/ckpt"},
+            tmpfs={"size": "2Gi", "path": "/scratch"},
+        ),
+    },
+    "full_pod_spec": {
+        "kubernetes": KubernetesOptions(
+            node_selector={"pool": "ours"},
+            full_pod_spec={
+                "metadata": {"labels": {"team": "vision"}, "annotations": {"a": "template"}},
+                "spec": {
+                    "priorityClassName": "batch-high",
+                    "nodeSelector": {"pool": "template", "zone": "a"},
+                    "containers": [
+                        {
+                            "name": "base",
+                            "image": "template:1",
+                            "env": [{"name": "FROM_TEMPLATE", "value": "1"}],
+                            "workingDir": "/work",
+                        }
+                    ],
+                },
+            },
+        )
+    },
     "disk": {"resources": Resources(disk="100Gi")},
     "shared_memory": {"resources": Resources(memory="8Gi", shared_memory="2Gi")},
     "secrets_and_env": {
@@ -192,9 +245,17 @@ def test_different_names_get_different_labels():
         ("Group.Fit_Model", "group-fit-model"),
         ("__x__", "x"),
         ("___", "flow-task"),
+        (
+            "preprocessing_of_the_nightly_feature_tables.per_region_models.train_the_model",
+            "ghtly-feature-tables-per-region-models-train-the-model",
+        ),
+        ("x" * 60 + ".__fit", "x" * 50 + "-fit"),
+        ("a" * 49 + "-.-.-.-" + "b" * 50, "b" * 50),
     ],
 )
 def test_pod_names_are_what_kubernetes_accepts(task_id: str, name: str):
+    """KPO cuts a name to 63 with its 9-character suffix, from the front: a long TaskGroup
+    name would push the task's own name out, so the name keeps the end of the task id."""
     assert pod_name(task_id) == name
     identity = {**IDENTITY, "task_id": task_id}
     assert render(TaskSpec(), identity, expect_name=name)["metadata"]["name"] == f"{name}-<suffix>"
@@ -269,6 +330,56 @@ def test_a_pod_without_status_has_no_description():
         ({"cpu_limit_ratio": "2"}, "kubernetes.cpu_limit_ratio"),
         ({"gpu_vendor": "nvidea"}, "kubernetes.gpu_vendor"),
         ({"gpu_type_label": "has space"}, "kubernetes.gpu_type_label"),
+        ({"extended_resources": ["example.com/fpga"]}, "kubernetes.extended_resources"),
+        ({"qos": "BestEffort"}, "kubernetes.qos"),
+        ({"qos": "Guaranteed", "cpu_limit_ratio": 2}, "kubernetes.cpu_limit_ratio"),
+        ({"image_pull_policy": "always"}, "kubernetes.image_pull_policy"),
+        ({"port": 0}, "kubernetes.port"),
+        ({"port": "8080"}, "kubernetes.port"),
+        ({"termination_message_policy": "Logs"}, "kubernetes.termination_message_policy"),
+        ({"persistent_volume_claims": ["data"]}, "kubernetes.persistent_volume_claims"),
+        (
+            {"persistent_volume_claims": {"Data": "/data"}},
+            "kubernetes.persistent_volume_claims['Data']",
+        ),
+        (
+            {"persistent_volume_claims": {"data": "data"}},
+            "kubernetes.persistent_volume_claims['data']",
+        ),
+        (
+            {"persistent_volume_claims": {"a": "/x", "b": "/x"}},
+            "kubernetes.persistent_volume_claims",
+        ),
+        ({"tmpfs": "lots"}, "kubernetes.tmpfs.size"),
+        ({"tmpfs": {"size": "1Gi", "path": "/dev/shm"}}, "kubernetes.tmpfs.path"),
+        ({"tmpfs": {"size": "1Gi", "mode": "0700"}}, "kubernetes.tmpfs"),
+        (
+            {"tmpfs": {"size": "1Gi", "path": "/data"}, "persistent_volume_claims": {"d": "/data"}},
+            "kubernetes.tmpfs.path",
+        ),
+        ({"security_context": {"run_as_user": 1000}}, "kubernetes.security_context['run_as_user']"),
+        ({"security_context": {"runAsUser": -1}}, "kubernetes.security_context['runAsUser']"),
+        ({"security_context": {"privileged": "yes"}}, "kubernetes.security_context['privileged']"),
+        ({"security_context": "{not json"}, "kubernetes.security_context"),
+        ({"full_pod_spec": {"kind": "Job"}}, "kubernetes.full_pod_spec"),
+        ({"full_pod_spec": {"spec": []}}, "kubernetes.full_pod_spec.spec"),
+        ({"full_pod_spec": {"status": {}}}, "kubernetes.full_pod_spec"),
+        ({"pod_template_file": ""}, "kubernetes.pod_template_file"),
+        ({"schedule_timeout": "soon"}, "kubernetes.schedule_timeout"),
+        ({"deferrable": "yes"}, "kubernetes.deferrable"),
+        ({"extended_resources": {"cpu": 1}}, "kubernetes.extended_resources['cpu']"),
+        (
+            {"extended_resources": {"kubernetes.io/batteries": 1}},
+            "kubernetes.extended_resources['kubernetes.io/batteries']",
+        ),
+        (
+            {"extended_resources": {"example.com/fpga": 0}},
+            "kubernetes.extended_resources['example.com/fpga']",
+        ),
+        (
+            {"extended_resources": {"example.com/fpga": 0.5}},
+            "kubernetes.extended_resources['example.com/fpga']",
+        ),
     ],
 )
 def test_bad_kubernetes_options_name_the_field(given: dict[str, Any], field: str):
@@ -343,3 +454,139 @@ def test_default_image_matches_the_worker_python(monkeypatch: pytest.MonkeyPatch
     assert config.default_image() == f"python:{major}.{minor}-slim"
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__DEFAULT_IMAGE", "ghcr.io/acme/base:1")
     assert config.default_image() == "ghcr.io/acme/base:1"
+
+
+@pytest.mark.parametrize("golden", sorted(GOLDEN.glob("*.json")), ids=lambda p: p.stem)
+def test_every_golden_pod_passes_the_api_servers_checks(golden: Path):
+    from k8s_admission import admit_pod
+
+    pod = json.loads(golden.read_text())
+    pod["metadata"]["name"] = pod["metadata"]["name"].replace("<suffix>", "abcd1234")
+    admit_pod(pod)
+
+
+# The resource each vendor's device plugin advertises on a node (NVIDIA's k8s-device-plugin,
+# AMD's k8s-device-plugin, Intel's intel-device-plugins-for-kubernetes GPU plugin).
+DEVICE_PLUGIN_RESOURCES = {
+    "nvidia": "nvidia.com/gpu",
+    "amd": "amd.com/gpu",
+    "intel": "gpu.intel.com/i915",
+}
+
+
+@pytest.mark.parametrize("vendor", sorted(DEVICE_PLUGIN_RESOURCES))
+def test_gpu_pods_ask_for_what_the_vendors_device_plugin_advertises(vendor: str):
+    from k8s_node import Node, unschedulable
+
+    node = Node(allocatable={"cpu": "8", "memory": "32Gi", "pods": "110"})
+    node.allocatable[DEVICE_PLUGIN_RESOURCES[vendor]] = "2"
+    spec = TaskSpec.build(
+        resources=Resources(gpu=2), kubernetes=KubernetesOptions(gpu_vendor=vendor)
+    )
+    assert unschedulable(render(spec), node, []) is None
+
+
+def test_extended_resources_are_requested_and_limited_alike():
+    spec = TaskSpec.build(kubernetes=KubernetesOptions(extended_resources={"example.com/fpga": 2}))
+    resources = render(spec)["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["example.com/fpga"] == resources["limits"]["example.com/fpga"]
+    assert resources["limits"]["example.com/fpga"] == "2"
+
+
+def test_a_gpu_asked_for_twice_is_refused():
+    spec = TaskSpec.build(
+        resources=Resources(gpu=1),
+        kubernetes=KubernetesOptions(extended_resources={"nvidia.com/gpu": 1}),
+    )
+    with pytest.raises(SpecError, match=r"extended_resources\['nvidia.com/gpu'\]"):
+        render(spec)
+
+
+def test_qos_sets_the_cpu_limit_and_never_lets_memory_burst():
+    for qos, cpu_limit in ((None, None), ("Burstable", None), ("Guaranteed", "1500m")):
+        spec = TaskSpec.build(
+            resources=Resources(cpu=1.5, memory="2Gi"), kubernetes=KubernetesOptions(qos=qos)
+        )
+        resources = render(spec)["spec"]["containers"][0]["resources"]
+        assert resources["limits"]["memory"] == resources["requests"]["memory"] == "2048Mi"
+        assert resources["limits"].get("cpu") == cpu_limit
+
+
+def test_tmpfs_is_a_memory_folder_that_tmpdir_points_at_unless_the_task_says_otherwise():
+    spec = TaskSpec.build(kubernetes=KubernetesOptions(tmpfs="512Mi"))
+    pod = render(spec)
+    container = pod["spec"]["containers"][0]
+    assert {"name": "TMPDIR", "value": "/flowtask-tmp"} in container["env"]
+    assert {"mountPath": "/flowtask-tmp", "name": "flowtask-tmpfs"} in container["volumeMounts"]
+    assert {
+        "emptyDir": {"medium": "Memory", "sizeLimit": "512Mi"},
+        "name": "flowtask-tmpfs",
+    } in pod["spec"]["volumes"]
+    own = TaskSpec.build(
+        environment=Environment(env={"TMPDIR": "/elsewhere"}),
+        kubernetes=KubernetesOptions(tmpfs="512Mi"),
+    )
+    env = render(own)["spec"]["containers"][0]["env"]
+    assert [v["value"] for v in env if v["name"] == "TMPDIR"] == ["/elsewhere"]
+
+
+def test_memory_folders_fit_in_the_memory_limit():
+    spec = TaskSpec.build(
+        resources=Resources(memory="2Gi", shared_memory="1Gi"),
+        kubernetes=KubernetesOptions(tmpfs="1536Mi"),
+    )
+    with pytest.raises(SpecError, match="tmpfs and shared_memory together at most memory"):
+        render(spec)
+
+
+def test_a_pod_template_file_lies_under_the_translation(tmp_path: Path):
+    template = tmp_path / "pod.yaml"
+    template.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  labels: {team: vision}\n"
+        "spec:\n  priorityClassName: batch-high\n  nodeSelector: {pool: template}\n"
+        "  containers:\n  - name: base\n    image: template:1\n"
+        "    env: [{name: FROM_TEMPLATE, value: '1'}]\n"
+    )
+    options = KubernetesOptions(pod_template_file=str(template), node_selector={"pool": "ours"})
+    pod = render(TaskSpec.build(kubernetes=options))
+    assert pod["spec"]["priorityClassName"] == "batch-high"  # only the template sets it
+    assert pod["spec"]["nodeSelector"] == {"pool": "ours"}  # ours win
+    assert pod["metadata"]["labels"]["team"] == "vision"
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "python:3.11-slim"
+    assert {"name": "FROM_TEMPLATE", "value": "1"} in container["env"]  # lists are joined
+
+
+def test_configured_pod_defaults_are_read_and_checked(monkeypatch: pytest.MonkeyPatch):
+    from provider import config
+
+    settings = {
+        "QOS": "Guaranteed",
+        "IMAGE_PULL_POLICY": "IfNotPresent",
+        "PERSISTENT_VOLUME_CLAIMS": '{"flow-artifacts": "/artifacts"}',
+        "SECURITY_CONTEXT": '{"runAsNonRoot": true}',
+        "TERMINATION_MESSAGE_POLICY": "FallbackToLogsOnError",
+        "POD_TEMPLATE_FILE": "/etc/flowtask/pod.yaml",
+        "DEFERRABLE": "true",
+        "SCHEDULE_TIMEOUT": "90s",
+    }
+    for key, value in settings.items():
+        monkeypatch.setenv(f"AIRFLOW__FLOW_TASK__KUBERNETES_{key}", value)
+    defaults = config.kubernetes_defaults()
+    assert defaults.qos == "Guaranteed" and defaults.image_pull_policy == "IfNotPresent"
+    assert dict(defaults.persistent_volume_claims) == {"flow-artifacts": "/artifacts"}
+    assert defaults.security_context_dict == {"runAsNonRoot": True}
+    assert defaults.termination_message_policy == "FallbackToLogsOnError"
+    assert defaults.pod_template_file == "/etc/flowtask/pod.yaml"
+    assert defaults.deferrable is True
+    assert config.kubernetes_schedule_timeout(defaults) == 90
+    task = KubernetesOptions(security_context={"runAsUser": 1000}, deferrable=False)
+    merged = task.over(defaults)
+    assert merged.security_context_dict == {"runAsNonRoot": True, "runAsUser": 1000}
+    assert merged.deferrable is False
+    assert config.kubernetes_schedule_timeout(KubernetesOptions()) == 600
+    assert config.kubernetes_schedule_timeout(KubernetesOptions(schedule_timeout=0)) == 0
+
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_DEFERRABLE", "maybe")
+    with pytest.raises(ValueError, match=r"kubernetes_deferrable='maybe' is invalid"):
+        config.kubernetes_defaults()

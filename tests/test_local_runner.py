@@ -115,3 +115,34 @@ def test_the_runtime_environment_leaves_the_task_supervisor_behind():
         "AIRFLOW__CORE__DAGS_FOLDER": "/dags",
         "FLOW": "1",
     }
+
+
+def test_killing_a_chunk_pool_stops_every_worker_and_what_it_started(tmp_path):
+    from provider.compute.pool import ChunkPool
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    worker = f"""
+        import os, subprocess, sys, time
+        child = subprocess.Popen(["sleep", "600"])
+        open(os.path.join({str(pids)!r}, str(os.getpid())), "w").write(str(child.pid))
+        for line in sys.stdin:
+            time.sleep(600)
+    """
+    pool = ChunkPool(
+        lambda fd: [sys.executable, "-c", textwrap.dedent(worker)],
+        env=dict(os.environ),
+        size=2,
+        log_line=lambda line: None,
+        log_error=lambda line: None,
+    )
+    import threading
+
+    thread = threading.Thread(target=pool.run, args=([0, 1, 2],), daemon=True)
+    thread.start()
+    assert _wait_for(lambda: len(list(pids.iterdir())) == 2, 30)
+    started = [int(p.name) for p in pids.iterdir()] + [int(p.read_text()) for p in pids.iterdir()]
+    pool.kill(grace_seconds=1.0)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert _wait_for(lambda: not any(_alive(pid) for pid in started), 5)

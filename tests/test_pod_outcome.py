@@ -46,6 +46,16 @@ def test_a_failed_pod_is_described_not_raised():
     assert result.failure is not None and "was OOMKilled" in result.failure
 
 
+def test_a_pod_that_could_not_start_is_described_by_why():
+    from pods import pending_pod
+
+    error = AirflowException("Pod fit-abc returned a failure.")
+    operator = FinishedPodOperator(pending_pod(), error)
+    operator.start_failure = 'pod fit-abc cannot start: secret "db-creds" not found'  # type: ignore[attr-defined]
+    result = run_pod(operator, {}, OWN_KEY)
+    assert result.failure == operator.start_failure and result.exit_code is None
+
+
 def test_a_timeout_stays_a_timeout_when_the_pod_cleanup_raises_over_it():
     try:
         try:

@@ -59,8 +59,39 @@ def test_render_explains_what_it_cannot_render(monkeypatch: pytest.MonkeyPatch, 
     assert pod["spec"]["containers"][0]["image"].startswith("python:3.")
     with pytest.raises(RenderError, match=r"flow_mixed.settings is a .*, not a flow task"):
         render_pod("flow_mixed", "settings", dags_folder=EXAMPLES)
-    with pytest.raises(RenderError, match=r"compute='batch' is not available"):
+    with pytest.raises(RenderError, match=r"cannot run on Batch: batch.queue=None .* no job queue"):
         render_pod("flow_failures", "flaky", compute="batch", dags_folder=TEST_DAGS)
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
+    with pytest.raises(RenderError, match=r"environment.secrets='db-creds' is invalid"):
+        render_pod("flow_targets", "train", compute="batch", dags_folder=TEST_DAGS)
+
+
+def test_render_prints_the_batch_requests_boto3_receives(tmp_path: Path):
+    env = airflow_env(tmp_path, EXAMPLES, AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE="flow-spot")
+    proc = subprocess.run(
+        [FLOWTASK, "render", "flow_batch", "score", "--compute", "batch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rendered = json.loads(proc.stdout)
+    definition, submit = rendered["register_job_definition"], rendered["submit_job"]
+    assert set(rendered) == {"register_job_definition", "submit_job"}
+    assert definition["containerProperties"]["image"].startswith("python:3.")
+    assert submit["jobDefinition"] == definition["jobDefinitionName"]
+    assert submit["jobQueue"] == "flow-spot" and submit["parameters"] == {}
+    overrides = submit["containerOverrides"]
+    assert overrides["resourceRequirements"] == [
+        {"type": "VCPU", "value": "2"},
+        {"type": "MEMORY", "value": "2048"},
+    ]
+    command = overrides["command"]
+    assert command[:2] == ["python3", "-c"] and "flowtask bootstrap" in command[2]
+    assert submit["tags"]["flowtask.io/map-index"] == "0" and submit["tags"]["team"] == "ml"
+    assert submit["timeout"] == {"attemptDurationSeconds": 600}
+    assert not (tmp_path / "flow_artifacts").exists()  # nothing was stored or registered
 
 
 def test_render_a_mapped_task_with_its_dag_folder_helpers(

@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     gc.add_argument("--delete", action="store_true", help="delete (default: only report)")
     gc.set_defaults(handler=_gc)
     render = sub.add_parser(
-        "render", help="print the pod a flow task would submit, as JSON (no cluster needed)"
+        "render",
+        help="print what a flow task would submit, as JSON: its pod, or its Batch requests "
+        "(no cluster or credentials needed)",
     )
     render.add_argument("dag_id")
     render.add_argument("task_id")

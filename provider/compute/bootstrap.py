@@ -6,17 +6,24 @@ flowtask runtime, cloudpickle and the DAG folder's modules), verifies its SHA-25
 task's pip requirements, and hands over to ``provider.runtime``. It imports nothing from the
 package it lives in, so its source can travel in the command line.
 
-Usage: ``--store URI --code KEY:SIZE --python X.Y [--pip REQ]... -- RUNTIME_ARGS...``, where
+Any image's Python may run it, so it parses, and runs up to the version check, on Python 3.7 and
+later (``tests/test_bootstrap_pythons.py`` checks this with vermin): the check comes first,
+before the arguments are parsed, and names both versions.
+
+Usage: ``--python X.Y --store URI --code KEY:SIZE [--pip REQ]... -- RUNTIME_ARGS...``, where
 KEY is the package's blob key in the store, which ends in its SHA-256.
 """
 
+from __future__ import annotations
+
+import argparse
 import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, NoReturn
+from typing import NoReturn
 from urllib.parse import unquote, urlparse
 
 
@@ -25,16 +32,28 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def parse(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
-    split = argv.index("--")
-    options: dict[str, Any] = {"--pip": []}
-    own = argv[:split]
-    for flag, value in zip(own[::2], own[1::2], strict=True):
-        if flag == "--pip":
-            options[flag].append(value)
-        else:
-            options[flag] = value
-    return options, argv[split + 1 :]
+def check_python(argv: list[str]) -> None:
+    """Refuse to run under another Python than the worker's, naming both."""
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    if "--python" not in own or own.index("--python") + 1 >= len(own):
+        return  # argparse names the missing flag
+    wanted = own[own.index("--python") + 1]
+    running = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if wanted != running:
+        fail(
+            f"the task was packaged with Python {wanted} on the Airflow worker, but "
+            f"this container runs Python {running}; use an image with Python {wanted}"
+        )
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser(prog="flowtask bootstrap", allow_abbrev=False)
+    parser.add_argument("--python", required=True, help="the worker's Python, X.Y")
+    parser.add_argument("--store", required=True, help="the artifact store's URI")
+    parser.add_argument("--code", required=True, help="the code package's KEY:SIZE")
+    parser.add_argument("--pip", action="append", default=[], help="a requirement to install")
+    return parser.parse_args(argv[:split]), argv[split + 1 :]
 
 
 def pip_install(requirements: list[str], target: str) -> None:
@@ -71,15 +90,10 @@ def fetch(store: str, key: str) -> bytes:
 
 def main(argv: list[str]) -> int:
     started = time.time()
+    check_python(argv)
     options, runtime_args = parse(argv)
-    running = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if options["--python"] != running:
-        fail(
-            f"the task was packaged with Python {options['--python']} on the Airflow worker, but "
-            f"this container runs Python {running}; use an image with Python {options['--python']}"
-        )
     work = tempfile.mkdtemp(prefix="flowtask-")
-    store, requirements = options["--store"], list(options["--pip"])
+    store, requirements = options.store, list(options.pip)
     if store.startswith("s3://"):
         try:
             import boto3  # noqa: F401
@@ -90,7 +104,7 @@ def main(argv: list[str]) -> int:
             requirements.append("boto3")
     if requirements:
         pip_install(requirements, os.path.join(work, "site"))
-    key, size = options["--code"].rsplit(":", 1)
+    key, size = options.code.rsplit(":", 1)
     sha256 = key.rpartition("/")[2]
     blob = fetch(store, key)
     if len(blob) != int(size) or hashlib.sha256(blob).hexdigest() != sha256:

@@ -63,9 +63,26 @@ def bootstrap_command(
 
     ``python3`` is on the PATH of the official Python images and of distribution images alike.
     """
-    argv = [python, "-c", BOOTSTRAP_SOURCE, "--store", store_uri]
-    code = f"{blob_key(code_package.sha256)}:{code_package.size}"
-    argv += ["--code", code, "--python", worker_python()]
+    argv = [python, "-c", BOOTSTRAP_SOURCE, "--python", worker_python(), "--store", store_uri]
+    argv += ["--code", f"{blob_key(code_package.sha256)}:{code_package.size}"]
     for requirement in pip:
         argv += ["--pip", requirement]
     return [*argv, "--", *runtime_args(store_uri, payload_ref, manifest_key)]
+
+
+def foreach_command(
+    store_uri: str,
+    payload_ref: Mapping[str, Any],
+    mode: Sequence[str],
+    *,
+    python: str = "python",
+    code_path: str | None = None,
+) -> list[str]:
+    """Argv that runs chunks of a ``.foreach`` payload where flowtask is installed; ``mode``
+    says which (``--serve-fd N``, ``--chunk N`` or ``--chunk-env VAR``)."""
+    payload = json.dumps(dict(payload_ref), sort_keys=True, separators=(",", ":"))
+    argv = [python, "-m", "provider.runtime", "foreach", "--store", store_uri]
+    argv += ["--payload", payload, "--python", worker_python()]
+    if code_path:
+        argv += ["--code", code_path]
+    return [*argv, *mode]

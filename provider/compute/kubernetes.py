@@ -9,19 +9,29 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from provider.compute.labels import label_key_name, label_value
-from provider.specs import KubernetesOptions, Resources, TaskSpec, check_secrets_for
+from provider.specs import KubernetesOptions, Resources, SpecError, TaskSpec, check_secrets_for
+from provider.specs.kubernetes import GPU_RESOURCES
 
 LABEL_PREFIX = "flowtask.io"
 TAG_LABEL_PREFIX = f"tag.{LABEL_PREFIX}/"
 MANIFEST_ANNOTATION = f"{LABEL_PREFIX}/manifest"
 SHM_VOLUME = "flowtask-dshm"
+TMPFS_VOLUME = "flowtask-tmpfs"
+PVC_VOLUME = "flowtask-pvc-{}"
 DEFAULT_GPU_VENDOR = "nvidia"
 DEFAULT_GPU_TYPE_LABEL = "nvidia.com/gpu.product"
 
 
+POD_NAME_STEM = 63 - 9  # KPO appends "-" and 8 random characters, and cuts to 63 from the front
+
+
 def pod_name(task_id: str) -> str:
-    """A valid pod name stem for a task id (the operator appends a random suffix)."""
-    return re.sub(r"[^a-z0-9-]+", "-", task_id.lower()).strip("-")[:200] or "flow-task"
+    """A valid pod name stem for a task id (the operator appends a random suffix).
+
+    It keeps the end of the task id: a task in a long-named TaskGroup keeps its own name.
+    """
+    name = re.sub(r"[^a-z0-9-]+", "-", task_id.lower()).strip("-")
+    return name[-POD_NAME_STEM:].lstrip("-") or "flow-task"
 
 
 def cpu_quantity(millicores: int) -> str:
@@ -29,17 +39,31 @@ def cpu_quantity(millicores: int) -> str:
 
 
 def resource_requirements(resources: Resources, options: KubernetesOptions) -> Any:
-    """Requests and limits: memory limit = request, CPU limit only with ``cpu_limit_ratio``."""
+    """Requests and limits: memory limit = request; CPU limit = request with
+    ``qos="Guaranteed"``, else only with ``cpu_limit_ratio``."""
     from kubernetes.client import models as k8s
 
     requests = {"cpu": cpu_quantity(resources.cpu_millicores), "memory": resources.memory_quantity}
     limits = {"memory": resources.memory_quantity}
-    if options.cpu_limit_ratio is not None:
+    if options.qos == "Guaranteed":
+        limits["cpu"] = requests["cpu"]
+    elif options.cpu_limit_ratio is not None:
         limits["cpu"] = cpu_quantity(math.ceil(resources.cpu_millicores * options.cpu_limit_ratio))
     if resources.disk_quantity is not None:
         requests["ephemeral-storage"] = limits["ephemeral-storage"] = resources.disk_quantity
+    gpu = GPU_RESOURCES[options.gpu_vendor or DEFAULT_GPU_VENDOR]
     if resources.gpu:
-        limits[f"{options.gpu_vendor or DEFAULT_GPU_VENDOR}.com/gpu"] = str(resources.gpu)
+        limits[gpu] = str(resources.gpu)
+    for name, count in options.extended_resources:
+        if resources.gpu and name == gpu:
+            raise SpecError(
+                f"kubernetes.extended_resources[{name!r}]",
+                count,
+                f"either resources.gpu or extended_resources[{name!r}]",
+                f"resources.gpu={resources.gpu} already asks for {name}",
+            )
+        # Kubernetes requires request = limit for extended resources; a limit alone implies it.
+        requests[name] = limits[name] = str(count)
     return k8s.V1ResourceRequirements(requests=requests, limits=limits)
 
 
@@ -89,7 +113,8 @@ def pod_operator_kwargs(
     all_secrets = tuple(dict.fromkeys([*secrets, *spec.environment.secrets]))
     check_secrets_for("kubernetes", all_secrets)
     resources = spec.resources
-    variables = {**(env or {}), **spec.environment.env_dict, "PYTHONUNBUFFERED": "1"}
+    tmpdir = {"TMPDIR": options.tmpfs[1]} if options.tmpfs else {}
+    variables = {**(env or {}), **tmpdir, **spec.environment.env_dict, "PYTHONUNBUFFERED": "1"}
     node_selector = dict(options.node_selector)
     if resources.gpu_type is not None:
         node_selector[options.gpu_type_label or DEFAULT_GPU_TYPE_LABEL] = resources.gpu_type
@@ -120,17 +145,71 @@ def pod_operator_kwargs(
     }
     if spec.timeout is not None:
         kwargs["active_deadline_seconds"] = math.ceil(spec.timeout.total_seconds())
-    if resources.shared_memory_quantity is not None:
-        kwargs["volumes"] = [
-            k8s.V1Volume(
-                name=SHM_VOLUME,
-                empty_dir=k8s.V1EmptyDirVolumeSource(
-                    medium="Memory", size_limit=resources.shared_memory_quantity
-                ),
-            )
-        ]
-        kwargs["volume_mounts"] = [k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm")]
+    kwargs |= volume_kwargs(resources, options)
+    kwargs |= container_kwargs(options)
     return kwargs
+
+
+def volume_kwargs(resources: Resources, options: KubernetesOptions) -> dict[str, Any]:
+    """Shared memory on /dev/shm, the tmpfs folder, and the volume claims, with their mounts.
+
+    Memory-backed folders count against the memory limit, so together they fit in it.
+    """
+    from kubernetes.client import models as k8s
+
+    in_memory = int(resources.shared_memory or 0) + (options.tmpfs[0] if options.tmpfs else 0)
+    if in_memory > int(resources.memory):
+        raise SpecError(
+            "kubernetes.tmpfs",
+            f"{options.tmpfs[0] if options.tmpfs else 0}Mi",
+            f"tmpfs and shared_memory together at most memory ({resources.memory} MiB)",
+            "memory-backed folders count against the memory limit",
+        )
+    volumes, mounts = [], []
+    memory_folders: list[tuple[str, Any, str]] = [(SHM_VOLUME, resources.shared_memory, "/dev/shm")]
+    if options.tmpfs:
+        memory_folders.append((TMPFS_VOLUME, *options.tmpfs))
+    for name, size, path in memory_folders:
+        if size is not None:
+            source = k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=f"{size}Mi")
+            volumes.append(k8s.V1Volume(name=name, empty_dir=source))
+            mounts.append(k8s.V1VolumeMount(name=name, mount_path=path))
+    for i, (claim, path) in enumerate(options.persistent_volume_claims):
+        name = PVC_VOLUME.format(i)
+        source = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=claim)
+        volumes.append(k8s.V1Volume(name=name, persistent_volume_claim=source))
+        mounts.append(k8s.V1VolumeMount(name=name, mount_path=path))
+    return {"volumes": volumes, "volume_mounts": mounts} if volumes else {}
+
+
+def container_kwargs(options: KubernetesOptions) -> dict[str, Any]:
+    """Pull policy, port, security context, termination message policy and the pod template."""
+    from kubernetes.client import models as k8s
+
+    kwargs: dict[str, Any] = {}
+    if options.image_pull_policy:
+        kwargs["image_pull_policy"] = options.image_pull_policy
+    if options.port is not None:
+        kwargs["ports"] = [k8s.V1ContainerPort(container_port=options.port, protocol="TCP")]
+    if options.security_context is not None:
+        kwargs["container_security_context"] = options.security_context_dict
+    if options.termination_message_policy:
+        kwargs["termination_message_policy"] = options.termination_message_policy
+    if options.pod_template_file:
+        kwargs["pod_template_file"] = options.pod_template_file
+    if options.full_pod_spec is not None:
+        kwargs["full_pod_spec"] = pod_from_dict(options.full_pod_spec_dict or {})
+    return kwargs
+
+
+def pod_from_dict(manifest: Mapping[str, Any]) -> Any:
+    """A ``V1Pod`` from a manifest in Kubernetes' JSON names (as ``kubectl`` reads it)."""
+    from kubernetes.client import ApiClient
+
+    class _Response:
+        data = json.dumps({"apiVersion": "v1", "kind": "Pod", **manifest})
+
+    return ApiClient().deserialize(_Response(), "V1Pod")
 
 
 def describe_pod_failure(pod: Any, container: str = "base") -> str | None:

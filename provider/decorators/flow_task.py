@@ -67,6 +67,29 @@ class FlowTaskDecorator(_TaskDecorator):
         spec = self.kwargs.get("flow_spec") or TaskSpec()
         return super().override(**fold_specs(spec, kwargs))
 
+    def foreach(self, **mapped: Any) -> Any:
+        """One task that runs the function once per item of a list (or an upstream's list):
+        ``fit.foreach(shard=shards)``. Unlike ``.expand``, Airflow sees one task instance; the
+        items run on a local worker pool, an Indexed Job or a Batch array job."""
+        if len(mapped) != 1:
+            raise TypeError(
+                f".foreach takes exactly one keyword, the argument each item is passed as "
+                f"(got {sorted(mapped)}); use .foreach_kwargs([{{...}}, ...]) for several"
+            )
+        ((argument, items),) = mapped.items()
+        return self._foreach(items, argument)
+
+    def foreach_kwargs(self, items: Any) -> Any:
+        """Like :meth:`foreach`, each item a dict of keyword arguments."""
+        return self._foreach(items, None)
+
+    def _foreach(self, items: Any, argument: str | None) -> Any:
+        kwargs = dict(self.kwargs)
+        partial = kwargs.pop("op_kwargs", {})  # from .partial(...)
+        one = attr.evolve(self, kwargs={**kwargs, "foreach_items": items})
+        one.kwargs["foreach_argument"] = argument
+        return one(**partial)
+
     def _expand(self, expand_input: Any, *, strict: bool) -> Any:
         xcom_arg: Any = super()._expand(expand_input, strict=strict)
         # Same fields, same slots: only the expansion behaviour above differs.
@@ -82,11 +105,12 @@ def flow_task(
 ) -> TaskDecorator:
     """Turn a function into a flow task.
 
-    ``resources``, ``retry``, ``timeout``, ``catch``, ``environment``, ``compute`` and the
-    target options (``kubernetes=KubernetesOptions(...)``) are checked here, when the DAG file
-    is parsed; a bad value raises :class:`provider.SpecError`. ``retry`` and ``timeout`` become
-    Airflow's own ``retries``, ``retry_delay``, ``retry_exponential_backoff``,
-    ``max_retry_delay`` and ``execution_timeout``. Every other keyword goes to the operator, as
+    ``resources``, ``retry``, ``timeout``, ``catch``, ``environment``, ``compute``, the
+    target options (``kubernetes=KubernetesOptions(...)``, ``batch=BatchOptions(...)``) and
+    ``foreach=ForeachOptions(...)`` are checked here, when the DAG file is parsed; a bad value
+    raises :class:`provider.SpecError`. ``retry`` and ``timeout`` become Airflow's own
+    ``retries``, ``retry_delay``, ``retry_exponential_backoff``, ``max_retry_delay`` and
+    ``execution_timeout``. Every other keyword goes to the operator, as
     with ``@task``; ``.expand``, ``.partial`` and ``.override`` (specs included) work as for any
     TaskFlow task.
     """

@@ -47,6 +47,9 @@ class FlowTaskOperator(DecoratedOperator):
         environment: Any = None,
         compute: Any = None,
         kubernetes: Any = None,
+        batch: Any = None,
+        foreach_items: Any = None,
+        foreach_argument: str | None = None,
         **kwargs: Any,
     ) -> None:
         spec = (flow_spec or TaskSpec()).with_overrides(
@@ -57,6 +60,7 @@ class FlowTaskOperator(DecoratedOperator):
             environment=environment,
             compute=compute,
             kubernetes=kubernetes,
+            batch=batch,
         )
         kwargs.update(
             retry_kwargs_given(spec, retry=retry is not None, timeout=timeout is not None)
@@ -69,14 +73,28 @@ class FlowTaskOperator(DecoratedOperator):
                 "a caught failure is one value, not a dict of outputs",
             )
         self.flow_spec = spec
+        if foreach_items is not None:  # the items arrive when the task runs: bind what is known
+            kwargs["_airflow_mapped_validation_only"] = True
+            kwargs["multiple_outputs"] = False  # a foreach returns the list of its results
+            _check_foreach_argument(python_callable, op_kwargs or {}, foreach_argument)
         super().__init__(
             python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs, **kwargs
         )
+        # Not a template field: a list of ten thousand strings is data, not Jinja.
+        self.foreach_items = foreach_items
+        self.foreach_argument = foreach_argument
+        if foreach_items is not None:
+            from airflow.sdk.definitions.xcom_arg import XComArg
+
+            XComArg.apply_upstream_relationship(self, foreach_items)
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         # Upstream results arrive as references; the runtime loads them where the work runs.
         with references_kept():
             super().render_template_fields(context, jinja_env)
+            resolve = getattr(self.foreach_items, "resolve", None)
+            if callable(resolve):
+                self.foreach_items = resolve(context)
 
     def _render(self, template: Any, context: Any, dag: Any = None) -> Any:
         # A Jinja template renders values, as for any task ("{{ ti.xcom_pull(...) }}").
@@ -84,15 +102,22 @@ class FlowTaskOperator(DecoratedOperator):
             return super()._render(template, context, dag)
 
     def execute(self, context: Any) -> Any:
-        from airflow.sdk.exceptions import AirflowTaskTimeout
+        from airflow.sdk.exceptions import AirflowTaskTimeout, TaskDeferred
 
         from provider.operators.launch import prepare_try
         from provider.operators.outcome import record_unreported, settle
         from provider.operators.targets import Outcome
 
         run, self._target = prepare_try(self, context)
+        deferred = False
         try:
-            outcome = self._target.run(run, context)
+            if run.foreach is not None:
+                outcome = self._run_foreach(run, context)
+            else:
+                outcome = self._target.run(run, context)
+        except TaskDeferred:
+            deferred = True  # the payload stays until the try resumes and ends
+            raise
         except AirflowTaskTimeout:
             self._target.kill()
             outcome = Outcome(
@@ -104,8 +129,53 @@ class FlowTaskOperator(DecoratedOperator):
                 record_unreported(run, outcome, outcome.failure or "")
                 raise
         finally:
+            if not deferred:
+                _discard_payload(run)
+        return settle(self, run, outcome, context)
+
+    def execute_complete(self, context: Any, event: Any = None, resume: Any = None) -> Any:
+        """Where a try that its compute target deferred resumes, once the trigger fired."""
+        from provider.operators.outcome import settle
+        from provider.operators.resume import resumed_try
+        from provider.operators.targets import RESUME_KEY
+
+        if resume is None and isinstance(event, dict):  # `airflow dags test` passes the event
+            resume = event.get(RESUME_KEY)
+        run, self._target = resumed_try(self, resume)
+        try:
+            outcome = self._target.resume(run, context, event, resume["target"])
+        finally:
             _discard_payload(run)
         return settle(self, run, outcome, context)
+
+    def _run_foreach(self, run: Any, context: Any) -> Any:
+        """Run the chunks without stored results, then gather every chunk into the result."""
+        import time
+
+        from provider.operators.foreach import gather, pending_chunks
+        from provider.operators.targets import Outcome
+
+        started = time.time()
+        plan = run.foreach
+        pending = pending_chunks(run.store, plan)
+        self.log.info(
+            "foreach: %d items in %d chunks of %d; %d chunks to run%s",
+            plan.length,
+            plan.chunks,
+            plan.chunk_size,
+            len(pending),
+            f" ({plan.chunks - len(pending)} done by an earlier try)"
+            if plan.chunks > len(pending)
+            else "",
+        )
+        outcome = (
+            self._target.run_foreach(run, pending, context)
+            if pending
+            else Outcome(run.manifest_key, exit_code=0)
+        )
+        catching = self._catches_now(context)
+        gather(run.store, plan, run.manifest_key, run.identity, catching=catching, started=started)
+        return Outcome(run.manifest_key, exit_code=0, failure=outcome.failure)
 
     def on_kill(self) -> None:
         target = getattr(self, "_target", None)
@@ -127,6 +197,20 @@ class FlowTaskOperator(DecoratedOperator):
         if map_index < 0 and next(self.iter_mapped_dependants(), None) is not None:
             return "items"
         return "value"
+
+
+def _check_foreach_argument(
+    function: Callable[..., Any], op_kwargs: Mapping[str, Any], argument: str | None
+) -> None:
+    """The function takes the argument each item is passed as."""
+    import inspect
+
+    if argument is None:
+        return
+    try:
+        inspect.signature(function).bind_partial(**{**op_kwargs, argument: None})
+    except TypeError as exc:
+        raise TypeError(f".foreach({argument}=...): {function.__name__} {exc}") from None
 
 
 def _discard_payload(run: Any) -> None:

@@ -17,11 +17,12 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
 
     from provider import config
     from provider.operators.by_value import dag_folder_of
+    from provider.operators.foreach import ForeachInputError
     from provider.operators.run_context import RunParamError, resolve_compute, run_identity
     from provider.operators.targets import ComputeUnavailable, compute_target
     from provider.operators.task_context import ContextCannotCross
     from provider.specs import SpecError
-    from provider.store import launch_manifest_key, manifest_key, payload_key, run_manifest_key
+    from provider.store import launch_manifest_key, manifest_key, run_manifest_key
     from provider.store.index import record_run_start
 
     try:
@@ -47,8 +48,8 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         identity["try_number"],
     )
     try:
-        payload = _store_payload(op, store, payload_key(key), identity, context)
-    except (UnpicklableTask, ContextCannotCross) as exc:
+        payload, plan = _store_payload(op, store, key, identity, context, compute)
+    except (UnpicklableTask, ContextCannotCross, ForeachInputError) as exc:
         raise AirflowFailException(f"flow task {op.task_id} cannot run: {exc}") from None
     run = TaskRun(
         task_id=op.task_id,
@@ -60,6 +61,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         identity=identity,
         log=op.log,
         dag_folder=dag_folder_of(op.python_callable, _bundle_path(context)),
+        foreach=plan,
     )
     try:
         kept = target.prepare(run)
@@ -71,6 +73,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
                 "compute": compute,
                 "launched_at": time.time(),
                 **{name: ref.to_json() for name, ref in kept.items()},
+                **({"foreach_items": plan.items} if plan is not None else {}),
             },
         )
     except BaseException:
@@ -107,27 +110,36 @@ class UnpicklableTask(ValueError):
     """The function, one of its globals or an argument cannot be sent where the task runs."""
 
 
-def _store_payload(op: Any, store: Any, key: str, identity: dict[str, Any], context: Any) -> Any:
+def _store_payload(
+    op: Any, store: Any, key: str, identity: dict[str, Any], context: Any, compute: str
+) -> tuple[Any, Any]:
+    """Store the try's payload; return its reference and the foreach plan (or None)."""
     from provider.operators.by_value import pickled_by_value, unpicklable_part
     from provider.operators.task_context import context_arguments, plain_context
     from provider.runtime import Payload
+    from provider.store import payload_key
     from provider.xcom.references import references_kept
 
     with references_kept():
         args = tuple(_materialize(arg) for arg in op.op_args)
         kwargs = {name: _materialize(arg) for name, arg in op.op_kwargs.items()}
     kwargs.update(context_arguments(op.python_callable, args, kwargs, context))
-    payload = Payload(
-        function=op.python_callable,
-        args=args,
-        kwargs=kwargs,
-        layout=op.result_layout(identity["map_index"]),
-        identity=identity,
-        context=plain_context(context),
-    )
+    layout = op.result_layout(identity["map_index"])
     with pickled_by_value(op.python_callable):
         try:
-            return store.put_at(key, payload, by_value=True)
+            plan = None
+            if op.foreach_items is not None:
+                plan = _plan_foreach(op, store, key, (args, kwargs), compute, layout)
+            payload = Payload(
+                function=op.python_callable,
+                args=args,
+                kwargs=kwargs,
+                layout=layout,
+                identity=identity,
+                context=plain_context(context),
+                foreach=plan,
+            )
+            return store.put_at(payload_key(key), payload, by_value=True), plan
         except Exception as exc:
             culprit = unpicklable_part(op.python_callable, args, kwargs)
             if culprit is None:
@@ -137,6 +149,16 @@ def _store_payload(op: Any, store: Any, key: str, identity: dict[str, Any], cont
                 f"pickled ({type(exc).__name__}: {exc}). Create it inside the function, or "
                 "pass what it is made from as an argument."
             ) from exc
+
+
+def _plan_foreach(op: Any, store: Any, key: str, arguments: Any, compute: str, layout: str) -> Any:
+    """The foreach plan; its identity covers the function and its arguments by content."""
+    from provider.operators.foreach import plan_foreach
+    from provider.store import codec
+
+    fingerprint = codec.encode((op.python_callable, *arguments), by_value=True).sha256
+    chunked: Any = "items" if layout == "items" else "chunks"
+    return plan_foreach(op, store, key, fingerprint, local=compute == "local", layout=chunked)
 
 
 def _materialize(value: Any) -> Any:

@@ -1,4 +1,9 @@
-"""``flowtask render``: the pod a flow task would submit, built offline by the real operator."""
+"""``flowtask render``: what a flow task would submit, built offline by the real operators.
+
+For Kubernetes, the pod (``build_pod_request_obj(dry_run=True)``); for AWS Batch, the
+``register_job_definition`` request and the ``submit_job`` request ``BatchOperator`` sends
+(recorded from its own ``submit_job`` by a client that sends nothing).
+"""
 
 from __future__ import annotations
 
@@ -42,18 +47,18 @@ def _flow_task(dags_folder: Path, dag_id: str, task_id: str) -> Any:
 def render_pod(
     dag_id: str, task_id: str, *, compute: str | None = None, dags_folder: Path | None = None
 ) -> dict[str, Any]:
-    """The pod (as Kubernetes JSON) that ``task_id`` would submit in a manual run of ``dag_id``.
+    """What ``task_id`` would submit in a manual run of ``dag_id``, as JSON: the pod for
+    Kubernetes, ``{"register_job_definition": ..., "submit_job": ...}`` for Batch.
 
     Needs no cluster, no credentials and no database: the code package's address is computed,
-    not stored, and ``build_pod_request_obj(dry_run=True)`` builds the pod.
+    not stored.
     """
     from airflow.sdk.configuration import conf
-    from kubernetes.client import ApiClient
 
     from provider import config
     from provider.operators.run_context import default_namespace, resolve_compute, run_tags
     from provider.operators.targets.code import code_package, code_reference
-    from provider.operators.targets.kubernetes import pod_operator
+    from provider.specs import SpecError
     from provider.store import manifest_key
 
     folder = dags_folder or Path(conf.get("core", "dags_folder"))
@@ -64,14 +69,10 @@ def render_pod(
         raise RenderError(f"{dag_id}.{task_id} is a {type(task).__name__}, not a flow task")
     params = dag.params.dump()
     target = compute or resolve_compute(spec.compute, params, config.default_compute())
-    if target == "batch":
+    if target not in ("kubernetes", "batch"):
         raise RenderError(
-            f"{dag_id}.{task_id}: compute='batch' is not available in this flowtask version"
-        )
-    if target != "kubernetes":
-        raise RenderError(
-            f"{dag_id}.{task_id} runs with compute={target!r}, which submits no pod; "
-            "pass --compute kubernetes to see the pod it would run on a cluster"
+            f"{dag_id}.{task_id} runs with compute={target!r}, which submits nothing; "
+            "pass --compute kubernetes or --compute batch to see what it would submit there"
         )
     map_index = -1 if partial is None else 0
     identity: dict[str, Any] = {
@@ -85,14 +86,50 @@ def render_pod(
     }
     store_uri = config.artifact_store_uri()
     key = manifest_key(dag_id, RENDER_RUN_ID, task_id, map_index, 1)
-    pod_op = pod_operator(
-        task_id,
-        spec,
-        store_uri=store_uri,
-        code=code_reference(store_uri, code_package(folder)),
-        payload=PAYLOAD_AT_RUN_TIME,
-        manifest_key=key,
-        identity=identity,
-    )
-    pod = pod_op.build_pod_request_obj(dry_run=True)
+    launch = {
+        "store_uri": store_uri,
+        "code": code_reference(store_uri, code_package(folder)),
+        "payload": PAYLOAD_AT_RUN_TIME,
+        "manifest_key": key,
+        "identity": identity,
+    }
+    if target == "batch":
+        try:
+            return _batch_requests(task_id, spec, launch)
+        except SpecError as exc:
+            raise RenderError(f"{dag_id}.{task_id} cannot run on Batch: {exc}") from None
+    return _pod(task_id, spec, launch)
+
+
+def _pod(task_id: str, spec: Any, launch: dict[str, Any]) -> dict[str, Any]:
+    from kubernetes.client import ApiClient
+
+    from provider.operators.targets.kubernetes import pod_operator
+
+    pod = pod_operator(task_id, spec, **launch).build_pod_request_obj(dry_run=True)
     return dict(ApiClient().sanitize_for_serialization(pod))
+
+
+class _RecordingClient:
+    """A Batch client that records ``submit_job`` and sends nothing."""
+
+    def __init__(self) -> None:
+        self.submitted: dict[str, Any] = {}
+
+    def submit_job(self, **kwargs: Any) -> dict[str, Any]:
+        self.submitted = kwargs
+        return {"jobId": "<assigned by Batch>"}
+
+
+def _batch_requests(task_id: str, spec: Any, launch: dict[str, Any]) -> dict[str, Any]:
+    from types import SimpleNamespace
+
+    from provider.operators.targets.batch import batch_operator, batch_requests
+
+    definition, request = batch_requests(spec, **launch)
+    op = batch_operator(task_id, request)
+    client = _RecordingClient()
+    # The operator's own submit_job builds the request; its links need no context here.
+    op.__dict__["hook"] = SimpleNamespace(client=client, conn_region_name="", conn_partition="")
+    op.submit_job(None)
+    return {"register_job_definition": definition, "submit_job": client.submitted}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from typing import Any
 
 from provider.runtime.lifetime import end_with_parent, stop_group_on_sigterm
 from provider.runtime.run import PythonVersionMismatch, check_python, run_payload
@@ -29,15 +31,30 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, handlers=[info, problems])
 
 
+def _common(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--store", required=True, help="artifact store root, e.g. file:///data")
+    command.add_argument("--payload", required=True, help="the payload's reference, as JSON")
+    command.add_argument("--python", default="", help="the worker's Python major.minor")
+    command.add_argument("--code", default="", help="a local copy of the code package (a zip)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m provider.runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a stored payload and store its result")
-    run.add_argument("--store", required=True, help="artifact store root, e.g. file:///data")
-    run.add_argument("--payload", required=True, help="the payload's reference, as JSON")
+    _common(run)
     run.add_argument("--manifest", required=True, help="store key of the result manifest")
-    run.add_argument("--python", default="", help="the worker's Python major.minor")
-    run.add_argument("--code", default="", help="a local copy of the code package (a zip)")
+    foreach = sub.add_parser("foreach", help="run chunks of a foreach payload's items")
+    _common(foreach)
+    which = foreach.add_mutually_exclusive_group(required=True)
+    which.add_argument("--chunk", type=int, help="run this chunk")
+    which.add_argument(
+        "--chunk-env",
+        help="run the chunk at the index this variable holds (JOB_COMPLETION_INDEX, "
+        "AWS_BATCH_JOB_ARRAY_INDEX) in --chunks",
+    )
+    which.add_argument("--serve-fd", type=int, help="read chunk numbers from stdin, reply here")
+    foreach.add_argument("--chunks", default="", help="with --chunk-env: the chunks, '0-9,12'")
     args = parser.parse_args(argv)
     if args.code:  # after the installed packages, as Airflow puts the DAG folder on the path
         sys.path.append(args.code)
@@ -52,7 +69,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     store = open_store(args.store)
     payload = Reference.from_json(json.loads(args.payload))
-    return run_payload(store, payload, args.manifest)
+    if args.command == "run":
+        return run_payload(store, payload, args.manifest)
+    return _foreach(store, payload, args)
+
+
+def _foreach(store: Any, payload_ref: Reference, args: argparse.Namespace) -> int:
+    from provider.runtime.foreach import ChunkRunner, parse_chunks, serve_chunks
+
+    payload = store.get(payload_ref)
+    runner = ChunkRunner(store, payload, int(payload.identity.get("try_number", 1)))
+    if args.serve_fd is not None:
+        with os.fdopen(args.serve_fd, "w", buffering=1) as replies:
+            return serve_chunks(runner, (line.strip() for line in sys.stdin), replies.write)
+    if args.chunk is not None:
+        chunk = args.chunk
+    else:
+        index = int(os.environ[args.chunk_env])
+        chunks = parse_chunks(args.chunks) if args.chunks else range(runner.plan.chunks)
+        chunk = chunks[index]
+    runner.run(chunk)
+    return 0
 
 
 if __name__ == "__main__":

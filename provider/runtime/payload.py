@@ -25,3 +25,5 @@ class Payload:
     # The plain values of the task's Airflow context (ds, params, logical_date, ...), read
     # with ``provider.flow_context()`` where the task runs.
     context: Mapping[str, Any] = field(default_factory=dict)
+    # For ``.foreach``: how the items are split (a ``provider.runtime.foreach.ForeachPlan``).
+    foreach: Any = None

@@ -87,7 +87,10 @@ def store_result(result: Any, layout: str, store: ArtifactStore) -> Any:
 
 def _with_preview(store: ArtifactStore, value: Any) -> dict[str, Any]:
     """The value's reference, with a short preview for the task log and the XCom view."""
-    return {**store.put(value).to_json(), "preview": preview(value)}
+    ref = {**store.put(value).to_json(), "preview": preview(value)}
+    if isinstance(value, (list, tuple, dict)):
+        ref["length"] = len(value)  # what .foreach over it needs, without loading it
+    return ref
 
 
 def _peak_rss_mib() -> float:

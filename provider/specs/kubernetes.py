@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from typing import Any
 
+from provider.specs import pod_options
 from provider.specs.errors import SpecError
 from provider.specs.names import is_dns_label, is_dns_subdomain, is_label_value, is_qualified_name
+from provider.specs.units import parse_duration
 
 NAME_FORM = "a DNS-1123 name such as 'ml-jobs' (lowercase letters, digits, '-', at most 63)"
 SECRET_NAME_FORM = (
@@ -21,7 +25,15 @@ TOLERATION_FORM = (
     "a list of dicts with keys key, operator ('Exists' or 'Equal'), value, effect "
     "('NoSchedule', 'PreferNoSchedule', 'NoExecute') and toleration_seconds"
 )
-GPU_VENDORS = ("nvidia", "amd", "intel")
+# The resource each vendor's device plugin advertises. Intel's plugin names it after the kernel
+# driver: gpu.intel.com/i915 for the GPUs it drives today (Data Center GPU Flex and Max, Arc,
+# integrated); GPUs on the newer xe driver are gpu.intel.com/xe (ask with extended_resources).
+GPU_RESOURCES = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu", "intel": "gpu.intel.com/i915"}
+GPU_VENDORS = tuple(GPU_RESOURCES)
+EXTENDED_RESOURCES_FORM = (
+    "a dict of device-plugin resource names to whole counts, such as {'gpu.intel.com/xe': 1} "
+    "or {'example.com/fpga': 2}"
+)
 
 _TOLERATION_KEYS = {"key", "operator", "value", "effect", "toleration_seconds"}
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -99,6 +111,51 @@ def _toleration(item: Any, field: str) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted({**item, "operator": operator}.items()))
 
 
+def is_extended_resource(name: object) -> bool:
+    """A resource a device plugin or operator advertises: ``vendor.example/thing``.
+
+    Native resources (no domain, or a ``kubernetes.io`` one) and quota names are not.
+    """
+    if not isinstance(name, str) or "/" not in name or name.startswith("requests."):
+        return False
+    domain = name.partition("/")[0]
+    native = domain == "kubernetes.io" or domain.endswith(".kubernetes.io")
+    return not native and is_qualified_name(name)
+
+
+def _extended_resources(value: Any) -> tuple[tuple[str, int], ...]:
+    field = "kubernetes.extended_resources"
+    if isinstance(value, tuple):
+        value = dict(value)
+    if not isinstance(value, Mapping):
+        raise SpecError(field, value, EXTENDED_RESOURCES_FORM, "not a dict")
+    for name, count in value.items():
+        if not is_extended_resource(name):
+            raise SpecError(
+                f"{field}[{name!r}]",
+                name,
+                EXTENDED_RESOURCES_FORM,
+                "cpu, memory and names in kubernetes.io are not extended resources"
+                if isinstance(name, str)
+                else None,
+            )
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise SpecError(
+                f"{field}[{name!r}]",
+                count,
+                "a whole count >= 1",
+                "Kubernetes does not share extended resources fractionally",
+            )
+    return tuple(sorted(value.items()))
+
+
+def _schedule_timeout(value: Any) -> timedelta:
+    """A duration, or 0 to fail at once when no node can host the pod."""
+    if value in (0, "0", "0s") and not isinstance(value, bool):
+        return timedelta(0)
+    return parse_duration(value, "kubernetes.schedule_timeout")
+
+
 def _tolerations(value: Any) -> tuple[tuple[tuple[str, Any], ...], ...]:
     if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)):
         raise SpecError("kubernetes.tolerations", value, TOLERATION_FORM, "not a list")
@@ -117,6 +174,15 @@ def _secret_names(value: Any, field: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+_MERGED_DICTS = (
+    "node_selector",
+    "labels",
+    "annotations",
+    "extended_resources",
+    "persistent_volume_claims",
+)
+
+
 @dataclass(frozen=True)
 class KubernetesOptions:
     """Namespace, service account, placement, pull secrets and metadata of a flow task's pod.
@@ -125,6 +191,19 @@ class KubernetesOptions:
     merged with the task's keys winning, lists are joined.
     ``cpu_limit_ratio`` sets the CPU limit to that multiple of the request (none by default:
     the pod may use idle CPUs); the memory limit always equals the request.
+    ``gpu_vendor`` picks the device plugin's resource (:data:`GPU_RESOURCES`);
+    ``extended_resources`` asks for any other (request = limit, as Kubernetes requires).
+    ``schedule_timeout`` is how long an unschedulable pod waits for a node (a cluster
+    autoscaler's) before the task fails; ``deferrable`` releases the worker slot while the pod
+    runs (the triggerer watches it).
+
+    The pod itself: ``qos`` ("Burstable", the default: memory limit = request, CPU limit only
+    with ``cpu_limit_ratio``; "Guaranteed": CPU limit = request too), ``image_pull_policy``,
+    ``persistent_volume_claims`` ({claim: mount path}), ``tmpfs`` (a size, or {size, path}: a
+    memory-backed folder that ``TMPDIR`` points at), ``security_context`` (the container's, in
+    Kubernetes' names), ``port``, ``termination_message_policy``, and a pod template under it
+    all (``pod_template_file`` or ``full_pod_spec``, a manifest dict): what the translation
+    sets wins.
     """
 
     namespace: str | None = None
@@ -137,6 +216,18 @@ class KubernetesOptions:
     cpu_limit_ratio: float | None = None
     gpu_vendor: str | None = None
     gpu_type_label: str | None = None
+    extended_resources: Any = ()
+    schedule_timeout: Any = None
+    deferrable: bool | None = None
+    qos: str | None = None
+    image_pull_policy: str | None = None
+    persistent_volume_claims: Any = ()
+    tmpfs: Any = None
+    security_context: Any = None
+    port: int | None = None
+    termination_message_policy: str | None = None
+    pod_template_file: str | None = None
+    full_pod_spec: Any = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -174,6 +265,45 @@ class KubernetesOptions:
             )
         if self.gpu_vendor is not None and self.gpu_vendor not in GPU_VENDORS:
             raise SpecError("kubernetes.gpu_vendor", self.gpu_vendor, f"one of {GPU_VENDORS}")
+        set_(self, "extended_resources", _extended_resources(self.extended_resources))
+        if self.schedule_timeout is not None:
+            set_(self, "schedule_timeout", _schedule_timeout(self.schedule_timeout))
+        if self.deferrable is not None and not isinstance(self.deferrable, bool):
+            raise SpecError("kubernetes.deferrable", self.deferrable, "True, False or None")
+        self._check_pod_options()
+
+    def _check_pod_options(self) -> None:
+        set_, po = object.__setattr__, pod_options
+        set_(self, "qos", po.choice(self.qos, "kubernetes.qos", po.QOS_CLASSES))
+        if self.qos == "Guaranteed" and self.cpu_limit_ratio not in (None, 1):
+            raise SpecError(
+                "kubernetes.cpu_limit_ratio",
+                self.cpu_limit_ratio,
+                "None or 1 with qos='Guaranteed'",
+                "a Guaranteed pod's CPU limit is its request",
+            )
+        policy = po.choice(self.image_pull_policy, "kubernetes.image_pull_policy", po.PULL_POLICIES)
+        set_(self, "image_pull_policy", policy)
+        claims = po.persistent_volume_claims(self.persistent_volume_claims)
+        set_(self, "persistent_volume_claims", claims)
+        set_(self, "tmpfs", po.tmpfs(self.tmpfs))
+        if self.tmpfs is not None and self.tmpfs[1] in dict(claims).values():
+            raise SpecError(
+                "kubernetes.tmpfs.path", self.tmpfs[1], "a path no volume claim is mounted at"
+            )
+        set_(self, "security_context", po.security_context(self.security_context))
+        set_(self, "port", po.port(self.port))
+        set_(
+            self,
+            "termination_message_policy",
+            po.choice(
+                self.termination_message_policy,
+                "kubernetes.termination_message_policy",
+                po.TERMINATION_MESSAGE_POLICIES,
+            ),
+        )
+        set_(self, "pod_template_file", po.template_file(self.pod_template_file))
+        set_(self, "full_pod_spec", po.full_pod_spec(self.full_pod_spec))
         label = self.gpu_type_label
         if label is not None and not is_qualified_name(label):
             raise SpecError(
@@ -188,8 +318,11 @@ class KubernetesOptions:
         merged: dict[str, Any] = {}
         for f in fields(self):
             mine, base = getattr(self, f.name), getattr(defaults, f.name)
-            if f.name in ("node_selector", "labels", "annotations"):
+            if f.name in _MERGED_DICTS:
                 merged[f.name] = {**dict(base), **dict(mine)}
+            elif f.name == "security_context":
+                parts = [json.loads(text) for text in (base, mine) if text]
+                merged[f.name] = {k: v for part in parts for k, v in part.items()} or None
             elif f.name in ("tolerations", "image_pull_secrets"):
                 merged[f.name] = tuple(dict.fromkeys(base + mine))
             else:
@@ -199,6 +332,14 @@ class KubernetesOptions:
     @property
     def toleration_dicts(self) -> list[dict[str, Any]]:
         return [dict(item) for item in self.tolerations]
+
+    @property
+    def security_context_dict(self) -> dict[str, Any] | None:
+        return None if self.security_context is None else json.loads(self.security_context)
+
+    @property
+    def full_pod_spec_dict(self) -> dict[str, Any] | None:
+        return None if self.full_pod_spec is None else json.loads(self.full_pod_spec)
 
 
 def _service_account(value: Any) -> str | None:

@@ -8,14 +8,22 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
 
+from provider.specs.batch import (
+    RESERVED_ENV_PREFIX,
+    BatchOptions,
+    check_fargate,
+    secret_variables,
+)
 from provider.specs.environment import Environment
 from provider.specs.errors import SpecError
+from provider.specs.foreach import ForeachOptions
 from provider.specs.kubernetes import KubernetesOptions
 from provider.specs.resources import Resources
 from provider.specs.retry import Retry
 from provider.specs.units import parse_duration
 
 COMPUTE_TARGETS = ("local", "kubernetes", "batch")
+FOREACH_FORM = "ForeachOptions(max_parallel=8, chunk_size=100) or a dict of it"
 MAX_TIMEOUT_SECONDS = 2**31 - 1  # the largest activeDeadlineSeconds Kubernetes accepts
 CATCH_FORM = "True, or a Python identifier such as 'error' naming where the Failure is published"
 
@@ -55,6 +63,15 @@ def _kubernetes(value: Any) -> KubernetesOptions:
         value,
         "kubernetes",
         "KubernetesOptions(namespace='ml', tolerations=[...]) or a dict of it",
+    )
+
+
+def _batch(value: Any) -> BatchOptions:
+    return _spec(
+        BatchOptions,
+        value,
+        "batch",
+        "BatchOptions(queue='flow-spot', platform='EC2') or a dict of it",
     )
 
 
@@ -98,6 +115,8 @@ class TaskSpec:
     environment: Environment = field(default_factory=Environment)
     compute: str | None = None
     kubernetes: KubernetesOptions = field(default_factory=KubernetesOptions)
+    foreach: ForeachOptions = field(default_factory=ForeachOptions)
+    batch: BatchOptions = field(default_factory=BatchOptions)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -109,8 +128,14 @@ class TaskSpec:
         set_(self, "environment", _environment(self.environment))
         set_(self, "compute", _compute(self.compute))
         set_(self, "kubernetes", _kubernetes(self.kubernetes))
-        if self.compute == "kubernetes":
-            check_secrets_for("kubernetes", self.environment.secrets)
+        set_(self, "foreach", _spec(ForeachOptions, self.foreach, "foreach", FOREACH_FORM))
+        set_(self, "batch", _batch(self.batch))
+        if self.compute in ("kubernetes", "batch"):
+            check_secrets_for(self.compute, self.environment.secrets)
+        if self.compute == "batch":
+            check_batch_env(self.environment)
+        if self.batch.fargate:
+            check_fargate(self.resources)
 
     @classmethod
     def build(cls, **loose: Any) -> TaskSpec:
@@ -129,6 +154,9 @@ class TaskSpec:
 
 def check_secrets_for(compute: str, secrets: Sequence[str]) -> None:
     """Secret references must be of the kind the compute target resolves."""
+    if compute == "batch":
+        secret_variables(secrets)  # full ARNs, each its own variable
+        return
     for secret in secrets:
         is_arn = secret.startswith("arn:")
         if compute == "kubernetes" and is_arn:
@@ -137,6 +165,18 @@ def check_secrets_for(compute: str, secrets: Sequence[str]) -> None:
                 secret,
                 "Kubernetes Secret names such as 'db-creds' with compute='kubernetes'",
                 "AWS ARNs are resolved by compute='batch' only",
+            )
+
+
+def check_batch_env(environment: Environment) -> None:
+    """Batch refuses variables named ``AWS_BATCH*``: they are its own."""
+    for name, _ in environment.env:
+        if name.startswith(RESERVED_ENV_PREFIX):
+            raise SpecError(
+                f"environment.env[{name!r}]",
+                name,
+                f"a variable name not starting with {RESERVED_ENV_PREFIX} with compute='batch'",
+                "Batch sets AWS_BATCH_* itself and refuses them in a job",
             )
 
 

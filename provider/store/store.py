@@ -39,6 +39,7 @@ from provider.store.reference import Reference
 log = logging.getLogger("provider.store")
 
 PIPELINE_MIN_BYTES = 16 * 1024 * 1024
+CHUNKS_ENCODING = "flowtask.chunks"  # a JSON list of chunk results, read as one list
 # A dedup hit on a blob older than this verifies it and renews its age. gc is safe against
 # concurrent writers only with a grace period at least this long.
 RENEW_AFTER = timedelta(hours=1)
@@ -171,9 +172,31 @@ class ArtifactStore:
     def get(self, ref: Reference | Mapping[str, Any]) -> Any:
         """Load a value; refuses references outside this store and verifies size and hash."""
         ref = Reference.from_json(ref)
-        key = self._key_of(ref)
+        if ref.encoding == CHUNKS_ENCODING:
+            return self._get_chunked(ref)
         if ref.encoding != codec.ENCODING:
             raise StoreError(f"unknown encoding {ref.encoding!r} of {ref.uri}")
+        return codec.decode(self._read_verified(ref))
+
+    def put_chunked(self, chunks: list[dict[str, Any]], *, length: int) -> Reference:
+        """One reference to a list stored in chunks: ``chunks`` is ``[{"result", "count"}]`` in
+        order, each result the reference of a list or a list of references (``.foreach``)."""
+        body = json.dumps({"length": length, "chunks": chunks}, sort_keys=True).encode()
+        return self.put_bytes(body, type_name="builtins.list", encoding=CHUNKS_ENCODING)
+
+    def _get_chunked(self, ref: Reference) -> list[Any]:
+        document = json.loads(self._read_verified(ref))
+        values: list[Any] = []
+        for chunk in document["chunks"]:
+            stored = chunk["result"]
+            part = [self.get(r) for r in stored] if isinstance(stored, list) else self.get(stored)
+            if len(part) != chunk["count"]:
+                raise IntegrityError(f"{ref.uri}: a chunk holds {len(part)}, not {chunk['count']}")
+            values.extend(part)
+        return values
+
+    def _read_verified(self, ref: Reference) -> bytearray:
+        key = self._key_of(ref)
         progress = _progress("loaded", ref.uri, ref.size)
         if self.backend.reads_in_order and ref.size >= PIPELINE_MIN_BYTES:
             hasher = _BackgroundSha256()
@@ -189,7 +212,7 @@ class ArtifactStore:
         self._verify(ref, len(blob), actual)
         if progress is not None:
             progress.finish()
-        return codec.decode(blob)
+        return blob
 
     @staticmethod
     def _verify(ref: Reference, size: int, actual: str) -> None:

@@ -71,6 +71,8 @@ class FlowXCom(BaseXCom):
             return BaseXCom.serialize_value(value)
         store = _store()
         ref = store.put(value).to_json()
+        if isinstance(value, (list, tuple, dict)):
+            ref["length"] = len(value)  # what .foreach over it needs, without loading it
         if dag_id and run_id and task_id and key:
             # The manifest is what keeps the blob alive for `flowtask gc`.
             manifest = xcom_manifest_key(

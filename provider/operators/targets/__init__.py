@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 
-from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
+from provider.operators.targets.base import RESUME_KEY, ComputeTarget, Outcome, TaskRun
 
 _TARGETS = {
     "local": "provider.operators.targets.local:LocalTarget",
     "kubernetes": "provider.operators.targets.kubernetes:KubernetesTarget",
+    "batch": "provider.operators.targets.batch:BatchTarget",
 }
 
 
@@ -29,4 +30,11 @@ def compute_target(name: str) -> ComputeTarget:
     return target
 
 
-__all__ = ["ComputeTarget", "ComputeUnavailable", "Outcome", "TaskRun", "compute_target"]
+__all__ = [
+    "RESUME_KEY",
+    "ComputeTarget",
+    "ComputeUnavailable",
+    "Outcome",
+    "TaskRun",
+    "compute_target",
+]

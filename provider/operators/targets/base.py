@@ -12,10 +12,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from provider.specs import TaskSpec
 from provider.store import ArtifactStore, Reference
+
+RESUME_KEY = "flowtask_resume"
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class TaskRun:
     identity: Mapping[str, Any]
     log: Any
     dag_folder: Path | None = None  # its modules travel in the code package
+    foreach: Any = None  # a ``ForeachPlan`` for ``.foreach``: the chunks to run
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,42 @@ class ComputeTarget(ABC):
     def run(self, run: TaskRun, context: Any) -> Outcome:
         """Launch the payload and observe it to its end."""
 
+    def run_foreach(self, run: TaskRun, chunks: list[int], context: Any) -> Outcome:
+        """Run these chunks of ``run.foreach`` to their end (each writes its own manifest)."""
+        raise NotImplementedError(f"compute={self.name!r} cannot run .foreach yet")
+
     @abstractmethod
     def kill(self) -> None:
         """Stop what :meth:`run` started (called from Airflow's ``on_kill``)."""
+
+    def resume(self, run: TaskRun, context: Any, event: Any, state: Mapping[str, Any]) -> Outcome:
+        """Observe to its end what :meth:`run` deferred, once the trigger fired with ``event``;
+        ``state`` is what :meth:`defer` was given."""
+        raise NotImplementedError(f"compute={self.name!r} does not defer")
+
+    def resume_state(self, run: TaskRun, state: Mapping[str, Any]) -> dict[str, Any]:
+        """What a deferred try resumes from: the try, and the target's own ``state`` (JSON).
+
+        A target puts it in its trigger's events too, under :data:`RESUME_KEY`: ``airflow dags
+        test`` resumes a task with the event alone, where a triggerer adds the event to the
+        deferral's keyword arguments.
+        """
+        return {
+            "compute": self.name,
+            "payload": run.payload.to_json(),
+            "manifest_key": run.manifest_key,
+            "identity": dict(run.identity),
+            "target": dict(state),
+        }
+
+    def defer(self, deferral: Any, resume: Mapping[str, Any]) -> NoReturn:
+        """Hand ``deferral`` (the official operator's ``TaskDeferred``) to Airflow, resuming in
+        the flow task operator's ``execute_complete`` and then in :meth:`resume`."""
+        from airflow.sdk.exceptions import TaskDeferred
+
+        raise TaskDeferred(
+            trigger=deferral.trigger,
+            method_name="execute_complete",
+            kwargs={"resume": dict(resume)},
+            timeout=deferral.timeout,
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
+from provider.operators.targets.base import RESUME_KEY, ComputeTarget, Outcome, TaskRun
 from provider.specs import TaskSpec, check_secrets_for
 from provider.store import Reference
 
@@ -35,17 +35,46 @@ class KubernetesTarget(ComputeTarget):
         return {"code_package": self._code}
 
     def run(self, run: TaskRun, context: Any) -> Outcome:
+        from airflow.sdk.exceptions import TaskDeferred
+
         assert self._code is not None, "prepare() stores the code package first"
-        self._pod_operator = pod_operator(
+        self._pod_operator = pod_op = self._operator(run, self._code)
+        if not pod_op.deferrable:
+            return run_pod(pod_op, context, run.manifest_key)
+        resume = self.resume_state(run, {"code": self._code.to_json()})
+        pod_op.trigger_kwargs = {**(pod_op.trigger_kwargs or {}), RESUME_KEY: resume}
+        try:
+            return run_pod(pod_op, context, run.manifest_key, deferrable=True)
+        except TaskDeferred as deferral:
+            name = pod_op.pod.metadata.name
+            run.log.info("pod %s runs deferred: the worker slot is free until it ends", name)
+            self.defer(deferral, resume)
+
+    def resume(self, run: TaskRun, context: Any, event: Any, state: Mapping[str, Any]) -> Outcome:
+        from airflow.sdk.exceptions import AirflowException
+
+        from provider.compute import describe_pod_failure
+
+        self._pod_operator = pod_op = self._operator(run, Reference.from_json(state["code"]))
+        failure = None
+        try:
+            pod_op.trigger_reentry(context, event)
+        except AirflowException as exc:
+            failure = describe_pod_failure(pod_op.pod) or str(exc).splitlines()[0]
+        return Outcome(
+            manifest_key=run.manifest_key, exit_code=_exit_code(pod_op.pod), failure=failure
+        )
+
+    def _operator(self, run: TaskRun, code: Reference) -> Any:
+        return pod_operator(
             run.task_id,
             run.spec,
             store_uri=run.store.root_uri,
-            code=self._code,
+            code=code,
             payload=run.payload.to_json(),
             manifest_key=run.manifest_key,
             identity=run.identity,
         )
-        return run_pod(self._pod_operator, context, run.manifest_key)
 
     def kill(self) -> None:
         if self._pod_operator is not None:
@@ -63,28 +92,41 @@ def pod_operator(
     identity: Mapping[str, Any],
 ) -> Any:
     """A ``KubernetesPodOperator`` (not attached to any DAG) that runs the payload."""
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-
     from provider import config
     from provider.compute import bootstrap_command, pod_operator_kwargs
+    from provider.compute.kubernetes import DEFAULT_GPU_TYPE_LABEL
+    from provider.compute.pending import placement_hint
+    from provider.operators.targets.pod_operator import FlowPodOperator
 
     command = bootstrap_command(store_uri, code, payload, manifest_key, pip=spec.environment.pip)
+    options = spec.kubernetes.over(config.kubernetes_defaults())
     kwargs = pod_operator_kwargs(
         spec,
         identity=identity,
         command=command,
         image=spec.environment.image or config.default_image(),
         manifest_key=manifest_key,
-        options=spec.kubernetes.over(config.kubernetes_defaults()),
+        options=options,
         env=config.pod_store_env(),
         secrets=config.kubernetes_secrets(),
         conn_id=config.kubernetes_conn_id(),
     )
-    return KubernetesPodOperator(task_id=task_id, **kwargs)
+    return FlowPodOperator(
+        task_id=task_id,
+        schedule_timeout=config.kubernetes_schedule_timeout(options),
+        placement_hint=placement_hint(
+            spec.resources.gpu_type, options.gpu_type_label or DEFAULT_GPU_TYPE_LABEL
+        ),
+        deferrable=bool(options.deferrable),
+        **kwargs,
+    )
 
 
-def run_pod(pod_op: Any, context: Any, manifest_key: str) -> Outcome:
-    """Run the pod to its end; a failed pod is described, not raised, so the manifest decides."""
+def run_pod(pod_op: Any, context: Any, manifest_key: str, *, deferrable: bool = False) -> Outcome:
+    """Run the pod to its end; a failed pod is described, not raised, so the manifest decides.
+
+    A deferrable operator raises ``TaskDeferred`` once its pod runs.
+    """
     from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 
     from provider.compute import describe_pod_failure
@@ -92,14 +134,21 @@ def run_pod(pod_op: Any, context: Any, manifest_key: str) -> Outcome:
 
     failure = None
     try:
-        # execute() only adds a name check (pod_name's names pass it) and a deferrable branch.
-        pod_op.execute_sync(context)
+        if deferrable:
+            pod_op.execute(context)  # the name check, then create, watch the start, defer
+        else:
+            # execute() adds only a name check (pod_name's names pass it) to this.
+            pod_op.execute_sync(context)
     except AirflowTaskTimeout:
         raise
     except AirflowException as exc:
         if isinstance(exc.__context__, AirflowTaskTimeout):  # raised again by the pod cleanup
             raise exc.__context__ from None
-        failure = describe_pod_failure(pod_op.remote_pod) or str(exc).splitlines()[0]
+        failure = (
+            getattr(pod_op, "start_failure", None)  # a FlowPodOperator's account of its start
+            or describe_pod_failure(pod_op.remote_pod or pod_op.pod)
+            or str(exc).splitlines()[0]
+        )
     # A pod reattached after a worker restart belongs to an earlier try: read its manifest.
     annotations = (pod_op.pod.metadata.annotations if pod_op.pod else None) or {}
     return Outcome(

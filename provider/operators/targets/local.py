@@ -17,6 +17,7 @@ class LocalTarget(ComputeTarget):
     def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self._code_path: str | None = None
+        self._pool: Any = None
 
     def prepare(self, run: TaskRun) -> dict[str, Reference]:
         from provider.operators.targets.code import local_code_package
@@ -27,27 +28,8 @@ class LocalTarget(ComputeTarget):
         return {"code_package": ref}
 
     def run(self, run: TaskRun, context: Any) -> Outcome:
-        from provider import config
         from provider.compute import run_local, runtime_command
-        from provider.compute.local import runtime_environment
-        from provider.runtime.lifetime import PARENT_PID_ENV
 
-        _warn_unmet_requirements(run)
-        secrets = run.spec.environment.secrets
-        if secrets:
-            run.log.info(
-                "secrets %s: local compute reads secret values from the local environment",
-                list(secrets),
-            )
-        env = runtime_environment(
-            os.environ,
-            {
-                **config.runtime_aws_env(),
-                **run.spec.environment.env_dict,
-                "PYTHONUNBUFFERED": "1",
-                PARENT_PID_ENV: str(os.getpid()),
-            },
-        )
         argv = runtime_command(
             run.store.root_uri,
             run.payload.to_json(),
@@ -57,12 +39,73 @@ class LocalTarget(ComputeTarget):
         )
         code = run_local(
             argv,
-            env=env,
+            env=self._environment(run),
             log_line=lambda line: run.log.info("%s", line),
             log_error=lambda line: run.log.warning("%s", line),
             on_start=self._started,
         )
         return Outcome(manifest_key=run.manifest_key, exit_code=code)
+
+    def run_foreach(self, run: TaskRun, chunks: list[int], context: Any) -> Outcome:
+        """A pool of runtime processes (the CPU count, or ``max_parallel``), each loading the
+        payload and the items once and running chunk after chunk."""
+        from provider.compute.command import foreach_command
+        from provider.compute.pool import ChunkPool
+        from provider.operators.foreach import ForeachProgress, max_parallel
+
+        plan = run.foreach
+        size = min(max_parallel(run.spec, local=True), len(chunks))
+
+        def argv(reply_fd: int) -> list[str]:
+            mode = ["--serve-fd", str(reply_fd)]
+            return foreach_command(
+                run.store.root_uri,
+                run.payload.to_json(),
+                mode,
+                python=sys.executable,
+                code_path=self._code_path,
+            )
+
+        progress = ForeachProgress(run.log, plan, chunks)
+        run.log.info("foreach: %d chunks on %d local workers", len(chunks), size)
+        self._pool = ChunkPool(
+            argv,
+            env=self._environment(run),
+            size=size,
+            log_line=lambda line: run.log.info("%s", line),
+            log_error=lambda line: run.log.warning("%s", line),
+            progress=lambda report, total: progress.log_line(report.answered, report.failed_items),
+        )
+        report = self._pool.run(chunks)
+        lost = {
+            c: report.lost.get(c, "its worker died") for c in chunks if c not in report.answered
+        }
+        failure = None
+        if lost:
+            shown = "; ".join(f"chunk {c}: {why}" for c, why in list(lost.items())[:5])
+            failure = f"{len(lost)} chunks did not finish ({shown})"
+        return Outcome(run.manifest_key, exit_code=1 if lost else 0, failure=failure)
+
+    def _environment(self, run: TaskRun) -> dict[str, str]:
+        from provider import config
+        from provider.compute.local import runtime_environment
+        from provider.runtime.lifetime import PARENT_PID_ENV
+
+        _warn_unmet_requirements(run)
+        if run.spec.environment.secrets:
+            run.log.info(
+                "secrets %s: local compute reads secret values from the local environment",
+                list(run.spec.environment.secrets),
+            )
+        return runtime_environment(
+            os.environ,
+            {
+                **config.runtime_aws_env(),
+                **run.spec.environment.env_dict,
+                "PYTHONUNBUFFERED": "1",
+                PARENT_PID_ENV: str(os.getpid()),
+            },
+        )
 
     def _started(self, process: subprocess.Popen[bytes]) -> None:
         self._process = process
@@ -72,6 +115,8 @@ class LocalTarget(ComputeTarget):
 
         if self._process is not None:
             terminate_group(self._process, grace_seconds=3.0)
+        if self._pool is not None:
+            self._pool.kill()
 
 
 def _warn_unmet_requirements(run: TaskRun) -> None:

@@ -1,0 +1,182 @@
+"""Run a stored flow task payload as an AWS Batch job, through the official ``BatchOperator``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
+from provider.specs import BatchOptions, SpecError, TaskSpec
+from provider.store import Reference
+
+STOP_REASON = "flowtask: stopped by Airflow (the task timed out or was killed)"
+
+
+def batch_options(spec: TaskSpec) -> BatchOptions:
+    """The task's Batch options laid over the ``[flow_task] batch_*`` defaults."""
+    from provider import config
+
+    return spec.batch.over(config.batch_defaults())
+
+
+class BatchTarget(ComputeTarget):
+    """``compute="batch"``: a job through the official ``BatchOperator``."""
+
+    name = "batch"
+
+    def __init__(self) -> None:
+        self._operator: Any = None
+        self._definition: dict[str, Any] = {}
+        self._request: dict[str, Any] = {}
+
+    def check(self, spec: TaskSpec) -> None:
+        from provider.compute.batch import check_batch
+
+        check_batch(spec, batch_options(spec))
+
+    def prepare(self, run: TaskRun) -> dict[str, Reference]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from provider.operators.targets.code import stored_code_package
+
+        _warn_what_batch_ignores(run)
+        code = stored_code_package(run)
+        try:
+            self._definition, self._request = batch_requests(
+                run.spec,
+                store_uri=run.store.root_uri,
+                code=code,
+                payload=run.payload.to_json(),
+                manifest_key=run.manifest_key,
+                identity=run.identity,
+            )
+        except SpecError as exc:  # too many tags for one job: no retry can fix that
+            raise AirflowFailException(f"flow task {run.task_id} cannot run: {exc}") from None
+        return {"code_package": code}
+
+    def run(self, run: TaskRun, context: Any) -> Outcome:
+        from provider.operators.targets.batch_jobs import (
+            discard_payload,
+            job_definition_arn,
+            running_job,
+        )
+
+        self._operator = op = batch_operator(run.task_id, self._request)
+        client = op.hook.client
+        manifest_key = run.manifest_key
+        earlier = running_job(client, op.job_queue, op.job_name, run.store)
+        if earlier is not None:
+            run.log.warning(
+                "reattaching to Batch job %s (%s), left running by an earlier try of this task "
+                "instance; its result manifest: %s",
+                earlier.job_id,
+                earlier.status,
+                earlier.manifest_key,
+            )
+            op.job_id, manifest_key = earlier.job_id, earlier.manifest_key
+        else:
+            arn, registered = job_definition_arn(client, self._definition)
+            run.log.info("job definition %s (%s)", arn, "registered" if registered else "found")
+            op.submit_job(context)
+        outcome = watch_job(op, context, manifest_key, int(run.spec.resources.memory))
+        if earlier is not None:
+            discard_payload(run.store, earlier.payload)
+        return outcome
+
+    def kill(self) -> None:
+        from provider.operators.targets.batch_jobs import mark_stopped
+
+        op = self._operator
+        if op is not None and op.job_id:
+            untagged = mark_stopped(op.hook.client, op.job_id, STOP_REASON)
+            op.log.info("Batch job %s terminated: %s", op.job_id, STOP_REASON)
+            if untagged:
+                op.log.warning("could not tag Batch job %s as stopped: %s", op.job_id, untagged)
+
+
+def batch_requests(
+    spec: TaskSpec,
+    *,
+    store_uri: str,
+    code: Reference,
+    payload: Mapping[str, Any],
+    manifest_key: str,
+    identity: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``register_job_definition`` and ``submit_job`` requests of one task try."""
+    from provider import config
+    from provider.compute import bootstrap_command
+    from provider.compute.batch import check_batch, job_definition_request, submit_job_request
+
+    options = batch_options(spec)
+    check_batch(spec, options)
+    definition = job_definition_request(
+        spec, image=spec.environment.image or config.default_image(), options=options
+    )
+    command = bootstrap_command(store_uri, code, payload, manifest_key, pip=spec.environment.pip)
+    request = submit_job_request(
+        spec,
+        identity=identity,
+        command=command,
+        options=options,
+        job_definition=definition["jobDefinitionName"],
+        store_uri=store_uri,
+        manifest_key=manifest_key,
+        env=config.pod_store_env(),
+    )
+    return definition, request
+
+
+def batch_operator(task_id: str, request: Mapping[str, Any]) -> Any:
+    """A ``BatchOperator`` (not attached to any DAG) that submits exactly ``request``."""
+    from provider import config
+    from provider.compute.batch import operator_kwargs
+    from provider.operators.targets.batch_operator import FlowBatchOperator
+
+    return FlowBatchOperator(
+        task_id=task_id,
+        aws_conn_id=config.aws_conn_id(),
+        region_name=config.aws_region(),
+        poll_seconds=config.batch_poll_seconds(),
+        **operator_kwargs(request),
+    )
+
+
+def watch_job(op: Any, context: Any, manifest_key: str, memory_mib: int) -> Outcome:
+    """Wait for the job to end; a failed job is described, not raised: the manifest decides."""
+    from airflow.sdk.exceptions import AirflowException
+
+    from provider.compute.batch_status import describe_job_failure, job_exit_code
+
+    error = None
+    try:
+        op.monitor_job(context)
+    except AirflowException as exc:  # the job failed (or could not be watched)
+        error = str(exc).splitlines()[0][:500]
+    job = op.hook.get_job_description(op.job_id)
+    failure = describe_job_failure(job, memory_mib)
+    if failure is None and job.get("status") != "SUCCEEDED":
+        failure = f"Batch job {op.job_id} ended {job.get('status')}: {error}"
+    return Outcome(manifest_key=manifest_key, exit_code=job_exit_code(job), failure=failure)
+
+
+def _warn_what_batch_ignores(run: TaskRun) -> None:
+    resources = run.spec.resources
+    if run.store.root_uri.startswith("file://"):
+        run.log.warning(
+            "the artifact store %s is a local folder: Batch jobs can only use it where their "
+            "hosts mount the same path; set [flow_task] artifact_store to an s3:// URI",
+            run.store.root_uri,
+        )
+    if resources.disk is not None:
+        run.log.warning(
+            "resources.disk=%d MiB is not set per job on EC2: the compute environment's launch "
+            "template sizes the disk; route the task to a queue whose instances have enough",
+            resources.disk,
+        )
+    if resources.gpu_type is not None:
+        run.log.warning(
+            "resources.gpu_type=%r is not set per job on Batch: the instance types of the "
+            "queue's compute environment decide; choose the queue with BatchOptions(queue=...)",
+            resources.gpu_type,
+        )

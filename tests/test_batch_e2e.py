@@ -1,0 +1,140 @@
+"""Flow tasks as AWS Batch jobs, end to end: `airflow dags test` -> BatchOperator -> moto's Batch
+API on 127.0.0.1, whose compute environment (tests/batch_cluster.py) runs each job's container
+command as a local subprocess -> the artifact store in the same moto server's S3.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import statistics
+from typing import Any
+
+import pytest
+from batch_cluster import HOST_TERMINATED, OOM, LocalBatch
+from conftest import BUCKET, DagsTest, s3_client
+from reachability import assert_gc_keeps_everything_reachable
+
+from provider.store import ArtifactStore, open_store
+
+pytestmark = pytest.mark.dags_test
+
+
+def _batch_env(batch: LocalBatch, prefix: str) -> dict[str, str]:
+    """Airflow settings for Batch jobs on the local Batch, artifacts in its moto's S3."""
+    s3 = batch.client("s3")
+    if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket=BUCKET)
+    return {
+        "AIRFLOW__FLOW_TASK__ARTIFACT_STORE": f"s3://{BUCKET}/{prefix}",
+        "AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE": batch.queue,
+        "AIRFLOW__FLOW_TASK__BATCH_POLL_INTERVAL": "0.2",
+        "AIRFLOW_CONN_AWS_DEFAULT": batch.airflow_connection_json(),
+    }
+
+
+def _store(batch: LocalBatch, prefix: str) -> ArtifactStore:
+    return open_store(f"s3://{BUCKET}/{prefix}", s3_client=s3_client(batch.endpoint))
+
+
+def _manifests(store: ArtifactStore, dag_id: str) -> dict[str, list[dict[str, Any]]]:
+    tasks: dict[str, list[dict[str, Any]]] = {}
+    for key in sorted(store.list_manifests(f"runs/{dag_id}")):
+        if key.endswith("/result.json"):
+            manifest = store.read_manifest(key)
+            tasks.setdefault(manifest["task_id"], []).append(manifest)
+    return tasks
+
+
+def _try_numbers(home: Any, dag_id: str) -> dict[str, list[int]]:
+    with sqlite3.connect(home / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT task_id, try_number FROM task_instance WHERE dag_id = ? ORDER BY map_index",
+            (dag_id,),
+        ).fetchall()
+    found: dict[str, list[int]] = {}
+    for task, number in rows:
+        found.setdefault(task, []).append(number)
+    return found
+
+
+def test_example_dag_runs_as_batch_jobs_through_a_lost_host_and_an_oom(
+    dags_test: DagsTest, batch: LocalBatch
+):
+    # The first score job to run loses its Spot host at once; Batch must run it again.
+    batch.inject("host_termination", job_name="flowtask-score-*")
+    run = dags_test("flow_batch", **_batch_env(batch, "e2e-batch"))
+    assert run.returncode == 0, run.output[-8000:]
+
+    store = _store(batch, "e2e-batch")
+    tasks = _manifests(store, "flow_batch")
+    assert {name: [m["status"] for m in tries] for name, tries in tasks.items()} == {
+        "make_batches": ["succeeded"],
+        "score": ["succeeded"] * 3,
+        "fit_in_memory": ["failed"],
+        "summarize": ["succeeded"],
+    }
+    # No Airflow retry was spent: Batch absorbed the lost host, and the OOM was caught.
+    assert _try_numbers(run.home, "flow_batch") == {
+        "make_batches": [1],
+        "score": [1, 1, 1],
+        "fit_in_memory": [1],
+        "summarize": [1],
+    }
+    summary = {k: store.get(v) for k, v in tasks["summarize"][0]["result"].items()}
+    assert summary["batches"] == 3 and summary["total"] > 0
+    assert summary["fit"].startswith("failed: Batch job flowtask-fit_in_memory-")
+    assert (
+        "ran out of memory (limit 128 MiB); give the task more with Resources(memory=...)"
+        in (summary["fit"])
+    )
+    oom = tasks["fit_in_memory"][0]
+    assert oom["written_by"] == "worker" and "ran out of memory" in oom["error"]["message"]
+
+    jobs = {run.job_id: run for run in batch.history}
+    assert len(jobs) == 6
+    lost = [j for j in jobs.values() if len(j.attempts) == 2]
+    assert [j.name.startswith("flowtask-score-") for j in lost] == [True]
+    first, second = lost[0].attempts
+    assert first["statusReason"] == HOST_TERMINATED and second["container"]["exitCode"] == 0
+    [hog] = [j for j in jobs.values() if j.name.startswith("flowtask-fit_in_memory-")]
+    [attempt] = hog.attempts  # the retry strategy EXITs on anything but a lost host
+    assert attempt["container"]["reason"] == OOM and hog.retry_strategy["attempts"] == 3
+    assert run.output.count("scoring 1000 values") == 3  # the retried attempt's log too
+
+    # One job definition per distinct content, looked up before registering.
+    client = batch.client("batch")
+    names = sorted({r["jobDefinition"] for r in batch.requests})
+    ours = [
+        client.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")["jobDefinitions"]
+        for name in names
+    ]
+    assert len(names) == 2 and [len(revisions) for revisions in ours] == [1, 1]
+    shm = [d for [d] in ours if d["containerProperties"].get("linuxParameters")]
+    assert shm[0]["containerProperties"]["linuxParameters"] == {"sharedMemorySize": 256}
+    requests = {r["jobName"]: r for r in batch.requests}
+    score = next(r for name, r in requests.items() if name.startswith("flowtask-score-"))
+    assert score["containerOverrides"]["resourceRequirements"] == [
+        {"type": "VCPU", "value": "2"},
+        {"type": "MEMORY", "value": "2048"},
+    ]
+    assert score["timeout"] == {"attemptDurationSeconds": 600}
+    assert score["tags"]["team"] == "ml" and score["tags"]["tag.flowtask.io/batch"] == "true"
+    assert {"name": "FLOW_SCALE", "value": "2"} in score["containerOverrides"]["environment"]
+    assert all(r["containerOverrides"]["command"][:2] == ["python3", "-c"] for r in batch.requests)
+    assert not any("AWS_SECRET_ACCESS_KEY" in json.dumps(r) for r in batch.requests)
+    assert_gc_keeps_everything_reachable(store, {})
+
+    # Submit -> the function starting, per job (the lost host's includes its second attempt).
+    waits = []
+    for job in jobs.values():
+        manifest = store.read_manifest(job.environment["FLOWTASK_MANIFEST"])
+        if "function_started_at" in manifest:
+            created = batch.describe(job.job_id)["createdAt"] / 1000
+            waits.append(manifest["function_started_at"] - created)
+    sizes = sorted(len(json.dumps(r)) for r in batch.requests)
+    print(
+        f"BATCH submit -> function: median {statistics.median(waits):.3f}s over {len(waits)} "
+        f"jobs ({', '.join(f'{w:.2f}' for w in sorted(waits))}); SubmitJob {sizes} bytes"
+    )
+    assert len(waits) == 5 and 0 < statistics.median(waits) < 30

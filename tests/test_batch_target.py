@@ -1,0 +1,395 @@
+"""The batch compute target in-process against the local Batch (tests/batch_cluster.py): jobs,
+secrets, logs, job definitions, reattaching after a worker restart, and kill.
+
+Artifacts live in the S3 of the same moto server; the harness runs each job's bootstrap and
+runtime as a local subprocess, exactly as a container would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from batch_cluster import LocalBatch
+
+from provider import Environment, TaskSpec
+from provider.operators.targets import Outcome, TaskRun, compute_target
+from provider.operators.targets.batch import batch_operator
+from provider.operators.targets.batch_jobs import (
+    STOPPED_TAG,
+    forget_job_definitions,
+    job_definition_arn,
+    running_job,
+)
+from provider.store import ArtifactStore, MissingArtifact, manifest_key, open_store, payload_key
+
+BUCKET = "flow-artifacts"
+EXECUTION_ROLE = "arn:aws:iam::123456789012:role/flow-execution"
+
+
+@pytest.fixture
+def store(batch: LocalBatch, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArtifactStore]:
+    """flowtask configured for the local Batch, with its store in the same moto's S3."""
+    from provider import config
+
+    s3 = batch.client("s3")
+    if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket=BUCKET)
+    root = f"s3://{BUCKET}/target-{uuid.uuid4().hex[:8]}"
+    for name, value in {
+        "AIRFLOW_CONN_AWS_DEFAULT": batch.airflow_connection_json(),
+        "AIRFLOW__FLOW_TASK__ARTIFACT_STORE": root,
+        "AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE": batch.queue,
+        "AIRFLOW__FLOW_TASK__BATCH_POLL_INTERVAL": "0.05",
+    }.items():
+        monkeypatch.setenv(name, value)
+    config._s3_hook.cache_clear()
+    config._open_s3_store.cache_clear()
+    forget_job_definitions()
+    yield open_store(root, s3_client=s3)
+    config._s3_hook.cache_clear()
+    config._open_s3_store.cache_clear()
+
+
+def task_run(
+    store: ArtifactStore,
+    function: Callable[..., Any],
+    *args: Any,
+    spec: TaskSpec | None = None,
+    try_number: int = 1,
+    run_id: str | None = None,
+) -> TaskRun:
+    """One try of a flow task, its payload stored as the operator stores it."""
+    from provider.operators.by_value import pickled_by_value
+    from provider.runtime import Payload
+
+    run_id = run_id or f"manual__{uuid.uuid4().hex[:8]}"
+    identity = {
+        "dag_id": "batch_target",
+        "run_id": run_id,
+        "task_id": function.__name__,
+        "map_index": -1,
+        "try_number": try_number,
+        "namespace": "user:test",
+        "tags": ["target"],
+    }
+    key = manifest_key("batch_target", run_id, function.__name__, -1, try_number)
+    with pickled_by_value(function):
+        payload = store.put_at(
+            payload_key(key),
+            Payload(function=function, args=args, identity=identity),
+            by_value=True,
+        )
+    return TaskRun(
+        task_id=function.__name__,
+        spec=spec or TaskSpec(compute="batch"),
+        function=function,
+        store=store,
+        payload=payload,
+        manifest_key=key,
+        identity=identity,
+        log=logging.getLogger("flowtask.test"),
+    )
+
+
+def launch(run: TaskRun) -> tuple[Any, Outcome]:
+    target = compute_target("batch")
+    target.check(run.spec)
+    target.prepare(run)
+    return target, target.run(run, {})
+
+
+def test_what_boto3_gets_is_the_request():
+    """BatchOperator, given operator_kwargs(request), sends exactly the request."""
+    from types import SimpleNamespace
+
+    from test_batch_translation import MATRIX, requests
+
+    from provider.compute.batch import operator_kwargs
+    from provider.operators.targets.batch import batch_operator
+
+    spec = TaskSpec.build(
+        compute="batch", timeout="2h", batch=MATRIX["fair_share_and_attempts"]["batch"]
+    )
+    request = requests(spec)["submit_job"]
+    op = batch_operator("fit", request)
+    sent: list[dict[str, Any]] = []
+    client = SimpleNamespace(submit_job=lambda **kwargs: sent.append(kwargs) or {"jobId": "j"})
+    op.__dict__["hook"] = SimpleNamespace(client=client, conn_region_name="", conn_partition="")
+    op.submit_job(None)
+    assert sent == [request]
+    assert operator_kwargs(request)["submit_job_timeout"] == 7200
+
+
+def test_the_submit_request_does_not_grow_with_the_payload(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """Only the payload's reference travels in SubmitJob: its size field's digits aside, a
+    100-byte and a 20 MB payload make requests of one size."""
+    from provider.compute.batch import overrides_length
+    from provider.operators.targets.batch import batch_requests
+    from provider.operators.targets.code import code_package, code_reference
+
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
+    store = open_store((tmp_path / "store").as_uri())
+    run = task_run(store, slow, 1)
+    code = code_reference(store.root_uri, code_package(None))
+    sizes = {}
+    for label, value in (("small", b"x" * 100), ("large", bytes(20 * 2**20))):
+        payload = store.put_at(payload_key(run.manifest_key), value).to_json()
+        _, request = batch_requests(
+            run.spec,
+            store_uri=store.root_uri,
+            code=code,
+            payload=payload,
+            manifest_key=run.manifest_key,
+            identity=run.identity,
+        )
+        sizes[label] = (len(json.dumps(request).encode()), len(str(payload["size"])))
+    (small, small_digits), (large, large_digits) = sizes["small"], sizes["large"]
+    print(
+        f"SubmitJob request: {small} bytes (small payload), {large} bytes (20 MB payload); "
+        f"containerOverrides {overrides_length(request)} characters"
+    )
+    assert large - small == large_digits - small_digits
+    assert large < 30 * 1024  # Batch's limit on a SubmitJob request
+
+
+def greet(name: str) -> str:
+    import os
+
+    print(f"hello {name} from attempt {os.environ['AWS_BATCH_JOB_ATTEMPT']}")
+    return f"{name}:{os.environ['PASSWORD']}:{os.environ['TOKEN']}:{os.environ['MODE']}"
+
+
+def test_a_task_runs_as_a_job_with_its_secrets_env_and_logs(
+    batch: LocalBatch, store: ArtifactStore, capfd: pytest.CaptureFixture[str]
+):
+    secrets = batch.client("secretsmanager")
+    unique = uuid.uuid4().hex[:6]
+    arn = secrets.create_secret(Name=f"db-{unique}", SecretString='{"password": "pw"}')["ARN"]
+    batch.client("ssm").put_parameter(Name=f"/{unique}/token", Value="tok", Type="SecureString")
+    token = f"arn:aws:ssm:{batch.region}:{batch.account_id}:parameter/{unique}/token"
+    spec = TaskSpec.build(
+        compute="batch",
+        environment=Environment(env={"MODE": "fast"}, secrets=[f"{arn}:password::", token]),
+        batch={"execution_role_arn": EXECUTION_ROLE},
+    )
+    target, outcome = launch(task_run(store, greet, "ada", spec=spec))
+
+    assert outcome.exit_code == 0 and outcome.failure is None
+    manifest = store.read_manifest(outcome.manifest_key)
+    assert manifest["status"] == "succeeded"
+    assert store.get(manifest["result"]) == "ada:pw:tok:fast"
+    [request] = batch.requests
+    assert request == target._request  # exactly what flowtask translated, through BatchOperator
+    [job] = batch.history
+    assert job.environment["FLOWTASK_MANIFEST"] == outcome.manifest_key
+    assert "pw" not in str(request) and "pw" not in str(target._definition)  # references only
+    assert "] hello ada from attempt 1" in capfd.readouterr().out  # CloudWatch, as logged
+
+
+def test_job_definitions_are_looked_up_before_registering(batch: LocalBatch):
+    client = batch.client("batch")
+    name = f"flowtask-test-{uuid.uuid4().hex[:8]}"
+    request = {
+        "jobDefinitionName": name,
+        "type": "container",
+        "containerProperties": {
+            "image": "python:3.11-slim",
+            "resourceRequirements": [
+                {"type": "VCPU", "value": "1"},
+                {"type": "MEMORY", "value": "512"},
+            ],
+        },
+    }
+    results: list[tuple[str, bool]] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(job_definition_arn(client, request)))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(registered for _, registered in results) == [False, False, False, True]
+    assert len({arn for arn, _ in results}) == 1
+    forget_job_definitions()  # a new worker process: finds it, registers nothing
+    assert job_definition_arn(client, request) == (results[0][0], False)
+    found = client.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")
+    assert len(found["jobDefinitions"]) == 1
+
+
+def attempt() -> str:
+    import os
+
+    print(f"running attempt {os.environ['AWS_BATCH_JOB_ATTEMPT']}")
+    return os.environ["AWS_BATCH_JOB_ATTEMPT"]
+
+
+def test_a_lost_host_is_retried_by_batch_and_every_attempt_is_logged(
+    batch: LocalBatch, store: ArtifactStore, capfd: pytest.CaptureFixture[str]
+):
+    batch.inject("host_termination", job_name="flowtask-attempt-*", after=0.5)
+    _, outcome = launch(task_run(store, attempt))
+
+    assert outcome.exit_code == 0 and outcome.failure is None
+    assert store.get(store.read_manifest(outcome.manifest_key)["result"]) == "2"
+    [job] = batch.history
+    first, second = job.attempts  # Batch retried the lost host; Airflow saw one try
+    assert first["statusReason"].startswith("Host EC2") and second["container"]["exitCode"] == 0
+    out = capfd.readouterr().out
+    assert "Batch started another attempt; its log stream" in out
+    assert "] running attempt 2" in out
+
+
+def slow(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return "slept"
+
+
+def test_a_later_try_reattaches_to_the_job_a_dead_worker_left_running(
+    batch: LocalBatch, store: ArtifactStore
+):
+    # The compute environment is full: jobs wait RUNNABLE until the test frees it.
+    batch.slots.acquire()
+    batch.slots.acquire()
+    try:
+        # Try 1 submits, and its worker dies without watching the job.
+        first = task_run(store, slow, 0.2, run_id="manual__reattach")
+        dead = compute_target("batch")
+        dead.prepare(first)
+        op = batch_operator("slow", dead._request)
+        job_definition_arn(op.hook.client, dead._definition)
+        op.submit_job({})
+        # Try 2 finds that job by its name and waits for it instead of submitting another.
+        second = task_run(store, slow, 0.2, try_number=2, run_id="manual__reattach")
+        target = compute_target("batch")
+        target.check(second.spec)
+        target.prepare(second)
+        outcomes: list[Outcome] = []
+        watcher = threading.Thread(target=lambda: outcomes.append(target.run(second, {})))
+        watcher.start()
+        deadline = time.monotonic() + 30
+        while getattr(target._operator, "job_id", None) is None and len(batch.requests) == 1:
+            assert time.monotonic() < deadline, "try 2 neither reattached nor submitted"
+            time.sleep(0.02)
+    finally:
+        batch.slots.release()
+        batch.slots.release()
+    watcher.join(30)
+
+    assert len(batch.requests) == 1
+    assert target._operator.job_id == op.job_id
+    [outcome] = outcomes
+    assert outcome.manifest_key == first.manifest_key and outcome.exit_code == 0
+    assert store.get(store.read_manifest(first.manifest_key)["result"]) == "slept"
+    with pytest.raises(MissingArtifact):  # the dead try's payload is gone with its job
+        store.get(first.payload)
+
+
+def test_kill_terminates_the_job_and_no_later_try_reattaches_to_it(
+    batch: LocalBatch, store: ArtifactStore
+):
+    run = task_run(store, slow, 60)
+    target = compute_target("batch")
+    target.prepare(run)
+    outcomes: list[Outcome] = []
+    watcher = threading.Thread(target=lambda: outcomes.append(target.run(run, {})))
+    watcher.start()
+    deadline = time.monotonic() + 20
+    while not (batch.jobs and batch.jobs[0].status == "RUNNING"):
+        assert time.monotonic() < deadline, "the job did not start"
+        time.sleep(0.02)
+    target.kill()
+    job = batch.describe(target._operator.job_id)
+    assert job["tags"][STOPPED_TAG] == "true"
+    assert running_job(batch.client("batch"), batch.queue, job["jobName"], store) is None
+    watcher.join(20)
+    [outcome] = outcomes
+    assert outcome.failure is not None and "stopped by Airflow" in outcome.failure
+    assert batch.describe(job["jobId"])["status"] == "FAILED"
+
+
+class _Jobs:
+    """A Batch client whose jobs are given; records what is asked of it."""
+
+    def __init__(self, *jobs: dict[str, Any], tagging: Exception | None = None) -> None:
+        self.jobs, self.tagging, self.calls = list(jobs), tagging, []
+
+    def list_jobs(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(("list_jobs", kwargs))
+        return {"jobSummaryList": [{"jobId": j["jobId"], "status": j["status"]} for j in self.jobs]}
+
+    def describe_jobs(self, jobs: list[str]) -> dict[str, Any]:
+        return {"jobs": [j for j in self.jobs if j["jobId"] in jobs]}
+
+    def terminate_job(self, **kwargs: Any) -> None:
+        self.calls.append(("terminate_job", kwargs))
+
+    def tag_resource(self, **kwargs: Any) -> None:
+        if self.tagging is not None:
+            raise self.tagging
+        self.calls.append(("tag_resource", kwargs))
+
+
+def _job(job_id: str, status: str, manifest: str, created: int, **tags: str) -> dict[str, Any]:
+    env = [{"name": "FLOWTASK_MANIFEST", "value": manifest}]
+    return {
+        "jobId": job_id,
+        "jobArn": f"arn:aws:batch:us-east-1:123456789012:job/{job_id}",
+        "status": status,
+        "createdAt": created,
+        "tags": tags,
+        "container": {"environment": env, "command": ["python3", "--payload", "not json"]},
+    }
+
+
+def test_only_an_active_unstopped_job_whose_try_never_ended_is_reattached(tmp_path: Any):
+    store = open_store((tmp_path / "store").as_uri())
+    store.write_manifest("runs/d/r/t/-1/3/result.json", {"status": "failed"})
+    client = _Jobs(
+        _job("done", "SUCCEEDED", "runs/d/r/t/-1/1/result.json", 1),
+        _job("stopping", "RUNNING", "runs/d/r/t/-1/4/result.json", 5, **{STOPPED_TAG: "true"}),
+        _job("ended-try", "RUNNING", "runs/d/r/t/-1/3/result.json", 4),
+        _job("older", "RUNNABLE", "runs/d/r/t/-1/1/result.json", 2),
+        _job("left", "STARTING", "runs/d/r/t/-1/2/result.json", 3),
+    )
+    found = running_job(client, "q", "flowtask-t-abc", store)
+    assert found is not None and (found.job_id, found.manifest_key, found.payload) == (
+        "left",
+        "runs/d/r/t/-1/2/result.json",
+        None,
+    )
+    assert client.calls == [
+        (
+            "list_jobs",
+            {"jobQueue": "q", "filters": [{"name": "JOB_NAME", "values": ["flowtask-t-abc"]}]},
+        )
+    ]
+    assert running_job(_Jobs(), "q", "flowtask-t-abc", store) is None
+
+
+def test_a_job_that_cannot_be_tagged_is_still_terminated():
+    from provider.operators.targets.batch_jobs import mark_stopped
+
+    client = _Jobs(_job("j", "RUNNING", "m", 1), tagging=RuntimeError("AccessDenied"))
+    assert mark_stopped(client, "j", "why") == "RuntimeError: AccessDenied"
+    assert client.calls == [("terminate_job", {"jobId": "j", "reason": "why"})]
+    tagged = _Jobs(_job("j", "RUNNING", "m", 1))
+    assert mark_stopped(tagged, "j", "why") is None
+    assert tagged.calls[-1] == (
+        "tag_resource",
+        {
+            "resourceArn": "arn:aws:batch:us-east-1:123456789012:job/j",
+            "tags": {STOPPED_TAG: "true"},
+        },
+    )

@@ -1,0 +1,87 @@
+"""`python -m provider.runtime foreach`: chunks of items, as a pod or an array child runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import cloudpickle
+import pytest
+
+from provider.compute.command import foreach_command
+from provider.runtime import Failure, Payload
+from provider.runtime.foreach import ChunkRunner, ForeachPlan, format_chunks, parse_chunks
+from provider.store import manifest_key, open_store, payload_key
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+KEY = manifest_key("d", "r", "t", -1, 1)
+
+
+def halve(item: int) -> float:
+    if item == 5:
+        raise ZeroDivisionError("item five is cursed")
+    return item / 2
+
+
+@pytest.fixture
+def store(tmp_path):
+    return open_store((tmp_path / "artifacts").as_uri())
+
+
+def _plan(store, n: int = 10, chunk_size: int = 4) -> ForeachPlan:
+    items = store.put(list(range(n))).to_json()
+    return ForeachPlan("item", items, n, chunk_size, "runs/d/r/t/-1/foreach/p")
+
+
+@pytest.mark.parametrize(
+    ("chunks", "text"),
+    [([0, 1, 2, 5, 7, 8], "0-2,5,7-8"), ([3], "3"), ([], ""), (list(range(1000)), "0-999")],
+)
+def test_chunk_lists_are_compact_and_read_back_in_order(chunks, text):
+    assert format_chunks(chunks) == text
+    assert parse_chunks(text) == chunks
+
+
+def test_a_chunk_from_an_index_variable_as_an_indexed_job_pod_runs_it(store):
+    plan = _plan(store)
+    ref = store.put_at(
+        payload_key(KEY), Payload(halve, identity={"try_number": 1}, foreach=plan), by_value=True
+    )
+    argv = foreach_command(
+        store.root_uri,
+        ref.to_json(),
+        ["--chunk-env", "INDEX", "--chunks", "1-2"],
+        python=sys.executable,
+    )
+    proc = subprocess.run(argv, env={**os.environ, "INDEX": "1"}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr  # an item's failure is recorded, not an exit code
+    manifest = store.read_manifest(plan.chunk_key(2))  # index 1 of "1-2" is chunk 2
+    assert (manifest["start"], manifest["stop"], manifest["status"]) == (8, 10, "succeeded")
+    assert store.get(manifest["result"]) == [4.0, 4.5]
+
+
+def test_a_rerun_chunk_runs_only_its_failed_items(store):
+    plan = _plan(store)
+    calls: list[int] = []
+
+    def counting(item: int) -> float:
+        calls.append(item)
+        return halve(item)
+
+    first = ChunkRunner(store, Payload(counting, foreach=plan), try_number=1).run(1)
+    assert first["status"] == "failed" and [f["index"] for f in first["failed"]] == [5]
+    assert first["failed"][0]["message"] == "item five is cursed"
+    assert calls == [4, 5, 6, 7]
+    calls.clear()
+    second = ChunkRunner(store, Payload(lambda item: item / 2, foreach=plan), 2).run(1)
+    assert second["status"] == "succeeded" and second["ran"] == 1 and calls == []
+    assert store.get(second["result"]) == [2.0, 2.5, 3.0, 3.5]
+
+
+def test_a_failed_item_is_a_failure_value_in_its_chunk(store):
+    plan = _plan(store)
+    manifest = ChunkRunner(store, Payload(halve, foreach=plan), 1).run(1)
+    values = store.get(manifest["result"])
+    assert values[0] == 2.0 and isinstance(values[1], Failure)
+    assert values[1].type == "builtins.ZeroDivisionError"
