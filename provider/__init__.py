@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from provider.decorators.flow_task import flow_task
     from provider.decorators.params import flow_params
+    from provider.decorators.run_state import record_run_state
     from provider.runtime.context import flow_context
     from provider.runtime.failure import Failure
     from provider.specs import (
@@ -40,6 +41,7 @@ __all__ = [
     "flow_context",
     "flow_params",
     "flow_task",
+    "record_run_state",
 ]
 
 # Everything loads on first access: a DAG file pays for the specs and the decorator, the
@@ -62,6 +64,7 @@ _LAZY = {
     "flow_context": "provider.runtime.context",
     "flow_task": "provider.decorators",
     "flow_params": "provider.decorators",
+    "record_run_state": "provider.decorators",
 }
 
 

@@ -12,6 +12,7 @@ import pytest
 from conftest import BUCKET, TEST_DAGS, DagsTest, aws_connection, s3_client
 from reachability import assert_gc_keeps_everything_reachable
 
+from provider.client import Flow
 from provider.store import is_reference, open_store
 
 pytestmark = pytest.mark.dags_test
@@ -72,6 +73,7 @@ def test_example_flow_fanout_with_tags_and_namespace(dags_test: DagsTest):
     tasks = _by_task(run.manifests("flow_fanout"))
     assert len(tasks["score"]) == 4
     assert sorted(m["map_index"] for m in tasks["score"]) == [0, 1, 2, 3]
+    scores = sorted(tasks["score"], key=lambda m: m["map_index"])
     assert all(
         m["tags"] == ["demo", "ci"] and m["namespace"] == "team:ml"
         for ms in tasks.values()
@@ -93,6 +95,11 @@ def test_example_flow_fanout_with_tags_and_namespace(dags_test: DagsTest):
     run_json = next((run.artifacts / "runs" / "flow_fanout").rglob("run.json"))
     assert json.loads(run_json.read_text())["tags"] == ["demo", "ci"]
     assert_gc_keeps_everything_reachable(run.artifacts, rows)
+    # Found again by tag through the client; its end recorded by the record_run_state callback.
+    (found,) = Flow("flow_fanout", run.artifacts.as_uri()).runs(["ci"], namespace="team:ml")
+    assert (found.tags, found.status, found.successful) == (("demo", "ci"), "success", True)
+    assert found["total"].data == {"shards": 4, "total": pytest.approx(expected)}
+    assert [task.data for task in found["score"]] == [store.get(m["result"]) for m in scores]
 
 
 def test_flow_tasks_pass_references_with_the_default_xcom_backend(dags_test: DagsTest):

@@ -23,6 +23,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
     from provider.operators.task_context import ContextCannotCross
     from provider.specs import SpecError
     from provider.store import launch_manifest_key, manifest_key
+    from provider.store.index import record_run_start
 
     try:
         identity = run_identity(context)
@@ -35,6 +36,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         raise AirflowFailException(f"flow task {op.task_id} cannot run: {exc}") from None
     store = config.open_artifact_store()
     _record_run(store, identity)
+    record_run_start(store, identity, context.get("dag"))  # the run index (flowtask runs)
     key = manifest_key(
         identity["dag_id"],
         identity["run_id"],
