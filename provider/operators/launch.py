@@ -50,7 +50,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         raise AirflowFailException(f"flow task {op.task_id} cannot run: {exc}") from None
     run = TaskRun(
         task_id=op.task_id,
-        spec=op.flow_spec,
+        spec=_grown_for_oom(op, store, key, identity),
         function=op.python_callable,
         store=store,
         payload=payload,
@@ -70,6 +70,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
                 **identity,
                 "compute": compute,
                 "launched_at": time.time(),
+                "requested": requested(run.spec),
                 **{name: ref.to_json() for name, ref in kept.items()},
                 **({"foreach_items": plan.items} if plan is not None else {}),
             },
@@ -87,6 +88,48 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         payload.size,
     )
     return run, target
+
+
+def requested(spec: Any) -> dict[str, Any]:
+    """What a try asks the machine for: cores, MiB of memory, GPUs."""
+    resources = spec.resources
+    return {"cpu": resources.cpu, "memory_mib": resources.memory, "gpu": resources.gpu}
+
+
+def _grown_for_oom(op: Any, store: Any, key: str, identity: dict[str, Any]) -> Any:
+    """With ``Retry(on_oom="grow")``, a try after one killed for memory asks for more."""
+    from dataclasses import replace
+
+    from provider.store import MissingArtifact, manifest_key
+
+    spec = op.flow_spec
+    if spec.retry.on_oom != "grow" or identity["try_number"] <= 1:
+        return spec
+    previous = manifest_key(
+        identity["dag_id"],
+        identity["run_id"],
+        identity["task_id"],
+        identity["map_index"],
+        identity["try_number"] - 1,
+    )
+    try:
+        before = store.read_manifest(previous)
+    except MissingArtifact:
+        return spec
+    asked = (before.get("requested") or {}).get("memory_mib")
+    if before.get("failure_kind") != "oom" or not isinstance(asked, int):
+        return spec
+    memory = max(spec.retry.grown_memory(asked), spec.resources.memory)
+    op.log.warning(
+        "try %d ran out of memory with %d MiB: this try asks for %d MiB "
+        "(Retry(on_oom='grow', oom_factor=%g%s))",
+        identity["try_number"] - 1,
+        asked,
+        memory,
+        spec.retry.oom_factor,
+        f", max_memory={spec.retry.max_memory}" if spec.retry.max_memory else "",
+    )
+    return replace(spec, resources=replace(spec.resources, memory=memory))
 
 
 def _record_run(store: Any, identity: dict[str, Any]) -> None:

@@ -10,7 +10,15 @@ from provider.operators.targets import Outcome, TaskRun
 
 
 class FlowTaskFailed(RuntimeError):
-    """The task's function raised, or the runtime died before reporting."""
+    """The task's function raised, or the runtime died before reporting.
+
+    ``error_types`` are the function's exception type and its bases (``module.QualName``),
+    when the function raised: ``Retry(on=...)`` decides on them.
+    """
+
+    def __init__(self, message: str, error_types: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.error_types = error_types
 
 
 def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
@@ -57,7 +65,8 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
     if not manifest:
         record_unreported(run, outcome, message, caught)
     if caught is None:
-        raise FlowTaskFailed(f"flow task {op.task_id} failed: {message}")
+        types = (error or {}).get("types")
+        raise FlowTaskFailed(f"flow task {op.task_id} failed: {message}", types)
     run.log.warning("flow task failed on its last try; caught as a Failure: %s", message)
     if isinstance(op.flow_spec.catch, str):
         context["ti"].xcom_push(key=op.flow_spec.catch, value=caught)
@@ -128,6 +137,7 @@ def record_unreported(
 
     It names what the try left behind (a caught Failure), so ``flowtask gc`` keeps it.
     """
+    from provider.operators.launch import requested
     from provider.store import MissingArtifact
 
     try:
@@ -142,6 +152,8 @@ def record_unreported(
             "status": "failed",
             "error": {"type": FlowTaskFailed.__qualname__, "message": message},
             "exit_code": outcome.exit_code,
+            "failure_kind": outcome.kind,
+            "requested": requested(run.spec),
             "written_by": "worker",
             "finished_at": time.time(),
             **({"failure": caught} if caught else {}),

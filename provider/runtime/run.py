@@ -122,7 +122,12 @@ def run_payload(store: ArtifactStore, payload_ref: Reference, manifest_key: str)
         traceback.print_exc()
         failure = Failure.from_exception(exc)
         manifest["status"] = "failed"
-        manifest["error"] = {"type": failure.type, "message": failure.message}
+        manifest["error"] = {
+            "type": failure.type,
+            "message": failure.message,
+            # Retry(on=...) matches these, so a subclass of a listed type is retried too.
+            "types": [f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__],
+        }
         manifest["failure"] = store.put(failure).to_json()
         code = 1
     manifest["finished_at"] = time.time()

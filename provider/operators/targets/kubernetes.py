@@ -54,6 +54,7 @@ class KubernetesTarget(ComputeTarget):
         from airflow.sdk.exceptions import AirflowException
 
         from provider.compute import describe_pod_failure
+        from provider.compute.kubernetes import pod_failure_kind
 
         self._pod_operator = pod_op = self._operator(run, Reference.from_json(state["code"]))
         failure = None
@@ -62,7 +63,10 @@ class KubernetesTarget(ComputeTarget):
         except AirflowException as exc:
             failure = describe_pod_failure(pod_op.pod) or str(exc).splitlines()[0]
         return Outcome(
-            manifest_key=run.manifest_key, exit_code=_exit_code(pod_op.pod), failure=failure
+            manifest_key=run.manifest_key,
+            exit_code=_exit_code(pod_op.pod),
+            failure=failure,
+            kind=pod_failure_kind(pod_op.pod) if failure else None,
         )
 
     def _operator(self, run: TaskRun, code: Reference) -> Any:
@@ -130,7 +134,7 @@ def run_pod(pod_op: Any, context: Any, manifest_key: str, *, deferrable: bool = 
     from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 
     from provider.compute import describe_pod_failure
-    from provider.compute.kubernetes import MANIFEST_ANNOTATION
+    from provider.compute.kubernetes import MANIFEST_ANNOTATION, pod_failure_kind
 
     failure = None
     context = without_pod_xcoms(context)
@@ -156,6 +160,7 @@ def run_pod(pod_op: Any, context: Any, manifest_key: str, *, deferrable: bool = 
         manifest_key=annotations.get(MANIFEST_ANNOTATION, manifest_key),
         exit_code=_exit_code(pod_op.remote_pod),
         failure=failure,
+        kind=pod_failure_kind(pod_op.remote_pod or pod_op.pod) if failure else None,
     )
 
 
