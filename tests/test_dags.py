@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from provider.client import Flow
 from provider.store import is_reference, open_store
 
 pytestmark = pytest.mark.dags_test
+FLOWTASK = str(Path(sys.executable).parent / "flowtask")
 
 
 def _xcom_rows(home, dag_id: str) -> dict[str, object]:
@@ -124,6 +127,35 @@ def test_retry_heals_a_flaky_task_and_catch_hands_on_a_failure(dags_test: DagsTe
     rows = _xcom_rows(run.home, "flow_failures")
     assert rows["check[-1]"] == "caught builtins.ValueError: cannot handle healed"
     assert_gc_keeps_everything_reachable(run.artifacts, rows)
+    # Usage against the request: in the task log, and from `flowtask usage`.
+    assert re.search(
+        r"peak memory 3\d\d MiB is over the task's request \(100 MiB\): on "
+        r"Kubernetes or Batch it would be killed",
+        run.output,
+    )
+    assert re.search(
+        r"peak memory \d+ MiB is under a quarter of the request \(8.0 GiB\)", run.output
+    )
+    assert re.search(r"used \d+ MiB of 8.0 GiB memory, \d\.\d of 1 CPUs \(avg\)", run.output)
+    usage = subprocess.run(
+        [FLOWTASK, "usage", "flow_failures", "--json", "--store", run.artifacts.as_uri()],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    by_task = {row["task_id"]: row for row in json.loads(usage.stdout)}
+    hungry, roomy = by_task["hungry"], by_task["roomy"]
+    assert hungry["requested"] == {"cpu": 1.0, "memory_mib": 100, "gpu": 0}
+    assert hungry["used"]["peak_rss_mib"] > 300 and hungry["suggested"]["memory_mib"] >= 384
+    assert roomy["requested"]["memory_mib"] == 8192 and roomy["suggested"]["memory_mib"] == 256
+    assert set(by_task["flaky"]) == {
+        "task_id",
+        "map_index",
+        "try_number",
+        "requested",
+        "used",
+        "suggested",
+    }
 
 
 def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: DagsTest):
@@ -150,6 +182,9 @@ def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: Da
     assert "flow task locked cannot run: it cannot be sent to where it runs: the global 'LOCK'" in (
         run.output
     )
+    # Retry(on=(ConnectionError, TimeoutError)): a KeyError is not retried.
+    assert _try_numbers(run.home, "flow_fatal")["wrong"] == 1
+    assert "builtins.KeyError is not one of retry.on=" in run.output
     assert_gc_keeps_everything_reachable(run.artifacts, _xcom_rows(run.home, "flow_fatal"))
 
 

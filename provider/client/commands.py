@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from provider.client.errors import NoResult, NotFound
+from provider.client.errors import NoResult, NotFound, UnknownRun
 from provider.client.flow import STORE_ENV, Flow
 from provider.client.namespaces import get_namespace
 from provider.client.run import Run
@@ -175,6 +175,77 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+USED = ("peak_rss_mib", "cpu_seconds", "wall_seconds", "gpu_memory_mib")
+
+
+def usage_rows(run: Run) -> list[dict[str, Any]]:
+    """Requested against used, and a suggested request, per task try that recorded usage."""
+    from provider.runtime.usage import suggested_request
+
+    rows = []
+    for task in run:
+        for attempt in task.tries:
+            used = attempt.usage
+            if not {"peak_rss_mib", "cpu_seconds", "wall_seconds"} <= set(used):
+                continue
+            asked = attempt.requested
+            rows.append(
+                {
+                    "task_id": attempt.task_id,
+                    "map_index": attempt.map_index,
+                    "try_number": attempt.number,
+                    "requested": {
+                        "cpu": asked.get("cpu"),
+                        "memory_mib": asked.get("memory_mib"),
+                        "gpu": asked.get("gpu"),
+                    },
+                    "used": {name: used[name] for name in USED if name in used},
+                    "suggested": suggested_request(
+                        used["peak_rss_mib"], used["cpu_seconds"], used["wall_seconds"]
+                    ),
+                }
+            )
+    return rows
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    flow = _flow(args)
+    run = flow[args.run_id] if args.run_id else next(flow.runs(namespace=None), None)
+    if run is None:
+        raise UnknownRun(f"DAG {args.dag_id!r} has no runs in the store")
+    rows = usage_rows(run)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"run {run.run_id} of {run.dag_id}: requested vs used, and a request that would fit")
+    lines = [
+        (
+            row["task_id"],
+            "-" if row["map_index"] < 0 else str(row["map_index"]),
+            str(row["try_number"]),
+            _amount(row["requested"]["cpu"]),
+            f"{row['used']['cpu_seconds'] / max(row['used']['wall_seconds'], 1e-3):.2f}",
+            _mib(row["requested"]["memory_mib"]),
+            _mib(row["used"]["peak_rss_mib"]),
+            f"cpu={row['suggested']['cpu']:g}, memory={row['suggested']['memory_mib']}",
+        )
+        for row in rows
+    ]
+    header = ("TASK", "MAP", "TRY", "CPU", "CPU USED", "MEMORY", "PEAK", "SUGGESTED")
+    print(table(header, lines) if lines else "no task try recorded its usage")
+    return 0
+
+
+def _amount(value: Any) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _mib(value: Any) -> str:
+    from provider.runtime.usage import human_mib
+
+    return "-" if value is None else human_mib(float(value))
+
+
 def _store_option(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
     parser.add_argument(
         "--store",
@@ -219,6 +290,15 @@ def add_commands(sub: Any, env: dict[str, str]) -> None:
     tag.add_argument("tags", nargs="+", metavar="TAG")
     _store_option(tag, env)
     tag.set_defaults(handler=cmd_tag)
+
+    usage = sub.add_parser(
+        "usage", help="requested vs used resources per task, with a suggested request"
+    )
+    usage.add_argument("dag_id")
+    usage.add_argument("run_id", nargs="?", help="default: the DAG's latest run")
+    usage.add_argument("--json", action="store_true", help="a JSON list, for scripts")
+    _store_option(usage, env)
+    usage.set_defaults(handler=cmd_usage)
 
 
 HANDLED = (NotFound, ValueError)  # what a command reports as a one-line error, exit code 2

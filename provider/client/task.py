@@ -140,9 +140,16 @@ class Try:
 
     @property
     def usage(self) -> dict[str, float]:
-        """What the runtime measured: ``seconds``, ``function_seconds``, ``peak_rss_mib``, ..."""
+        """What the runtime measured: ``seconds``, ``function_seconds``, ``peak_rss_mib``,
+        ``cpu_seconds``, ``wall_seconds`` (and ``gpu_memory_mib`` where it could see it)."""
         names = ("seconds", "function_seconds", "peak_rss_mib", "bootstrap_seconds")
-        return {name: self.manifest[name] for name in names if name in self.manifest}
+        found = {name: self.manifest[name] for name in names if name in self.manifest}
+        return {**found, **(self.manifest.get("usage") or {})}
+
+    @property
+    def requested(self) -> dict[str, Any]:
+        """What the try asked for: ``cpu`` (cores), ``memory_mib``, ``gpu``."""
+        return dict(self.manifest.get("requested") or {})
 
     @property
     def result(self) -> Any:

@@ -45,12 +45,13 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         identity["try_number"],
     )
     try:
-        payload, plan = _store_payload(op, store, key, identity, context, compute)
+        spec = _grown_for_oom(op, store, key, identity)
+        payload, plan = _store_payload(op, store, key, identity, context, compute, spec)
     except (UnpicklableTask, ContextCannotCross, ForeachInputError) as exc:
         raise AirflowFailException(f"flow task {op.task_id} cannot run: {exc}") from None
     run = TaskRun(
         task_id=op.task_id,
-        spec=_grown_for_oom(op, store, key, identity),
+        spec=spec,
         function=op.python_callable,
         store=store,
         payload=payload,
@@ -168,7 +169,13 @@ class UnpicklableTask(ValueError):
 
 
 def _store_payload(
-    op: Any, store: Any, key: str, identity: dict[str, Any], context: Any, compute: str
+    op: Any,
+    store: Any,
+    key: str,
+    identity: dict[str, Any],
+    context: Any,
+    compute: str,
+    spec: Any,
 ) -> tuple[Any, Any]:
     """Store the try's payload; return its reference and the foreach plan (or None)."""
     from provider.operators.by_value import pickled_by_value, unpicklable_part
@@ -195,6 +202,7 @@ def _store_payload(
                 identity=identity,
                 context=plain_context(context),
                 foreach=plan,
+                requested=requested(spec),
             )
             return store.put_at(payload_key(key), payload, by_value=True), plan
         except Exception as exc:

@@ -44,7 +44,8 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
             manifest["peak_rss_mib"],
         )
         _log_result(run, manifest["result"])
-        log_usage(run, manifest.get("usage"))
+        target = getattr(op, "_target", None)
+        log_usage(run, manifest.get("usage"), local=getattr(target, "name", "") == "local")
         return manifest["result"]
     error = manifest.get("error")
     if error:
@@ -73,7 +74,7 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
     return [caught] if op.result_layout(run.identity["map_index"]) == "items" else caught
 
 
-def log_usage(run: TaskRun, used: dict[str, Any] | None) -> None:
+def log_usage(run: TaskRun, used: dict[str, Any] | None, *, local: bool) -> None:
     """One line of what the try used against what it asked for, and a warning when the two
     are far apart (or, locally, when a cluster would have killed it)."""
     from provider.runtime.usage import human_mib, suggested_request
@@ -93,7 +94,7 @@ def log_usage(run: TaskRun, used: dict[str, Any] | None) -> None:
     )
     suggested = suggested_request(peak, used["cpu_seconds"], used["wall_seconds"])
     hint = f"Resources(memory={suggested['memory_mib']}) would fit"
-    if peak > memory and run.identity.get("compute") == "local":
+    if peak > memory and local:
         run.log.warning(
             "peak memory %s is over the task's request (%s): on Kubernetes or Batch it would "
             "be killed for memory; %s",

@@ -106,6 +106,7 @@ def run_payload(store: ArtifactStore, payload_ref: Reference, manifest_key: str)
     try:
         payload: Payload = store.get(payload_ref)
         manifest.update(payload.identity)
+        manifest["requested"] = dict(payload.requested)
         args = resolve_references(payload.args, store)
         kwargs = resolve_references(dict(payload.kwargs), store)
         call_started = manifest["function_started_at"] = time.time()

@@ -38,6 +38,10 @@ def flow_fatal():
         with LOCK:
             return True
 
+    @flow_task(retry=Retry(times=2, delay="1s", on=(ConnectionError, TimeoutError)))
+    def wrong() -> None:
+        raise KeyError("a bug, not a network hiccup: retrying cannot help")
+
     @task
     def check(died, timed_out) -> str:
         assert isinstance(died, Failure) and "exited with code 7" in died.message, died
@@ -48,6 +52,7 @@ def flow_fatal():
     explode()
     sleepy()
     locked()
+    wrong()
     check(vanish(), slow())
 
 
