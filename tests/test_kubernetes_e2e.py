@@ -97,7 +97,7 @@ def test_example_dag_runs_as_pods_passing_data_by_reference(
     assert cluster.pods() == []  # every pod deleted when done
     with sqlite3.connect(run.home / "airflow.db") as db:
         keys = {key for (key,) in db.execute("SELECT DISTINCT key FROM xcom")}
-    assert keys == {"return_value"}, keys  # no pod_name / pod_namespace XComs
+    assert "return_value" in keys and not keys & {"pod_name", "pod_namespace"}, keys
     # The code package the pods fetched is named by each try's launch manifest.
     launches = [key for key in store.backend.list("runs") if key.endswith("/launch.json")]
     packages = {store.read_manifest(key)["code_package"]["sha256"] for key in launches}
