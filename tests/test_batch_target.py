@@ -461,6 +461,7 @@ def test_a_foreach_is_one_array_job_whose_children_batch_retries_alone(
     """Four chunks, one array job of the single job's definition and retry strategy: the first
     child to start loses its host (Batch runs it again), the second runs out of memory (no
     manifest: the outcome names Batch's reason)."""
+    from provider.operators.foreach import gather
     from provider.operators.targets import batch_foreach
     from provider.operators.targets.batch import batch_requests
 
@@ -505,6 +506,20 @@ def test_a_foreach_is_one_array_job_whose_children_batch_retries_alone(
     assert re.search(r"Batch children: (\d+ \w+, )*3 SUCCEEDED, 1 FAILED \(1 jobs\)", log)
     assert f"the end of the log of Batch child {oom.job_id}" in log
     assert "] doubling" in capfd.readouterr().out  # one child's CloudWatch log, followed
+    # The try's error, as the operator gathers it, says why in Batch's words.
+    manifest = gather(
+        store,
+        run.foreach,
+        run.manifest_key,
+        run.identity,
+        catching=False,
+        started=0.0,
+        unreported=outcome.failure,
+    )
+    assert manifest["error"]["message"] == (
+        f"1 chunks never reported (items {2 * oom.array_index}-{2 * oom.array_index + 1}): "
+        f"{outcome.failure}; a retry re-runs only these"
+    )
 
 
 def test_max_parallel_keeps_that_many_chunks_in_flight(batch: LocalBatch, store: ArtifactStore):
