@@ -620,3 +620,10 @@ def test_kill_terminates_every_child_and_no_later_try_reattaches(
     assert outcome.failure.startswith("3 Batch children wrote no result: chunk 0 (item 0): ")
     assert "stopped by Airflow" in outcome.failure
     assert {batch.describe(f"{parent.job_id}:{i}")["status"] for i in range(3)} == {"FAILED"}
+
+
+def test_a_foreach_over_no_items_prepares_without_a_job(batch: LocalBatch, store: ArtifactStore):
+    run = foreach_run(store, double, [], chunk_size=1)
+    target = compute_target("batch")
+    target.prepare(run)
+    assert "arrayProperties" not in target._request and batch.requests == []

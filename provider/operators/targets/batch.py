@@ -52,11 +52,11 @@ class BatchTarget(ComputeTarget):
             "identity": run.identity,
         }
         plan = run.foreach
-        try:  # a foreach's first array job stands for the others (they differ in digits)
+        # A foreach's first array job stands for the others (they differ in a few digits).
+        jobs = [] if plan is None else chunk_jobs(plan.prefix, range(plan.chunks))
+        try:
             self._definition, self._request = batch_requests(
-                run.spec,
-                **self._launch,
-                foreach=None if plan is None else chunk_jobs(plan.prefix, range(plan.chunks))[0],
+                run.spec, **self._launch, foreach=jobs[0] if jobs else None
             )
         except SpecError as exc:  # too many tags for one job: no retry can fix that
             raise AirflowFailException(f"flow task {run.task_id} cannot run: {exc}") from None
@@ -109,7 +109,7 @@ class BatchTarget(ComputeTarget):
         earlier = [
             job
             for job in running_jobs(client, op.job_queue, op.job_name, run.store)
-            if job.foreach == plan.prefix
+            if job.foreach == plan.prefix and job.chunks
         ]
         self._watch = watch = ArrayWatch(
             client,
