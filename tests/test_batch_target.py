@@ -627,3 +627,24 @@ def test_a_foreach_over_no_items_prepares_without_a_job(batch: LocalBatch, store
     target = compute_target("batch")
     target.prepare(run)
     assert "arrayProperties" not in target._request and batch.requests == []
+
+
+def test_a_chunk_counts_as_reported_once_this_try_wrote_its_manifest(tmp_path: Any):
+    """A retry's chunk still has the manifest of the try before (with its failed items): it is
+    answered only once rewritten, so a child that dies on the retry is not taken for done."""
+    from provider.operators.targets.batch_foreach import ChunkReports
+    from provider.runtime.foreach import ForeachPlan
+
+    store = open_store((tmp_path / "store").as_uri())
+    plan = ForeachPlan("item", {}, 6, 2, "runs/d/r/t/-1/foreach/p")
+    store.write_manifest(plan.chunk_key(1), {"finished_at": 1.0, "failed": [{"index": 3}]})
+    reports = ChunkReports(store, plan, [1, 2])
+    reports.refresh()
+    assert reports.answered == {}
+    store.write_manifest(plan.chunk_key(2), {"finished_at": 5.0, "failed": []})
+    store.write_manifest(plan.chunk_key(0), {"finished_at": 5.0, "failed": []})  # not ours
+    reports.refresh()
+    assert reports.answered == {2: 0}
+    store.write_manifest(plan.chunk_key(1), {"finished_at": 6.0, "failed": [{"index": 3}]})
+    reports.refresh()
+    assert reports.answered == {1: 1, 2: 0} and reports.failed_items == 1
