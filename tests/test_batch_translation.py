@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from provider import BatchOptions, Environment, Resources, SpecError, TaskSpec
+from provider import BatchOptions, Environment, Resources, Retry, SpecError, TaskSpec
 from provider.compute.batch import (
     job_definition_request,
     job_name,
@@ -173,12 +173,19 @@ def test_overrides_ecs_would_refuse_are_refused_before_submitting():
 def test_batch_retries_a_lost_host_only():
     strategy = requests(TaskSpec(compute="batch"))["submit_job"]["retryStrategy"]
     assert strategy == {
-        "attempts": 3,
+        "attempts": 4,  # the first, and Retry(infra=3) more when the host is lost
         "evaluateOnExit": [
             {"onStatusReason": "Host EC2*", "action": "RETRY"},
             {"onReason": "*", "action": "EXIT"},
         ],
     }
+
+
+def test_retry_infra_sets_how_often_batch_tries_a_lost_host_again():
+    spec = TaskSpec(compute="batch", retry=Retry(infra=0))
+    assert requests(spec)["submit_job"]["retryStrategy"]["attempts"] == 1
+    spec = TaskSpec(compute="batch", retry=Retry(infra=5), batch=BatchOptions(attempts=2))
+    assert requests(spec)["submit_job"]["retryStrategy"]["attempts"] == 2  # the options win
 
 
 def test_the_job_name_is_one_per_task_instance():

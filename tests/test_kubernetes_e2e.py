@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import threading
 import time
 from datetime import datetime
@@ -94,6 +95,9 @@ def test_example_dag_runs_as_pods_passing_data_by_reference(
     assert not any(var.get("name") == "AWS_SECRET_ACCESS_KEY" for var in container["env"])
     assert "flow task finished in" in run.output and "flowtask bootstrap" not in run.output
     assert cluster.pods() == []  # every pod deleted when done
+    with sqlite3.connect(run.home / "airflow.db") as db:
+        keys = {key for (key,) in db.execute("SELECT DISTINCT key FROM xcom")}
+    assert keys == {"return_value"}, keys  # no pod_name / pod_namespace XComs
     # The code package the pods fetched is named by each try's launch manifest.
     launches = [key for key in store.backend.list("runs") if key.endswith("/launch.json")]
     packages = {store.read_manifest(key)["code_package"]["sha256"] for key in launches}

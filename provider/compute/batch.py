@@ -27,7 +27,7 @@ from provider.specs import (
     check_secrets_for,
     secret_variables,
 )
-from provider.specs.batch import DEFAULT_ATTEMPTS, MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS
+from provider.specs.batch import MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS
 
 JOB_DEFINITION_PREFIX = "flowtask-"
 # Every submission overrides these; Fargate needs a pair it offers even in the definition.
@@ -228,7 +228,8 @@ def submit_job_request(
             "environment": variables,
             "resourceRequirements": requirements,
         },
-        "retryStrategy": retry_strategy(options.attempts or DEFAULT_ATTEMPTS),
+        # A lost host is tried again Retry(infra=...) times, unless BatchOptions says otherwise.
+        "retryStrategy": retry_strategy(options.attempts or 1 + spec.retry.infra),
     }
     if foreach is not None and foreach.array_size is not None:
         request["arrayProperties"] = {"size": foreach.array_size}

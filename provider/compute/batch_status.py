@@ -31,6 +31,22 @@ def log_streams(job: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(name for name in names if name))
 
 
+def job_failure_kind(job: Mapping[str, Any]) -> str | None:
+    """``oom``, ``infrastructure`` (its host was lost), ``timeout``, or None: what ended it."""
+    if job.get("status") != "FAILED":
+        return None
+    attempt = _last_attempt(job)
+    reason = (attempt.get("container") or {}).get("reason") or ""
+    status_reason = attempt.get("statusReason") or job.get("statusReason") or ""
+    if reason.startswith(OUT_OF_MEMORY):
+        return "oom"
+    if status_reason.startswith(HOST_LOST):
+        return "infrastructure"
+    if status_reason == TIMED_OUT:
+        return "timeout"
+    return None
+
+
 def describe_job_failure(job: Mapping[str, Any], memory_mib: int) -> str | None:
     """Why a finished job failed, in words; None if it succeeded or has not finished.
 

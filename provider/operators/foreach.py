@@ -140,6 +140,11 @@ def gather(
         "seconds": round(finished - started, 6),
         "function_seconds": sum(s for m in manifests for s in m["seconds"] if s is not None),
         "peak_rss_mib": max((m["peak_rss_mib"] for m in manifests), default=0.0),
+        "usage": {  # over every chunk: the largest process, the time summed
+            "peak_rss_mib": max((m["peak_rss_mib"] for m in manifests), default=0.0),
+            "cpu_seconds": round(sum(m["usage"]["cpu_seconds"] for m in manifests), 3),
+            "wall_seconds": round(sum(m["usage"]["wall_seconds"] for m in manifests), 3),
+        },
     }
     if missing or (failed and not catching):
         message = _failure_message(plan, failed, missing, unreported)

@@ -231,7 +231,11 @@ def watch_job(op: Any, context: Any, manifest_key: str, memory_mib: int) -> Outc
     """Wait for the job to end; a failed job is described, not raised: the manifest decides."""
     from airflow.sdk.exceptions import AirflowException
 
-    from provider.compute.batch_status import describe_job_failure, job_exit_code
+    from provider.compute.batch_status import (
+        describe_job_failure,
+        job_exit_code,
+        job_failure_kind,
+    )
 
     error = None
     try:
@@ -242,7 +246,12 @@ def watch_job(op: Any, context: Any, manifest_key: str, memory_mib: int) -> Outc
     failure = describe_job_failure(job, memory_mib)
     if failure is None and job.get("status") != "SUCCEEDED":
         failure = f"Batch job {op.job_id} ended {job.get('status')}: {error}"
-    return Outcome(manifest_key=manifest_key, exit_code=job_exit_code(job), failure=failure)
+    return Outcome(
+        manifest_key=manifest_key,
+        exit_code=job_exit_code(job),
+        failure=failure,
+        kind=job_failure_kind(job),
+    )
 
 
 def _chunk_label(plan: Any, chunk: int) -> str:
