@@ -26,7 +26,7 @@ from provider.compute.batch import (
 from provider.compute.batch_array import ChunkJob, chunk_jobs, describe_lost_chunks
 from provider.compute.batch_status import (
     describe_job_failure,
-    failure_kind,
+    short_reason,
     job_exit_code,
     log_location,
     log_streams,
@@ -381,10 +381,10 @@ def test_lost_chunks_are_described_in_batch_words_a_few_then_counted():
         "1 exit code 1, 1 out of memory)"
     )
     assert describe_lost_chunks([], memory_mib=512) is None
-    assert failure_kind({"statusReason": "Job attempt duration exceeded timeout"}) == (
+    assert short_reason({"statusReason": "Job attempt duration exceeded timeout"}) == (
         "over the Batch timeout"
     )
-    assert failure_kind({"statusReason": "flowtask: stopped by Airflow"}) == (
+    assert short_reason({"statusReason": "flowtask: stopped by Airflow"}) == (
         "flowtask: stopped by Airflow"
     )
 

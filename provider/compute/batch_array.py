@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from provider.compute.batch_status import describe_job_failure, failure_kind
+from provider.compute.batch_status import describe_job_failure, short_reason
 from provider.runtime.foreach import format_chunks
 
 ARRAY_INDEX_ENV = "AWS_BATCH_JOB_ARRAY_INDEX"
@@ -95,10 +95,10 @@ def describe_lost_chunks(
     if not lost:
         return None
     parts = [
-        f"{label}: {describe_job_failure(job, memory_mib) or failure_kind(job)}"
+        f"{label}: {describe_job_failure(job, memory_mib) or short_reason(job)}"
         for label, job in lost[:shown]
     ]
-    rest = Counter(failure_kind(job) for _, job in lost[shown:])
+    rest = Counter(short_reason(job) for _, job in lost[shown:])
     if rest:
         counted = ", ".join(f"{n} {kind}" for kind, n in rest.most_common())
         parts.append(f"and {len(lost) - shown} more ({counted})")

@@ -84,7 +84,7 @@ def describe_job_failure(job: Mapping[str, Any], memory_mib: int) -> str | None:
     return f"{name} failed: {exited} ({reason or status_reason or 'no reason given'})"
 
 
-def failure_kind(job: Mapping[str, Any]) -> str:
+def short_reason(job: Mapping[str, Any]) -> str:
     """A failed job's reason in a few words, from what a ListJobs summary holds too."""
     container = job.get("container") or {}
     reason = container.get("reason") or ""
