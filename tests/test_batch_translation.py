@@ -26,10 +26,10 @@ from provider.compute.batch import (
 from provider.compute.batch_array import ChunkJob, chunk_jobs, describe_lost_chunks
 from provider.compute.batch_status import (
     describe_job_failure,
-    short_reason,
     job_exit_code,
     log_location,
     log_streams,
+    short_reason,
 )
 from provider.compute.command import foreach_args
 
