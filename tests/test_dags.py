@@ -185,8 +185,9 @@ def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: Da
     # A runtime killed by SIGKILL locally: most likely out of memory, and recorded so.
     (killed,) = tasks["sigkilled"]
     assert killed["failure_kind"] == "oom" and killed["exit_code"] == -9
-    assert "killed by SIGKILL: most likely the kernel's out-of-memory killer" in (
-        killed["error"]["message"]
+    assert (
+        "killed by SIGKILL: most likely the kernel's out-of-memory killer"
+        in (killed["error"]["message"])
     )
     assert killed["requested"]["memory_mib"] == 300
     # Retry(on=(ConnectionError, TimeoutError)): a KeyError is not retried.

@@ -106,12 +106,14 @@ def gather(
     *,
     catching: bool,
     started: float,
+    unreported: str | None = None,
 ) -> dict[str, Any]:
     """Write the try's result manifest from the chunk manifests; return it.
 
     Every item succeeded, or ``catching`` (its failures become Failure values in the list):
     the result is one reference to the ordered results. Otherwise the try failed, naming the
-    failed items (their results stay stored: the next try re-runs only those).
+    failed items (their results stay stored: the next try re-runs only those) and, in the
+    compute target's words (``unreported``), why chunks wrote no manifest.
     """
     from provider.runtime.foreach import chunk_reference
 
@@ -145,7 +147,7 @@ def gather(
         },
     }
     if missing or (failed and not catching):
-        message = _failure_message(plan, failed, missing)
+        message = _failure_message(plan, failed, missing, unreported)
         manifest["status"] = "failed"
         manifest["error"] = {"type": "ForeachFailed", "message": message}
     elif plan.layout == "items":
@@ -160,7 +162,9 @@ def gather(
     return manifest
 
 
-def _failure_message(plan: ForeachPlan, failed: list[dict[str, Any]], missing: list[int]) -> str:
+def _failure_message(
+    plan: ForeachPlan, failed: list[dict[str, Any]], missing: list[int], unreported: str | None
+) -> str:
     parts = []
     if failed:
         shown = "; ".join(
@@ -170,7 +174,8 @@ def _failure_message(plan: ForeachPlan, failed: list[dict[str, Any]], missing: l
         parts.append(f"{len(failed)} of {plan.length} items failed: {shown}{more}")
     if missing:
         ranges = ", ".join(f"{plan.bounds(c)[0]}-{plan.bounds(c)[1] - 1}" for c in missing[:10])
-        parts.append(f"{len(missing)} chunks never reported (items {ranges})")
+        why = f": {unreported}" if unreported else ""
+        parts.append(f"{len(missing)} chunks never reported (items {ranges}){why}")
     return "; ".join(parts) + "; a retry re-runs only these"
 
 
