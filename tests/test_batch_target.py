@@ -505,7 +505,10 @@ def test_a_foreach_is_one_array_job_whose_children_batch_retries_alone(
     assert "foreach: 6/8 items done, 0 failed" in log
     assert re.search(r"Batch children: (\d+ \w+, )*3 SUCCEEDED, 1 FAILED \(1 jobs\)", log)
     assert f"the end of the log of Batch child {oom.job_id}" in log
-    assert "] doubling" in capfd.readouterr().out  # one child's CloudWatch log, followed
+    # Child 0's CloudWatch log is followed live; which child the injected fault hits depends
+    # on which starts first: a child killed for memory may end before its first line.
+    followed = capfd.readouterr().out
+    assert "] doubling" in followed or oom.array_index == 0, followed[-2000:]
     # The try's error, as the operator gathers it, says why in Batch's words.
     manifest = gather(
         store,
