@@ -14,6 +14,10 @@ parts come from its launch and result manifests:
     result    -> the result and its manifest stored (runtime)
     finish    -> the task's end (worker reads the manifest, Airflow pushes the XCom)
 
+Then the runtime's own start: `python -m provider.runtime` importing everything it needs to run
+a payload (`python -c "import provider.runtime.__main__"`) against a bare `python -c pass`,
+medians of 21 runs each, interleaved.
+
 Medians over the chain's tasks and the repeats; the ratio is printed last.
 """
 
@@ -100,6 +104,22 @@ def one_run(home: Path, dags: Path, chain: int) -> tuple[list[float], list[float
     return plain, flow, parts
 
 
+def runtime_start(python: str, runs: int = 21) -> tuple[float, float]:
+    """Median seconds of a bare interpreter and of one importing the runtime's entry point."""
+    import time
+
+    bare, runtime = [], []
+    for _ in range(runs):
+        for argv, samples in (
+            ([python, "-c", "pass"], bare),
+            ([python, "-c", "import provider.runtime.__main__"], runtime),
+        ):
+            started = time.perf_counter()
+            subprocess.run(argv, check=True)
+            samples.append(time.perf_counter() - started)
+    return statistics.median(bare), statistics.median(runtime)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
@@ -128,6 +148,12 @@ def main() -> None:
             flow += f
             for part in PARTS:
                 parts[part] += run_parts[part]
+    bare, runtime = runtime_start(sys.executable)
+    print(f"bare interpreter start:  {bare * 1000:7.1f} ms (median of 21)")
+    print(
+        f"runtime start (imports): {runtime * 1000:7.1f} ms (median of 21), "
+        f"+{(runtime - bare) * 1000:.1f} ms"
+    )
     n = len(flow)
     print(f"flow task parts (medians of {n} tasks):")
     for part in PARTS:

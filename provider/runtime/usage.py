@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -48,13 +45,16 @@ class GpuSampler:
     (no thread, no process) where there is no ``nvidia-smi``."""
 
     def __init__(self, command: str = "nvidia-smi") -> None:
-        self._binary = shutil.which(command)
+        self._binary = _which(command)
         self._peak: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stop: Any = None
+        self._thread: Any = None
 
     def __enter__(self) -> GpuSampler:
         if self._binary is not None:
+            import threading  # only where there is a GPU to watch
+
+            self._stop = threading.Event()
             self._sample()
             self._thread = threading.Thread(target=self._loop, daemon=True, name="flowtask-gpu")
             self._thread.start()
@@ -75,6 +75,8 @@ class GpuSampler:
             self._sample()
 
     def _sample(self) -> None:
+        import subprocess
+
         assert self._binary is not None
         try:
             out = subprocess.run(
@@ -88,6 +90,15 @@ class GpuSampler:
         except (OSError, ValueError, subprocess.SubprocessError):
             return
         self._peak = used if self._peak is None else max(self._peak, used)
+
+
+def _which(command: str) -> str | None:
+    """``shutil.which`` without importing shutil at every runtime start."""
+    for folder in os.get_exec_path():
+        path = os.path.join(folder, command)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 def usage(started: float, cpu_at_start: float, gpu: GpuSampler | None = None) -> dict[str, Any]:

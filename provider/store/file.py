@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,7 +76,7 @@ class FileBackend:
         survives a crash of the machine; what can be rebuilt skips that cost.
         """
         path = self._path(key)
-        tmp = path.with_name(f".{path.name}{_TMP_MARK}{uuid.uuid4().hex}")
+        tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.urandom(16).hex()}")
         with self._naming_a_full_disk(key):
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +184,7 @@ class FileBackend:
         check of its age and the unlink.
         """
         path = self._path(key)
-        quarantine = path.with_name(f".{path.name}{_TMP_MARK}gc-{uuid.uuid4().hex}")
+        quarantine = path.with_name(f".{path.name}{_TMP_MARK}gc-{os.urandom(16).hex()}")
         try:
             os.rename(path, quarantine)
         except FileNotFoundError:
