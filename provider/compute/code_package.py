@@ -45,20 +45,33 @@ def _dag_folder_files(root: Path) -> Iterator[tuple[str, Path]]:
             yield name, path
 
 
-def package_entries(dag_folder: Path | None = None) -> tuple[Entry, ...]:
-    """What goes into the package, with the sizes and times that make it a cache key."""
+@lru_cache(maxsize=1)
+def _runtime_entries() -> tuple[Entry, ...]:
+    """The installed runtime and cloudpickle: read once per process (they do not change under
+    a running worker)."""
     found: dict[str, Path] = {}
     provider_root = Path(provider.__file__).parent
     for part in RUNTIME_PARTS:
         found.update(_python_files(provider_root / part, f"provider/{part}"))
     found.update(_python_files(Path(cloudpickle.__file__).parent, "cloudpickle"))
-    if dag_folder is not None:
-        found.update(_dag_folder_files(dag_folder.resolve()))
+    return _stat_entries(found)
+
+
+def _stat_entries(found: dict[str, Path]) -> tuple[Entry, ...]:
     entries = []
-    for name, path in sorted(found.items()):
+    for name, path in found.items():
         stat = path.stat()
         entries.append((name, str(path), stat.st_size, stat.st_mtime_ns))
     return tuple(entries)
+
+
+def package_entries(dag_folder: Path | None = None) -> tuple[Entry, ...]:
+    """What goes into the package, with the sizes and times that make it a cache key."""
+    entries = {entry[0]: entry for entry in _runtime_entries()}
+    if dag_folder is not None:
+        found = dict(_dag_folder_files(dag_folder.resolve()))
+        entries.update((entry[0], entry) for entry in _stat_entries(found))
+    return tuple(entries[name] for name in sorted(entries))
 
 
 @lru_cache(maxsize=8)
