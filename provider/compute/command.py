@@ -58,16 +58,28 @@ def bootstrap_command(
     *,
     pip: Sequence[str] = (),
     python: str = "python3",
+    foreach: Sequence[str] = (),
 ) -> list[str]:
     """Argv for a container: fetch the code package, install ``pip``, then run the payload.
 
-    ``python3`` is on the PATH of the official Python images and of distribution images alike.
+    With ``foreach`` (``--chunk N``, or ``--chunk-env VAR --chunks LIST``) it runs those chunks
+    of a ``.foreach`` payload instead. ``python3`` is on the PATH of the official Python images
+    and of distribution images alike.
     """
     argv = [python, "-c", BOOTSTRAP_SOURCE, "--python", worker_python(), "--store", store_uri]
     argv += ["--code", f"{blob_key(code_package.sha256)}:{code_package.size}"]
     for requirement in pip:
         argv += ["--pip", requirement]
+    if foreach:
+        return [*argv, "--", *foreach_args(store_uri, payload_ref, foreach)]
     return [*argv, "--", *runtime_args(store_uri, payload_ref, manifest_key)]
+
+
+def foreach_args(store_uri: str, payload_ref: Mapping[str, Any], mode: Sequence[str]) -> list[str]:
+    """Arguments of ``python -m provider.runtime`` that run chunks of a ``.foreach`` payload."""
+    payload = json.dumps(dict(payload_ref), sort_keys=True, separators=(",", ":"))
+    argv = ["foreach", "--store", store_uri, "--payload", payload, "--python", worker_python()]
+    return [*argv, *mode]
 
 
 def foreach_command(
@@ -80,9 +92,7 @@ def foreach_command(
 ) -> list[str]:
     """Argv that runs chunks of a ``.foreach`` payload where flowtask is installed; ``mode``
     says which (``--serve-fd N``, ``--chunk N`` or ``--chunk-env VAR``)."""
-    payload = json.dumps(dict(payload_ref), sort_keys=True, separators=(",", ":"))
-    argv = [python, "-m", "provider.runtime", "foreach", "--store", store_uri]
-    argv += ["--payload", payload, "--python", worker_python()]
+    argv = [python, "-m", "provider.runtime", *foreach_args(store_uri, payload_ref, ())]
     if code_path:
         argv += ["--code", code_path]
     return [*argv, *mode]
