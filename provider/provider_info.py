@@ -186,6 +186,14 @@ def get_provider_info() -> dict[str, Any]:
                         "kubernetes_default",
                         "kubernetes_ml",
                     ),
+                    "foreach_max_parallel": _option(
+                        "How many pods (Kubernetes) or array children (Batch) of a .foreach run "
+                        "at once when its ForeachOptions(max_parallel=...) says nothing. "
+                        "Locally the default is the CPU count.\n",
+                        "100",
+                        "500",
+                        kind="integer",
+                    ),
                     **_kubernetes_options(),
                     **_batch_options(),
                     "xcom_inline_max_bytes": _option(

@@ -174,7 +174,15 @@ class FlowTaskOperator(DecoratedOperator):
             else Outcome(run.manifest_key, exit_code=0)
         )
         catching = self._catches_now(context)
-        gather(run.store, plan, run.manifest_key, run.identity, catching=catching, started=started)
+        gather(
+            run.store,
+            plan,
+            run.manifest_key,
+            run.identity,
+            catching=catching,
+            started=started,
+            platform_failure=outcome.failure,
+        )
         return Outcome(run.manifest_key, exit_code=0, failure=outcome.failure)
 
     def on_kill(self) -> None:

@@ -74,9 +74,13 @@ def plan_foreach(
 
 
 def max_parallel(spec: Any, *, local: bool) -> int:
+    """The task's ``max_parallel``; else the CPU count locally, ``[flow_task]
+    foreach_max_parallel`` on a cluster."""
+    from provider import config
+
     if spec.foreach.max_parallel is not None:
         return int(spec.foreach.max_parallel)
-    return os.cpu_count() or 1 if local else 1000
+    return os.cpu_count() or 1 if local else config.foreach_max_parallel()
 
 
 def default_chunk_size(length: int, parallel: int, local: bool) -> int:
@@ -106,12 +110,14 @@ def gather(
     *,
     catching: bool,
     started: float,
+    platform_failure: str | None = None,
 ) -> dict[str, Any]:
     """Write the try's result manifest from the chunk manifests; return it.
 
     Every item succeeded, or ``catching`` (its failures become Failure values in the list):
     the result is one reference to the ordered results. Otherwise the try failed, naming the
-    failed items (their results stay stored: the next try re-runs only those).
+    failed items (their results stay stored: the next try re-runs only those), and for chunks
+    that never reported, ``platform_failure``: what the compute target saw of them.
     """
     from provider.runtime.foreach import chunk_reference
 
@@ -140,7 +146,7 @@ def gather(
         "peak_rss_mib": max((m["peak_rss_mib"] for m in manifests), default=0.0),
     }
     if missing or (failed and not catching):
-        message = _failure_message(plan, failed, missing)
+        message = _failure_message(plan, failed, missing, platform_failure)
         manifest["status"] = "failed"
         manifest["error"] = {"type": "ForeachFailed", "message": message}
     elif plan.layout == "items":
@@ -155,7 +161,9 @@ def gather(
     return manifest
 
 
-def _failure_message(plan: ForeachPlan, failed: list[dict[str, Any]], missing: list[int]) -> str:
+def _failure_message(
+    plan: ForeachPlan, failed: list[dict[str, Any]], missing: list[int], platform: str | None
+) -> str:
     parts = []
     if failed:
         shown = "; ".join(
@@ -165,7 +173,8 @@ def _failure_message(plan: ForeachPlan, failed: list[dict[str, Any]], missing: l
         parts.append(f"{len(failed)} of {plan.length} items failed: {shown}{more}")
     if missing:
         ranges = ", ".join(f"{plan.bounds(c)[0]}-{plan.bounds(c)[1] - 1}" for c in missing[:10])
-        parts.append(f"{len(missing)} chunks never reported (items {ranges})")
+        why = f" ({platform})" if platform else ""
+        parts.append(f"{len(missing)} chunks never reported (items {ranges}){why}")
     return "; ".join(parts) + "; a retry re-runs only these"
 
 
