@@ -7,22 +7,34 @@ Kubernetes an Indexed Job, on AWS Batch an array job. Downstream gets the list o
 item order.
 
     airflow dags test flow_foreach
+    airflow dags test flow_foreach -c '{"flow_compute": "kubernetes", "n_items": 2000}'
 """
 
 from __future__ import annotations
 
-from airflow.sdk import dag, task
+from typing import Any
+
+from airflow.sdk import Param, dag, task
 
 from provider import ForeachOptions, Resources, flow_params, flow_task
 
 N_ITEMS = 10_000
 
 
-@dag(schedule=None, catchup=False, params=flow_params(tags=["example"]), tags=["flowtask"])
+@dag(
+    schedule=None,
+    catchup=False,
+    params={
+        **flow_params(tags=["example"]),
+        "n_items": Param(N_ITEMS, type="integer", minimum=1, title="how many items"),
+    },
+    tags=["flowtask"],
+)
 def flow_foreach():
     @flow_task
-    def list_items() -> list[int]:
-        return list(range(N_ITEMS))  # stays a reference: the worker never loads the list
+    def list_items(params: dict[str, Any] | None = None) -> list[int]:
+        assert params is not None
+        return list(range(params["n_items"]))  # stays a reference: the worker never loads it
 
     @flow_task(resources=Resources(cpu=1, memory=512), foreach=ForeachOptions(chunk_size=500))
     def score(item: int, salt: int) -> int:
@@ -33,10 +45,10 @@ def flow_foreach():
         return {"count": len(scores), "total": sum(scores)}
 
     @task
-    def check(scores: list[int], summary: dict[str, int], salt: int) -> str:
-        expected = [(i * i + salt) % 9973 for i in range(N_ITEMS)]
+    def check(scores: list[int], summary: dict[str, int], salt: int, params: Any = None) -> str:
+        expected = [(i * i + salt) % 9973 for i in range(params["n_items"])]
         assert scores == expected, "results out of order or wrong"
-        assert summary == {"count": N_ITEMS, "total": sum(expected)}, summary
+        assert summary == {"count": len(expected), "total": sum(expected)}, summary
         return f"{len(scores)} items checked"
 
     scores = score.partial(salt=7).foreach(item=list_items())

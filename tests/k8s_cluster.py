@@ -164,13 +164,19 @@ class _Api(kmock.KubernetesEmulator):
     minor: int  # the Kubernetes 1.x this API server reports and behaves as
     changed: asyncio.Event  # replaced whenever a pod changes (the Job controller waits on it)
 
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.fallback["get /version/"] << self._serve_server_version  # the client's URL
+
     def touch(self, resource: kmock.resource) -> None:
         if resource == PODS:
             event, self.changed = self.changed, asyncio.Event()
             event.set()
 
     async def _serve_server_version(self, request: kmock.Request) -> dict[str, str]:
-        return {"major": "1", "minor": str(self.minor), "gitVersion": f"v1.{self.minor}.0"}
+        version = {"major": "1", "minor": str(self.minor), "gitVersion": f"v1.{self.minor}.0"}
+        version |= {"gitCommit": "0" * 40, "gitTreeState": "clean", "buildDate": timestamp()}
+        return version | {"goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"}
 
     def stamp(self, obj: dict[str, Any], namespace: str | None) -> None:
         """Set the metadata that the API server sets on creation."""
@@ -892,9 +898,9 @@ class LocalCluster:
         """Every Job the API holds now."""
         return self._call(self._api.list_objects(JOBS, None))["items"]
 
-    def job_created_at(self, name: str) -> float | None:
-        """When the Job was created (``time.time()``)."""
-        return self._api.jobs.created_at.get(name)
+    def job_lifetime(self, name: str) -> tuple[float, float | None]:
+        """When the Job was created and when a DELETE of it came, by ``time.time()``."""
+        return self._api.jobs.created_at[name], self._api.jobs.deleted_at.get(name)
 
     def batch_v1(self) -> Any:
         """A ``kubernetes.client.BatchV1Api`` for this cluster."""

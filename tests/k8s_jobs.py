@@ -188,6 +188,7 @@ class JobController:
         self.api, self.jobs_resource, self.pods_resource = api, jobs, pods
         self.tasks: set[asyncio.Task[None]] = set()
         self.created_at: dict[str, float] = {}  # job name -> time.time() of its creation
+        self.deleted_at: dict[str, float] = {}  # job name -> time.time() of its DELETE
 
     def start(self, job: dict[str, Any]) -> None:
         meta = job["metadata"]
@@ -393,6 +394,7 @@ class JobController:
         if obj is None:
             return None
         raw, uid = copy.deepcopy(obj.raw), obj["metadata"]["uid"]
+        self.deleted_at.setdefault(key[1], time.time())
         job = _Tracked(key, uid)
         dependents = await self._owned(job)
         if policy == "Orphan":
@@ -423,6 +425,3 @@ class JobController:
                 await asyncio.wait_for(changed.wait(), 1.0)
         if remove_job:
             await self.api.remove(self.jobs_resource, job.key, job.uid)
-
-    def when_created(self, name: str) -> float | None:
-        return self.created_at.get(name)
