@@ -57,3 +57,17 @@ def test_kill_deletes_the_job_and_its_pods(cluster: LocalCluster):
     for name in pods:
         assert cluster.lifetime(name)[1] is not None  # its process ended
     op.on_kill()  # again, as a timeout after a kill does: nothing left, nothing raised
+
+
+@pytest.mark.parametrize(("version", "per_index"), [("1.28", False), ("1.33", True)])
+def test_the_servers_version_decides_backoff_limit_per_index(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, version: str, per_index: bool
+):
+    from provider.compute.kubernetes_job import supports_backoff_limit_per_index
+    from provider.operators.targets.job_operator import server_version
+
+    with LocalCluster(tmp_path, version=version) as cluster:
+        monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", cluster.airflow_connection_json())
+        major, minor = server_version("kubernetes_default")
+    assert f"{major}.{minor}" == version
+    assert supports_backoff_limit_per_index(major, minor) is per_index
