@@ -159,9 +159,10 @@ class JobProgress:
         self.logged = now
         self.progress.log_line(self.done, self.failed_items)
         self.run.log.info(
-            "job %s: %d pods running, %d succeeded, %d failed",
+            "job %s: %d pods active (%d running), %d succeeded, %d failed",
             state.name,
             state.active,
+            state.ready,
             state.succeeded,
             state.failed,
         )
