@@ -42,6 +42,7 @@ INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 FAILURE_COUNT = "batch.kubernetes.io/job-index-failure-count"
 MAX_INT32 = 2**31 - 1
 MAX_INDEXED_PARALLELISM = 100_000
+COMPLETIONS_SOFT_LIMIT = 100_000  # above it, backoffLimitPerIndex needs maxFailedIndexes
 RETRY_BACKOFF_SECONDS = 0.2
 _DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
 
@@ -79,6 +80,12 @@ def _job_problems(name: str, spec: dict[str, Any]) -> Iterator[str]:
             yield (
                 f"spec.parallelism: Invalid value: {parallelism}: must be less than or equal to "
                 f"{MAX_INDEXED_PARALLELISM} when completion mode is Indexed"
+            )
+        over = (completions or 0) > COMPLETIONS_SOFT_LIMIT and "backoffLimitPerIndex" in spec
+        if over and spec.get("maxFailedIndexes") is None:
+            yield (
+                "spec.maxFailedIndexes: Required value: must be specified when completions "
+                f"is above {COMPLETIONS_SOFT_LIMIT}"
             )
         hostname = f"{name}-{(completions or 1) - 1}"
         if completions and not (len(hostname) <= 63 and re.fullmatch(_DNS_LABEL, hostname)):

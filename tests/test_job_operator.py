@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -71,3 +72,17 @@ def test_the_servers_version_decides_backoff_limit_per_index(
         major, minor = server_version("kubernetes_default")
     assert f"{major}.{minor}" == version
     assert supports_backoff_limit_per_index(major, minor) is per_index
+
+
+def test_a_job_the_api_server_refuses_is_reported_in_its_words(cluster: LocalCluster):
+    op = sleeping_job(cluster)
+    op.completions = 100_001  # with backoffLimitPerIndex, the API wants maxFailedIndexes too
+    report = op.run_indexed(None, lambda state: None)
+    assert report.start_failure is not None
+    assert re.fullmatch(
+        r'the API server refused job job-sleepy-\w+: Job.batch "job-sleepy-\w+" is invalid: '
+        r"spec.maxFailedIndexes: Required value: must be specified when completions is above "
+        r"100000",
+        report.start_failure,
+    ), report.start_failure
+    assert cluster.jobs() == [] and cluster.pods() == []

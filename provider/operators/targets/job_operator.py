@@ -10,6 +10,7 @@ fails the Job in seconds, with the reason), then now and then, and the logs of p
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,9 +81,16 @@ class FlowJobOperator(KubernetesJobOperator):
     def run_indexed(self, context: Any, on_state: Callable[[JobState], None]) -> JobReport:
         """Create the Job, watch it to its end (``on_state`` sees each reading), delete it."""
         self.name = self._set_name(self.name)
-        self.job_request_obj = self.build_job_request_obj(context)
-        self.job = self.create_job(self.job_request_obj)  # set before anything can kill it
-        name = self.job.metadata.name
+        self.job_request_obj = request = self.build_job_request_obj(context)
+        try:
+            self.job = self.create_job(request)  # set before anything can kill it
+        except ApiException as exc:
+            if not 400 <= (exc.status or 0) < 500:
+                raise
+            refused = f"the API server refused job {request.metadata.name}: {_message(exc)}"
+            self.log.error("%s", refused)
+            return JobReport(JobState(request.metadata.name), start_failure=refused)
+        name = request.metadata.name
         self.log.info(
             "job %s: %d pods, %d at a time (%s)",
             name,
@@ -184,6 +192,14 @@ class FlowJobOperator(KubernetesJobOperator):
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+def _message(exc: ApiException) -> str:
+    """The API server's own words from an error response (its Status ``message``)."""
+    try:
+        return str(json.loads(exc.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"
 
 
 class _OfflineHook:
