@@ -9,7 +9,7 @@ from __future__ import annotations
 from airflow.sdk import dag
 from flow_helpers import polynomial
 
-from provider import Resources, Retry, flow_params, flow_task
+from provider import Resources, Retry, flow_params, flow_task, record_run_state
 
 SCALE = 10  # a module-level constant the tasks read: the DAG module is pickled by value
 
@@ -19,7 +19,15 @@ def shard_bounds(n_shards: int, size: int) -> list[tuple[int, int]]:
     return [(i * step, (i + 1) * step) for i in range(n_shards)]
 
 
-@dag(schedule=None, catchup=False, params=flow_params(tags=["example"]), tags=["flowtask"])
+@dag(
+    schedule=None,
+    catchup=False,
+    params=flow_params(tags=["example"]),
+    tags=["flowtask"],
+    # Record the run's end, so `flowtask runs` and provider.client know when it finished.
+    on_success_callback=record_run_state,
+    on_failure_callback=record_run_state,
+)
 def flow_fanout():
     @flow_task(resources=Resources(cpu="500m", memory="512Mi"))
     def list_shards(n_shards: int) -> list[tuple[int, int]]:

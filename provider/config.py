@@ -214,7 +214,7 @@ DEFAULT_FOREACH_MAX_PARALLEL = 100
 
 
 def foreach_max_parallel() -> int:
-    """How many pods or Batch children of a ``.foreach`` run at once, unless the task says."""
+    """How many pods of a ``.foreach`` on Kubernetes run at once, unless the task says."""
     from provider.specs.foreach import MAX_PARALLEL
 
     raw = _get("foreach_max_parallel", str(DEFAULT_FOREACH_MAX_PARALLEL))

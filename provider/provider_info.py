@@ -187,9 +187,10 @@ def get_provider_info() -> dict[str, Any]:
                         "kubernetes_ml",
                     ),
                     "foreach_max_parallel": _option(
-                        "How many pods (Kubernetes) or array children (Batch) of a .foreach run "
-                        "at once when its ForeachOptions(max_parallel=...) says nothing. "
-                        "Locally the default is the CPU count.\n",
+                        "How many pods of a .foreach on Kubernetes run at once (its Indexed "
+                        "Job's parallelism) when its ForeachOptions(max_parallel=...) says "
+                        "nothing. Locally the default is the CPU count; Batch submits every "
+                        "chunk at once.\n",
                         "100",
                         "500",
                         kind="integer",

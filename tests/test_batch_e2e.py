@@ -6,6 +6,7 @@ command as a local subprocess -> the artifact store in the same moto server's S3
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import statistics
 from typing import Any
@@ -99,7 +100,8 @@ def test_example_dag_runs_as_batch_jobs_through_a_lost_host_and_an_oom(
     assert first["statusReason"] == HOST_TERMINATED and second["container"]["exitCode"] == 0
     [hog] = [j for j in jobs.values() if j.name.startswith("flowtask-fit_in_memory-")]
     [attempt] = hog.attempts  # the retry strategy EXITs on anything but a lost host
-    assert attempt["container"]["reason"] == OOM and hog.retry_strategy["attempts"] == 3
+    assert attempt["container"]["reason"] == OOM
+    assert hog.retry_strategy["attempts"] == 4  # 1 + Retry(infra=3), the default
     assert run.output.count("scoring 1000 values") == 3  # the retried attempt's log too
 
     # One job definition per distinct content, looked up before registering.
@@ -138,3 +140,74 @@ def test_example_dag_runs_as_batch_jobs_through_a_lost_host_and_an_oom(
         f"jobs ({', '.join(f'{w:.2f}' for w in sorted(waits))}); SubmitJob {sizes} bytes"
     )
     assert len(waits) == 5 and 0 < statistics.median(waits) < 30
+
+
+def test_example_flow_foreach_runs_as_array_jobs_through_a_lost_host_a_caught_item_and_a_retry(
+    dags_test: DagsTest, batch: LocalBatch
+):
+    """`.foreach` on Batch: 10,000 items of `score` as one array job of 20 children (the first
+    to start loses its Spot host: Batch runs that child again); `parse` fails items on its first
+    try, and the retry re-runs only the two chunks with failed items, where a malformed record
+    fails again and is caught."""
+    batch.inject("host_termination", job_name="flowtask-score-*", after=0.2)
+    run = dags_test("flow_foreach", conf={"flow_compute": "batch"}, **_batch_env(batch, "fe"))
+    assert run.returncode == 0, run.output[-8000:]
+    store = _store(batch, "fe")
+    tasks = _manifests(store, "flow_foreach")
+    assert _try_numbers(run.home, "flow_foreach") == {
+        "list_items": [1],
+        "score": [1],  # the lost host cost no Airflow retry
+        "summarize": [1],
+        "parse": [2],
+        "check": [1],
+    }
+    assert [m["status"] for m in tasks["parse"]] == ["failed", "succeeded"]
+    assert (
+        "2 of 100 items failed: [13] builtins.ValueError" in tasks["parse"][0]["error"]["message"]
+    )
+
+    def submitted(task: str) -> list[dict[str, Any]]:
+        return [r for r in batch.requests if r["jobName"].startswith(f"flowtask-{task}-")]
+
+    [score] = submitted("score")
+    assert score["arrayProperties"] == {"size": 20}
+    assert score["containerOverrides"]["command"][-2:] == ["--chunks", "0-19"]
+    [single] = submitted("summarize")
+    assert score["jobDefinition"] == single["jobDefinition"]  # one definition for both
+    first, retry = submitted("parse")
+    assert (first["arrayProperties"], retry["arrayProperties"]) == ({"size": 4}, {"size": 2})
+    assert retry["containerOverrides"]["command"][-2:] == ["--chunks", "0,2"]
+    assert "100 items in 4 chunks of 25; 2 chunks to run (2 done by an earlier try)" in run.output
+
+    children = [job for job in batch.history if job.name == score["jobName"]]
+    assert sorted(job.array_index for job in children) == list(range(20))
+    [lost] = [job for job in children if len(job.attempts) > 1]
+    assert lost.attempts[0]["statusReason"] == HOST_TERMINATED
+    plan = tasks["score"][0]["foreach"]
+    chunks = [store.read_manifest(f"{plan['prefix']}/{c:06d}.json") for c in range(20)]
+    assert all(c["ran"] == 500 and c["status"] == "succeeded" for c in chunks)
+    parse_plan = tasks["parse"][1]["foreach"]["prefix"]
+    reran = {c: store.read_manifest(f"{parse_plan}/{c:06d}.json") for c in range(4)}
+    assert {c: (m["try_number"], m["ran"]) for c, m in reran.items()} == {
+        0: (2, 1),  # r13 alone, failed again: caught
+        1: (1, 25),
+        2: (2, 1),  # r60 alone, healed
+        3: (1, 25),
+    }
+    assert re.search(r"foreach: \d+/10000 items done, 0 failed", run.output)
+    assert re.search(r"Batch children: .*20 SUCCEEDED \(1 jobs\)", run.output)
+    # One child's CloudWatch log is followed: parse's first, whose chunk holds r13.
+    assert "] flowtask foreach: item 13 failed:" in run.output
+    assert_gc_keeps_everything_reachable(store, {})
+
+    # Submit -> the first child running, its function starting, and the last chunk's manifest.
+    [parent] = [job for job in batch.jobs if job.job_name == score["jobName"] and job.children]
+    created = batch.describe(parent.job_id)["createdAt"] / 1000
+    running = min(job.attempts[0]["startedAt"] for job in children) / 1000 - created
+    function = min(c["started_at"] for c in chunks) - created
+    last = max(c["finished_at"] for c in chunks) - created
+    print(
+        f"BATCH FOREACH 10000 items, 20 chunks: submit -> first child RUNNING {running:.2f}s, "
+        f"its function {function:.2f}s, last chunk manifest {last:.2f}s; SubmitJob "
+        f"{len(json.dumps(score))} bytes"
+    )

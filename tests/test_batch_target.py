@@ -7,8 +7,11 @@ runtime as a local subprocess, exactly as a container would.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -19,6 +22,7 @@ import pytest
 from batch_cluster import LocalBatch
 
 from provider import Environment, TaskSpec
+from provider.operators.by_value import pickled_by_value
 from provider.operators.targets import Outcome, TaskRun, compute_target
 from provider.operators.targets.batch import batch_operator
 from provider.operators.targets.batch_jobs import (
@@ -393,3 +397,257 @@ def test_a_job_that_cannot_be_tagged_is_still_terminated():
             "tags": {STOPPED_TAG: "true"},
         },
     )
+
+
+# --- .foreach: array jobs ------------------------------------------------------------------
+
+
+def foreach_run(
+    store: ArtifactStore,
+    function: Callable[..., Any],
+    items: list[Any],
+    chunk_size: int,
+    *,
+    spec: TaskSpec | None = None,
+    try_number: int = 1,
+    run_id: str | None = None,
+) -> TaskRun:
+    """One try of a ``.foreach`` flow task over ``items``, its payload and plan stored as the
+    operator stores them."""
+    from provider.runtime.foreach import ForeachPlan
+
+    run = task_run(store, function, spec=spec, try_number=try_number, run_id=run_id)
+    plan = ForeachPlan(
+        argument="item",
+        items=store.put(items).to_json(),
+        length=len(items),
+        chunk_size=chunk_size,
+        prefix=f"{run.manifest_key.rsplit('/', 2)[0]}/foreach/plan",
+    )
+    payload = store.get(run.payload)
+    with pickled_by_value(function):
+        ref = store.put_at(
+            payload_key(run.manifest_key),
+            dataclasses.replace(payload, foreach=plan),
+            by_value=True,
+        )
+    return dataclasses.replace(run, payload=ref, foreach=plan)
+
+
+def results(store: ArtifactStore, plan: Any) -> list[Any]:
+    from provider.runtime.foreach import load_chunk_results
+
+    values = []
+    for chunk in range(plan.chunks):
+        manifest = store.read_manifest(plan.chunk_key(chunk))
+        values += load_chunk_results(store, manifest["result"])
+    return values
+
+
+def double(item: int) -> int:
+    import os
+
+    print(f"doubling {item} on attempt {os.environ['AWS_BATCH_JOB_ATTEMPT']}")
+    return 2 * item
+
+
+def test_a_foreach_is_one_array_job_whose_children_batch_retries_alone(
+    batch: LocalBatch,
+    store: ArtifactStore,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Four chunks, one array job of the single job's definition and retry strategy: the first
+    child to start loses its host (Batch runs it again), the second runs out of memory (no
+    manifest: the outcome names Batch's reason)."""
+    from provider.operators.foreach import gather
+    from provider.operators.targets import batch_foreach
+    from provider.operators.targets.batch import batch_requests
+
+    monkeypatch.setattr(batch_foreach, "PROGRESS_EVERY", 0.0)
+    batch.inject("host_termination", job_name="flowtask-double-*", after=0.3)
+    batch.inject("oom", job_name="flowtask-double-*")
+    run = foreach_run(store, double, list(range(8)), chunk_size=2)
+    target = compute_target("batch")
+    target.check(run.spec)
+    target.prepare(run)
+    with caplog.at_level(logging.INFO, logger="flowtask.test"):
+        outcome = target.run_foreach(run, [0, 1, 2, 3], {})
+
+    [request] = batch.requests
+    assert request["arrayProperties"] == {"size": 4}
+    command = request["containerOverrides"]["command"]
+    assert command[command.index("--") + 1] == "foreach"
+    assert command[-4:] == ["--chunk-env", "AWS_BATCH_JOB_ARRAY_INDEX", "--chunks", "0-3"]
+    single, _ = batch_requests(run.spec, **target._launch)
+    assert request["jobDefinition"] == single["jobDefinitionName"]  # the single job's
+    assert request["retryStrategy"]["evaluateOnExit"][0] == {
+        "onStatusReason": "Host EC2*",
+        "action": "RETRY",
+    }
+    children = sorted(batch.history, key=lambda job: job.array_index or 0)
+    assert [child.array_index for child in children] == [0, 1, 2, 3]
+    attempts = sorted(len(child.attempts) for child in children)
+    assert attempts == [1, 1, 1, 2]  # the lost host: that child alone, by Batch
+    [oom] = [child for child in children if child.status == "FAILED"]
+    assert outcome.failure == (
+        f"1 Batch child wrote no result: chunk {oom.array_index} (items "
+        f"{2 * oom.array_index}-{2 * oom.array_index + 1}): Batch job "
+        f"{request['jobName']} ({oom.job_id}) ran out of memory (limit 4096 MiB); give the "
+        "task more with Resources(memory=...)"
+    )
+    done = [c for c in range(4) if c != oom.array_index]
+    for chunk in done:
+        manifest = store.read_manifest(run.foreach.chunk_key(chunk))
+        assert store.get(manifest["result"]) == [4 * chunk, 4 * chunk + 2]
+    log = caplog.text
+    assert "foreach: 6/8 items done, 0 failed" in log
+    assert re.search(r"Batch children: (\d+ \w+, )*3 SUCCEEDED, 1 FAILED \(1 jobs\)", log)
+    assert f"the end of the log of Batch child {oom.job_id}" in log
+    # Child 0's CloudWatch log is followed live; which child the injected fault hits depends
+    # on which starts first: a child killed for memory may end before its first line.
+    followed = capfd.readouterr().out
+    assert "] doubling" in followed or oom.array_index == 0, followed[-2000:]
+    # The try's error, as the operator gathers it, says why in Batch's words.
+    manifest = gather(
+        store,
+        run.foreach,
+        run.manifest_key,
+        run.identity,
+        catching=False,
+        started=0.0,
+        unreported=outcome.failure,
+    )
+    assert manifest["error"]["message"] == (
+        f"1 chunks never reported (items {2 * oom.array_index}-{2 * oom.array_index + 1}): "
+        f"{outcome.failure}; a retry re-runs only these"
+    )
+
+
+def test_max_parallel_keeps_that_many_chunks_in_flight(batch: LocalBatch, store: ArtifactStore):
+    """Batch has no per-array concurrency knob: under max_parallel=1 each chunk is submitted
+    when the one before it ended (a plain job each)."""
+    spec = TaskSpec.build(compute="batch", foreach={"max_parallel": 1})
+    run = foreach_run(store, double, list(range(3)), chunk_size=1, spec=spec)
+    target = compute_target("batch")
+    target.prepare(run)
+    outcome = target.run_foreach(run, [0, 1, 2], {})
+
+    assert outcome.failure is None and results(store, run.foreach) == [0, 2, 4]
+    assert [r["containerOverrides"]["command"][-2:] for r in batch.requests] == [
+        ["--chunk", "0"],
+        ["--chunk", "1"],
+        ["--chunk", "2"],
+    ]
+    assert not any("arrayProperties" in r for r in batch.requests)
+    jobs = [batch.run_of(job.job_id) for job in target._watch.jobs]
+    for earlier, later in itertools.pairwise(jobs):
+        assert earlier.attempts[-1]["stoppedAt"] <= batch.describe(later.job_id)["createdAt"]
+
+
+def test_a_later_try_reattaches_to_the_array_job_a_dead_worker_left_and_runs_the_rest(
+    batch: LocalBatch, store: ArtifactStore
+):
+    """Try 1 submitted chunks 0-1 (of 0-2) and died; try 2 watches that array job instead of
+    submitting another, and submits only chunk 2."""
+    from provider.compute.batch_array import ChunkJob
+    from provider.operators.targets.batch import batch_requests
+
+    batch.slots.acquire()  # the compute environment is full until try 2 watches
+    batch.slots.acquire()
+    try:
+        first = foreach_run(store, double, [1, 2, 3], chunk_size=1, run_id="manual__again")
+        dead = compute_target("batch")
+        dead.prepare(first)
+        _, request = batch_requests(
+            first.spec, **dead._launch, foreach=ChunkJob(first.foreach.prefix, (0, 1))
+        )
+        op = batch_operator("double", request)
+        job_definition_arn(op.hook.client, dead._definition)
+        op.submit_job({})
+        second = foreach_run(
+            store, double, [1, 2, 3], chunk_size=1, try_number=2, run_id="manual__again"
+        )
+        target = compute_target("batch")
+        target.prepare(second)
+        outcomes: list[Outcome] = []
+        watcher = threading.Thread(
+            target=lambda: outcomes.append(target.run_foreach(second, [0, 1, 2], {}))
+        )
+        watcher.start()
+        deadline = time.monotonic() + 30
+        while len(batch.requests) < 2:
+            assert time.monotonic() < deadline, "try 2 submitted nothing"
+            time.sleep(0.02)
+    finally:
+        batch.slots.release()
+        batch.slots.release()
+    watcher.join(60)
+
+    [outcome] = outcomes
+    assert outcome.failure is None and results(store, second.foreach) == [2, 4, 6]
+    assert [r["containerOverrides"]["command"][-2:] for r in batch.requests] == [
+        ["--chunks", "0-1"],
+        ["--chunk", "2"],
+    ]
+    assert target._watch.jobs[0].job_id == op.job_id  # watched, not submitted again
+    with pytest.raises(MissingArtifact):  # the dead try's payload is gone with its job
+        store.get(first.payload)
+
+
+def test_kill_terminates_every_child_and_no_later_try_reattaches(
+    batch: LocalBatch, store: ArtifactStore
+):
+    from provider.operators.targets.batch_jobs import running_jobs
+
+    run = foreach_run(store, slow, [60, 60, 60], chunk_size=1)
+    target = compute_target("batch")
+    target.prepare(run)
+    outcomes: list[Outcome] = []
+    watcher = threading.Thread(
+        target=lambda: outcomes.append(target.run_foreach(run, [0, 1, 2], {}))
+    )
+    watcher.start()
+    deadline = time.monotonic() + 30
+    while sum(job.status == "RUNNING" for job in batch.jobs) < 2:
+        assert time.monotonic() < deadline, "the children did not start"
+        time.sleep(0.02)
+    target.kill()
+    [parent] = [job for job in batch.jobs if job.children]
+    assert batch.describe(parent.job_id)["tags"][STOPPED_TAG] == "true"
+    assert running_jobs(batch.client("batch"), batch.queue, parent.job_name, store) == []
+    watcher.join(30)
+    [outcome] = outcomes
+    assert outcome.failure is not None
+    assert outcome.failure.startswith("3 Batch children wrote no result: chunk 0 (item 0): ")
+    assert "stopped by Airflow" in outcome.failure
+    assert {batch.describe(f"{parent.job_id}:{i}")["status"] for i in range(3)} == {"FAILED"}
+
+
+def test_a_foreach_over_no_items_prepares_without_a_job(batch: LocalBatch, store: ArtifactStore):
+    run = foreach_run(store, double, [], chunk_size=1)
+    target = compute_target("batch")
+    target.prepare(run)
+    assert "arrayProperties" not in target._request and batch.requests == []
+
+
+def test_a_chunk_counts_as_reported_once_this_try_wrote_its_manifest(tmp_path: Any):
+    """A retry's chunk still has the manifest of the try before (with its failed items): it is
+    answered only once rewritten, so a child that dies on the retry is not taken for done."""
+    from provider.operators.targets.batch_foreach import ChunkReports
+    from provider.runtime.foreach import ForeachPlan
+
+    store = open_store((tmp_path / "store").as_uri())
+    plan = ForeachPlan("item", {}, 6, 2, "runs/d/r/t/-1/foreach/p")
+    store.write_manifest(plan.chunk_key(1), {"finished_at": 1.0, "failed": [{"index": 3}]})
+    reports = ChunkReports(store, plan, [1, 2])
+    reports.refresh()
+    assert reports.answered == {}
+    store.write_manifest(plan.chunk_key(2), {"finished_at": 5.0, "failed": []})
+    store.write_manifest(plan.chunk_key(0), {"finished_at": 5.0, "failed": []})  # not ours
+    reports.refresh()
+    assert reports.answered == {2: 0}
+    store.write_manifest(plan.chunk_key(1), {"finished_at": 6.0, "failed": [{"index": 3}]})
+    reports.refresh()
+    assert reports.answered == {1: 1, 2: 0} and reports.failed_items == 1

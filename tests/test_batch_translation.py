@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from provider import BatchOptions, Environment, Resources, SpecError, TaskSpec
+from provider import BatchOptions, Environment, Resources, Retry, SpecError, TaskSpec
 from provider.compute.batch import (
     job_definition_request,
     job_name,
@@ -23,7 +23,15 @@ from provider.compute.batch import (
     submit_job_request,
     tag_text,
 )
-from provider.compute.batch_status import describe_job_failure, job_exit_code, log_streams
+from provider.compute.batch_array import ChunkJob, chunk_jobs, describe_lost_chunks
+from provider.compute.batch_status import (
+    describe_job_failure,
+    job_exit_code,
+    log_location,
+    log_streams,
+    short_reason,
+)
+from provider.compute.command import foreach_args
 
 GOLDEN = Path(__file__).parent / "golden" / "batch"
 IDENTITY = {
@@ -37,6 +45,8 @@ IDENTITY = {
 }
 COMMAND = ["python3", "-c", "<bootstrap>", "--", "run"]
 MANIFEST = "runs/train_models/manual/fit/-1/1/result.json"
+PLAN = "runs/train_models/manual/fit/-1/foreach/0123456789abcdef"
+PAYLOAD = {"uri": "s3://flow-artifacts/prod/runs/train_models/manual/fit/-1/1/payload.pickle"}
 STORE = "s3://flow-artifacts/prod"
 ROLE = "arn:aws:iam::123456789012:role/flow-job"
 EXECUTION_ROLE = "arn:aws:iam::123456789012:role/flow-execution"
@@ -89,20 +99,28 @@ MATRIX: dict[str, dict[str, Any]] = {
 }
 
 
-def requests(spec: TaskSpec, identity: dict[str, Any] = IDENTITY) -> dict[str, Any]:
+def requests(
+    spec: TaskSpec, identity: dict[str, Any] = IDENTITY, foreach: ChunkJob | None = None
+) -> dict[str, Any]:
     options = spec.batch if spec.batch.queue else spec.batch.over(QUEUE)
     definition = job_definition_request(
         spec, image=spec.environment.image or "python:3.11-slim", options=options
     )
+    command = COMMAND  # a foreach job's runs chunks, picked by the array index
+    if foreach is not None:
+        runtime = foreach_args(STORE, PAYLOAD, foreach.runtime_mode)
+        runtime[runtime.index("--python") + 1] = "<the worker's X.Y>"
+        command = [*COMMAND[:-1], *runtime]
     submit = submit_job_request(
         spec,
         identity=identity,
-        command=COMMAND,
+        command=command,
         options=options,
         job_definition=definition["jobDefinitionName"],
         store_uri=STORE,
         manifest_key=MANIFEST,
         env={"AWS_DEFAULT_REGION": "us-east-1"},
+        foreach=foreach,
     )
     return {"register_job_definition": definition, "submit_job": submit}
 
@@ -155,12 +173,19 @@ def test_overrides_ecs_would_refuse_are_refused_before_submitting():
 def test_batch_retries_a_lost_host_only():
     strategy = requests(TaskSpec(compute="batch"))["submit_job"]["retryStrategy"]
     assert strategy == {
-        "attempts": 3,
+        "attempts": 4,  # the first, and Retry(infra=3) more when the host is lost
         "evaluateOnExit": [
             {"onStatusReason": "Host EC2*", "action": "RETRY"},
             {"onReason": "*", "action": "EXIT"},
         ],
     }
+
+
+def test_retry_infra_sets_how_often_batch_tries_a_lost_host_again():
+    spec = TaskSpec(compute="batch", retry=Retry(infra=0))
+    assert requests(spec)["submit_job"]["retryStrategy"]["attempts"] == 1
+    spec = TaskSpec(compute="batch", retry=Retry(infra=5), batch=BatchOptions(attempts=2))
+    assert requests(spec)["submit_job"]["retryStrategy"]["attempts"] == 2  # the options win
 
 
 def test_the_job_name_is_one_per_task_instance():
@@ -201,6 +226,7 @@ def _attempt(status_reason: str, **container: Any) -> dict[str, Any]:
 
 EXITED = "Essential container in task exited"
 HOST = "Host EC2 (instance i-0123456789abcdef0) terminated."
+OOM = "OutOfMemoryError: Container killed due to memory usage"
 
 
 @pytest.mark.parametrize(
@@ -267,3 +293,109 @@ def test_exit_code_and_log_streams_follow_the_attempts():
     assert log_streams(job) == ["fit/default/a", "fit/default/b"]
     assert job_exit_code(_job("FAILED", _attempt(HOST))) is None
     assert log_streams(_job("RUNNABLE")) == []
+
+
+# --- .foreach: array jobs --------------------------------------------------------------------
+
+
+def test_foreach_requests_match_golden():
+    """A foreach over 20 chunks: one array job of the single job's definition and retries."""
+    spec = TaskSpec.build(compute="batch", resources=Resources(cpu=2, memory="4Gi"))
+    [job] = chunk_jobs(PLAN, range(20))
+    rendered = requests(spec, foreach=job)
+    golden = GOLDEN / "foreach_array.json"
+    text = json.dumps(rendered, indent=2, sort_keys=True) + "\n"
+    if os.environ.get("FLOWTASK_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), f"{golden} differs; see the module docstring"
+    single = requests(spec)
+    assert rendered["register_job_definition"] == single["register_job_definition"]
+    submit = rendered["submit_job"]
+    assert submit["retryStrategy"] == single["submit_job"]["retryStrategy"]
+    assert submit["arrayProperties"] == {"size": 20}
+    assert submit["containerOverrides"]["command"][-4:] == [
+        "--chunk-env",
+        "AWS_BATCH_JOB_ARRAY_INDEX",
+        "--chunks",
+        "0-19",
+    ]
+    env = {v["name"]: v["value"] for v in submit["containerOverrides"]["environment"]}
+    assert env["FLOWTASK_FOREACH"] == PLAN and env["FLOWTASK_MANIFEST"] == MANIFEST
+
+
+def test_more_than_ten_thousand_chunks_make_several_array_jobs():
+    jobs = chunk_jobs(PLAN, range(25_000))
+    assert [job.array_size for job in jobs] == [10_000, 10_000, 5_000]
+    assert [job.runtime_mode[-1] for job in jobs] == ["0-9999", "10000-19999", "20000-24999"]
+    spec = TaskSpec(compute="batch")
+    sizes = [requests(spec, foreach=job)["submit_job"]["arrayProperties"] for job in jobs]
+    assert sizes == [{"size": 10_000}, {"size": 10_000}, {"size": 5_000}]
+    # Batch's arrays hold 2 to 10,000 children: one chunk left over is a plain job.
+    *_, last = chunk_jobs(PLAN, range(10_001))
+    assert last.array_size is None and last.runtime_mode == ["--chunk", "10000"]
+    plain = requests(spec, foreach=last)["submit_job"]
+    assert "arrayProperties" not in plain
+    assert plain["containerOverrides"]["command"][-2:] == ["--chunk", "10000"]
+    assert chunk_jobs(PLAN, []) == []
+
+
+def test_a_scattered_retry_is_split_so_each_chunk_list_stays_short():
+    """A retry of every other chunk would write 10,000 numbers; ECS takes 8,192 characters of
+    overrides in all, so the list is split into jobs of at most 512 characters each."""
+    from provider.runtime.foreach import format_chunks, parse_chunks
+
+    scattered = list(range(1, 20_000, 2))
+    jobs = chunk_jobs(PLAN, scattered)
+    texts = [format_chunks(job.chunks) for job in jobs]
+    assert all(len(text) <= 512 for text in texts) and max(map(len, texts)) > 500
+    assert [chunk for text in texts for chunk in parse_chunks(text)] == scattered
+    assert [c for job in chunk_jobs(PLAN, [*range(8), 9, *range(11, 30)]) for c in job.chunks] == [
+        *range(8),
+        9,
+        *range(11, 30),
+    ]
+    spec = TaskSpec(compute="batch")
+    from provider.compute.batch import MAX_CONTAINER_OVERRIDES, overrides_length
+
+    longest = max(jobs, key=lambda job: len(format_chunks(job.chunks)))
+    assert overrides_length(requests(spec, foreach=longest)["submit_job"]) < (
+        MAX_CONTAINER_OVERRIDES - 5000  # the bootstrap's source (COMMAND's <bootstrap>) fits
+    )
+
+
+def test_lost_chunks_are_described_in_batch_words_a_few_then_counted():
+    oom = _attempt(EXITED, exitCode=137, reason="OutOfMemoryError: Container killed")
+    detail = _job("FAILED", oom, jobId="j:3", statusReason=EXITED)
+    summaries = [
+        {"jobId": "j:4", "statusReason": EXITED, "container": {"exitCode": 137, "reason": OOM}},
+        {"jobId": "j:5", "statusReason": HOST},
+        {"jobId": "j:6", "statusReason": EXITED, "container": {"exitCode": 1}},
+        {"jobId": "j:7", "statusReason": EXITED, "container": {"exitCode": 137, "reason": OOM}},
+    ]
+    lost = [("chunk 3 (items 30-39)", detail)]
+    lost += [(f"chunk {i} (items {i}0-{i}9)", s) for i, s in enumerate(summaries, 4)]
+    assert describe_lost_chunks(lost, memory_mib=512, shown=2) == (
+        "5 Batch children wrote no result: chunk 3 (items 30-39): Batch job flowtask-fit-abc "
+        "(j:3) ran out of memory (limit 512 MiB); give the task more with Resources(memory=...); "
+        "chunk 4 (items 40-49): out of memory; and 3 more (1 host lost on the last attempt, "
+        "1 exit code 1, 1 out of memory)"
+    )
+    assert describe_lost_chunks([], memory_mib=512) is None
+    assert short_reason({"statusReason": "Job attempt duration exceeded timeout"}) == (
+        "over the Batch timeout"
+    )
+    assert short_reason({"statusReason": "flowtask: stopped by Airflow"}) == (
+        "flowtask: stopped by Airflow"
+    )
+
+
+def test_the_log_of_a_jobs_last_attempt():
+    job = _job(
+        "FAILED",
+        _attempt(HOST, logStreamName="fit/default/a"),
+        _attempt(EXITED, exitCode=1, logStreamName="fit/default/b"),
+    )
+    assert log_location(job) == ("/aws/batch/job", "fit/default/b")
+    job["container"]["logConfiguration"] = {"options": {"awslogs-group": "/flow"}}
+    assert log_location(job) == ("/flow", "fit/default/b")
+    assert log_location(_job("FAILED")) is None

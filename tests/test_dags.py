@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,9 +14,11 @@ import pytest
 from conftest import BUCKET, TEST_DAGS, DagsTest, aws_connection, s3_client
 from reachability import assert_gc_keeps_everything_reachable
 
+from provider.client import Flow
 from provider.store import is_reference, open_store
 
 pytestmark = pytest.mark.dags_test
+FLOWTASK = str(Path(sys.executable).parent / "flowtask")
 
 
 def _xcom_rows(home, dag_id: str) -> dict[str, object]:
@@ -72,6 +76,7 @@ def test_example_flow_fanout_with_tags_and_namespace(dags_test: DagsTest):
     tasks = _by_task(run.manifests("flow_fanout"))
     assert len(tasks["score"]) == 4
     assert sorted(m["map_index"] for m in tasks["score"]) == [0, 1, 2, 3]
+    scores = sorted(tasks["score"], key=lambda m: m["map_index"])
     assert all(
         m["tags"] == ["demo", "ci"] and m["namespace"] == "team:ml"
         for ms in tasks.values()
@@ -93,6 +98,11 @@ def test_example_flow_fanout_with_tags_and_namespace(dags_test: DagsTest):
     run_json = next((run.artifacts / "runs" / "flow_fanout").rglob("run.json"))
     assert json.loads(run_json.read_text())["tags"] == ["demo", "ci"]
     assert_gc_keeps_everything_reachable(run.artifacts, rows)
+    # Found again by tag through the client; its end recorded by the record_run_state callback.
+    (found,) = Flow("flow_fanout", run.artifacts.as_uri()).runs(["ci"], namespace="team:ml")
+    assert (found.tags, found.status, found.successful) == (("demo", "ci"), "success", True)
+    assert found["total"].data == {"shards": 4, "total": pytest.approx(expected)}
+    assert [task.data for task in found["score"]] == [store.get(m["result"]) for m in scores]
 
 
 def test_flow_tasks_pass_references_with_the_default_xcom_backend(dags_test: DagsTest):
@@ -117,6 +127,35 @@ def test_retry_heals_a_flaky_task_and_catch_hands_on_a_failure(dags_test: DagsTe
     rows = _xcom_rows(run.home, "flow_failures")
     assert rows["check[-1]"] == "caught builtins.ValueError: cannot handle healed"
     assert_gc_keeps_everything_reachable(run.artifacts, rows)
+    # Usage against the request: in the task log, and from `flowtask usage`.
+    assert re.search(
+        r"peak memory 3\d\d MiB is over the task's request \(100 MiB\): on "
+        r"Kubernetes or Batch it would be killed",
+        run.output,
+    )
+    assert re.search(
+        r"peak memory \d+ MiB is under a quarter of the request \(8.0 GiB\)", run.output
+    )
+    assert re.search(r"used \d+ MiB of 8.0 GiB memory, \d\.\d of 1 CPUs \(avg\)", run.output)
+    usage = subprocess.run(
+        [FLOWTASK, "usage", "flow_failures", "--json", "--store", run.artifacts.as_uri()],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    by_task = {row["task_id"]: row for row in json.loads(usage.stdout)}
+    hungry, roomy = by_task["hungry"], by_task["roomy"]
+    assert hungry["requested"] == {"cpu": 1.0, "memory_mib": 100, "gpu": 0}
+    assert hungry["used"]["peak_rss_mib"] > 300 and hungry["suggested"]["memory_mib"] >= 384
+    assert roomy["requested"]["memory_mib"] == 8192 and roomy["suggested"]["memory_mib"] == 256
+    assert set(by_task["flaky"]) == {
+        "task_id",
+        "map_index",
+        "try_number",
+        "requested",
+        "used",
+        "suggested",
+    }
 
 
 def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: DagsTest):
@@ -143,6 +182,17 @@ def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: Da
     assert "flow task locked cannot run: it cannot be sent to where it runs: the global 'LOCK'" in (
         run.output
     )
+    # A runtime killed by SIGKILL locally: most likely out of memory, and recorded so.
+    (killed,) = tasks["sigkilled"]
+    assert killed["failure_kind"] == "oom" and killed["exit_code"] == -9
+    assert (
+        "killed by SIGKILL: most likely the kernel's out-of-memory killer"
+        in (killed["error"]["message"])
+    )
+    assert killed["requested"]["memory_mib"] == 300
+    # Retry(on=(ConnectionError, TimeoutError)): a KeyError is not retried.
+    assert _try_numbers(run.home, "flow_fatal")["wrong"] == 1
+    assert "builtins.KeyError is not one of retry.on=" in run.output
     assert_gc_keeps_everything_reachable(run.artifacts, _xcom_rows(run.home, "flow_fatal"))
 
 

@@ -9,6 +9,9 @@ events). One deployment serves the whole module: starting it is the expensive pa
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,7 +74,10 @@ def test_plain_tasks_run_and_nothing_listens_beyond_loopback(deployment: Deploym
     assert all(ip == "127.0.0.1" for _, ip, _ in sockets), sockets
 
 
-def test_a_flow_task_that_imports_airflow_runs_under_the_scheduler(deployment: Deployment):
+@pytest.fixture(scope="module")
+def ui_tagged_run(deployment: Deployment) -> tuple[str, str]:
+    """deploy_imports_airflow triggered from the 'UI' with tags, run to its end: (run_id,
+    state). One run for the tests that check it: runs are the expensive part."""
     dag_id = "deploy_imports_airflow"
     api = deployment.api
     deployment.wait_for_dag(dag_id)
@@ -83,7 +89,15 @@ def test_a_flow_task_that_imports_airflow_runs_under_the_scheduler(deployment: D
     assert params["flow_compute"]["schema"]["values_display"]["null"] == "each task's own"
     # A trailing Enter in the tags field leaves an empty line: the run ignores it.
     form = {"flow_tags": ["ui", "deploy", ""], "flow_namespace": None}
-    run_id, state = run_to_end(deployment, dag_id, form)
+    return run_to_end(deployment, dag_id, form)
+
+
+def test_a_flow_task_that_imports_airflow_runs_under_the_scheduler(
+    deployment: Deployment, ui_tagged_run: tuple[str, str]
+):
+    dag_id = "deploy_imports_airflow"
+    api = deployment.api
+    run_id, state = ui_tagged_run
     log = api.task_log(dag_id, run_id, "hook_name")
     assert state == "success", (
         f"{api.task_states(dag_id, run_id)}; hook_name's log:\n{failure_lines(log)}"
@@ -94,6 +108,52 @@ def test_a_flow_task_that_imports_airflow_runs_under_the_scheduler(deployment: D
     assert manifest["status"] == "succeeded"
     assert manifest["namespace"] == f"user:{api.username}"
     assert manifest["tags"] == ["ui", "deploy"]
+
+
+FIND_BY_TAG = """
+import json, sys
+from provider.client import Flow
+
+(run,) = Flow("deploy_imports_airflow").runs(tags=["ui", "deploy"])  # namespace user:$FLOWTASK_USER
+print(json.dumps({
+    "run_id": run.run_id, "namespace": run.namespace, "tags": run.tags, "status": run.status,
+    "tasks": run.task_ids, "hook_name": run["hook_name"].data,
+    "airflow": sorted(m for m in sys.modules if m.split(".")[0] == "airflow"),
+}))
+"""
+
+
+def test_a_run_triggered_from_the_ui_is_found_by_tag_from_plain_python(
+    deployment: Deployment, ui_tagged_run: tuple[str, str]
+):
+    from provider.client import Flow
+
+    run_id, state = ui_tagged_run
+    assert state == "success"
+    store = deployment.artifacts.as_uri()
+    # The dag-processor runs the record_run_state callback once the scheduler saw the run end.
+    deployment.wait_until(
+        lambda: Flow("deploy_imports_airflow", store)[run_id].finished,
+        "the run's end in the run index",
+        timeout=60,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW__FLOW_TASK__ARTIFACT_STORE=store, FLOWTASK_USER=deployment.api.username)
+    proc = subprocess.run(
+        [sys.executable, "-c", FIND_BY_TAG], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert found["hook_name"].startswith("FSHook from airflow 3.")  # the artifact, loaded
+    assert found == {
+        "run_id": run_id,
+        "namespace": f"user:{deployment.api.username}",
+        "tags": ["ui", "deploy"],
+        "status": "success",
+        "tasks": ["hook_name"],
+        "hook_name": found["hook_name"],
+        "airflow": [],
+    }
 
 
 def test_marking_a_running_flow_task_failed_stops_its_runtime(

@@ -61,27 +61,28 @@ def test_a_chunk_from_an_index_variable_as_an_indexed_job_pod_runs_it(store):
     assert store.get(manifest["result"]) == [4.0, 4.5]
 
 
-def test_an_indexed_job_pods_command_runs_the_chunk_its_index_picks(store, tmp_path):
-    """The container command of an Indexed Job's pod: the bootstrap, then ``foreach``."""
+def test_a_chunk_through_the_bootstrap_as_an_array_child_runs_it(store, tmp_path):
+    """The container command of a Batch array job: the bootstrap hands the foreach arguments
+    (after ``--``) to the runtime, which picks its chunk by AWS_BATCH_JOB_ARRAY_INDEX."""
     from provider.compute import bootstrap_command, build_code_package
     from provider.operators.targets.code import store_code_package
 
     plan = _plan(store)
     ref = store.put_at(
-        payload_key(KEY), Payload(halve, identity={"try_number": 2}, foreach=plan), by_value=True
+        payload_key(KEY), Payload(halve, identity={"try_number": 1}, foreach=plan), by_value=True
     )
     code = store_code_package(store, build_code_package())
-    mode = ["--chunk-env", "JOB_COMPLETION_INDEX", "--chunks", format_chunks([0, 2])]
-    argv = bootstrap_command(store.root_uri, code, ref.to_json(), KEY, foreach=mode)
-    assert argv[argv.index("--") + 1] == "foreach" and "--manifest" not in argv
+    mode = ["--chunk-env", "AWS_BATCH_JOB_ARRAY_INDEX", "--chunks", "0,2"]
+    argv = bootstrap_command(
+        store.root_uri, code, ref.to_json(), KEY, python=sys.executable, foreach=mode
+    )
+    assert argv[argv.index("--") + 1 :][0] == "foreach" and argv[-4:] == mode
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTHON"))}
-    argv[0] = sys.executable
-    env = {**clean, "TMPDIR": str(tmp_path), "JOB_COMPLETION_INDEX": "1"}
+    env = {**clean, "TMPDIR": str(tmp_path), "AWS_BATCH_JOB_ARRAY_INDEX": "1"}
     proc = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    manifest = store.read_manifest(plan.chunk_key(2))  # index 1 of "0,2"
-    assert (manifest["start"], manifest["stop"], manifest["try_number"]) == (8, 10, 2)
-    assert list(store.list_manifests(plan.prefix)) == [plan.chunk_key(2)]
+    assert store.get(store.read_manifest(plan.chunk_key(2))["result"]) == [4.0, 4.5]
+    assert list(store.list_manifests(plan.prefix)) == [plan.chunk_key(2)]  # that chunk alone
 
 
 def test_a_rerun_chunk_runs_only_its_failed_items(store):

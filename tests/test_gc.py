@@ -308,25 +308,26 @@ def test_interrupted_writes_on_a_folder_are_found_and_removed(tmp_path, monkeypa
     kept, _, _ = _populate(store)
     _killed_writer(tmp_path, f"data/ab/{'ab' * 32}")
     _killed_writer(tmp_path, manifest_key("d", "r", "t", -1, 2))
+    _killed_writer(tmp_path, f"index/d/log/{'0' * 20}-{'a' * 16}.json")  # a run index event
     leftovers = sorted(p for p in tmp_path.rglob(".*.tmp-*"))
-    assert len(leftovers) == 2 and all(p.stat().st_size == 100_000 for p in leftovers)
+    assert len(leftovers) == 3 and all(p.stat().st_size == 100_000 for p in leftovers)
 
     young = collect_garbage(store, grace=timedelta(days=7), delete=True)
-    assert young.interrupted == [] and len(sorted(tmp_path.rglob(".*.tmp-*"))) == 2
+    assert young.interrupted == [] and len(sorted(tmp_path.rglob(".*.tmp-*"))) == 3
 
     later = time.time() + 8 * DAY
     report = collect_garbage(store, grace=timedelta(days=7), delete=False, now=later)
     assert sorted(w.key for w in report.interrupted) == sorted(
         p.relative_to(tmp_path).as_posix() for p in leftovers
     )
-    assert report.interrupted_bytes == 200_000 and report.interrupted_removed == 0
+    assert report.interrupted_bytes == 300_000 and report.interrupted_removed == 0
 
     monkeypatch.setattr(gc.time, "time", lambda: later)
     assert main(["gc", "--store", tmp_path.as_uri(), "--delete"]) == 0
     out = capsys.readouterr().out
     for path in leftovers:
         assert f"removed {path.as_uri()} 100000 B" in out
-    assert "2 interrupted writes older than 7 days, 0:00:00 (0.2 MiB): removed" in out
+    assert "3 interrupted writes older than 7 days, 0:00:00 (0.3 MiB): removed" in out
     assert list(tmp_path.rglob(".*.tmp-*")) == []
     assert store.get(kept) == "result of a task"
 

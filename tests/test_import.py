@@ -42,3 +42,10 @@ def test_runtime_and_store_import_without_airflow():
     modules = _modules_after("import provider.runtime.run, provider.runtime.__main__")
     assert not any(m == "airflow" or m.startswith("airflow.") for m in modules)
     assert _heavy(modules) == []
+
+
+def test_the_client_imports_without_airflow_or_boto3():
+    """A notebook needs only the store's credentials; boto3 comes with an s3:// store."""
+    modules = _modules_after("import provider.client, provider.client.cli")
+    assert not any(m == "airflow" or m.startswith("airflow.") for m in modules)
+    assert _heavy(modules) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import threading
 import time
 from datetime import datetime
@@ -94,6 +95,9 @@ def test_example_dag_runs_as_pods_passing_data_by_reference(
     assert not any(var.get("name") == "AWS_SECRET_ACCESS_KEY" for var in container["env"])
     assert "flow task finished in" in run.output and "flowtask bootstrap" not in run.output
     assert cluster.pods() == []  # every pod deleted when done
+    with sqlite3.connect(run.home / "airflow.db") as db:
+        keys = {key for (key,) in db.execute("SELECT DISTINCT key FROM xcom")}
+    assert "return_value" in keys and not keys & {"pod_name", "pod_namespace"}, keys
     # The code package the pods fetched is named by each try's launch manifest.
     launches = [key for key in store.backend.list("runs") if key.endswith("/launch.json")]
     packages = {store.read_manifest(key)["code_package"]["sha256"] for key in launches}
@@ -298,6 +302,9 @@ def _job_pods(cluster: LocalCluster, job: dict[str, Any]) -> list[dict[str, Any]
 def test_example_flow_foreach_runs_as_one_indexed_job(
     dags_test: DagsTest, cluster: LocalCluster, moto: Any
 ):
+    """2,000 items of `score` as one Indexed Job of 4 pods; `parse` fails items on its first
+    try, and the retry's Job runs only the two chunks with failed items, where a malformed
+    record fails again and is caught."""
     _secret(cluster, "flow-test-env", {"UNUSED": "1"})
     conf = {"flow_compute": "kubernetes", "n_items": 2000}
     run = dags_test("flow_foreach", conf=conf, **_cluster_env(cluster, moto, "e2e-k8s-foreach"))
@@ -312,10 +319,18 @@ def test_example_flow_foreach_runs_as_one_indexed_job(
         "prefix": score["foreach"]["prefix"],
         "failed": 0,
     }
-    (job,) = cluster.job_history  # one Job, whatever the number of items
+    jobs: dict[str, list[dict[str, Any]]] = {}
+    for submitted in cluster.job_history:
+        jobs.setdefault(submitted["metadata"]["labels"]["flowtask.io/task"], []).append(submitted)
+    (job,) = jobs["score"]  # one Job, whatever the number of items
+    # parse: a failed item caught, and a retry that ran only the chunks with failed items.
+    first, retry = jobs["parse"]
+    assert (first["spec"]["completions"], retry["spec"]["completions"]) == (4, 2)
+    assert retry["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == ["--chunks", "0,2"]
+    assert "100 items in 4 chunks of 25; 2 chunks to run (2 done by an earlier try)" in run.output
     spec = job["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 4, 4)
-    assert spec["backoffLimitPerIndex"] == 0  # Retry(times=0): no retry, in the Job or after
+    assert spec["backoffLimitPerIndex"] == 3  # Retry(infra=3), the default: lost pods run again
     container = spec["template"]["spec"]["containers"][0]
     assert container["command"][-2:] == ["--chunks", "0-3"]
     assert container["resources"]["requests"] == {"cpu": "1", "memory": "512Mi"}
@@ -330,7 +345,7 @@ def test_example_flow_foreach_runs_as_one_indexed_job(
     assert all(m["ran"] == 500 and m["status"] == "succeeded" for m in chunks)
     assert re.search(r"foreach: 2000/2000 items done, 0 failed", run.output)
     assert (
-        f"job {job['metadata']['name']}: 4 pods, 4 at a time (backoffLimitPerIndex=0)" in run.output
+        f"job {job['metadata']['name']}: 4 pods, 4 at a time (backoffLimitPerIndex=3)" in run.output
     )
     assert cluster.jobs() == [] and cluster.pods() == []  # the Job and its pods deleted when done
     created, deleted = cluster.job_lifetime(job["metadata"]["name"])
@@ -380,7 +395,7 @@ def test_foreach_jobs_retry_an_index_resume_failed_items_catch_and_explain_failu
     # hog: an index OOMKilled, with no retry left, fails the task naming it and why.
     (hog,) = jobs["hog"]
     assert re.search(
-        r"flow task hog failed: ForeachFailed: 1 chunks never reported \(items 3-5\) \(job "
+        r"flow task hog failed: ForeachFailed: 1 chunks never reported \(items 3-5\): job "
         rf"{hog['metadata']['name']} Failed: FailedIndexes: Job has failed indexes; 1 of 2 "
         rf"indexes did not succeed: index 1 \(chunk 1\): pod {hog['metadata']['name']}-1-\w+ "
         r"was OOMKilled: the container went over its memory limit \(160Mi\)",
@@ -391,8 +406,9 @@ def test_foreach_jobs_retry_an_index_resume_failed_items_catch_and_explain_failu
     # needs_secret: its pods cannot start; the Job fails and is deleted in seconds.
     (secret_job,) = jobs["needs_secret"]
     assert re.search(
-        r"flow task needs_secret failed: ForeachFailed: 2 chunks never reported \(items 0-0, 1-1\) "
-        r'\(pod job-needs-secret-\w+-\d-\w+ cannot start: secret "no-such-secret" not found\)',
+        r"flow task needs_secret failed: ForeachFailed: 2 chunks never reported "
+        r"\(items 0-0, 1-1\): pod job-needs-secret-\w+-\d-\w+ cannot start: "
+        r'secret "no-such-secret" not found;',
         out,
     ), out[-8000:]
     created, deleted = cluster.job_lifetime(secret_job["metadata"]["name"])

@@ -48,7 +48,7 @@ IDENTITY = {
 PENDING = [0, 1, 2, 5, 7]  # a retry's chunks: those without a stored result
 SPEC = TaskSpec.build(
     resources=Resources(cpu=2, memory="4Gi"),
-    retry=Retry(times=2),
+    retry=Retry(times=1, infra=2),
     timeout="1h",
     kubernetes=KubernetesOptions(
         tolerations=[{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
@@ -78,7 +78,7 @@ def render(
         identity["task_id"],
         chunks,
         max_parallel=spec.foreach.max_parallel or 100,
-        retries=spec.retry.times,
+        retries=spec.retry.infra,
         per_index=per_index,
     )
     op = FlowJobOperator(task_id=identity["task_id"], schedule_timeout=600, **kwargs)
@@ -270,21 +270,3 @@ def test_foreach_max_parallel_is_a_setting(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__FOREACH_MAX_PARALLEL", "0")
     with pytest.raises(ValueError, match=r"foreach_max_parallel='0' is invalid.*1 to 10000"):
         max_parallel(spec, local=False)
-
-
-def test_chunks_that_never_reported_are_explained_by_the_platform(tmp_path: Path):
-    from provider.operators.foreach import gather
-    from provider.runtime import Payload
-    from provider.runtime.foreach import ChunkRunner, ForeachPlan
-    from provider.store import open_store
-
-    store = open_store((tmp_path / "store").as_uri())
-    items = store.put([1, 2, 3, 4]).to_json()
-    plan = ForeachPlan("item", items, 4, 2, "runs/d/r/t/-1/foreach/p")
-    ChunkRunner(store, Payload(lambda item: item, foreach=plan), 1).run(0)
-    key = "runs/d/r/t/-1/1/result.json"
-    why = "job job-t-x Failed: index 1 (chunk 1): pod job-t-x-1-aaaaa was OOMKilled"
-    manifest = gather(store, plan, key, {}, catching=False, started=0, platform_failure=why)
-    assert manifest["error"]["message"] == (
-        f"1 chunks never reported (items 2-3) ({why}); a retry re-runs only these"
-    )

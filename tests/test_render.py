@@ -132,3 +132,69 @@ def test_render_a_foreach_prints_its_indexed_job_the_same_size_for_any_number_of
     assert abs(sizes[1] - sizes[0]) <= 8  # the digits of the counts, not the items
     with pytest.raises(RenderError, match=r"over an upstream's list.*pass --items N"):
         render_pod("flow_foreach", "score", compute="kubernetes", dags_folder=EXAMPLES)
+
+
+def test_render_a_foreach_task_prints_its_array_job(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """Its items come from an upstream task: their number, and so the array's size and chunk
+    list, are known when the task runs. (The CLI prints this, as for any Batch task.)"""
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
+    rendered = render_pod("flow_foreach", "score", compute="batch", dags_folder=EXAMPLES)
+    assert set(rendered) == {"register_job_definition", "submit_job"}
+    submit = rendered["submit_job"]
+    assert submit["arrayProperties"] == {"size": "<chunks: known when the task runs>"}
+    command = submit["containerOverrides"]["command"]
+    assert command[command.index("--") + 1] == "foreach"
+    assert command[-4:] == [
+        "--chunk-env",
+        "AWS_BATCH_JOB_ARRAY_INDEX",
+        "--chunks",
+        "<chunks: known when the task runs>",
+    ]
+
+
+FOREACH_DAG = """
+from airflow.sdk import dag
+from provider import flow_task
+
+
+@dag(schedule=None)
+def fan_out():
+    @flow_task
+    def score(item: int) -> int:
+        return item * 2
+
+    score.foreach(item=list(range({n})))
+
+
+fan_out()
+"""
+
+
+def test_a_foreach_submit_request_does_not_grow_with_its_items(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """10 items or 10,000: the items are in the store, never in the request, which differs
+    only in the array's size and its chunk list ("0-9" against "0-999")."""
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
+    submits, sizes = {}, {}
+    for n in (10, 10_000):
+        folder = tmp_path / f"dags_{n}"
+        folder.mkdir()
+        (folder / "fan_out.py").write_text(FOREACH_DAG.replace("{n}", str(n)))
+        submit = render_pod("fan_out", "score", compute="batch", dags_folder=folder)["submit_job"]
+        sizes[n] = len(json.dumps(submit))
+        command = submit["containerOverrides"]["command"]  # the DAG files differ in "10"
+        command[command.index("--code") + 1] = "<the DAG folder's code package>"
+        submits[n] = submit
+    print(f"FOREACH SubmitJob request: {sizes[10]} bytes for 10 items, {sizes[10_000]} for 10,000")
+    small, large = (len(json.dumps(submits[n])) for n in (10, 10_000))
+    assert submits[10]["arrayProperties"] == {"size": 10}
+    assert submits[10_000]["arrayProperties"] == {"size": 1000}  # chunks of 10 items
+    assert submits[10]["containerOverrides"]["command"][-1] == "0-9"
+    assert submits[10_000]["containerOverrides"]["command"][-1] == "0-999"
+    assert large - small == len("1000") - len("10") + len("0-999") - len("0-9")
+    assert max(sizes.values()) < 30 * 1024  # Batch's limit on a SubmitJob request

@@ -8,12 +8,13 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from provider.client import commands
 from provider.specs import SpecError, parse_duration
 from provider.store import StoreError, open_store
 from provider.store.gc import GcReport, collect_garbage
 from provider.store.store import RENEW_AFTER
 
-STORE_ENV = "AIRFLOW__FLOW_TASK__ARTIFACT_STORE"
+STORE_ENV = commands.STORE_ENV
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -111,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         "--items", type=int, help="for a .foreach: how many items (default: its literal list's)"
     )
     render.set_defaults(handler=_render)
+    commands.add_commands(sub, dict(os.environ))
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
-    except (SpecError, StoreError) as exc:
+    except (SpecError, StoreError, *commands.HANDLED) as exc:
         print(f"flowtask {args.command}: {exc}", file=sys.stderr)
         return 2
 

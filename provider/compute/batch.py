@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from provider.compute.batch_array import ChunkJob
 from provider.specs import (
     BatchOptions,
     Resources,
@@ -26,7 +27,7 @@ from provider.specs import (
     check_secrets_for,
     secret_variables,
 )
-from provider.specs.batch import DEFAULT_ATTEMPTS, MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS
+from provider.specs.batch import MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS
 
 JOB_DEFINITION_PREFIX = "flowtask-"
 # Every submission overrides these; Fargate needs a pair it offers even in the definition.
@@ -167,8 +168,10 @@ def job_environment(
     store_uri: str,
     manifest_key: str,
     env: Mapping[str, str] | None = None,
+    foreach: str | None = None,
 ) -> list[dict[str, str]]:
-    """``env`` (the store's endpoint and region), the task's variables, then the identity."""
+    """``env`` (the store's endpoint and region), the task's variables, then the identity (and
+    the ``.foreach`` plan the job runs chunks of, so a later try knows what it reattaches to)."""
     variables = {**(env or {}), **spec.environment.env_dict}
     for name in ("dag_id", "run_id", "task_id", "map_index", "try_number", "namespace"):
         variables[f"FLOWTASK_{name.upper()}"] = str(identity[name])
@@ -177,6 +180,8 @@ def job_environment(
         "FLOWTASK_MANIFEST": manifest_key,
         "PYTHONUNBUFFERED": "1",
     }
+    if foreach is not None:
+        variables["FLOWTASK_FOREACH"] = foreach
     return [{"name": k, "value": v} for k, v in sorted(variables.items())]
 
 
@@ -190,10 +195,12 @@ def submit_job_request(
     store_uri: str,
     manifest_key: str,
     env: Mapping[str, str] | None = None,
+    foreach: ChunkJob | None = None,
 ) -> dict[str, Any]:
     """``submit_job`` keyword arguments, as ``BatchOperator`` sends them (``parameters`` too).
 
-    ``spec`` and ``options`` have passed :func:`check_batch`.
+    ``spec`` and ``options`` have passed :func:`check_batch`. With ``foreach`` (whose
+    ``runtime_mode`` is in ``command``) it is an array job of its chunks, or a plain job of one.
     """
     resources = spec.resources
     requirements = [
@@ -203,7 +210,12 @@ def submit_job_request(
     if resources.gpu:
         requirements.append({"type": "GPU", "value": str(resources.gpu)})
     variables = job_environment(
-        spec, identity, store_uri=store_uri, manifest_key=manifest_key, env=env
+        spec,
+        identity,
+        store_uri=store_uri,
+        manifest_key=manifest_key,
+        env=env,
+        foreach=None if foreach is None else foreach.prefix,
     )
     request: dict[str, Any] = {
         "jobName": job_name(identity),
@@ -216,8 +228,11 @@ def submit_job_request(
             "environment": variables,
             "resourceRequirements": requirements,
         },
-        "retryStrategy": retry_strategy(options.attempts or DEFAULT_ATTEMPTS),
+        # A lost host is tried again Retry(infra=...) times, unless BatchOptions says otherwise.
+        "retryStrategy": retry_strategy(options.attempts or 1 + spec.retry.infra),
     }
+    if foreach is not None and foreach.array_size is not None:
+        request["arrayProperties"] = {"size": foreach.array_size}
     if options.share_identifier is not None:
         request["shareIdentifier"] = options.share_identifier
     if options.scheduling_priority is not None:
@@ -247,6 +262,7 @@ _OPERATOR_NAMES = {
     "jobName": "job_name",
     "jobQueue": "job_queue",
     "jobDefinition": "job_definition",
+    "arrayProperties": "array_properties",
     "parameters": "parameters",
     "tags": "tags",
     "containerOverrides": "container_overrides",

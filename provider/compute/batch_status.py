@@ -9,6 +9,7 @@ ACTIVE = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
 OUT_OF_MEMORY = "OutOfMemoryError"
 HOST_LOST = "Host EC2"
 TIMED_OUT = "Job attempt duration exceeded timeout"
+DEFAULT_LOG_GROUP = "/aws/batch/job"
 
 
 def _last_attempt(job: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -28,6 +29,22 @@ def log_streams(job: Mapping[str, Any]) -> list[str]:
     names = [(a.get("container") or {}).get("logStreamName") for a in job.get("attempts") or []]
     names.append((job.get("container") or {}).get("logStreamName"))
     return list(dict.fromkeys(name for name in names if name))
+
+
+def job_failure_kind(job: Mapping[str, Any]) -> str | None:
+    """``oom``, ``infrastructure`` (its host was lost), ``timeout``, or None: what ended it."""
+    if job.get("status") != "FAILED":
+        return None
+    attempt = _last_attempt(job)
+    reason = (attempt.get("container") or {}).get("reason") or ""
+    status_reason = attempt.get("statusReason") or job.get("statusReason") or ""
+    if reason.startswith(OUT_OF_MEMORY):
+        return "oom"
+    if status_reason.startswith(HOST_LOST):
+        return "infrastructure"
+    if status_reason == TIMED_OUT:
+        return "timeout"
+    return None
 
 
 def describe_job_failure(job: Mapping[str, Any], memory_mib: int) -> str | None:
@@ -65,3 +82,29 @@ def describe_job_failure(job: Mapping[str, Any], memory_mib: int) -> str | None:
     code = job_exit_code(job)
     exited = "no exit code" if code is None else f"exit code {code}"
     return f"{name} failed: {exited} ({reason or status_reason or 'no reason given'})"
+
+
+def short_reason(job: Mapping[str, Any]) -> str:
+    """A failed job's reason in a few words, from what a ListJobs summary holds too."""
+    container = job.get("container") or {}
+    reason = container.get("reason") or ""
+    status_reason = job.get("statusReason") or ""
+    if reason.startswith(OUT_OF_MEMORY):
+        return "out of memory"
+    if status_reason.startswith(HOST_LOST):
+        return "host lost on the last attempt"
+    if status_reason == TIMED_OUT:
+        return "over the Batch timeout"
+    code = container.get("exitCode")
+    if code is not None:
+        return f"exit code {code}"
+    return (reason or status_reason or "no reason given")[:200]
+
+
+def log_location(job: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The CloudWatch log group and stream of the job's last attempt, if it has one."""
+    streams = log_streams(job)
+    if not streams:
+        return None
+    options = ((job.get("container") or {}).get("logConfiguration") or {}).get("options") or {}
+    return options.get("awslogs-group", DEFAULT_LOG_GROUP), streams[-1]

@@ -212,6 +212,29 @@ def pod_from_dict(manifest: Mapping[str, Any]) -> Any:
     return ApiClient().deserialize(_Response(), "V1Pod")
 
 
+INFRASTRUCTURE_REASONS = ("Evicted", "Preempting", "NodeLost", "Terminated", "Shutdown")
+
+
+def pod_failure_kind(pod: Any, container: str = "base") -> str | None:
+    """``oom``, ``infrastructure`` (evicted, preempted, lost with its node), ``timeout``, or
+    None: what ended a pod, as its last reported status says."""
+    status = getattr(pod, "status", None)
+    if status is None:
+        return None
+    if status.reason in INFRASTRUCTURE_REASONS:
+        return "infrastructure"
+    for condition in status.conditions or []:
+        if condition.type == "DisruptionTarget" and condition.status == "True":
+            return "infrastructure"  # preempted, evicted or deleted by the node's lifecycle
+    if status.reason == "DeadlineExceeded":
+        return "timeout"
+    for state in status.container_statuses or []:
+        terminated = state.state.terminated if state.state else None
+        if state.name == container and terminated is not None and terminated.reason == "OOMKilled":
+            return "oom"
+    return None
+
+
 def describe_pod_failure(pod: Any, container: str = "base") -> str | None:
     """Why a finished pod failed, in words: evicted, deadline exceeded, OOMKilled, exit code.
 

@@ -58,8 +58,9 @@ def indexed_job_kwargs(
 ) -> dict[str, Any]:
     """``KubernetesJobOperator`` arguments of the Indexed Job that runs ``chunks``.
 
-    ``retries`` (the task's ``Retry.times``) is each index's budget of pod failures with
-    ``per_index``; without it, the Job's budget in all is the same number per index, shared.
+    ``retries`` (the task's ``Retry.infra``: tries lost to the platform are run again within the
+    same Airflow try) is each index's budget of pod failures with ``per_index``; without it, the
+    Job's budget in all is the same number per index, shared.
     """
     completions = len(chunks)
     kwargs: dict[str, Any] = {

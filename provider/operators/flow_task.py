@@ -23,6 +23,11 @@ def retry_kwargs_given(spec: TaskSpec, *, retry: bool, timeout: bool) -> dict[st
     keep = set()
     if retry:
         keep |= {"retries", "retry_delay", "retry_exponential_backoff", "max_retry_delay"}
+        if spec.retry.on:
+            from provider.operators.retry_policy import FlowRetryPolicy
+
+            mapped["retry_policy"] = FlowRetryPolicy(spec.retry.on)
+            keep.add("retry_policy")
     if timeout:
         keep.add("execution_timeout")
     return {key: value for key, value in mapped.items() if key in keep}
@@ -181,7 +186,7 @@ class FlowTaskOperator(DecoratedOperator):
             run.identity,
             catching=catching,
             started=started,
-            platform_failure=outcome.failure,
+            unreported=outcome.failure,
         )
         return Outcome(run.manifest_key, exit_code=0, failure=outcome.failure)
 

@@ -75,7 +75,7 @@ def plan_foreach(
 
 def max_parallel(spec: Any, *, local: bool) -> int:
     """The task's ``max_parallel``; else the CPU count locally, ``[flow_task]
-    foreach_max_parallel`` on a cluster."""
+    foreach_max_parallel`` on Kubernetes."""
     from provider import config
 
     if spec.foreach.max_parallel is not None:
@@ -110,14 +110,14 @@ def gather(
     *,
     catching: bool,
     started: float,
-    platform_failure: str | None = None,
+    unreported: str | None = None,
 ) -> dict[str, Any]:
     """Write the try's result manifest from the chunk manifests; return it.
 
     Every item succeeded, or ``catching`` (its failures become Failure values in the list):
     the result is one reference to the ordered results. Otherwise the try failed, naming the
-    failed items (their results stay stored: the next try re-runs only those), and for chunks
-    that never reported, ``platform_failure``: what the compute target saw of them.
+    failed items (their results stay stored: the next try re-runs only those) and, in the
+    compute target's words (``unreported``), why chunks wrote no manifest.
     """
     from provider.runtime.foreach import chunk_reference
 
@@ -144,9 +144,14 @@ def gather(
         "seconds": round(finished - started, 6),
         "function_seconds": sum(s for m in manifests for s in m["seconds"] if s is not None),
         "peak_rss_mib": max((m["peak_rss_mib"] for m in manifests), default=0.0),
+        "usage": {  # over every chunk: the largest process, the time summed
+            "peak_rss_mib": max((m["peak_rss_mib"] for m in manifests), default=0.0),
+            "cpu_seconds": round(sum(m["usage"]["cpu_seconds"] for m in manifests), 3),
+            "wall_seconds": round(sum(m["usage"]["wall_seconds"] for m in manifests), 3),
+        },
     }
     if missing or (failed and not catching):
-        message = _failure_message(plan, failed, missing, platform_failure)
+        message = _failure_message(plan, failed, missing, unreported)
         manifest["status"] = "failed"
         manifest["error"] = {"type": "ForeachFailed", "message": message}
     elif plan.layout == "items":
@@ -162,7 +167,7 @@ def gather(
 
 
 def _failure_message(
-    plan: ForeachPlan, failed: list[dict[str, Any]], missing: list[int], platform: str | None
+    plan: ForeachPlan, failed: list[dict[str, Any]], missing: list[int], unreported: str | None
 ) -> str:
     parts = []
     if failed:
@@ -173,7 +178,7 @@ def _failure_message(
         parts.append(f"{len(failed)} of {plan.length} items failed: {shown}{more}")
     if missing:
         ranges = ", ".join(f"{plan.bounds(c)[0]}-{plan.bounds(c)[1] - 1}" for c in missing[:10])
-        why = f" ({platform})" if platform else ""
+        why = f": {unreported}" if unreported else ""
         parts.append(f"{len(missing)} chunks never reported (items {ranges}){why}")
     return "; ".join(parts) + "; a retry re-runs only these"
 

@@ -22,7 +22,8 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
     from provider.operators.targets import ComputeUnavailable, compute_target
     from provider.operators.task_context import ContextCannotCross
     from provider.specs import SpecError
-    from provider.store import launch_manifest_key, manifest_key, run_manifest_key
+    from provider.store import launch_manifest_key, manifest_key
+    from provider.store.index import record_run_start
 
     try:
         identity = run_identity(context)
@@ -34,10 +35,8 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
     except (RunParamError, ComputeUnavailable, SpecError) as exc:
         raise AirflowFailException(f"flow task {op.task_id} cannot run: {exc}") from None
     store = config.open_artifact_store()
-    store.write_manifest(
-        run_manifest_key(identity["dag_id"], identity["run_id"]),
-        {k: identity[k] for k in ("dag_id", "run_id", "namespace", "tags")},
-    )
+    _record_run(store, identity)
+    record_run_start(store, identity, context.get("dag"))  # the run index (flowtask runs)
     key = manifest_key(
         identity["dag_id"],
         identity["run_id"],
@@ -46,12 +45,13 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         identity["try_number"],
     )
     try:
-        payload, plan = _store_payload(op, store, key, identity, context, compute)
+        spec = _grown_for_oom(op, store, key, identity)
+        payload, plan = _store_payload(op, store, key, identity, context, compute, spec)
     except (UnpicklableTask, ContextCannotCross, ForeachInputError) as exc:
         raise AirflowFailException(f"flow task {op.task_id} cannot run: {exc}") from None
     run = TaskRun(
         task_id=op.task_id,
-        spec=op.flow_spec,
+        spec=spec,
         function=op.python_callable,
         store=store,
         payload=payload,
@@ -64,15 +64,18 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
     try:
         kept = target.prepare(run)
         # What the try uses besides the payload (a code package) stays reachable for gc.
+        # Not flushed to the disk: it only matters while the try runs, and a crash ends that.
         store.write_manifest(
             launch_manifest_key(key),
             {
                 **identity,
                 "compute": compute,
                 "launched_at": time.time(),
+                "requested": requested(run.spec),
                 **{name: ref.to_json() for name, ref in kept.items()},
                 **({"foreach_items": plan.items} if plan is not None else {}),
             },
+            durable=False,
         )
     except BaseException:
         store.discard(payload)
@@ -86,6 +89,63 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         payload.size,
     )
     return run, target
+
+
+def requested(spec: Any) -> dict[str, Any]:
+    """What a try asks the machine for: cores, MiB of memory, GPUs."""
+    resources = spec.resources
+    return {"cpu": resources.cpu, "memory_mib": resources.memory, "gpu": resources.gpu}
+
+
+def _grown_for_oom(op: Any, store: Any, key: str, identity: dict[str, Any]) -> Any:
+    """With ``Retry(on_oom="grow")``, a try after one killed for memory asks for more."""
+    from dataclasses import replace
+
+    from provider.store import MissingArtifact, manifest_key
+
+    spec = op.flow_spec
+    if spec.retry.on_oom != "grow" or identity["try_number"] <= 1:
+        return spec
+    previous = manifest_key(
+        identity["dag_id"],
+        identity["run_id"],
+        identity["task_id"],
+        identity["map_index"],
+        identity["try_number"] - 1,
+    )
+    try:
+        before = store.read_manifest(previous)
+    except MissingArtifact:
+        return spec
+    asked = (before.get("requested") or {}).get("memory_mib")
+    if before.get("failure_kind") != "oom" or not isinstance(asked, int):
+        return spec
+    memory = max(spec.retry.grown_memory(asked), spec.resources.memory)
+    op.log.warning(
+        "try %d ran out of memory with %d MiB: this try asks for %d MiB "
+        "(Retry(on_oom='grow', oom_factor=%g%s))",
+        identity["try_number"] - 1,
+        asked,
+        memory,
+        spec.retry.oom_factor,
+        f", max_memory={spec.retry.max_memory}" if spec.retry.max_memory else "",
+    )
+    return replace(spec, resources=replace(spec.resources, memory=memory))
+
+
+def _record_run(store: Any, identity: dict[str, Any]) -> None:
+    """The run's namespace and tags, written by its first flow task (a stat for the others)."""
+    from provider.store import run_manifest_key
+
+    key = run_manifest_key(identity["dag_id"], identity["run_id"])
+    fields_ = {k: identity[k] for k in ("dag_id", "run_id", "namespace", "tags")}
+    if store.backend.stat(key) is not None:
+        try:
+            if store.read_manifest(key) == fields_:
+                return
+        except Exception:  # unreadable: write it again
+            pass
+    store.write_manifest(key, fields_)
 
 
 def _spec_summary(spec: Any) -> str:
@@ -109,7 +169,13 @@ class UnpicklableTask(ValueError):
 
 
 def _store_payload(
-    op: Any, store: Any, key: str, identity: dict[str, Any], context: Any, compute: str
+    op: Any,
+    store: Any,
+    key: str,
+    identity: dict[str, Any],
+    context: Any,
+    compute: str,
+    spec: Any,
 ) -> tuple[Any, Any]:
     """Store the try's payload; return its reference and the foreach plan (or None)."""
     from provider.operators.by_value import pickled_by_value, unpicklable_part
@@ -136,6 +202,7 @@ def _store_payload(
                 identity=identity,
                 context=plain_context(context),
                 foreach=plan,
+                requested=requested(spec),
             )
             return store.put_at(payload_key(key), payload, by_value=True), plan
         except Exception as exc:

@@ -10,7 +10,15 @@ from provider.operators.targets import Outcome, TaskRun
 
 
 class FlowTaskFailed(RuntimeError):
-    """The task's function raised, or the runtime died before reporting."""
+    """The task's function raised, or the runtime died before reporting.
+
+    ``error_types`` are the function's exception type and its bases (``module.QualName``),
+    when the function raised: ``Retry(on=...)`` decides on them.
+    """
+
+    def __init__(self, message: str, error_types: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.error_types = error_types
 
 
 def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
@@ -36,6 +44,8 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
             manifest["peak_rss_mib"],
         )
         _log_result(run, manifest["result"])
+        target = getattr(op, "_target", None)
+        log_usage(run, manifest.get("usage"), local=getattr(target, "name", "") == "local")
         return manifest["result"]
     error = manifest.get("error")
     if error:
@@ -56,11 +66,59 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
     if not manifest:
         record_unreported(run, outcome, message, caught)
     if caught is None:
-        raise FlowTaskFailed(f"flow task {op.task_id} failed: {message}")
+        types = (error or {}).get("types")
+        raise FlowTaskFailed(f"flow task {op.task_id} failed: {message}", types)
     run.log.warning("flow task failed on its last try; caught as a Failure: %s", message)
     if isinstance(op.flow_spec.catch, str):
         context["ti"].xcom_push(key=op.flow_spec.catch, value=caught)
     return [caught] if op.result_layout(run.identity["map_index"]) == "items" else caught
+
+
+def log_usage(run: TaskRun, used: dict[str, Any] | None, *, local: bool) -> None:
+    """One line of what the try used against what it asked for, and a warning when the two
+    are far apart (or, locally, when a cluster would have killed it)."""
+    from provider.runtime.usage import human_mib, suggested_request
+
+    if not used:
+        return
+    asked = run.spec.resources
+    memory, peak = float(asked.memory), float(used["peak_rss_mib"])
+    cpus = used["cpu_seconds"] / max(used["wall_seconds"], 1e-3)
+    run.log.info(
+        "used %s of %s memory, %.1f of %g CPUs (avg)%s",
+        human_mib(peak),
+        human_mib(memory),
+        cpus,
+        float(asked.cpu),
+        f", {human_mib(used['gpu_memory_mib'])} of GPU memory" if "gpu_memory_mib" in used else "",
+    )
+    suggested = suggested_request(peak, used["cpu_seconds"], used["wall_seconds"])
+    hint = f"Resources(memory={suggested['memory_mib']}) would fit"
+    if peak > memory and local:
+        run.log.warning(
+            "peak memory %s is over the task's request (%s): on Kubernetes or Batch it would "
+            "be killed for memory; %s",
+            human_mib(peak),
+            human_mib(memory),
+            hint,
+        )
+    elif peak > 0.9 * memory:
+        run.log.warning(
+            "peak memory %s is over 90%% of the request (%s); %s",
+            human_mib(peak),
+            human_mib(memory),
+            hint,
+        )
+    elif peak < 0.25 * memory and memory > MEMORY_WORTH_WARNING_MIB:
+        run.log.warning(
+            "peak memory %s is under a quarter of the request (%s); %s",
+            human_mib(peak),
+            human_mib(memory),
+            hint,
+        )
+
+
+MEMORY_WORTH_WARNING_MIB = 1024  # asking for less than this is not worth a warning
 
 
 def _log_result(run: TaskRun, result: Any) -> None:
@@ -80,6 +138,7 @@ def record_unreported(
 
     It names what the try left behind (a caught Failure), so ``flowtask gc`` keeps it.
     """
+    from provider.operators.launch import requested
     from provider.store import MissingArtifact
 
     try:
@@ -94,6 +153,8 @@ def record_unreported(
             "status": "failed",
             "error": {"type": FlowTaskFailed.__qualname__, "message": message},
             "exit_code": outcome.exit_code,
+            "failure_kind": outcome.kind,
+            "requested": requested(run.spec),
             "written_by": "worker",
             "finished_at": time.time(),
             **({"failure": caught} if caught else {}),

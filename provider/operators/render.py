@@ -14,6 +14,9 @@ from typing import Any
 
 #: The payload is pickled from upstream results when the task runs; a render has none.
 PAYLOAD_AT_RUN_TIME = {"uri": "<stored when the task runs>"}
+#: A foreach's plan is named by its items' content, and an upstream's items come at run time.
+PLAN_AT_RUN_TIME = "<plan: named when the task runs>"
+CHUNKS_AT_RUN_TIME = "<chunks: known when the task runs>"
 RENDER_RUN_ID = "manual__render"
 
 
@@ -102,7 +105,7 @@ def render_pod(
     }
     if target == "batch":
         try:
-            return _batch_requests(task_id, spec, launch)
+            return _batch_requests(task_id, spec, launch, getattr(task, "foreach_items", None))
         except SpecError as exc:
             raise RenderError(f"{dag_id}.{task_id} cannot run on Batch: {exc}") from None
     if getattr(task, "foreach_items", None) is not None:
@@ -159,15 +162,47 @@ class _RecordingClient:
         return {"jobId": "<assigned by Batch>"}
 
 
-def _batch_requests(task_id: str, spec: Any, launch: dict[str, Any]) -> dict[str, Any]:
+def _batch_requests(
+    task_id: str, spec: Any, launch: dict[str, Any], items: Any = None
+) -> dict[str, Any]:
+    """The requests; of a ``.foreach`` task, its first array job's (the first of several only
+    past 10,000 chunks, or under ``max_parallel``)."""
     from types import SimpleNamespace
 
     from provider.operators.targets.batch import batch_operator, batch_requests
 
-    definition, request = batch_requests(spec, **launch)
+    job = None if items is None else _first_job(spec, launch["manifest_key"], items)
+    definition, request = batch_requests(spec, **launch, foreach=job)
     op = batch_operator(task_id, request)
     client = _RecordingClient()
     # The operator's own submit_job builds the request; its links need no context here.
     op.__dict__["hook"] = SimpleNamespace(client=client, conn_region_name="", conn_partition="")
     op.submit_job(None)
-    return {"register_job_definition": definition, "submit_job": client.submitted}
+    submitted = client.submitted
+    if items is not None and not isinstance(items, (list, tuple, dict)):
+        _chunks_at_run_time(submitted)  # an upstream's items: their number comes at run time
+    return {"register_job_definition": definition, "submit_job": submitted}
+
+
+def _first_job(spec: Any, manifest_key: str, items: Any) -> Any:
+    """The first Batch job of a foreach over ``items`` (two chunks stand in for an upstream's)."""
+    import math
+
+    from provider.compute.batch_array import ChunkJob, chunk_jobs
+    from provider.operators.foreach import default_chunk_size, max_parallel
+
+    prefix = f"{manifest_key.rsplit('/', 2)[0]}/foreach/{PLAN_AT_RUN_TIME}"
+    if not isinstance(items, (list, tuple, dict)):
+        return ChunkJob(prefix, (0, 1))
+    if not items:
+        raise RenderError(".foreach over no items submits nothing")
+    parallel = max_parallel(spec, local=False)
+    size = spec.foreach.chunk_size or default_chunk_size(len(items), parallel, local=False)
+    chunks = math.ceil(len(items) / size)
+    return chunk_jobs(prefix, range(min(chunks, spec.foreach.max_parallel or chunks)))[0]
+
+
+def _chunks_at_run_time(request: dict[str, Any]) -> None:
+    request["arrayProperties"] = {"size": CHUNKS_AT_RUN_TIME}
+    command = request["containerOverrides"]["command"]
+    command[command.index("--chunks") + 1] = CHUNKS_AT_RUN_TIME

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import traceback as tb
 from dataclasses import dataclass
 
 
@@ -16,6 +15,8 @@ class Failure:
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> Failure:
+        import traceback as tb  # only when something failed: it costs an import at start
+
         kind = type(exc)
         return cls(
             type=f"{kind.__module__}.{kind.__qualname__}",

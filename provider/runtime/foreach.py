@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -86,13 +84,15 @@ class ChunkRunner:
 
     def run(self, chunk: int) -> dict[str, Any]:
         """Run one chunk (only its items without a result yet); write and return its manifest."""
-        from provider.runtime.run import _peak_rss_mib, resolve_references
+        from provider.runtime.run import resolve_references
+        from provider.runtime.usage import cpu_seconds, peak_rss_mib, usage
 
         plan, store = self.plan, self.store
         start, stop = plan.bounds(chunk)
         results, redo = self._previous(chunk, stop - start)
         seconds: list[float | None] = [None] * (stop - start)
         started = time.time()
+        cpu_at_start = cpu_seconds()
         for offset in redo:
             item = self.items[start + offset]
             began = time.perf_counter()
@@ -106,6 +106,8 @@ class ChunkRunner:
                 with flow_context_of({**self.payload.context, "foreach_index": start + offset}):
                     results[offset] = self.payload.function(*self.payload.args, **kwargs)
             except Exception as exc:  # an item's failure is recorded, not raised
+                import traceback
+
                 explain_airflow_access(exc)
                 print(f"flowtask foreach: item {start + offset} failed:", file=sys.stderr)
                 traceback.print_exc()
@@ -127,9 +129,10 @@ class ChunkRunner:
             "ran": len(redo),
             "started_at": started,
             "finished_at": time.time(),
-            "peak_rss_mib": _peak_rss_mib(),
+            "usage": usage(started, cpu_at_start),
+            "peak_rss_mib": peak_rss_mib(),
             "try_number": self.try_number,
-            "host": socket.gethostname(),
+            "host": os.uname().nodename,
             "pid": os.getpid(),
         }
         store.write_manifest(plan.chunk_key(chunk), manifest)
@@ -166,6 +169,8 @@ def serve_chunks(runner: ChunkRunner, commands: Iterator[str], reply: Callable[[
         try:
             manifest = runner.run(chunk)
         except Exception:  # the chunk cannot run at all (its items cannot be loaded...)
+            import traceback
+
             traceback.print_exc()
             reply(f"{chunk} error 0\n")
             continue

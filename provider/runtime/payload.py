@@ -27,3 +27,5 @@ class Payload:
     context: Mapping[str, Any] = field(default_factory=dict)
     # For ``.foreach``: how the items are split (a ``provider.runtime.foreach.ForeachPlan``).
     foreach: Any = None
+    # What the try asks the machine for (cpu, memory_mib, gpu), recorded beside its usage.
+    requested: Mapping[str, Any] = field(default_factory=dict)

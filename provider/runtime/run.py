@@ -7,12 +7,8 @@ subprocess, with only Python, cloudpickle and (for S3) boto3 in the image.
 from __future__ import annotations
 
 import os
-import platform
-import resource
-import socket
 import sys
 import time
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +16,7 @@ from provider.runtime.context import explain_airflow_access, flow_context_of
 from provider.runtime.failure import Failure
 from provider.runtime.payload import Payload
 from provider.runtime.preview import preview
+from provider.runtime.usage import GpuSampler, cpu_seconds, usage
 from provider.store import ArtifactStore, Reference, is_reference
 
 
@@ -93,30 +90,15 @@ def _with_preview(store: ArtifactStore, value: Any) -> dict[str, Any]:
     return ref
 
 
-def _peak_rss_mib() -> float:
-    """Peak resident memory of this process since it started running this program.
-
-    Linux's VmHWM belongs to the address space and so starts afresh at exec; ru_maxrss survives
-    exec and would report the forking Airflow worker's peak instead.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-
-
 def run_payload(store: ArtifactStore, payload_ref: Reference, manifest_key: str) -> int:
     """Run one payload end to end; always write the result manifest. Returns the exit code."""
     started = time.time()
+    cpu_at_start = cpu_seconds()
+    gpu = GpuSampler()
     manifest: dict[str, Any] = {
-        "host": socket.gethostname(),
+        "host": os.uname().nodename,
         "pid": os.getpid(),
-        "python": platform.python_version(),
+        "python": "{}.{}.{}".format(*sys.version_info[:3]),
         "started_at": started,
     }
     if "FLOWTASK_BOOTSTRAP_SECONDS" in os.environ:  # set by a container's bootstrap
@@ -124,25 +106,34 @@ def run_payload(store: ArtifactStore, payload_ref: Reference, manifest_key: str)
     try:
         payload: Payload = store.get(payload_ref)
         manifest.update(payload.identity)
+        manifest["requested"] = dict(payload.requested)
         args = resolve_references(payload.args, store)
         kwargs = resolve_references(dict(payload.kwargs), store)
         call_started = manifest["function_started_at"] = time.time()
-        with flow_context_of(payload.context):
+        with flow_context_of(payload.context), gpu:
             result = payload.function(*args, **kwargs)
         manifest["function_seconds"] = round(time.time() - call_started, 6)
         manifest["result"] = store_result(result, payload.layout, store)
         manifest["status"] = "succeeded"
         code = 0
     except Exception as exc:  # the runtime's whole job is to report any failure
+        import traceback
+
         explain_airflow_access(exc)
         traceback.print_exc()
         failure = Failure.from_exception(exc)
         manifest["status"] = "failed"
-        manifest["error"] = {"type": failure.type, "message": failure.message}
+        manifest["error"] = {
+            "type": failure.type,
+            "message": failure.message,
+            # Retry(on=...) matches these, so a subclass of a listed type is retried too.
+            "types": [f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__],
+        }
         manifest["failure"] = store.put(failure).to_json()
         code = 1
     manifest["finished_at"] = time.time()
     manifest["seconds"] = round(manifest["finished_at"] - started, 6)
-    manifest["peak_rss_mib"] = _peak_rss_mib()
+    manifest["usage"] = usage(started, cpu_at_start, gpu)
+    manifest["peak_rss_mib"] = manifest["usage"]["peak_rss_mib"]
     store.write_manifest(manifest_key, manifest)
     return code

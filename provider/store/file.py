@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,10 +68,15 @@ class FileBackend:
         key: str,
         frames: Iterable[memoryview | bytes],
         progress: Callable[[int], None] | None = None,
+        durable: bool = True,
     ) -> None:
-        """Write atomically: readers see the whole file or nothing, even if this is interrupted."""
+        """Write atomically: readers see the whole file or nothing, even if this is interrupted.
+
+        ``durable`` also flushes it to the disk (fsync) before it takes its name, so it
+        survives a crash of the machine; what can be rebuilt skips that cost.
+        """
         path = self._path(key)
-        tmp = path.with_name(f".{path.name}{_TMP_MARK}{uuid.uuid4().hex}")
+        tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.urandom(16).hex()}")
         with self._naming_a_full_disk(key):
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +86,8 @@ class FileBackend:
                         if progress is not None:
                             progress(len(memoryview(frame).cast("B")))
                     out.flush()
-                    os.fsync(out.fileno())
+                    if durable:
+                        os.fsync(out.fileno())
                 os.replace(tmp, path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -102,8 +107,8 @@ class FileBackend:
                 "free space or point [flow_task] artifact_store elsewhere"
             ) from error
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        self.write_frames(key, (data,))
+    def write_bytes(self, key: str, data: bytes, durable: bool = True) -> None:
+        self.write_frames(key, (data,), durable=durable)
 
     def read_into(
         self,
@@ -179,7 +184,7 @@ class FileBackend:
         check of its age and the unlink.
         """
         path = self._path(key)
-        quarantine = path.with_name(f".{path.name}{_TMP_MARK}gc-{uuid.uuid4().hex}")
+        quarantine = path.with_name(f".{path.name}{_TMP_MARK}gc-{os.urandom(16).hex()}")
         try:
             os.rename(path, quarantine)
         except FileNotFoundError:
@@ -222,3 +227,43 @@ class FileBackend:
         for path in sorted(base.rglob("*")):
             if path.is_file() and _TMP_MARK not in path.name:
                 yield path.relative_to(self.root).as_posix()
+
+    def children(self, prefix: str) -> Iterator[str]:
+        """Names of the folders right under ``prefix``, in order."""
+        base = self._path(prefix)
+        if base.is_dir():
+            yield from sorted(p.name for p in base.iterdir() if p.is_dir())
+
+    # A compare-and-swap on one small file: a write replaces the file by rename, so its inode,
+    # mtime and size name a version; writers compare and replace under an exclusive lock.
+
+    def version(self, key: str) -> str | None:
+        try:
+            return _version(self._path(key).stat())
+        except FileNotFoundError:
+            return None
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        with self._open(key) as src:
+            return src.readall(), _version(os.fstat(src.fileno()))
+
+    def write_if_version(self, key: str, data: bytes, version: str | None) -> bool:
+        """Write unless the file changed since ``version`` (None: unless it exists now)."""
+        import fcntl
+
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if self.version(key) != version:
+                return False
+            self.write_bytes(key, data)
+            return True
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.delete(key)
+
+
+def _version(info: os.stat_result) -> str:
+    return f"{info.st_ino}-{info.st_mtime_ns}-{info.st_size}"

@@ -27,7 +27,7 @@ from provider.store.reference import REFERENCE_MARKER
 from provider.store.store import ArtifactStore
 
 # Where killed writers leave temp files (file://) or incomplete multipart uploads (S3).
-WRITE_PREFIXES = ("data", "runs")
+WRITE_PREFIXES = ("data", "runs", "index")
 
 
 @dataclass

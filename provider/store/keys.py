@@ -40,6 +40,21 @@ def _part(value: object) -> str:
     return text.replace(".", "%2E") if text in (".", "..") else text
 
 
+def key_part(value: object) -> str:
+    """``value`` as the one key segment the store names it by (see ``_part``)."""
+    return _part(value)
+
+
+def run_prefix(dag_id: str, run_id: str) -> str:
+    """``runs/<dag>/<run>``: everything one run stored."""
+    return f"runs/{_part(dag_id)}/{_part(run_id)}"
+
+
+def index_prefix(dag_id: str) -> str:
+    """``index/<dag>``: the DAG's run index (see ``provider.store.index``)."""
+    return f"index/{_part(dag_id)}"
+
+
 def run_manifest_key(dag_id: str, run_id: str) -> str:
     """``runs/<dag>/<run>/run.json``: namespace and tags of a run."""
     return f"runs/{_part(dag_id)}/{_part(run_id)}/run.json"

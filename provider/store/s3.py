@@ -173,6 +173,7 @@ class S3Backend:
         key: str,
         frames: Iterable[memoryview | bytes],
         progress: Callable[[int], None] | None = None,
+        durable: bool = True,  # S3 acknowledges a write once it is stored durably
     ) -> None:
         self.client.upload_fileobj(
             FramesReader(tuple(frames)),
@@ -182,7 +183,7 @@ class S3Backend:
             Callback=progress,
         )
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def write_bytes(self, key: str, data: bytes, durable: bool = True) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def read_into(
@@ -310,3 +311,55 @@ class S3Backend:
 
     def list(self, prefix: str) -> Iterator[str]:
         return (key for key, _, _ in self.entries(prefix))
+
+    def children(self, prefix: str) -> Iterator[str]:
+        """Names of the folders right under ``prefix``, in order (a ``/``-delimited listing)."""
+        base = self._key(prefix).rstrip("/") + "/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=base, Delimiter="/"):
+            for item in page.get("CommonPrefixes", ()):
+                yield item["Prefix"][len(base) :].rstrip("/")
+
+    # A compare-and-swap on one small object, by its ETag: S3's conditional writes.
+
+    def version(self, key: str) -> str | None:
+        found = self.stat(key)
+        return None if found is None else found.etag
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if _is_missing(error):
+                raise MissingArtifact(f"no object {self.uri(key)}") from None
+            raise
+        return bytes(response["Body"].read()), str(response["ETag"])
+
+    def write_if_version(self, key: str, data: bytes, version: str | None) -> bool:
+        """Write unless the object changed since ``version`` (None: unless it exists now)."""
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+        except ClientError as error:
+            if _error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            if version is not None and _is_missing(error):
+                return False
+            raise
+        return True
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete objects, 1000 a request."""
+        batch = [self._key(key) for key in keys]
+        for start in range(0, len(batch), 1000):
+            objects = [{"Key": key} for key in batch[start : start + 1000]]
+            response = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+            )
+            errors = response.get("Errors") or []
+            if errors:
+                raise StoreError(f"could not delete {len(errors)} object(s): {errors[:3]}")

@@ -83,7 +83,8 @@ class ArtifactStore:
         holds rendered arguments and so possibly secrets): :meth:`discard` removes it.
         """
         encoded = codec.encode(value, by_value=by_value)
-        self.backend.write_frames(_owned_key(key), encoded.frames)
+        # Not flushed to the disk: whoever owns it rebuilds it (a retry stores a new payload).
+        self.backend.write_frames(_owned_key(key), encoded.frames, durable=False)
         return Reference(
             uri=f"{self._root_uri}/{key}",
             sha256=encoded.sha256,
@@ -221,10 +222,13 @@ class ArtifactStore:
         if actual != ref.sha256:
             raise IntegrityError(f"{ref.uri}: expected sha256 {ref.sha256}, found {actual}")
 
-    def write_manifest(self, key: str, data: Mapping[str, Any]) -> str:
-        """Write a small JSON document atomically; returns its URI."""
+    def write_manifest(self, key: str, data: Mapping[str, Any], *, durable: bool = True) -> str:
+        """Write a small JSON document atomically; returns its URI.
+
+        ``durable=False`` for what can be rebuilt (a launch manifest): no flush to the disk.
+        """
         body = json.dumps(data, sort_keys=True, indent=1, default=str).encode()
-        self.backend.write_bytes(key, body)
+        self.backend.write_bytes(key, body, durable=durable)
         return f"{self._root_uri}/{key}"
 
     def read_manifest(self, key: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Failure paths: a flaky task that a retry heals, and a failing task whose failure is caught."""
+"""Failure paths: a flaky task that a retry heals (only its kind of error is retried), a
+failing task whose failure is caught, and tasks whose usage is far from what they asked for."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from pathlib import Path
 
 from airflow.sdk import dag, task
 
-from provider import Failure, Retry, flow_task
+from provider import Failure, Resources, Retry, flow_task
 
 
 @dag(schedule=None, catchup=False)
 def flow_failures():
-    @flow_task(retry=Retry(times=2, delay="1s"))
+    @flow_task(retry=Retry(times=2, delay="1s", on=(OSError,)))  # ConnectionError is one
     def flaky() -> str:
         marker = Path(os.environ["FLOW_TEST_MARKER"])
         if not marker.exists():
@@ -34,6 +35,18 @@ def flow_failures():
         assert message == "caught builtins.ValueError: cannot handle healed", message
         return message
 
+    @flow_task(resources=Resources(memory=100))  # MiB: less than it will use
+    def hungry() -> int:
+        ballast = bytearray(300 << 20)  # written, so every page is resident
+        ballast[::4096] = b"x" * len(ballast[::4096])
+        return len(ballast)
+
+    @flow_task(resources=Resources(memory="8Gi"))  # far more than it will use
+    def roomy() -> int:
+        return 1
+
+    hungry()
+    roomy()
     check(handle(broken(flaky())))
 
 

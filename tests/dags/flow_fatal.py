@@ -5,12 +5,13 @@ global; with ``catch=``, a death and a timeout on the last try reach downstream 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
 from airflow.sdk import dag, task
 
-from provider import Failure, Retry, flow_task
+from provider import Failure, Resources, Retry, flow_task
 
 LOCK = threading.Lock()  # a module-level lock: no process but this one can have it
 
@@ -29,6 +30,10 @@ def flow_fatal():
     def vanish() -> None:
         os._exit(7)  # the runtime dies without reporting
 
+    @flow_task(resources=Resources(memory=300))
+    def sigkilled() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer does
+
     @flow_task(timeout="3s", catch=True)
     def slow() -> None:
         time.sleep(120)
@@ -37,6 +42,10 @@ def flow_fatal():
     def locked() -> bool:
         with LOCK:
             return True
+
+    @flow_task(retry=Retry(times=2, delay="1s", on=(ConnectionError, TimeoutError)))
+    def wrong() -> None:
+        raise KeyError("a bug, not a network hiccup: retrying cannot help")
 
     @task
     def check(died, timed_out) -> str:
@@ -48,6 +57,8 @@ def flow_fatal():
     explode()
     sleepy()
     locked()
+    wrong()
+    sigkilled()
     check(vanish(), slow())
 
 

@@ -1,10 +1,11 @@
 """``.foreach`` as Indexed Jobs beyond the happy path (run with ``flow_compute=kubernetes``).
 
 ``fragile``: a pod OOMKilled on its first attempt is retried alone by the Job
-(``backoffLimitPerIndex`` from ``Retry(times=1)``); an item that fails on its first call fails
-try 1, and try 2 runs one pod for that chunk, which re-runs only that item. ``doomed``: a failed
-item caught as a ``Failure``. ``hog``: a chunk OOMKilled every time fails the task, naming its
-index and the reason. ``needs_secret``: pods that cannot start fail the Job in seconds.
+(``backoffLimitPerIndex`` from ``Retry(infra=1)``); an item that fails on its first call fails
+try 1 (``Retry(times=1)``), and try 2 runs one pod for that chunk, which re-runs only that
+item. ``doomed``: a failed item caught as a ``Failure``. ``hog``: a chunk OOMKilled every time
+(``Retry(infra=0)``) fails the task, naming its index and the reason. ``needs_secret``: pods
+that cannot start fail the Job in seconds.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _out_of_memory() -> None:
 @dag(schedule=None, catchup=False)
 def flow_foreach_k8s():
     @flow_task(
-        retry=Retry(times=1, delay="1s"),
+        retry=Retry(times=1, delay="1s", infra=1),
         resources=Resources(memory=256),
         foreach=ForeachOptions(chunk_size=2),
     )
@@ -53,7 +54,9 @@ def flow_foreach_k8s():
             raise KeyError("no such record")
         return item
 
-    @flow_task(resources=Resources(memory=160), foreach=ForeachOptions(chunk_size=3))
+    @flow_task(
+        retry=Retry(infra=0), resources=Resources(memory=160), foreach=ForeachOptions(chunk_size=3)
+    )
     def hog(item: int) -> int:
         if item == 4:
             _out_of_memory()

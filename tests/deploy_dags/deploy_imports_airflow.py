@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from airflow.sdk import dag, task
 
-from provider import flow_params, flow_task
+from provider import flow_params, flow_task, record_run_state
 
 
-@dag(schedule=None, catchup=False, params=flow_params(tags=["deploy"]), tags=["deploy"])
+@dag(
+    schedule=None,
+    catchup=False,
+    params=flow_params(tags=["deploy"]),
+    tags=["deploy"],
+    on_success_callback=record_run_state,  # the dag-processor records the run's end
+    on_failure_callback=record_run_state,
+)
 def deploy_imports_airflow():
     @flow_task
     def hook_name() -> str:

@@ -48,6 +48,9 @@ class Outcome:
     manifest_key: str
     exit_code: int | None
     failure: str | None = None
+    # What ended a failed launch, where the platform says: "oom" (killed for memory),
+    # "infrastructure" (an evicted pod, a lost node or host), "timeout".
+    kind: str | None = None
 
 
 class ComputeTarget(ABC):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from provider.compute.batch_array import ChunkJob, chunk_jobs
 from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
 from provider.specs import BatchOptions, SpecError, TaskSpec
 from provider.store import Reference
@@ -28,6 +29,8 @@ class BatchTarget(ComputeTarget):
         self._operator: Any = None
         self._definition: dict[str, Any] = {}
         self._request: dict[str, Any] = {}
+        self._launch: dict[str, Any] = {}
+        self._watch: Any = None
 
     def check(self, spec: TaskSpec) -> None:
         from provider.compute.batch import check_batch
@@ -41,14 +44,19 @@ class BatchTarget(ComputeTarget):
 
         _warn_what_batch_ignores(run)
         code = stored_code_package(run)
+        self._launch = {
+            "store_uri": run.store.root_uri,
+            "code": code,
+            "payload": run.payload.to_json(),
+            "manifest_key": run.manifest_key,
+            "identity": run.identity,
+        }
+        plan = run.foreach
+        # A foreach's first array job stands for the others (they differ in a few digits).
+        jobs = [] if plan is None else chunk_jobs(plan.prefix, range(plan.chunks))
         try:
             self._definition, self._request = batch_requests(
-                run.spec,
-                store_uri=run.store.root_uri,
-                code=code,
-                payload=run.payload.to_json(),
-                manifest_key=run.manifest_key,
-                identity=run.identity,
+                run.spec, **self._launch, foreach=jobs[0] if jobs else None
             )
         except SpecError as exc:  # too many tags for one job: no retry can fix that
             raise AirflowFailException(f"flow task {run.task_id} cannot run: {exc}") from None
@@ -83,15 +91,82 @@ class BatchTarget(ComputeTarget):
             discard_payload(run.store, earlier.payload)
         return outcome
 
+    def run_foreach(self, run: TaskRun, chunks: list[int], context: Any) -> Outcome:
+        """Array jobs of the same job definition and retry strategy as a single job: one per
+        10,000 chunks at once, or rolling under ``ForeachOptions(max_parallel=...)``."""
+        from provider import config
+        from provider.compute.batch_array import describe_lost_chunks
+        from provider.operators.targets.batch_foreach import ArrayWatch
+        from provider.operators.targets.batch_jobs import (
+            discard_payload,
+            job_definition_arn,
+            running_jobs,
+        )
+
+        plan = run.foreach
+        self._operator = op = batch_operator(run.task_id, self._request)
+        client = op.hook.client
+        earlier = [
+            job
+            for job in running_jobs(client, op.job_queue, op.job_name, run.store)
+            if job.foreach == plan.prefix and job.chunks
+        ]
+        self._watch = watch = ArrayWatch(
+            client,
+            run.store,
+            plan,
+            chunks,
+            submit=lambda job: self._submit(run, job, context),
+            log=run.log,
+            poll_seconds=config.batch_poll_seconds(),
+            max_parallel=run.spec.foreach.max_parallel,
+            follow=lambda child: _follow_log(op, child),
+        )
+        for job in earlier:
+            run.log.warning(
+                "reattaching to Batch job %s (%s) of %d chunks, left running by an earlier try",
+                job.job_id,
+                job.status,
+                len(job.chunks),
+            )
+            watch.adopt(job.job_id, job.chunks)
+        if watch.todo:
+            arn, registered = job_definition_arn(client, self._definition)
+            run.log.info("job definition %s (%s)", arn, "registered" if registered else "found")
+        watch.run()
+        lost = watch.lost()
+        _log_tails(op, lost[:3], run.log)
+        labelled = [(_chunk_label(plan, chunk), job) for chunk, job in lost]
+        failure = describe_lost_chunks(labelled, int(run.spec.resources.memory))
+        if failure:
+            run.log.warning("%s", failure)
+        for job in earlier:
+            discard_payload(run.store, job.payload)
+        ended = all(job.status == "SUCCEEDED" for job in watch.jobs)
+        return Outcome(run.manifest_key, exit_code=0 if ended else 1, failure=failure)
+
+    def _submit(self, run: TaskRun, job: Any, context: Any) -> str:
+        """Submit one job of chunks through ``BatchOperator``; its id."""
+        _, request = batch_requests(run.spec, **self._launch, foreach=job)
+        op = batch_operator(run.task_id, request)
+        op.__dict__["hook"] = self._operator.hook  # one client for every submission
+        op.log_overrides = not self._watch.jobs  # the first submission logs its command
+        op.submit_job(context)
+        return str(op.job_id)
+
     def kill(self) -> None:
         from provider.operators.targets.batch_jobs import mark_stopped
 
         op = self._operator
-        if op is not None and op.job_id:
-            untagged = mark_stopped(op.hook.client, op.job_id, STOP_REASON)
-            op.log.info("Batch job %s terminated: %s", op.job_id, STOP_REASON)
+        if self._watch is not None:
+            ids = self._watch.stop()
+        else:
+            ids = [op.job_id] if op is not None and op.job_id else []
+        for job_id in ids:
+            untagged = mark_stopped(op.hook.client, job_id, STOP_REASON)
+            op.log.info("Batch job %s terminated: %s", job_id, STOP_REASON)
             if untagged:
-                op.log.warning("could not tag Batch job %s as stopped: %s", op.job_id, untagged)
+                op.log.warning("could not tag Batch job %s as stopped: %s", job_id, untagged)
 
 
 def batch_requests(
@@ -102,8 +177,10 @@ def batch_requests(
     payload: Mapping[str, Any],
     manifest_key: str,
     identity: Mapping[str, Any],
+    foreach: ChunkJob | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ``register_job_definition`` and ``submit_job`` requests of one task try."""
+    """The ``register_job_definition`` and ``submit_job`` requests of one task try (with
+    ``foreach``, of the job that runs those chunks: the same definition)."""
     from provider import config
     from provider.compute import bootstrap_command
     from provider.compute.batch import check_batch, job_definition_request, submit_job_request
@@ -113,7 +190,14 @@ def batch_requests(
     definition = job_definition_request(
         spec, image=spec.environment.image or config.default_image(), options=options
     )
-    command = bootstrap_command(store_uri, code, payload, manifest_key, pip=spec.environment.pip)
+    command = bootstrap_command(
+        store_uri,
+        code,
+        payload,
+        manifest_key,
+        pip=spec.environment.pip,
+        foreach=() if foreach is None else foreach.runtime_mode,
+    )
     request = submit_job_request(
         spec,
         identity=identity,
@@ -123,6 +207,7 @@ def batch_requests(
         store_uri=store_uri,
         manifest_key=manifest_key,
         env=config.pod_store_env(),
+        foreach=foreach,
     )
     return definition, request
 
@@ -146,7 +231,11 @@ def watch_job(op: Any, context: Any, manifest_key: str, memory_mib: int) -> Outc
     """Wait for the job to end; a failed job is described, not raised: the manifest decides."""
     from airflow.sdk.exceptions import AirflowException
 
-    from provider.compute.batch_status import describe_job_failure, job_exit_code
+    from provider.compute.batch_status import (
+        describe_job_failure,
+        job_exit_code,
+        job_failure_kind,
+    )
 
     error = None
     try:
@@ -157,7 +246,51 @@ def watch_job(op: Any, context: Any, manifest_key: str, memory_mib: int) -> Outc
     failure = describe_job_failure(job, memory_mib)
     if failure is None and job.get("status") != "SUCCEEDED":
         failure = f"Batch job {op.job_id} ended {job.get('status')}: {error}"
-    return Outcome(manifest_key=manifest_key, exit_code=job_exit_code(job), failure=failure)
+    return Outcome(
+        manifest_key=manifest_key,
+        exit_code=job_exit_code(job),
+        failure=failure,
+        kind=job_failure_kind(job),
+    )
+
+
+def _chunk_label(plan: Any, chunk: int) -> str:
+    start, stop = plan.bounds(chunk)
+    return (
+        f"chunk {chunk} (item {start})"
+        if stop == start + 1
+        else (f"chunk {chunk} (items {start}-{stop - 1})")
+    )
+
+
+def _follow_log(op: Any, child_id: str) -> Any:
+    """Stream one child's CloudWatch log (every attempt) into the task log; what stops it."""
+    fetcher = op._get_batch_log_fetcher(child_id)
+    if fetcher is None:
+        return None
+    op.log.info("the log of Batch child %s follows (the others' are in CloudWatch)", child_id)
+    fetcher.start()
+
+    def stop() -> None:
+        fetcher.stop()
+        fetcher.join()
+
+    return stop
+
+
+def _log_tails(op: Any, lost: Any, log: Any) -> None:
+    """The last lines of the log of a few children that wrote no result."""
+    from provider.operators.targets.batch_operator import log_tail
+
+    for chunk, job in lost:
+        lines = log_tail(op, job)
+        if lines:
+            log.warning(
+                "the end of the log of Batch child %s (chunk %d):\n%s",
+                job["jobId"],
+                chunk,
+                "\n".join(lines),
+            )
 
 
 def _warn_what_batch_ignores(run: TaskRun) -> None:

@@ -57,6 +57,8 @@ class RunningJob:
     status: str
     manifest_key: str
     payload: Mapping[str, Any] | None
+    foreach: str | None = None  # the .foreach plan (its store prefix) it runs chunks of
+    chunks: tuple[int, ...] = ()  # which, child by child
 
 
 def running_job(client: Any, queue: str, name: str, store: ArtifactStore) -> RunningJob | None:
@@ -66,11 +68,19 @@ def running_job(client: Any, queue: str, name: str, store: ArtifactStore) -> Run
     by a try whose worker died. A try that ended wrote its result manifest; a job flowtask
     stopped carries the ``flowtask.io/stopped`` tag: neither is reattached to.
     """
-    found = client.list_jobs(jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [name]}])
-    ids = [job["jobId"] for job in found["jobSummaryList"] if job["status"] in ACTIVE]
-    if not ids:
-        return None
-    jobs = client.describe_jobs(jobs=ids)["jobs"]
+    jobs = running_jobs(client, queue, name, store)
+    return next((job for job in jobs if job.foreach is None), None)
+
+
+def running_jobs(client: Any, queue: str, name: str, store: ArtifactStore) -> list[RunningJob]:
+    """Every job :func:`running_job` could reattach to, newest first: a ``.foreach`` try may
+    have left several (array jobs, or jobs of a few chunks)."""
+    found = listed_jobs(client, jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [name]}])
+    ids = [job["jobId"] for job in found if job["status"] in ACTIVE]
+    jobs = []
+    for start in range(0, len(ids), 100):  # DescribeJobs takes at most 100 ids
+        jobs += client.describe_jobs(jobs=ids[start : start + 100])["jobs"]
+    left = []
     for job in sorted(jobs, key=lambda j: j.get("createdAt", 0), reverse=True):
         if job["status"] not in ACTIVE or (job.get("tags") or {}).get(STOPPED_TAG):
             continue
@@ -79,8 +89,22 @@ def running_job(client: Any, queue: str, name: str, store: ArtifactStore) -> Run
         manifest = env.get("FLOWTASK_MANIFEST")
         if not manifest or _exists(store, manifest):
             continue
-        return RunningJob(job["jobId"], job["status"], manifest, _payload(container))
-    return None
+        foreach = env.get("FLOWTASK_FOREACH")
+        chunks = _chunks(container) if foreach else ()
+        payload = _payload(container)
+        left.append(RunningJob(job["jobId"], job["status"], manifest, payload, foreach, chunks))
+    return left
+
+
+def listed_jobs(client: Any, **request: Any) -> list[dict[str, Any]]:
+    """Every job summary ``ListJobs`` returns for ``request``, page after page."""
+    summaries: list[dict[str, Any]] = []
+    while True:
+        page = client.list_jobs(**request)
+        summaries += page["jobSummaryList"]
+        if not page.get("nextToken"):
+            return summaries
+        request = {**request, "nextToken": page["nextToken"]}
 
 
 def mark_stopped(client: Any, job_id: str, reason: str) -> str | None:
@@ -109,6 +133,17 @@ def _exists(store: ArtifactStore, manifest_key: str) -> bool:
     except MissingArtifact:
         return False
     return True
+
+
+def _chunks(container: Mapping[str, Any]) -> tuple[int, ...]:
+    """The chunks a ``.foreach`` job's command runs (``--chunk N`` or ``--chunks LIST``)."""
+    from provider.runtime.foreach import parse_chunks
+
+    command = list(container.get("command") or [])
+    for flag, read in (("--chunks", parse_chunks), ("--chunk", lambda text: [int(text)])):
+        if flag in command[:-1]:
+            return tuple(read(command[command.index(flag) + 1]))
+    return ()
 
 
 def _payload(container: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -12,17 +12,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.providers.amazon.aws.utils.task_log_fetcher import AwsTaskLogFetcher
 
-from provider.compute.batch_status import log_streams
+from provider.compute.batch_status import log_location, log_streams
 
 #: Status checks are bounded by the task's own timeout, not by a count.
 UNBOUNDED_CHECKS = 10**9
+OVERRIDES_LINE = "AWS Batch job - container overrides"
+TAIL_LINES = 20
 
 
 class PacedBatchHook(BatchClientHook):
@@ -72,10 +74,36 @@ class AttemptsLogFetcher(AwsTaskLogFetcher):
         return streams[streams.index(self.log_stream_name) + 1 :]
 
 
+class _WithoutOverrides:
+    """A task logger that leaves out the container overrides (the 6 KB bootstrap command)."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def info(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        if not str(message).startswith(OVERRIDES_LINE):
+            self._log.info(message, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+
 class FlowBatchOperator(BatchOperator):
-    """``BatchOperator`` with :class:`PacedBatchHook` and :class:`AttemptsLogFetcher`."""
+    """``BatchOperator`` with :class:`PacedBatchHook` and :class:`AttemptsLogFetcher`; with
+    ``log_overrides = False`` (a foreach's later jobs) it does not log the command again."""
 
     aws_hook_class = PacedBatchHook  # type: ignore[assignment]
+    log_overrides = True
+
+    def submit_job(self, context: Any) -> None:
+        if self.log_overrides:
+            return super().submit_job(context)
+        log = self.log
+        self._log = cast(Any, _WithoutOverrides(log))
+        try:
+            return super().submit_job(context)
+        finally:
+            self._log = log
 
     def __init__(self, *, poll_seconds: float, **kwargs: Any) -> None:
         self.poll_seconds = poll_seconds
@@ -105,3 +133,19 @@ class FlowBatchOperator(BatchOperator):
             fetch_interval=self.awslogs_fetch_interval,
             logger=self.log,
         )
+
+
+def log_tail(op: FlowBatchOperator, job: Any, lines: int = TAIL_LINES) -> list[str]:
+    """The last ``lines`` of the CloudWatch log of the job's last attempt."""
+    location = log_location(job)
+    if location is None:
+        return []
+    group, stream = location
+    logs = AwsLogsHook(aws_conn_id=op.aws_conn_id, region_name=op.hook.conn_region_name)
+    try:
+        found = logs.conn.get_log_events(
+            logGroupName=group, logStreamName=stream, limit=lines, startFromHead=False
+        )
+    except Exception as exc:  # no logs:GetLogEvents, or the stream is gone: say so, go on
+        return [f"(could not read {group} {stream}: {type(exc).__name__}: {exc})"]
+    return [event["message"] for event in found["events"]] or ["(it wrote nothing)"]

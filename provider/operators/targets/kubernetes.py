@@ -58,6 +58,7 @@ class KubernetesTarget(ComputeTarget):
         from airflow.sdk.exceptions import AirflowException
 
         from provider.compute import describe_pod_failure
+        from provider.compute.kubernetes import pod_failure_kind
 
         self._pod_operator = pod_op = self._operator(run, Reference.from_json(state["code"]))
         failure = None
@@ -66,7 +67,10 @@ class KubernetesTarget(ComputeTarget):
         except AirflowException as exc:
             failure = describe_pod_failure(pod_op.pod) or str(exc).splitlines()[0]
         return Outcome(
-            manifest_key=run.manifest_key, exit_code=_exit_code(pod_op.pod), failure=failure
+            manifest_key=run.manifest_key,
+            exit_code=_exit_code(pod_op.pod),
+            failure=failure,
+            kind=pod_failure_kind(pod_op.pod) if failure else None,
         )
 
     def _operator(self, run: TaskRun, code: Reference) -> Any:
@@ -98,8 +102,8 @@ class KubernetesTarget(ComputeTarget):
                 "share one budget of %d failures (backoffLimit) instead of %d each",
                 major,
                 minor,
-                run.spec.retry.times * len(chunks),
-                run.spec.retry.times,
+                run.spec.retry.infra * len(chunks),
+                run.spec.retry.infra,
             )
         self._job_operator = job_op = job_operator(
             run.task_id,
@@ -252,7 +256,7 @@ def job_operator(
         str(identity["task_id"]),
         chunks,
         max_parallel=max_parallel(spec, local=False),
-        retries=spec.retry.times,
+        retries=spec.retry.infra,
         per_index=per_index,
     )
     # ``deferrable`` is kept for the target to read: the Job is watched from the worker.
@@ -267,9 +271,10 @@ def run_pod(pod_op: Any, context: Any, manifest_key: str, *, deferrable: bool = 
     from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 
     from provider.compute import describe_pod_failure
-    from provider.compute.kubernetes import MANIFEST_ANNOTATION
+    from provider.compute.kubernetes import MANIFEST_ANNOTATION, pod_failure_kind
 
     failure = None
+    context = without_pod_xcoms(context)
     try:
         if deferrable:
             pod_op.execute(context)  # the name check, then create, watch the start, defer
@@ -292,7 +297,36 @@ def run_pod(pod_op: Any, context: Any, manifest_key: str, *, deferrable: bool = 
         manifest_key=annotations.get(MANIFEST_ANNOTATION, manifest_key),
         exit_code=_exit_code(pod_op.remote_pod),
         failure=failure,
+        kind=pod_failure_kind(pod_op.remote_pod or pod_op.pod) if failure else None,
     )
+
+
+class _TaskInstanceWithoutPodXComs:
+    """The task instance as the pod operator sees it: everything but its ``pod_name`` and
+    ``pod_namespace`` XComs, which a flow task's users did not ask for (its XCom is its
+    result; the pod is named in the task log)."""
+
+    _DROPPED = frozenset({"pod_name", "pod_namespace"})
+
+    def __init__(self, ti: Any) -> None:
+        self._ti = ti
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ti, name)
+
+    def xcom_push(self, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        if key in self._DROPPED:
+            return None
+        return self._ti.xcom_push(key, value, *args, **kwargs)
+
+
+def without_pod_xcoms(context: Any) -> Any:
+    """``context`` with a task instance that does not push the pod's name and namespace."""
+    ti = context.get("ti")
+    if ti is None or isinstance(ti, _TaskInstanceWithoutPodXComs):
+        return context
+    quiet = _TaskInstanceWithoutPodXComs(ti)
+    return {**context, "ti": quiet, "task_instance": quiet}
 
 
 def _exit_code(pod: Any) -> int | None:

@@ -10,6 +10,8 @@ from typing import Any
 from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
 from provider.store import Reference
 
+KILLED_FOR_MEMORY = (-9, 137)  # SIGKILL, as the kernel's OOM killer sends it
+
 
 class LocalTarget(ComputeTarget):
     name = "local"
@@ -18,6 +20,7 @@ class LocalTarget(ComputeTarget):
         self._process: subprocess.Popen[bytes] | None = None
         self._code_path: str | None = None
         self._pool: Any = None
+        self._killed = False
 
     def prepare(self, run: TaskRun) -> dict[str, Reference]:
         from provider.operators.targets.code import local_code_package
@@ -44,6 +47,17 @@ class LocalTarget(ComputeTarget):
             log_error=lambda line: run.log.warning("%s", line),
             on_start=self._started,
         )
+        if code in KILLED_FOR_MEMORY and not self._killed:
+            return Outcome(
+                manifest_key=run.manifest_key,
+                exit_code=code,
+                failure=(
+                    "the runtime was killed by SIGKILL: most likely the kernel's out-of-memory "
+                    f"killer (this machine ran out of memory; the task asked for "
+                    f"{run.spec.resources.memory} MiB)"
+                ),
+                kind="oom",
+            )
         return Outcome(manifest_key=run.manifest_key, exit_code=code)
 
     def run_foreach(self, run: TaskRun, chunks: list[int], context: Any) -> Outcome:
@@ -113,6 +127,7 @@ class LocalTarget(ComputeTarget):
     def kill(self) -> None:
         from provider.compute.local import terminate_group
 
+        self._killed = True
         if self._process is not None:
             terminate_group(self._process, grace_seconds=3.0)
         if self._pool is not None:

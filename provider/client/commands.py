@@ -1,0 +1,304 @@
+"""``flowtask runs / show / get / tag``: a table for people, ``--json`` for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from provider.client.errors import NoResult, NotFound, UnknownRun
+from provider.client.flow import STORE_ENV, Flow
+from provider.client.namespaces import get_namespace
+from provider.client.run import Run
+from provider.client.task import Task, Try, describe
+
+
+def _when(moment: datetime | float | None) -> str:
+    if moment is None:
+        return "-"
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment).astimezone()
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return f"{size} B"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, two spaces apart; the last column is not padded."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "namespace": run.namespace,
+        "tags": list(run.tags),
+        "system_tags": list(run.system_tags),
+        "user_tags": list(run.user_tags),
+        "created_at": run.created_at.isoformat(),
+        "status": run.status,
+        "finished": run.finished,
+        "successful": run.successful,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }
+
+
+def _flow(args: argparse.Namespace) -> Flow:
+    return Flow(args.dag_id, store=args.store)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    flow = _flow(args)
+    name = None if args.all_namespaces else (args.namespace or get_namespace())
+    runs = list(flow.runs(tags=args.tag or (), namespace=name))
+    if args.json:
+        print(json.dumps([run_json(run) for run in runs], indent=2))
+        return 0
+    if runs:
+        rows = [
+            (run.run_id, run.namespace, ", ".join(run.tags), _when(run.created_at), run.status)
+            for run in runs
+        ]
+        print(table(("RUN ID", "NAMESPACE", "TAGS", "STARTED", "STATUS"), rows))
+        return 0
+    where = "in any namespace" if name is None else f"in namespace {name!r}"
+    tagged = f" tagged {', '.join(args.tag)}" if args.tag else ""
+    print(f"no runs of {args.dag_id}{tagged} {where}", file=sys.stderr)
+    if name is not None:
+        others = sorted({r.namespace for r in flow.runs(tags=args.tag or (), namespace=None)})
+        if others:
+            print(
+                f"runs{tagged} are in: {', '.join(others)} (--namespace NS or --all-namespaces)",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _try_row(task: Task, attempt: Try) -> tuple[str, ...]:
+    index = "-" if attempt.map_index < 0 else str(attempt.map_index)
+    if attempt.result is not None:
+        what, size = describe(attempt.result)
+        result, stored = what, _size(size)
+    elif attempt.error:
+        result, stored = f"{attempt.error['type']}: {attempt.error['message']}", "-"
+    else:
+        result, stored = "-", "-"
+    usage = attempt.usage
+    seconds = f"{usage['seconds']:.2f}" if "seconds" in usage else "-"
+    rss = f"{usage['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in usage else "-"
+    line = result if len(result) <= 70 else result[:67] + "..."
+    return (task.task_id, index, str(attempt.number), attempt.status, seconds, rss, stored, line)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    run = _flow(args)[args.run_id]
+    tasks = [run[args.task_id]] if args.task_id else list(run)
+    print(f"run        {run.run_id}  (DAG {run.dag_id})")
+    print(f"namespace  {run.namespace}")
+    added = f"  (added later: {', '.join(run.user_tags)})" if run.user_tags else ""
+    print(f"tags       {', '.join(run.system_tags) or '-'}{added}")
+    print(f"started    {_when(run.created_at)}")
+    ended = f" at {_when(run.finished_at)}" if run.finished_at else ""
+    print(f"status     {run.status}{ended}")
+    rows = [_try_row(task, attempt) for task in tasks for attempt in task.tries]
+    print()
+    if rows:
+        header = ("TASK", "MAP", "TRY", "STATUS", "SECONDS", "PEAK RSS", "SIZE", "RESULT")
+        print(table(header, rows))
+    else:
+        print("no task tries recorded")
+    if args.task_id:  # the whole error of each failed try
+        for attempt in tasks[0].tries:
+            if attempt.error:
+                index = f"[{attempt.map_index}]" if attempt.map_index >= 0 else ""
+                error = f"{attempt.error['type']}: {attempt.error['message']}"
+                print(f"\n{attempt.task_id}{index} try {attempt.number}: {error}")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    task = _flow(args)[args.run_id][args.task_id]
+    if args.map_index is not None:
+        task = task[args.map_index]
+    elif task.mapped:
+        raise NoResult(
+            f"task {task.task_id!r} is mapped ({len(task)} instances): pass --map-index I"
+        )
+    value = task.data
+    if args.output:
+        _write_pickle(value, args.output)
+        print(f"wrote {type(value).__qualname__} to {args.output}", file=sys.stderr)
+        return 0
+    head = getattr(value, "head", None)
+    if callable(head) and hasattr(value, "shape"):  # a DataFrame or a Series
+        print(f"{type(value).__qualname__} {value.shape}")
+        print(head())
+    else:
+        print(repr(value))
+    return 0
+
+
+def _write_pickle(value: Any, path: str) -> None:
+    import pickle
+
+    try:
+        data = pickle.dumps(value, protocol=5)
+    except Exception:  # a value only cloudpickle can pickle (a lambda inside, ...)
+        import cloudpickle
+
+        data = cloudpickle.dumps(value, protocol=5)
+    with open(path, "wb") as out:
+        out.write(data)
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    run = _flow(args)[args.run_id]
+    if args.action == "add":
+        run.add_tags(*args.tags)
+    else:
+        run.remove_tags(*args.tags)
+    print(f"{run.run_id}: {', '.join(run.tags) or 'no tags'}")
+    return 0
+
+
+USED = ("peak_rss_mib", "cpu_seconds", "wall_seconds", "gpu_memory_mib")
+
+
+def usage_rows(run: Run) -> list[dict[str, Any]]:
+    """Requested against used, and a suggested request, per task try that recorded usage."""
+    from provider.runtime.usage import suggested_request
+
+    rows = []
+    for task in run:
+        for attempt in task.tries:
+            used = attempt.usage
+            if not {"peak_rss_mib", "cpu_seconds", "wall_seconds"} <= set(used):
+                continue
+            asked = attempt.requested
+            rows.append(
+                {
+                    "task_id": attempt.task_id,
+                    "map_index": attempt.map_index,
+                    "try_number": attempt.number,
+                    "requested": {
+                        "cpu": asked.get("cpu"),
+                        "memory_mib": asked.get("memory_mib"),
+                        "gpu": asked.get("gpu"),
+                    },
+                    "used": {name: used[name] for name in USED if name in used},
+                    "suggested": suggested_request(
+                        used["peak_rss_mib"], used["cpu_seconds"], used["wall_seconds"]
+                    ),
+                }
+            )
+    return rows
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    flow = _flow(args)
+    run = flow[args.run_id] if args.run_id else next(flow.runs(namespace=None), None)
+    if run is None:
+        raise UnknownRun(f"DAG {args.dag_id!r} has no runs in the store")
+    rows = usage_rows(run)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"run {run.run_id} of {run.dag_id}: requested vs used, and a request that would fit")
+    lines = [
+        (
+            row["task_id"],
+            "-" if row["map_index"] < 0 else str(row["map_index"]),
+            str(row["try_number"]),
+            _amount(row["requested"]["cpu"]),
+            f"{row['used']['cpu_seconds'] / max(row['used']['wall_seconds'], 1e-3):.2f}",
+            _mib(row["requested"]["memory_mib"]),
+            _mib(row["used"]["peak_rss_mib"]),
+            f"cpu={row['suggested']['cpu']:g}, memory={row['suggested']['memory_mib']}",
+        )
+        for row in rows
+    ]
+    header = ("TASK", "MAP", "TRY", "CPU", "CPU USED", "MEMORY", "PEAK", "SUGGESTED")
+    print(table(header, lines) if lines else "no task try recorded its usage")
+    return 0
+
+
+def _amount(value: Any) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _mib(value: Any) -> str:
+    from provider.runtime.usage import human_mib
+
+    return "-" if value is None else human_mib(float(value))
+
+
+def _store_option(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
+    parser.add_argument(
+        "--store",
+        default=env.get(STORE_ENV),
+        required=STORE_ENV not in env,
+        help=f"artifact store root (default: ${STORE_ENV})",
+    )
+
+
+def add_commands(sub: Any, env: dict[str, str]) -> None:
+    """Register ``runs``, ``show``, ``get`` and ``tag`` on the ``flowtask`` parser."""
+    runs = sub.add_parser("runs", help="list a DAG's runs, newest first")
+    runs.add_argument("dag_id")
+    runs.add_argument("--tag", action="append", help="only runs with this tag (repeatable)")
+    group = runs.add_mutually_exclusive_group()
+    group.add_argument("--namespace", help="runs of this namespace (default: user:<you>)")
+    group.add_argument("--all-namespaces", action="store_true", help="runs of every namespace")
+    runs.add_argument("--json", action="store_true", help="a JSON list, for scripts")
+    _store_option(runs, env)
+    runs.set_defaults(handler=cmd_runs)
+
+    show = sub.add_parser("show", help="a run's tasks and tries, with result types and sizes")
+    show.add_argument("dag_id")
+    show.add_argument("run_id")
+    show.add_argument("task_id", nargs="?")
+    _store_option(show, env)
+    show.set_defaults(handler=cmd_show)
+
+    get = sub.add_parser("get", help="print a task's result, or write it as a pickle")
+    get.add_argument("dag_id")
+    get.add_argument("run_id")
+    get.add_argument("task_id")
+    get.add_argument("--map-index", type=int, help="the instance of a mapped task")
+    get.add_argument("-o", "--output", metavar="FILE", help="write the value as a pickle")
+    _store_option(get, env)
+    get.set_defaults(handler=cmd_get)
+
+    tag = sub.add_parser("tag", help="add or remove tags of a run after the fact")
+    tag.add_argument("action", choices=("add", "remove"))
+    tag.add_argument("dag_id")
+    tag.add_argument("run_id")
+    tag.add_argument("tags", nargs="+", metavar="TAG")
+    _store_option(tag, env)
+    tag.set_defaults(handler=cmd_tag)
+
+    usage = sub.add_parser(
+        "usage", help="requested vs used resources per task, with a suggested request"
+    )
+    usage.add_argument("dag_id")
+    usage.add_argument("run_id", nargs="?", help="default: the DAG's latest run")
+    usage.add_argument("--json", action="store_true", help="a JSON list, for scripts")
+    _store_option(usage, env)
+    usage.set_defaults(handler=cmd_usage)
+
+
+HANDLED = (NotFound, ValueError)  # what a command reports as a one-line error, exit code 2
