@@ -160,6 +160,14 @@ def test_an_older_api_server_drops_backoff_limit_per_index_and_backoff_limit_fai
     assert failed.status.active == 0  # the running pods were deleted
 
 
+# Pods that take a second to stop after SIGTERM, so what is deleted first can be seen.
+SLOW_TO_STOP = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1), sys.exit(0)))\n"
+    "time.sleep(60)\n"
+)
+
+
 @pytest.mark.parametrize(
     ("policy", "job_gone_first", "pods_left"),
     [("Background", True, 0), ("Foreground", False, 0), (None, True, 2)],
@@ -168,16 +176,16 @@ def test_deleting_a_job_honours_its_propagation_policy(
     cluster: LocalCluster, policy: str | None, job_gone_first: bool, pods_left: int
 ):
     api = cluster.batch_v1()
-    api.create_namespaced_job(
-        "default", job("sleepy", "import time; time.sleep(60)", completions=2, parallelism=2)
-    )
+    api.create_namespaced_job("default", job("sleepy", SLOW_TO_STOP, completions=2, parallelism=2))
     wait(cluster.pods, lambda pods: sum(p["status"].get("phase") == "Running" for p in pods) == 2)
     api.delete_namespaced_job("sleepy", "default", propagation_policy=policy)
+    assert len(cluster.pods()) == 2  # still stopping (or, orphaned, running on)
     if job_gone_first:
         assert cluster.jobs() == []
     else:  # Foreground: the Job waits, marked for deletion, until its pods are gone
         (marked,) = cluster.jobs()
-        assert marked["metadata"]["deletionTimestamp"] and cluster.pods()
+        assert marked["metadata"]["deletionTimestamp"]
+        assert marked["metadata"]["finalizers"] == ["foregroundDeletion"]
     wait(cluster.pods, lambda pods: len(pods) == pods_left, seconds=10)
     wait(cluster.jobs, lambda jobs: jobs == [], seconds=10)
     if pods_left:  # batch/v1's default is Orphan: the pods run on, owned by nobody
