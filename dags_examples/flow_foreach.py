@@ -12,11 +12,14 @@ try and, with ``catch=True``, becomes a ``Failure`` in its place in the list.
 
     airflow dags test flow_foreach
     airflow dags test flow_foreach -c '{"flow_compute": "batch"}'    # one array job per task
+    airflow dags test flow_foreach -c '{"flow_compute": "kubernetes", "n_items": 2000}'  # a Job
 """
 
 from __future__ import annotations
 
-from airflow.sdk import dag, task
+from typing import Any
+
+from airflow.sdk import Param, dag, task
 
 from provider import Failure, ForeachOptions, Resources, Retry, flow_params, flow_task
 
@@ -24,11 +27,20 @@ N_ITEMS = 10_000
 RECORDS = [f"r{i}={3 * i}" if i != 13 else "r13" for i in range(100)]  # r13 has no value
 
 
-@dag(schedule=None, catchup=False, params=flow_params(tags=["example"]), tags=["flowtask"])
+@dag(
+    schedule=None,
+    catchup=False,
+    params={
+        **flow_params(tags=["example"]),
+        "n_items": Param(N_ITEMS, type="integer", minimum=1, title="how many items"),
+    },
+    tags=["flowtask"],
+)
 def flow_foreach():
     @flow_task
-    def list_items() -> list[int]:
-        return list(range(N_ITEMS))  # stays a reference: the worker never loads the list
+    def list_items(params: dict[str, Any] | None = None) -> list[int]:
+        assert params is not None
+        return list(range(params["n_items"]))  # stays a reference: the worker never loads it
 
     @flow_task(resources=Resources(cpu=1, memory=512), foreach=ForeachOptions(chunk_size=500))
     def score(item: int, salt: int) -> int:
@@ -48,10 +60,12 @@ def flow_foreach():
         return int(value)
 
     @task
-    def check(scores: list[int], summary: dict[str, int], parsed: list, salt: int) -> str:
-        expected = [(i * i + salt) % 9973 for i in range(N_ITEMS)]
+    def check(
+        scores: list[int], summary: dict[str, int], parsed: list, salt: int, params: Any = None
+    ) -> str:
+        expected = [(i * i + salt) % 9973 for i in range(params["n_items"])]
         assert scores == expected, "results out of order or wrong"
-        assert summary == {"count": N_ITEMS, "total": sum(expected)}, summary
+        assert summary == {"count": len(expected), "total": sum(expected)}, summary
         failure = parsed.pop(13)  # r13's, caught; r60 healed on the retry
         assert isinstance(failure, Failure) and "invalid literal" in failure.message, failure
         assert parsed == [3 * i for i in range(100) if i != 13], parsed

@@ -210,6 +210,26 @@ def batch_poll_seconds() -> float:
     return value
 
 
+DEFAULT_FOREACH_MAX_PARALLEL = 100
+
+
+def foreach_max_parallel() -> int:
+    """How many pods of a ``.foreach`` on Kubernetes run at once, unless the task says."""
+    from provider.specs.foreach import MAX_PARALLEL
+
+    raw = _get("foreach_max_parallel", str(DEFAULT_FOREACH_MAX_PARALLEL))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_PARALLEL:
+        raise ValueError(
+            f"[{SECTION}] foreach_max_parallel={raw!r} is invalid. Accepted: an int from 1 to "
+            f"{MAX_PARALLEL}"
+        )
+    return value
+
+
 def pod_store_env() -> dict[str, str]:
     """Where pods find an s3:// store: the connection's endpoint and region, never its keys."""
     if not artifact_store_uri().startswith("s3://"):

@@ -186,6 +186,15 @@ def get_provider_info() -> dict[str, Any]:
                         "kubernetes_default",
                         "kubernetes_ml",
                     ),
+                    "foreach_max_parallel": _option(
+                        "How many pods of a .foreach on Kubernetes run at once (its Indexed "
+                        "Job's parallelism) when its ForeachOptions(max_parallel=...) says "
+                        "nothing. Locally the default is the CPU count; Batch submits every "
+                        "chunk at once.\n",
+                        "100",
+                        "500",
+                        kind="integer",
+                    ),
                     **_kubernetes_options(),
                     **_batch_options(),
                     "xcom_inline_max_bytes": _option(

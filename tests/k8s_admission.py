@@ -44,11 +44,16 @@ def invalid(field: str, value: Any, detail: str) -> str:
 
 
 class Invalid(Exception):
-    """The pod is refused: ``status`` 422 (the API server's), or 501 (not modelled here)."""
+    """The object is refused: ``status`` 422 (the API server's), or 501 (not modelled here).
 
-    def __init__(self, name: str, problems: list[str], status: int = 422) -> None:
+    ``kind`` is as the API server names it: ``Pod``, ``Job.batch``.
+    """
+
+    def __init__(
+        self, name: str, problems: list[str], status: int = 422, kind: str = "Pod"
+    ) -> None:
         joined = problems[0] if len(problems) == 1 else "[" + ", ".join(problems) + "]"
-        prefix = f'Pod "{name}" is invalid: ' if status == 422 else f'Pod "{name}": '
+        prefix = f'{kind} "{name}" is invalid: ' if status == 422 else f'{kind} "{name}": '
         super().__init__(prefix + joined)
         self.status, self.problems = status, problems
         self.reason = "Invalid" if status == 422 else "NotImplemented"
@@ -93,12 +98,12 @@ def admit_pod(pod: dict[str, Any]) -> None:
         raise Invalid(name, problems)
 
 
-def _schema(pod: dict[str, Any]) -> Iterator[str]:
+def _schema(obj: dict[str, Any], api_version: str = "v1", kind: str = "Pod") -> Iterator[str]:
     import kubernetes_validate
 
     try:
         # The URL says what it is; a client may leave apiVersion and kind out of the body.
-        typed = {"apiVersion": "v1", "kind": "Pod"} | pod
+        typed = {"apiVersion": api_version, "kind": kind} | obj
         kubernetes_validate.validate(typed, SCHEMA_VERSION, strict=True)
     except kubernetes_validate.ValidationError as error:
         path = ".".join(str(part) for part in error.path)

@@ -13,7 +13,12 @@ or stay Pending as Unschedulable (``k8s_node``), images the "registry" does not 
 (``k8s_images``), Secrets and PersistentVolumeClaims that do not exist. Volumes are checked,
 not mounted: the container sees the machine's file system. Stopping a container is graceful:
 SIGTERM, then SIGKILL after the grace period (the delete request's, else
-``terminationGracePeriodSeconds``).
+``terminationGracePeriodSeconds``). ``$(VAR)`` in a command is expanded, and field references
+(``metadata.labels['x']``) resolved, as a kubelet does.
+
+Jobs (batch/v1) are admitted, defaulted and run by a Job controller (``k8s_jobs``) whose pods
+go through the same kubelet; ``version`` is the Kubernetes 1.x that ``/version`` reports and the
+API server behaves as (an API server before 1.29 drops ``backoffLimitPerIndex``).
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ import attrs
 import kmock
 from k8s_admission import Invalid, admit_pod
 from k8s_images import interpreter, pull_error, python_of, shims
+from k8s_jobs import JobController, admit_job, default_job
 from k8s_node import NODE, Node, unschedulable
 
 T = TypeVar("T")
 PODS = kmock.resource("", "v1", "pods")
 EVENTS = kmock.resource("", "v1", "events")
 PVCS = kmock.resource("", "v1", "persistentvolumeclaims")
+JOBS = kmock.resource("batch", "v1", "jobs")
 DEFAULT_GRACE_SECONDS = 30  # terminationGracePeriodSeconds when the pod sets none
 _UNITS = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _UNITS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "": 1}
@@ -56,6 +63,9 @@ _UNITS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "": 1}
 _REQUIREMENT = re.compile(
     r"\s*(!?)\s*([\w./-]+)(?:\s*(==|=|!=)\s*([\w./-]*)|\s+(in|notin)\s*\(([^)]*)\))?"
 )
+# A field reference to one label or annotation: ``metadata.labels['batch.kubernetes.io/x']``.
+_REFERENCE = re.compile(r"(\$?)\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
+_FIELD_KEY = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
 _KILL_STATUS = {  # why the kubelet killed a container -> the pod's status.reason and .message
     "DeadlineExceeded": "Pod was active on the node longer than the specified deadline",
     "Evicted": "The node was low on resource: memory.",
@@ -100,6 +110,18 @@ def dig(obj: Any, path: str) -> Any:
     return obj
 
 
+def expand(arg: str, env: dict[str, str]) -> str:
+    """``$(VAR)`` in a command or its args, as the kubelet expands it (``$$(VAR)`` escapes)."""
+    return _REFERENCE.sub(lambda m: m[0][1:] if m[1] else env.get(m[2], m[0]), arg)
+
+
+def field_value(obj: dict[str, Any], path: str) -> str:
+    """A downward-API field: ``metadata.name``, ``metadata.labels['x']``, ``spec.nodeName``."""
+    if match := _FIELD_KEY.fullmatch(path):
+        return str((obj["metadata"].get(match[1]) or {}).get(match[2], ""))
+    return str(dig(obj, path) or "")
+
+
 def group_rss(pgid: int) -> int:
     """Resident bytes of all processes in the process group ``pgid``, summed from /proc."""
     total = 0
@@ -135,8 +157,26 @@ class _Api(kmock.KubernetesEmulator):
     """kmock's stateful API, plus server-set metadata, selectors, and the kubelet's endpoints."""
 
     kubelet: Kubelet
+    jobs: JobController
     history: list[dict[str, Any]]
+    job_history: list[dict[str, Any]]
     versions: itertools.count[int]
+    minor: int  # the Kubernetes 1.x this API server reports and behaves as
+    changed: asyncio.Event  # replaced whenever a pod changes (the Job controller waits on it)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.fallback["get /version/"] << self._serve_server_version  # the client's URL
+
+    def touch(self, resource: kmock.resource) -> None:
+        if resource == PODS:
+            event, self.changed = self.changed, asyncio.Event()
+            event.set()
+
+    async def _serve_server_version(self, request: kmock.Request) -> dict[str, str]:
+        version = {"major": "1", "minor": str(self.minor), "gitVersion": f"v1.{self.minor}.0"}
+        version |= {"gitCommit": "0" * 40, "gitTreeState": "clean", "buildDate": timestamp()}
+        return version | {"goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"}
 
     def stamp(self, obj: dict[str, Any], namespace: str | None) -> None:
         """Set the metadata that the API server sets on creation."""
@@ -169,6 +209,7 @@ class _Api(kmock.KubernetesEmulator):
                 return
             obj.patch(patch)
             await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
+        self.touch(resource)
 
     async def remove(self, resource: kmock.resource, key: tuple[str, str], uid: str) -> None:
         """Delete an object that ended its graceful deletion; tell watchers."""
@@ -179,6 +220,7 @@ class _Api(kmock.KubernetesEmulator):
             raw = obj.raw
             obj.delete()
             await self._buses[resource].put({"type": "DELETED", "object": raw})
+        self.touch(resource)
 
     async def create(self, resource: kmock.resource, obj: dict[str, Any]) -> None:
         """Store a new object as if it were POSTed (used for events)."""
@@ -187,6 +229,78 @@ class _Api(kmock.KubernetesEmulator):
         async with self._lock:
             self.objects[resource, meta["namespace"], meta["name"]] = obj
             await self._buses[resource].put({"type": "ADDED", "object": obj})
+        self.touch(resource)
+
+    async def create_pod(self, pod: dict[str, Any], job: dict[str, Any]) -> dict[str, Any] | None:
+        """A pod the Job controller creates: refused as a client's would be (a FailedCreate
+        event on the Job), else stored and run."""
+        meta = pod["metadata"]
+        meta["name"] = meta.get("name") or meta["generateName"] + uuid.uuid4().hex[:5]
+        try:
+            admit_pod(pod)
+        except Invalid as refused:
+            await self.job_event(job, "Warning", "FailedCreate", f"Error creating: {refused}")
+            return None
+        pod["status"] = {"phase": "Pending"}
+        await self.create(PODS, pod)
+        self.history.append(copy.deepcopy(pod))
+        self.kubelet.schedule(pod)
+        name = pod["metadata"]["name"]
+        await self.job_event(job, "Normal", "SuccessfulCreate", f"Created pod: {name}")
+        return pod
+
+    async def job_event(self, job: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        meta = job["metadata"]
+        involved = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"]}
+        involved |= {"namespace": meta["namespace"], "uid": meta["uid"]}
+        now = timestamp()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": meta["namespace"],
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message,
+            "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "source": {"component": "job-controller"},
+            "involvedObject": involved,
+        }
+        await self.create(EVENTS, event)
+
+    async def delete_pod(self, key: tuple[str, str], grace: float | None = None) -> bool:
+        """Stop a pod as the kubelet does on delete: SIGKILL at once when nothing runs or
+        ``grace`` is 0 (False: remove it now), else SIGTERM and a grace period (``grace``, else
+        the pod's), the pod staying with a ``deletionTimestamp`` until its processes stopped."""
+        obj = await self.live(PODS, *key)
+        p = self.kubelet.pods.get(key)
+        if obj is None or p is None or p.done.is_set() or p.uid != obj["metadata"]["uid"]:
+            if p is not None:
+                self.kubelet.kill(key, "Deleted")
+            return False
+        if grace is None:
+            grace = float(p.pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS))
+        if p.proc is None or grace <= 0:
+            self.kubelet.kill(key, "Deleted")
+            return False
+        await self.update(
+            PODS,
+            key,
+            p.uid,
+            {"metadata": {"deletionTimestamp": timestamp(), "deletionGracePeriodSeconds": grace}},
+        )
+        self.kubelet.kill(key, "Deleted", grace)
+        p.on_done.append(lambda: self.remove(PODS, key, p.uid))
+        return True
+
+    async def collect_pod(self, key: tuple[str, str]) -> None:
+        """Delete a pod whose owner went or failed (the garbage collector, the Job controller)."""
+        if not await self.delete_pod(key) and (obj := await self.live(PODS, *key)) is not None:
+            await self.remove(PODS, key, obj["metadata"]["uid"])
 
     async def list_objects(
         self, resource: kmock.resource, namespace: str | None, labels: str = "", fields: str = ""
@@ -204,7 +318,7 @@ class _Api(kmock.KubernetesEmulator):
         return {"apiVersion": "v1", "metadata": {"resourceVersion": version}, "items": items}
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
-        is_pod = request.resource == PODS
+        is_pod, is_job = request.resource == PODS, request.resource == JOBS
         if request.action == kmock.action.LIST and request.params.get("watch") == "True":
             # The official client says "True"; kmock knows "true" and finds requests by identity.
             index = self._requests.index(request)
@@ -226,15 +340,36 @@ class _Api(kmock.KubernetesEmulator):
                         status=refused.status, reason=refused.reason, message=str(refused)
                     ) from None
                 request.data.setdefault("status", {"phase": "Pending"})
+            if is_job:
+                try:
+                    admit_job(request.data)
+                except Invalid as refused:
+                    raise kmock.KubernetesError(
+                        status=refused.status, reason=refused.reason, message=str(refused)
+                    ) from None
             self.stamp(request.data, request.namespace)
+            if is_job:
+                default_job(request.data, self.minor)
         if is_pod and request.action == kmock.action.DELETE:
             key = (request.namespace or "", request.name or "")
             if (graceful := await self.delete_gracefully(request, key)) is not None:
                 return graceful
+        if is_job and request.action == kmock.action.DELETE and request.name:
+            options = request.data if isinstance(request.data, dict) else {}
+            policy = request.params.get("propagationPolicy", options.get("propagationPolicy"))
+            key = (request.namespace or "", request.name)
+            deleted = await self.jobs.delete(key, policy or "Orphan")  # batch/v1's default
+            if deleted is None:
+                raise kmock.KubernetesObjectNotFoundError()
+            return aiohttp.web.json_response(deleted)
         response = await super()._handle(request)
         if created and is_pod and response.status < 300:
             self.history.append(submitted)
             self.kubelet.schedule(request.data)
+            self.touch(PODS)
+        if created and is_job and response.status < 300:
+            self.job_history.append(submitted)
+            self.jobs.start(request.data)
         return response
 
     async def delete_gracefully(
@@ -245,24 +380,9 @@ class _Api(kmock.KubernetesEmulator):
         The pod stays, with a ``deletionTimestamp``, until its container has stopped; None when
         there is nothing to wait for (the pod is deleted at once).
         """
-        obj = await self.live(PODS, *key)
-        p = self.kubelet.pods.get(key)
-        if obj is None or p is None or p.done.is_set() or p.uid != obj["metadata"]["uid"]:
-            if p is not None:
-                self.kubelet.kill(key, "Deleted")
+        obj, p = await self.live(PODS, *key), self.kubelet.pods.get(key)
+        if obj is None or not await self.delete_pod(key, grace_seconds(request, p.pod) if p else 0):
             return None
-        grace = grace_seconds(request, p.pod)
-        if p.proc is None or grace <= 0:
-            self.kubelet.kill(key, "Deleted")
-            return None
-        await self.update(
-            PODS,
-            key,
-            p.uid,
-            {"metadata": {"deletionTimestamp": timestamp(), "deletionGracePeriodSeconds": grace}},
-        )
-        self.kubelet.kill(key, "Deleted", grace)
-        p.on_done.append(lambda: self.remove(PODS, key, p.uid))
         live = await self.live(PODS, *key)
         return aiohttp.web.json_response(copy.deepcopy(live.raw if live else obj.raw))
 
@@ -495,7 +615,9 @@ class Kubelet:
             state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
             await self.wait_pending(p, state)
             return await self.finish(p, 137, start_time)
-        argv = [*p.container.get("command", []), *p.container.get("args", [])]
+        argv = [
+            expand(a, env) for a in [*p.container.get("command", []), *p.container.get("args", [])]
+        ]
         if p.killed:  # deleted or evicted before it started
             return await self.finish(p, 137, start_time)
         try:
@@ -592,7 +714,8 @@ class Kubelet:
     async def environment(self, p: _Pod, work: Path, python: str) -> dict[str, str]:
         """The container's env: a minimal one, then envFrom, then env (values, keys, fields)."""
         bin_ = shims(self.root, python)
-        env = {"PATH": f"{bin_}:/usr/local/bin:/usr/bin:/bin", "HOSTNAME": p.key[1]}
+        hostname = p.pod["spec"].get("hostname") or p.key[1]
+        env = {"PATH": f"{bin_}:/usr/local/bin:/usr/bin:/bin", "HOSTNAME": hostname}
         env |= {"HOME": str(work / "home"), "TMPDIR": str(work / "tmp")}
         for source in p.container.get("envFrom") or []:
             kind, ref = next((k, source[k]) for k in ("secretRef", "configMapRef") if source.get(k))
@@ -603,7 +726,7 @@ class Kubelet:
             if not value_from:
                 env[var["name"]] = var.get("value", "")
             elif ref := value_from.get("fieldRef"):
-                env[var["name"]] = str(dig(p.pod, ref["fieldPath"]) or "")
+                env[var["name"]] = field_value(p.pod, ref["fieldPath"])
             else:
                 kind = next(k for k in ("secretKeyRef", "configMapKeyRef") if value_from.get(k))
                 ref = value_from[kind]
@@ -677,13 +800,19 @@ class LocalCluster:
     """A Kubernetes API on 127.0.0.1 whose pods run as local subprocesses (see module doc)."""
 
     def __init__(
-        self, root: Path | str, node: Node | None = None, missing_images: set[str] | None = None
+        self,
+        root: Path | str,
+        node: Node | None = None,
+        missing_images: set[str] | None = None,
+        version: str = "1.33",
     ) -> None:
+        self.version = version
         self.node = node or Node()
         self.missing_images = missing_images if missing_images is not None else set()
         self.root = Path(root) / "k8s"
         self.kubeconfig = self.root / "kubeconfig"
         self.history: list[dict[str, Any]] = []  # every pod as submitted, in order
+        self.job_history: list[dict[str, Any]] = []  # every Job as submitted, in order
         self.url = ""
 
     def __enter__(self) -> LocalCluster:
@@ -722,6 +851,9 @@ class LocalCluster:
     async def _start(self) -> None:
         self._api = _Api()
         self._api.history, self._api.versions = self.history, itertools.count(1)
+        self._api.job_history, self._api.changed = self.job_history, asyncio.Event()
+        self._api.minor = int(self.version.split(".")[1])
+        self._api.jobs = JobController(self._api, JOBS, PODS)
         self._kubelet = self._api.kubelet = Kubelet(
             self._api, self.root / "pods", self.node, self.missing_images
         )
@@ -731,6 +863,8 @@ class LocalCluster:
         self.url = f"http://127.0.0.1:{self._server.port}"
 
     async def _stop(self) -> None:
+        for task in list(self._api.jobs.tasks):
+            task.cancel()
         for key in list(self._kubelet.pods):
             self._kubelet.kill(key, "Deleted")
         if self._kubelet.tasks:
@@ -759,6 +893,20 @@ class LocalCluster:
     def pods(self) -> list[dict[str, Any]]:
         """Every pod the API holds now (deleted ones are gone)."""
         return self._call(self._api.list_objects(PODS, None))["items"]
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every Job the API holds now."""
+        return self._call(self._api.list_objects(JOBS, None))["items"]
+
+    def job_lifetime(self, name: str) -> tuple[float, float | None]:
+        """When the Job was created and when a DELETE of it came, by ``time.time()``."""
+        return self._api.jobs.created_at[name], self._api.jobs.deleted_at.get(name)
+
+    def batch_v1(self) -> Any:
+        """A ``kubernetes.client.BatchV1Api`` for this cluster."""
+        from kubernetes import client, config
+
+        return client.BatchV1Api(config.new_client_from_config(str(self.kubeconfig)))
 
     def started_at(self, pod_name: str) -> float | None:
         """When the pod's subprocess started (``time.time()``), or None if it has not."""

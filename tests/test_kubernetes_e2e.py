@@ -291,3 +291,133 @@ def test_a_deferrable_pod_frees_the_worker_slot_while_it_runs(
     deferred, held = _slot_seconds(out, "deferred"), _slot_seconds(out, "held")
     print(f"WORKER SLOT deferred={deferred:.1f}s held={held:.1f}s (each pod sleeps 12s)")
     assert held >= 12 and deferred < held - 8
+
+
+def _job_pods(cluster: LocalCluster, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pods the Job controller made for ``job``, in creation order."""
+    name = job["metadata"]["name"]
+    return [p for p in cluster.history if p["metadata"].get("generateName", "").startswith(name)]
+
+
+def test_example_flow_foreach_runs_as_one_indexed_job(
+    dags_test: DagsTest, cluster: LocalCluster, moto: Any
+):
+    """2,000 items of `score` as one Indexed Job of 4 pods; `parse` fails items on its first
+    try, and the retry's Job runs only the two chunks with failed items, where a malformed
+    record fails again and is caught."""
+    _secret(cluster, "flow-test-env", {"UNUSED": "1"})
+    conf = {"flow_compute": "kubernetes", "n_items": 2000}
+    run = dags_test("flow_foreach", conf=conf, **_cluster_env(cluster, moto, "e2e-k8s-foreach"))
+    assert run.returncode == 0, run.output[-8000:]
+    assert "Returned value was: 2000 items checked" in run.output  # every result, in order
+    store = _store(moto, "e2e-k8s-foreach")
+    (score,) = _manifests(store, "flow_foreach")["score"]
+    assert score["foreach"] == {
+        "items": 2000,
+        "chunks": 4,
+        "chunk_size": 500,
+        "prefix": score["foreach"]["prefix"],
+        "failed": 0,
+    }
+    jobs: dict[str, list[dict[str, Any]]] = {}
+    for submitted in cluster.job_history:
+        jobs.setdefault(submitted["metadata"]["labels"]["flowtask.io/task"], []).append(submitted)
+    (job,) = jobs["score"]  # one Job, whatever the number of items
+    # parse: a failed item caught, and a retry that ran only the chunks with failed items.
+    first, retry = jobs["parse"]
+    assert (first["spec"]["completions"], retry["spec"]["completions"]) == (4, 2)
+    assert retry["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == ["--chunks", "0,2"]
+    assert "100 items in 4 chunks of 25; 2 chunks to run (2 done by an earlier try)" in run.output
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 4, 4)
+    assert spec["backoffLimitPerIndex"] == 3  # Retry(infra=3), the default: lost pods run again
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["command"][-2:] == ["--chunks", "0-3"]
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "512Mi"}
+    assert job["metadata"]["labels"]["tag.flowtask.io/example"] == "true"
+    pods = _job_pods(cluster, job)
+    assert sorted(
+        p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] for p in pods
+    ) == ["0", "1", "2", "3"]
+    chunks = [store.read_manifest(k) for k in store.list_manifests(score["foreach"]["prefix"])]
+    assert sorted(m["chunk"] for m in chunks) == [0, 1, 2, 3]
+    assert len({m["pid"] for m in chunks}) == 4  # each pod ran its own chunk
+    assert all(m["ran"] == 500 and m["status"] == "succeeded" for m in chunks)
+    assert re.search(r"foreach: 2000/2000 items done, 0 failed", run.output)
+    assert (
+        f"job {job['metadata']['name']}: 4 pods, 4 at a time (backoffLimitPerIndex=3)" in run.output
+    )
+    assert cluster.jobs() == [] and cluster.pods() == []  # the Job and its pods deleted when done
+    created, deleted = cluster.job_lifetime(job["metadata"]["name"])
+    first = min(m["started_at"] for m in chunks)
+    last = max(m["finished_at"] for m in chunks)
+    assert deleted is not None and created < first < last < deleted
+    print(
+        f"FOREACH JOB 2000 items in 4 chunks: created -> first chunk started "
+        f"{first - created:.2f}s,"
+        f" -> last chunk's manifest {last - created:.2f}s, -> deleted {deleted - created:.2f}s"
+    )
+    assert_gc_keeps_everything_reachable(store, {})
+
+
+def test_foreach_jobs_retry_an_index_resume_failed_items_catch_and_explain_failures(
+    dags_test: DagsTest, cluster: LocalCluster, moto: Any, tmp_path: Path
+):
+    marker = tmp_path / "calls"
+    _secret(cluster, "flow-test-env", {"FLOW_TEST_MARKER": str(marker)})
+    run = dags_test(
+        "flow_foreach_k8s",
+        conf={"flow_compute": "kubernetes"},
+        dags_folder=TEST_DAGS,
+        **_cluster_env(cluster, moto, "e2e-k8s-foreach-cases"),
+    )
+    out = run.output
+    assert run.returncode != 0  # hog and needs_secret fail
+    assert "Returned value was: foreach on kubernetes checked" in out, out[-8000:]
+    jobs = {}
+    for job in cluster.job_history:
+        jobs.setdefault(job["metadata"]["labels"]["flowtask.io/task"], []).append(job)
+
+    # fragile: try 1's Job retried the OOMKilled index alone; try 2 ran one pod for the chunk
+    # with the failed item, which re-ran that item only.
+    calls = {int(d.name.split("-")[1]): len(list(d.iterdir())) for d in marker.iterdir()}
+    assert calls == {0: 1, 1: 1, 2: 2, 3: 1, 4: 1, 5: 2, 6: 1, 7: 1}
+    first, second = jobs["fragile"]
+    assert first["spec"]["completions"] == 4 and first["spec"]["backoffLimitPerIndex"] == 1
+    pods = _job_pods(cluster, first)
+    index = "batch.kubernetes.io/job-completion-index"
+    assert sorted(p["metadata"]["labels"][index] for p in pods) == ["0", "1", "1", "2", "3"]
+    assert second["spec"]["completions"] == 1
+    assert second["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "2"
+    assert "1 of 8 items failed: [5] builtins.ValueError: item 5 fails on its first call" in out
+    assert "8 items in 4 chunks of 2; 1 chunks to run (3 done by an earlier try)" in out
+
+    # hog: an index OOMKilled, with no retry left, fails the task naming it and why.
+    (hog,) = jobs["hog"]
+    assert re.search(
+        r"flow task hog failed: ForeachFailed: 1 chunks never reported \(items 3-5\): job "
+        rf"{hog['metadata']['name']} Failed: FailedIndexes: Job has failed indexes; 1 of 2 "
+        rf"indexes did not succeed: index 1 \(chunk 1\): pod {hog['metadata']['name']}-1-\w+ "
+        r"was OOMKilled: the container went over its memory limit \(160Mi\)",
+        out,
+    ), out[-8000:]
+    assert "pod job-hog-" in out and "failed; its last lines:" in out
+
+    # needs_secret: its pods cannot start; the Job fails and is deleted in seconds.
+    (secret_job,) = jobs["needs_secret"]
+    assert re.search(
+        r"flow task needs_secret failed: ForeachFailed: 2 chunks never reported "
+        r"\(items 0-0, 1-1\): pod job-needs-secret-\w+-\d-\w+ cannot start: "
+        r'secret "no-such-secret" not found;',
+        out,
+    ), out[-8000:]
+    created, deleted = cluster.job_lifetime(secret_job["metadata"]["name"])
+    assert deleted is not None and deleted - created < 15
+    print(f"FOREACH JOB that cannot start: deleted {deleted - created:.1f}s after its creation")
+
+    manifests = _manifests(_store(moto, "e2e-k8s-foreach-cases"), "flow_foreach_k8s")
+    assert [m["status"] for m in manifests["fragile"]] == ["failed", "succeeded"]
+    assert [m["status"] for m in manifests["doomed"]] == ["succeeded"]
+    assert [m["status"] for m in manifests["hog"]] == ["failed"]
+    assert cluster.jobs() == [] and cluster.pods() == []
+    assert_gc_keeps_everything_reachable(_store(moto, "e2e-k8s-foreach-cases"), {})

@@ -108,6 +108,32 @@ def test_render_a_mapped_task_with_its_dag_folder_helpers(
     assert int(size) == len(build_code_package(EXAMPLES))  # with dags_examples/flow_helpers
 
 
+def test_render_a_foreach_prints_its_indexed_job_the_same_size_for_any_number_of_items(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    env = airflow_env(tmp_path, EXAMPLES)
+    argv = [FLOWTASK, "render", "flow_foreach", "score", "--compute", "kubernetes"]
+    proc = subprocess.run(
+        [*argv, "--items", "10000"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    big = json.loads(proc.stdout)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    small = render_pod(
+        "flow_foreach", "score", compute="kubernetes", dags_folder=EXAMPLES, items=10
+    )
+    for job, chunks in ((big, 20), (small, 1)):  # chunks of 500 items
+        assert (job["kind"], job["spec"]["completionMode"]) == ("Job", "Indexed")
+        assert job["spec"]["completions"] == job["spec"]["parallelism"] == chunks
+        command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert command[-2:] == ["--chunks", f"0-{chunks - 1}" if chunks > 1 else "0"]
+    sizes = [len(json.dumps(job, sort_keys=True)) for job in (small, big)]
+    print(f"RENDERED JOB 10 items: {sizes[0]} B; 10,000 items: {sizes[1]} B")
+    assert abs(sizes[1] - sizes[0]) <= 8  # the digits of the counts, not the items
+    with pytest.raises(RenderError, match=r"over an upstream's list.*pass --items N"):
+        render_pod("flow_foreach", "score", compute="kubernetes", dags_folder=EXAMPLES)
+
+
 def test_render_a_foreach_task_prints_its_array_job(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ):

@@ -71,7 +71,11 @@ def _render(args: argparse.Namespace) -> int:
     try:
         with redirect_stdout(sys.stderr):  # Airflow logs to stdout; stdout is for the JSON
             pod = render_pod(
-                args.dag_id, args.task_id, compute=args.compute, dags_folder=args.dags_folder
+                args.dag_id,
+                args.task_id,
+                compute=args.compute,
+                dags_folder=args.dags_folder,
+                items=args.items,
             )
     except RenderError as exc:
         print(f"flowtask render: {exc}", file=sys.stderr)
@@ -95,14 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_defaults(handler=_gc)
     render = sub.add_parser(
         "render",
-        help="print what a flow task would submit, as JSON: its pod, or its Batch requests "
-        "(no cluster or credentials needed)",
+        help="print what a flow task would submit, as JSON: its pod (the Indexed Job of a "
+        ".foreach), or its Batch requests (no cluster or credentials needed)",
     )
     render.add_argument("dag_id")
     render.add_argument("task_id")
     render.add_argument("--compute", choices=("kubernetes", "batch"), help="override compute=")
     render.add_argument(
         "--dags-folder", type=Path, help="where the DAG file is (default: [core] dags_folder)"
+    )
+    render.add_argument(
+        "--items", type=int, help="for a .foreach: how many items (default: its literal list's)"
     )
     render.set_defaults(handler=_render)
     commands.add_commands(sub, dict(os.environ))

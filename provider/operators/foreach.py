@@ -74,9 +74,13 @@ def plan_foreach(
 
 
 def max_parallel(spec: Any, *, local: bool) -> int:
+    """The task's ``max_parallel``; else the CPU count locally, ``[flow_task]
+    foreach_max_parallel`` on Kubernetes."""
+    from provider import config
+
     if spec.foreach.max_parallel is not None:
         return int(spec.foreach.max_parallel)
-    return os.cpu_count() or 1 if local else 1000
+    return os.cpu_count() or 1 if local else config.foreach_max_parallel()
 
 
 def default_chunk_size(length: int, parallel: int, local: bool) -> int:

@@ -1,8 +1,9 @@
 """``flowtask render``: what a flow task would submit, built offline by the real operators.
 
-For Kubernetes, the pod (``build_pod_request_obj(dry_run=True)``); for AWS Batch, the
-``register_job_definition`` request and the ``submit_job`` request ``BatchOperator`` sends
-(recorded from its own ``submit_job`` by a client that sends nothing).
+For Kubernetes, the pod (``build_pod_request_obj(dry_run=True)``), or for a ``.foreach`` the
+Indexed Job (``KubernetesJobOperator.build_job_request_obj``, built the same way); for AWS
+Batch, the ``register_job_definition`` request and the ``submit_job`` request ``BatchOperator``
+sends (recorded from its own ``submit_job`` by a client that sends nothing).
 """
 
 from __future__ import annotations
@@ -48,10 +49,16 @@ def _flow_task(dags_folder: Path, dag_id: str, task_id: str) -> Any:
 
 
 def render_pod(
-    dag_id: str, task_id: str, *, compute: str | None = None, dags_folder: Path | None = None
+    dag_id: str,
+    task_id: str,
+    *,
+    compute: str | None = None,
+    dags_folder: Path | None = None,
+    items: int | None = None,
 ) -> dict[str, Any]:
     """What ``task_id`` would submit in a manual run of ``dag_id``, as JSON: the pod for
-    Kubernetes, ``{"register_job_definition": ..., "submit_job": ...}`` for Batch.
+    Kubernetes (the Indexed Job for a ``.foreach``, over ``items`` items or its literal list's),
+    ``{"register_job_definition": ..., "submit_job": ...}`` for Batch.
 
     Needs no cluster, no credentials and no database: the code package's address is computed,
     not stored.
@@ -101,7 +108,38 @@ def render_pod(
             return _batch_requests(task_id, spec, launch, getattr(task, "foreach_items", None))
         except SpecError as exc:
             raise RenderError(f"{dag_id}.{task_id} cannot run on Batch: {exc}") from None
+    if getattr(task, "foreach_items", None) is not None:
+        return _job(task_id, spec, launch, _foreach_length(dag_id, task, items))
     return _pod(task_id, spec, launch)
+
+
+def _foreach_length(dag_id: str, task: Any, items: int | None) -> int:
+    """How many items a ``.foreach`` runs over: ``items``, else its literal list's length."""
+    if items is not None:
+        return items
+    if isinstance(task.foreach_items, (list, tuple, dict)):
+        return len(task.foreach_items)
+    raise RenderError(
+        f"{dag_id}.{task.task_id} runs .foreach over an upstream's list, whose length is known "
+        "when it runs: pass --items N"
+    )
+
+
+def _job(task_id: str, spec: Any, launch: dict[str, Any], length: int) -> dict[str, Any]:
+    """The Indexed Job of a ``.foreach`` over ``length`` items, every chunk pending, as on a
+    Kubernetes >= 1.29 (``backoffLimitPerIndex``)."""
+    import math
+
+    from kubernetes.client import ApiClient
+
+    from provider.operators.foreach import default_chunk_size, max_parallel
+    from provider.operators.targets.kubernetes import job_operator
+
+    parallel = max_parallel(spec, local=False)
+    chunk_size = spec.foreach.chunk_size or default_chunk_size(length, parallel, local=False)
+    chunks = list(range(max(1, math.ceil(length / chunk_size))))
+    job = job_operator(task_id, spec, **launch, chunks=chunks, per_index=True).render_job()
+    return dict(ApiClient().sanitize_for_serialization(job))
 
 
 def _pod(task_id: str, spec: Any, launch: dict[str, Any]) -> dict[str, Any]:

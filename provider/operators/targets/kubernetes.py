@@ -9,6 +9,9 @@ from provider.operators.targets.base import RESUME_KEY, ComputeTarget, Outcome, 
 from provider.specs import TaskSpec, check_secrets_for
 from provider.store import Reference
 
+JOB_POLL_SECONDS = 1.0  # between reads of a .foreach Job's status
+PROGRESS_SECONDS = 5.0  # between progress lines of a .foreach Job
+
 
 class KubernetesTarget(ComputeTarget):
     """``compute="kubernetes"``: a pod through the official ``KubernetesPodOperator``."""
@@ -17,6 +20,7 @@ class KubernetesTarget(ComputeTarget):
 
     def __init__(self) -> None:
         self._pod_operator: Any = None
+        self._job_operator: Any = None
         self._code: Reference | None = None
 
     def check(self, spec: TaskSpec) -> None:
@@ -80,9 +84,125 @@ class KubernetesTarget(ComputeTarget):
             identity=run.identity,
         )
 
+    def run_foreach(self, run: TaskRun, chunks: list[int], context: Any) -> Outcome:
+        """One Indexed Job: pod ``i`` runs ``chunks[i]``; progress is logged as it goes."""
+        from provider import config
+        from provider.compute.kubernetes_job import (
+            describe_job_failure,
+            supports_backoff_limit_per_index,
+        )
+        from provider.operators.targets.job_operator import server_version
+
+        assert self._code is not None, "prepare() stores the code package first"
+        major, minor = server_version(config.kubernetes_conn_id())
+        per_index = supports_backoff_limit_per_index(major, minor)
+        if not per_index:
+            run.log.warning(
+                "Kubernetes %s.%s has no backoffLimitPerIndex (1.29 and later): the Job's pods "
+                "share one budget of %d failures (backoffLimit) instead of %d each",
+                major,
+                minor,
+                run.spec.retry.infra * len(chunks),
+                run.spec.retry.infra,
+            )
+        self._job_operator = job_op = job_operator(
+            run.task_id,
+            run.spec,
+            store_uri=run.store.root_uri,
+            code=self._code,
+            payload=run.payload.to_json(),
+            manifest_key=run.manifest_key,
+            identity=run.identity,
+            chunks=chunks,
+            per_index=per_index,
+        )
+        if job_op.deferrable:
+            run.log.info("a .foreach Job is watched from the worker (deferrable is for pods)")
+        report = job_op.run_indexed(context, JobProgress(run, chunks).see)
+        failure = report.start_failure or describe_job_failure(report.state, report.pods, chunks)
+        return Outcome(run.manifest_key, exit_code=0 if failure is None else 1, failure=failure)
+
     def kill(self) -> None:
         if self._pod_operator is not None:
             self._pod_operator.on_kill()
+        if self._job_operator is not None:
+            self._job_operator.on_kill()
+
+
+class JobProgress:
+    """Logs a Job's progress every few seconds: items done and failed (from the manifests of
+    the chunks whose index completed, each read once), and its pods."""
+
+    def __init__(self, run: TaskRun, chunks: list[int], every: float = PROGRESS_SECONDS) -> None:
+        from provider.operators.foreach import ForeachProgress
+
+        self.run, self.chunks, self.every = run, chunks, every
+        self.progress = ForeachProgress(run.log, run.foreach, chunks)
+        self.done: set[int] = set()
+        self.failed_items = 0
+        self.logged = self.progress.started
+
+    def see(self, state: Any) -> None:
+        import time
+
+        from provider.store import MissingArtifact
+
+        for index in state.completed:
+            chunk = self.chunks[index]
+            if chunk in self.done:
+                continue
+            self.done.add(chunk)
+            try:
+                manifest = self.run.store.read_manifest(self.run.foreach.chunk_key(chunk))
+                self.failed_items += len(manifest["failed"])
+            except MissingArtifact:
+                pass
+        now = time.monotonic()
+        if now - self.logged < self.every and not state.finished:
+            return
+        self.logged = now
+        self.progress.log_line(self.done, self.failed_items)
+        self.run.log.info(
+            "job %s: %d pods active (%d running), %d succeeded, %d failed",
+            state.name,
+            state.active,
+            state.ready,
+            state.succeeded,
+            state.failed,
+        )
+
+
+def _translated(
+    spec: TaskSpec,
+    command: list[str],
+    *,
+    manifest_key: str,
+    identity: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The pod translation, shared by single pods and a Job's pods."""
+    from provider import config
+    from provider.compute import pod_operator_kwargs
+    from provider.compute.kubernetes import DEFAULT_GPU_TYPE_LABEL
+    from provider.compute.pending import placement_hint
+
+    options = spec.kubernetes.over(config.kubernetes_defaults())
+    kwargs = pod_operator_kwargs(
+        spec,
+        identity=identity,
+        command=command,
+        image=spec.environment.image or config.default_image(),
+        manifest_key=manifest_key,
+        options=options,
+        env=config.pod_store_env(),
+        secrets=config.kubernetes_secrets(),
+        conn_id=config.kubernetes_conn_id(),
+    )
+    kwargs["schedule_timeout"] = config.kubernetes_schedule_timeout(options)
+    kwargs["placement_hint"] = placement_hint(
+        spec.resources.gpu_type, options.gpu_type_label or DEFAULT_GPU_TYPE_LABEL
+    )
+    kwargs["deferrable"] = bool(options.deferrable)
+    return kwargs
 
 
 def pod_operator(
@@ -96,34 +216,51 @@ def pod_operator(
     identity: Mapping[str, Any],
 ) -> Any:
     """A ``KubernetesPodOperator`` (not attached to any DAG) that runs the payload."""
-    from provider import config
-    from provider.compute import bootstrap_command, pod_operator_kwargs
-    from provider.compute.kubernetes import DEFAULT_GPU_TYPE_LABEL
-    from provider.compute.pending import placement_hint
+    from provider.compute import bootstrap_command
     from provider.operators.targets.pod_operator import FlowPodOperator
 
     command = bootstrap_command(store_uri, code, payload, manifest_key, pip=spec.environment.pip)
-    options = spec.kubernetes.over(config.kubernetes_defaults())
-    kwargs = pod_operator_kwargs(
-        spec,
-        identity=identity,
-        command=command,
-        image=spec.environment.image or config.default_image(),
-        manifest_key=manifest_key,
-        options=options,
-        env=config.pod_store_env(),
-        secrets=config.kubernetes_secrets(),
-        conn_id=config.kubernetes_conn_id(),
+    kwargs = _translated(spec, command, manifest_key=manifest_key, identity=identity)
+    return FlowPodOperator(task_id=task_id, **kwargs)
+
+
+def job_operator(
+    task_id: str,
+    spec: TaskSpec,
+    *,
+    store_uri: str,
+    code: Reference,
+    payload: Mapping[str, Any],
+    manifest_key: str,
+    identity: Mapping[str, Any],
+    chunks: list[int],
+    per_index: bool,
+) -> Any:
+    """A ``KubernetesJobOperator`` whose Indexed Job runs ``chunks`` of a ``.foreach`` payload,
+    its pods translated as single pods are."""
+    from provider.compute import bootstrap_command
+    from provider.compute.kubernetes_job import foreach_mode, indexed_job_kwargs
+    from provider.operators.foreach import max_parallel
+    from provider.operators.targets.job_operator import FlowJobOperator
+
+    command = bootstrap_command(
+        store_uri,
+        code,
+        payload,
+        manifest_key,
+        pip=spec.environment.pip,
+        foreach=foreach_mode(chunks),
     )
-    return FlowPodOperator(
-        task_id=task_id,
-        schedule_timeout=config.kubernetes_schedule_timeout(options),
-        placement_hint=placement_hint(
-            spec.resources.gpu_type, options.gpu_type_label or DEFAULT_GPU_TYPE_LABEL
-        ),
-        deferrable=bool(options.deferrable),
-        **kwargs,
+    kwargs = _translated(spec, command, manifest_key=manifest_key, identity=identity)
+    kwargs |= indexed_job_kwargs(
+        str(identity["task_id"]),
+        chunks,
+        max_parallel=max_parallel(spec, local=False),
+        retries=spec.retry.infra,
+        per_index=per_index,
     )
+    # ``deferrable`` is kept for the target to read: the Job is watched from the worker.
+    return FlowJobOperator(task_id=task_id, job_poll_interval=JOB_POLL_SECONDS, **kwargs)
 
 
 def run_pod(pod_op: Any, context: Any, manifest_key: str, *, deferrable: bool = False) -> Outcome:
