@@ -92,6 +92,11 @@ class _FailingFrames:
         yield memoryview(bytearray(self.size))
 
 
+def _incompressible(size: int) -> np.ndarray:
+    """``size`` random bytes: stored as they are (zstd would shrink zeros to nothing)."""
+    return np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+
+
 def test_interrupted_multipart_upload_leaves_nothing(store, monkeypatch):
     from provider.store import streams
 
@@ -107,7 +112,7 @@ def test_interrupted_multipart_upload_leaves_nothing(store, monkeypatch):
 
     monkeypatch.setattr(streams.FramesReader, "readinto", failing_readinto)
     with pytest.raises(OSError, match="mid-upload"):
-        store.put(np.zeros(6 * 1024 * 1024))  # 48 MiB
+        store.put(_incompressible(48 * 1024 * 1024))
     client = store.backend.client  # type: ignore[attr-defined]
     listed = client.list_objects_v2(Bucket=BUCKET, Prefix=store.backend.prefix)  # type: ignore[attr-defined]
     assert listed.get("KeyCount", 0) == 0
@@ -152,7 +157,7 @@ def test_large_s3_transfers_log_progress(store, caplog, monkeypatch):
 
     monkeypatch.setattr(progress.Progress.__init__, "__defaults__", (0.0,))  # log every call
     caplog.set_level("INFO", logger="provider.store")
-    ref = store.put(np.ones(9 * 1024 * 1024))  # 72 MiB: five 16 MiB parts
+    ref = store.put(_incompressible(72 * 1024 * 1024))  # five 16 MiB parts
     store.get(ref)
     lines = [r.getMessage() for r in caplog.records]
     assert any("%) at " in line and line.startswith(f"stored {ref.uri}") for line in lines)
@@ -231,7 +236,7 @@ def test_renewal_of_a_blob_above_the_part_size_is_a_multipart_copy(moto, monkeyp
 
     monkeypatch.setenv(s3.PART_SIZE_ENV, "5")
     store = open_store(f"s3://{BUCKET}/renew-multipart", s3_client=s3_client(moto.endpoint))
-    value = np.ones(6 * 2**20 // 8)  # 6 MiB: two parts
+    value = _incompressible(6 * 2**20)  # two parts
     ref = store.put(value)
     calls = _record_calls(store)
     store.clock = lambda: time.time() + 2 * RENEW_AFTER.total_seconds()
@@ -256,3 +261,31 @@ def test_damaged_object_is_repaired_on_dedup(store, caplog):
     assert store.put(value) == ref
     assert store.get(ref) == value
     assert any(ref.uri in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
+
+
+def test_compressible_values_are_stored_as_zstd_on_s3_and_never_on_a_folder(store, tmp_path):
+    """zstd where a sample shrinks below 0.8 (S3 only); the address is the SHA-256 of the
+    stored bytes, so what was fetched is checked before it is decompressed."""
+    from provider.store import compression
+
+    compressible = np.zeros(1 << 20)  # 8 MiB of zeros
+    ref = store.put(compressible)
+    assert ref.encoding == compression.ENCODING and ref.size < 100_000
+    backend = store.backend
+    key = f"{backend.prefix}/data/{ref.sha256[:2]}/{ref.sha256}"  # type: ignore[attr-defined]
+    stored = backend.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()  # type: ignore[attr-defined]
+    assert hashlib.sha256(stored).hexdigest() == ref.sha256 and len(stored) == ref.size
+    np.testing.assert_array_equal(store.get(ref), compressible)
+
+    random_bytes = _incompressible(1 << 20)
+    assert store.put(random_bytes).encoding == "pickle5"  # the sample did not shrink
+    assert store.put(b"x" * 100).encoding == "pickle5"  # too small to be worth a frame
+
+    folder = open_store((tmp_path / "store").as_uri())
+    assert folder.put(compressible).encoding == "pickle5"
+
+    damaged = bytearray(stored)
+    damaged[len(damaged) // 2] ^= 0xFF
+    backend.client.put_object(Bucket=BUCKET, Key=key, Body=bytes(damaged))  # type: ignore[attr-defined]
+    with pytest.raises(IntegrityError):
+        store.get(ref)

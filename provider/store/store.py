@@ -12,9 +12,11 @@ checks each blob's age again right before deleting it; see ``provider.store.gc``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from provider.store import codec
+from provider.store import codec, compression
 from provider.store.backend import Backend, BlobStat
 from provider.store.errors import (
     BadManifest,
@@ -49,11 +51,19 @@ class ArtifactStore:
     """Immutable, deduplicated blobs under ``data/`` and JSON manifests under ``runs/``."""
 
     def __init__(
-        self, backend: Backend, root_uri: str, *, clock: Callable[[], float] = time.time
+        self,
+        backend: Backend,
+        root_uri: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        compress: bool = False,
     ) -> None:
         self.backend = backend
         self._root_uri = root_uri.rstrip("/")
         self.clock = clock  # unix time, compared with blobs' modification times
+        # zstd where a value's sample compresses (S3: bytes cost transfer time; on a local
+        # disk compressing is slower than writing).
+        self.compress = compress
 
     @property
     def root_uri(self) -> str:
@@ -66,15 +76,26 @@ class ArtifactStore:
         """Store ``value``; storing equal content again costs one hash and one existence check
         (plus a verifying read and a renewal when the stored copy is older than ``RENEW_AFTER``).
         """
-        encoded = codec.encode(value, by_value=by_value)
-        self._write_blob(encoded.sha256, encoded.frames, encoded.size)
+        frames, size, sha256, encoding = self._encode(value, by_value)
+        self._write_blob(sha256, frames, size)
         return Reference(
-            uri=self.blob_uri(encoded.sha256),
-            sha256=encoded.sha256,
-            size=encoded.size,
-            type=encoded.type_name,
-            encoding=codec.ENCODING,
+            uri=self.blob_uri(sha256),
+            sha256=sha256,
+            size=size,
+            type=codec.type_name(value),
+            encoding=encoding,
         )
+
+    def _encode(self, value: Any, by_value: bool) -> tuple[tuple[memoryview, ...], int, str, str]:
+        """Frames, size, SHA-256 and encoding of what is stored for ``value``: its pickle, or
+        (``compress``, and a sample that shrinks) that pickle's zstd frame. The hash is always
+        of the stored bytes, so a read checks what it fetched before decompressing."""
+        encoded = codec.encode(value, by_value=by_value)
+        if self.compress and compression.worth_compressing(encoded.frames, encoded.size):
+            packed = compression.compress(encoded.frames, encoded.size)
+            sha256 = hashlib.sha256(packed).hexdigest()
+            return (memoryview(packed),), len(packed), sha256, compression.ENCODING
+        return encoded.frames, encoded.size, encoded.sha256, codec.ENCODING
 
     def put_at(self, key: str, value: Any, *, by_value: bool = False) -> Reference:
         """Store ``value`` at its own key under ``runs/`` instead of by content.
@@ -82,15 +103,15 @@ class ArtifactStore:
         For objects that live only as long as their owner decides (a task try's payload, which
         holds rendered arguments and so possibly secrets): :meth:`discard` removes it.
         """
-        encoded = codec.encode(value, by_value=by_value)
+        frames, size, sha256, encoding = self._encode(value, by_value)
         # Not flushed to the disk: whoever owns it rebuilds it (a retry stores a new payload).
-        self.backend.write_frames(_owned_key(key), encoded.frames, durable=False)
+        self.backend.write_frames(_owned_key(key), frames, durable=False)
         return Reference(
             uri=f"{self._root_uri}/{key}",
-            sha256=encoded.sha256,
-            size=encoded.size,
-            type=encoded.type_name,
-            encoding=codec.ENCODING,
+            sha256=sha256,
+            size=size,
+            type=codec.type_name(value),
+            encoding=encoding,
         )
 
     def discard(self, ref: Reference | Mapping[str, Any]) -> None:
@@ -114,6 +135,36 @@ class ArtifactStore:
         ref = bytes_reference(self._root_uri, data, type_name=type_name, encoding=encoding)
         self._write_blob(ref.sha256, (memoryview(data),), len(data))
         return ref
+
+    def put_file(self, path: str | Path, *, type_name: str, encoding: str) -> Reference:
+        """Store a file's bytes (an environment archive) content-addressed, hashed and written
+        from a memory map rather than read into memory."""
+        import mmap
+
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size == 0:
+                return self.put_bytes(b"", type_name=type_name, encoding=encoding)
+            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                view = memoryview(mapped)
+                sha256 = hashlib.sha256(view).hexdigest()
+                self._write_blob(sha256, (view,), size)
+                view.release()
+            finally:
+                with contextlib.suppress(BufferError):  # a transfer's view: closed when collected
+                    mapped.close()
+        return Reference(self.blob_uri(sha256), sha256, size, type_name, encoding)
+
+    def has(self, ref: Reference | Mapping[str, Any]) -> bool:
+        """Whether the blob ``ref`` names is stored here, at its size (one stat or HEAD)."""
+        ref = Reference.from_json(ref)
+        found = self.backend.stat(self._key_of(ref))
+        return found is not None and found.size == ref.size
+
+    def get_bytes(self, ref: Reference | Mapping[str, Any]) -> bytearray:
+        """A blob's stored bytes (a code package, an environment), size and hash checked."""
+        return self._read_verified(Reference.from_json(ref))
 
     def _write_blob(self, sha256: str, frames: tuple[memoryview, ...], size: int) -> None:
         """Store a blob unless an intact copy is there; renew the age of an old intact copy."""
@@ -175,6 +226,8 @@ class ArtifactStore:
         ref = Reference.from_json(ref)
         if ref.encoding == CHUNKS_ENCODING:
             return self._get_chunked(ref)
+        if ref.encoding == compression.ENCODING:  # hash checked, then decompressed
+            return codec.decode(compression.decompress(self._read_verified(ref)))
         if ref.encoding != codec.ENCODING:
             raise StoreError(f"unknown encoding {ref.encoding!r} of {ref.uri}")
         return codec.decode(self._read_verified(ref))
@@ -309,7 +362,7 @@ def open_store(uri: str, *, s3_client: Any = None, must_exist: bool = False) -> 
         prefix = parsed.path.strip("/")
         client = s3_client if s3_client is not None else default_s3_client()
         root = f"s3://{parsed.netloc}/{prefix}" if prefix else f"s3://{parsed.netloc}"
-        return ArtifactStore(S3Backend(parsed.netloc, prefix, client), root)
+        return ArtifactStore(S3Backend(parsed.netloc, prefix, client), root, compress=True)
     if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
         path = Path(unquote(parsed.path))
     elif parsed.scheme == "" and Path(uri).is_absolute():
