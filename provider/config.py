@@ -262,3 +262,47 @@ def _boolean(raw: str) -> bool:
 
 def _comma_list(raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+DEFAULT_ENVIRONMENT_CACHE = "10Gi"
+
+
+def target_platform() -> str:
+    """``[flow_task] target_platform``: what ``Environment(pip=...)`` is built for on
+    Kubernetes and Batch, unless the task's options say."""
+    from provider.specs.platforms import DEFAULT_PLATFORM
+    from provider.specs.platforms import target_platform as checked
+
+    raw = _get("target_platform", DEFAULT_PLATFORM)
+    try:
+        return checked(raw, "target_platform")
+    except SpecError as exc:
+        raise ValueError(f"[{SECTION}] target_platform={raw!r} is invalid: {exc}") from None
+
+
+def kubernetes_env_cache_path() -> str | None:
+    """``[flow_task] kubernetes_env_cache_path``: a node folder where pods unpack environments,
+    shared by the pods of a node (empty: each pod unpacks into an emptyDir)."""
+    raw = _get("kubernetes_env_cache_path", "")
+    if raw and not raw.startswith("/"):
+        raise ValueError(
+            f"[{SECTION}] kubernetes_env_cache_path={raw!r} is invalid. Accepted: an absolute "
+            "path on the nodes, such as /var/cache/flowtask-env, or empty for an emptyDir"
+        )
+    return raw.rstrip("/") or None
+
+
+def environment_cache_bytes() -> int:
+    """``[flow_task] environment_cache_size``: how much the worker keeps of built environments
+    under ``$AIRFLOW_HOME/flowtask/environments`` (least recently used out)."""
+    from provider.specs import parse_mebibytes
+
+    raw = _get("environment_cache_size", DEFAULT_ENVIRONMENT_CACHE)
+    try:
+        return parse_mebibytes(raw, "environment_cache_size") * 2**20
+    except SpecError as exc:
+        raise ValueError(f"[{SECTION}] environment_cache_size={raw!r} is invalid: {exc}") from None
+
+
+def environment_cache_root() -> Path:
+    return airflow_home() / "flowtask" / "environments"

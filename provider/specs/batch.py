@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from provider.specs.errors import SpecError
+from provider.specs.platforms import target_platform
 from provider.specs.resources import Resources
 
 PLATFORMS = ("EC2", "FARGATE")
@@ -145,6 +146,8 @@ class BatchOptions:
     Every field left unset falls back to the ``[flow_task] batch_*`` settings; tags merge with
     the task's keys winning. ``attempts`` is how often Batch runs the job when its host is lost
     (a Spot reclaim): the user's own failures are retried by Airflow (``Retry``), never by Batch.
+    ``target_platform`` is the platform ``Environment(pip=...)`` is built for (``"aarch64"``
+    for a Graviton queue); else ``[flow_task] target_platform``.
     """
 
     queue: str | None = None
@@ -155,9 +158,13 @@ class BatchOptions:
     scheduling_priority: int | None = None
     attempts: int | None = None
     tags: Any = ()
+    target_platform: str | None = None  # what Environment(pip=...) is built for
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.target_platform is not None:
+            platform = target_platform(self.target_platform, "batch.target_platform")
+            set_(self, "target_platform", platform)
         queue = self.queue
         if queue is not None and not (
             isinstance(queue, str) and (_QUEUE_NAME.fullmatch(queue) or _QUEUE_ARN.fullmatch(queue))

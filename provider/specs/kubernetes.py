@@ -12,8 +12,10 @@ from typing import Any
 from provider.specs import pod_options
 from provider.specs.errors import SpecError
 from provider.specs.names import is_dns_label, is_dns_subdomain, is_label_value, is_qualified_name
+from provider.specs.platforms import target_platform
 from provider.specs.units import parse_duration
 
+_PLATFORM_FIELD = "kubernetes.target_platform"
 NAME_FORM = "a DNS-1123 name such as 'ml-jobs' (lowercase letters, digits, '-', at most 63)"
 SECRET_NAME_FORM = (
     "a list of Secret names such as 'regcred' or 'registry.example.com' "
@@ -203,7 +205,8 @@ class KubernetesOptions:
     memory-backed folder that ``TMPDIR`` points at), ``security_context`` (the container's, in
     Kubernetes' names), ``port``, ``termination_message_policy``, and a pod template under it
     all (``pod_template_file`` or ``full_pod_spec``, a manifest dict): what the translation
-    sets wins.
+    sets wins. ``target_platform`` is the platform ``Environment(pip=...)`` is built for
+    (``"aarch64"`` for Arm nodes); else ``[flow_task] target_platform``.
     """
 
     namespace: str | None = None
@@ -228,9 +231,12 @@ class KubernetesOptions:
     termination_message_policy: str | None = None
     pod_template_file: str | None = None
     full_pod_spec: Any = None
+    target_platform: str | None = None  # what Environment(pip=...) is built for
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.target_platform is not None:
+            set_(self, "target_platform", target_platform(self.target_platform, _PLATFORM_FIELD))
         set_(self, "namespace", _name(self.namespace, "kubernetes.namespace"))
         set_(self, "service_account", _service_account(self.service_account))
         set_(
