@@ -1,0 +1,185 @@
+"""Environments: resolved and built with the real uv from a local folder of wheels (no network),
+cached on the worker, stored, and what fails says why."""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from wheels import local_index, make_wheel
+
+from provider.compute import environment_build as uv
+from provider.compute.environment import (
+    EnvironmentFailure,
+    Locked,
+    Target,
+    environment_id,
+    index_key,
+    lock_subset,
+    locked_packages,
+    remote_target,
+    worker_target,
+)
+from provider.operators.environment import ensure_environment, warn_conflicts
+from provider.operators.environment_cache import EnvironmentCache
+from provider.specs import SpecError
+from provider.specs.platforms import target_platform
+from provider.store import open_store
+
+X86 = remote_target("x86_64")
+ARM = remote_target("aarch64")
+LOG = logging.getLogger("test")
+
+
+@pytest.fixture
+def wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A local index: ftpure (1.0, 2.0), ftcompiled (x86_64 only), six 1.16.0, ftdeps -> ftpure."""
+    folder = tmp_path / "wheels"
+    make_wheel(folder, "ftpure", "1.0")
+    make_wheel(folder, "ftpure", "2.0")
+    make_wheel(folder, "ftcompiled", "1.0", tag="cp311-cp311-manylinux_2_17_x86_64")
+    make_wheel(folder, "six", "1.16.0", source="__version__ = '1.16.0'\n")
+    make_wheel(folder, "ftdeps", "1.0", requires=("ftpure>=2",))
+    make_wheel(folder, "packaging", version("packaging"))  # the worker's own version
+    for name, value in local_index(folder).items():
+        monkeypatch.setenv(name, value)
+    return folder
+
+
+def test_platforms_identities_and_keys():
+    assert target_platform("aarch64") == "aarch64-manylinux_2_28"
+    assert target_platform("arm64") == "aarch64-manylinux_2_28"
+    assert target_platform("x86_64-manylinux_2_17") == "x86_64-manylinux_2_17"
+    with pytest.raises(SpecError, match="target_platform='riscv64' is invalid"):
+        target_platform("riscv64")
+    assert (X86.arch, ARM.arch, X86.python) == ("x86_64", "aarch64", worker_target().python)
+    assert index_key(["a", "b"], X86) == index_key(["b", "a"], X86) != index_key(["a", "b"], ARM)
+    assert environment_id("lock", X86) != environment_id("lock", ARM)
+    wheel = Locked("numpy", "2.2.6", "numpy-2.2.6-cp311-cp311-manylinux_2_17_aarch64.whl")
+    assert wheel.tags == ["cp311-cp311-manylinux_2_17_aarch64"]
+
+
+def test_resolved_for_the_target_built_packed_and_subset(wheels: Path, tmp_path: Path):
+    lock = uv.resolve(["ftdeps", "ftcompiled"], X86)
+    packages = {p.name: (p.version, p.wheel) for p in locked_packages(lock)}
+    assert packages == {
+        "ftcompiled": ("1.0", "ftcompiled-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"),
+        "ftdeps": ("1.0", "ftdeps-1.0-py3-none-any.whl"),
+        "ftpure": ("2.0", "ftpure-2.0-py3-none-any.whl"),  # ftdeps needs >= 2
+    }
+    assert "uv pip compile" not in lock  # no header naming temp files: the id is the content
+    assert [p.name for p in locked_packages(lock_subset(lock, ["ftpure"]))] == ["ftpure"]
+    site = tmp_path / "site"
+    uv.build(lock, X86, site)
+    assert (site / "ftpure" / "__init__.py").read_text() == "VALUE = 'ftpure 2.0'\n"
+    assert list((site / "ftpure" / "__pycache__").glob("*.pyc"))  # compiled for the pod
+    uv.pack(site, tmp_path / "env.tar.gz")
+    with tarfile.open(tmp_path / "env.tar.gz") as tar:
+        assert "ftcompiled/__init__.py" in tar.getnames()
+
+
+def test_what_cannot_be_resolved_or_reached_is_named(wheels: Path, monkeypatch):
+    with pytest.raises(EnvironmentFailure) as failed:
+        uv.resolve(["ftcompiled==1.0"], ARM)
+    assert failed.value.kind == "no_wheel"
+    assert "ftcompiled has no wheel for Python 3.11 on aarch64-manylinux_2_28" in str(failed.value)
+    assert "manylinux_2_17_x86_64" in str(failed.value)  # uv's own hint, quoted
+
+    with pytest.raises(EnvironmentFailure) as failed:
+        uv.resolve(["ftpure==3.0"], X86)
+    assert failed.value.kind == "unresolvable"
+    assert "environment.pip: 'ftpure==3.0' cannot be resolved for Python 3.11" in str(failed.value)
+    assert "there is no version of ftpure==3.0" in str(failed.value)
+
+    monkeypatch.delenv("UV_CONFIG_FILE")
+    monkeypatch.setenv("UV_INDEX_URL", "http://127.0.0.1:9/simple")
+    with pytest.raises(EnvironmentFailure) as failed:
+        uv.resolve(["ftpure"], X86)
+    assert failed.value.kind == "index"
+    assert "no package index reachable while resolving 'ftpure'" in str(failed.value)
+    assert "Connection refused" in str(failed.value)
+
+
+def _built(store, requirements, target, cache, caplog=None):
+    return ensure_environment(store, requirements, target, cache=cache, log=LOG)
+
+
+def test_built_once_then_cached_then_fetched_with_no_index(
+    wheels: Path, tmp_path: Path, monkeypatch
+):
+    store = open_store((tmp_path / "store").as_uri())
+    cache = EnvironmentCache(tmp_path / "cache", 10 * 2**20)
+    first = _built(store, ("ftdeps",), X86, cache)
+    assert first.how == "built" and first.packages == {"ftdeps": "1.0", "ftpure": "2.0"}
+    assert first.archive is not None and store.has(first.archive) and store.has(first.lock)
+    assert first.folder is None  # a pod's environment travels as its archive
+    record = first.record()
+    assert record["platform"] == "x86_64-manylinux_2_28" and record["python"] == X86.python
+    assert record["archive"]["sha256"] == first.archive.sha256
+
+    # No index at all now: a second run neither resolves nor downloads.
+    monkeypatch.setenv("UV_CONFIG_FILE", str(tmp_path / "nowhere.toml"))
+    again = _built(store, ("ftdeps",), X86, cache)
+    assert (again.how, again.env_id, again.archive) == ("cached", first.env_id, first.archive)
+
+    # The worker's cache lost it: fetched from the store (hash checked), still no index.
+    import shutil
+
+    shutil.rmtree(cache.entry(first.env_id))
+    fetched = _built(store, ("ftdeps",), X86, cache)
+    assert fetched.how == "fetched" and fetched.archive == first.archive
+
+
+def test_local_environments_hold_only_what_the_worker_lacks(wheels, tmp_path, caplog):
+    store = open_store((tmp_path / "store").as_uri())
+    cache = EnvironmentCache(tmp_path / "cache", 10 * 2**20)
+    layered = _built(store, ("ftpure==1.0", "six==1.16.0", "packaging"), worker_target(), cache)
+    assert layered.packages == {"ftpure": "1.0", "six": "1.16.0"}
+    assert "packaging" in layered.from_worker  # the worker's own copy serves
+    assert layered.folder is not None and (layered.folder / "ftpure" / "__init__.py").exists()
+    with caplog.at_level(logging.WARNING):
+        warn_conflicts(("six==1.16.0",), LOG)
+    import six
+
+    assert (
+        f"environment.pip 'six==1.16.0' conflicts with the worker's six {six.__version__}"
+    ) in caplog.text
+    nothing = _built(store, ("packaging",), worker_target(), cache)
+    assert nothing.archive is None and nothing.packages == {}
+
+
+def test_the_cache_drops_the_least_recently_used_but_not_one_in_use(wheels, tmp_path):
+    store = open_store((tmp_path / "store").as_uri())
+    cache = EnvironmentCache(tmp_path / "cache", 1)  # everything is over the size
+    first = _built(store, ("ftpure==1.0",), X86, cache)
+    second = _built(store, ("ftpure==2.0",), X86, cache)  # first is in use: kept
+    assert cache.complete(first.env_id, site=False) and cache.complete(second.env_id, site=False)
+    import os
+
+    os.close(first.hold)
+    _built(store, ("ftdeps",), X86, cache)
+    assert not cache.complete(first.env_id, site=False)
+    assert cache.complete(second.env_id, site=False)
+
+
+def test_the_runtime_layer_is_the_workers_own_files_where_they_fit(tmp_path: Path):
+    described = uv.runtime_layer(X86, tmp_path / "rt")
+    assert described is not None
+    names = {line.split("==")[0].lower() for line in described.splitlines()[1:]}
+    assert {"boto3", "botocore", "s3transfer", "zstandard", "urllib3"} <= names
+    assert (tmp_path / "rt" / "boto3" / "__init__.py").exists()
+    assert list((tmp_path / "rt" / "zstandard").glob("*.so"))
+    assert uv.runtime_layer(ARM) is None  # zstandard's x86_64 build cannot go to Arm
+    assert uv.fits(["py3-none-any"], ARM)
+    assert uv.fits(["cp311-cp311-manylinux_2_17_aarch64"], ARM)
+    assert not uv.fits(["cp311-cp311-manylinux_2_34_x86_64"], X86)  # newer glibc than 2.28
+    assert not uv.fits(["cp312-cp312-manylinux_2_17_x86_64"], X86)
+
+
+def test_a_local_target_is_the_worker():
+    target = worker_target()
+    assert target.local and target.describe().endswith("on the worker")
+    assert isinstance(target, Target)
