@@ -64,7 +64,14 @@ def test_stored_once_per_content_and_render_computes_the_same_reference(tmp_path
 
 
 def _run_in_container(
-    store: ArtifactStore, function: Any, tmp_path: Path, *, pip: tuple[str, ...] = (), **env: str
+    store: ArtifactStore,
+    function: Any,
+    tmp_path: Path,
+    *,
+    environments: tuple[Any, ...] = (),
+    env_cache: str | None = None,
+    bare: bool = False,
+    **env: str,
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     """Run ``function`` through the bootstrap, as a pod would: only the command line and env."""
     code = store_code_package(store, build_code_package())
@@ -73,8 +80,16 @@ def _run_in_container(
     )
     key = "runs/d/r/t/-1/1/result.json"
     argv = bootstrap_command(
-        store.root_uri, code, payload.to_json(), key, pip=pip, python=sys.executable
+        store.root_uri,
+        code,
+        payload.to_json(),
+        key,
+        environments=environments,
+        env_cache=env_cache,
+        python=sys.executable,
     )
+    if bare:  # an image with Python and nothing else: no site-packages at all
+        argv.insert(1, "-S")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTHON"))}
     proc = subprocess.run(
         argv,
@@ -126,43 +141,56 @@ def test_a_damaged_code_package_is_refused_before_it_runs(tmp_path: Path):
     assert proc.returncode == 2 and f"code package {code.sha256} is damaged" in proc.stderr
 
 
-def _wheel(folder: Path, name: str, value: str) -> None:
-    """A minimal pure-Python wheel, so pip installs from a local folder with no index."""
-    dist = f"{name}-1.0.dist-info"
-    files = {
-        f"{name}/__init__.py": f"VALUE = {value!r}\n",
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
-        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-        "Tag: py3-none-any\n",
-    }
-    files[f"{dist}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{dist}/RECORD"])
-    with zipfile.ZipFile(folder / f"{name}-1.0-py3-none-any.whl", "w") as wheel:
-        for path, text in files.items():
-            wheel.writestr(path, text)
+def test_the_bootstrap_runs_the_task_in_its_environment_from_the_store(tmp_path: Path):
+    """The environment's archive is fetched (hash checked), unpacked into the cache folder, and
+    put in front of sys.path; the next container finds it there. No index, no pip."""
+    from provider.compute.environment_build import pack
 
-
-def test_the_bootstrap_installs_the_tasks_pip_requirements(tmp_path: Path):
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    _wheel(wheels, "flowtask_probe", "installed")
+    site = tmp_path / "site"
+    (site / "flowtask_probe").mkdir(parents=True)
+    (site / "flowtask_probe" / "__init__.py").write_text("VALUE = 'from the environment'\n")
+    pack(site, tmp_path / "env.tar.gz")
     store = open_store((tmp_path / "store").as_uri())
+    archive = store.put_file(tmp_path / "env.tar.gz", type_name="t", encoding="tar.gz")
 
-    def probe() -> str:
+    def probe() -> tuple[str, str]:
+        import os
+
         import flowtask_probe  # type: ignore[import-not-found]
 
-        return flowtask_probe.VALUE
+        return flowtask_probe.VALUE, os.environ["PYTHONPATH"]
 
-    proc, manifest = _run_in_container(
-        store,
-        probe,
-        tmp_path,
-        pip=("flowtask_probe==1.0",),
-        PIP_NO_INDEX="1",
-        PIP_FIND_LINKS=str(wheels),
+    cache = tmp_path / "node-cache"
+    runs = [
+        _run_in_container(store, probe, tmp_path, environments=(archive,), env_cache=str(cache))
+        for _ in range(2)
+    ]
+    for proc, manifest in runs:
+        assert proc.returncode == 0, proc.stderr
+        value, pythonpath = store.get(manifest["result"])
+        assert value == "from the environment"
+        assert pythonpath.split(":")[0] == str(cache / archive.sha256)  # for its subprocesses too
+    assert [m["environments"][0]["from"] for _, m in runs] == ["store", "cache"]
+    assert "pip" not in " ".join(bootstrap_command(store.root_uri, archive, {}, "k"))
+
+
+def test_a_damaged_environment_is_refused_and_a_foreign_machine_named(tmp_path: Path):
+    store = open_store((tmp_path / "store").as_uri())
+    code = store_code_package(store, build_code_package())
+    archive = store.put_bytes(b"not a tar", type_name="t", encoding="tar.gz")
+    blob = tmp_path / "store" / "data" / archive.sha256[:2] / archive.sha256
+    blob.chmod(0o644)
+    blob.write_bytes(b"not a taR")
+    argv = bootstrap_command(
+        store.root_uri, code, {"uri": "x"}, "k", environments=(archive,), python=sys.executable
     )
-    assert proc.returncode == 0, proc.stderr
-    assert store.get(manifest["result"]) == "installed"
-    assert "installed ['flowtask_probe==1.0']" in proc.stdout
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and f"environment {archive.sha256} is damaged" in proc.stderr
+    argv = bootstrap_command(
+        store.root_uri, code, {}, "k", environments=(archive,), arch="riscv", python=sys.executable
+    )
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert "the task's environment was built for riscv, but this machine is x86_64" in proc.stderr
 
 
 def test_a_store_the_container_cannot_see_is_named(tmp_path: Path):
@@ -174,3 +202,77 @@ def test_a_store_the_container_cannot_see_is_named(tmp_path: Path):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "is not in this container: a file:// artifact store only works where" in proc.stderr
+
+
+def test_an_image_with_python_alone_runs_the_task_from_s3(tmp_path: Path, moto: Any):
+    """No site-packages at all (``python -S``): the bootstrap reads S3 with the standard
+    library (SigV4), and the runtime gets boto3 and zstandard from the runtime environment
+    (built from the worker's own files), with the package index unreachable."""
+    import logging
+
+    from conftest import BUCKET, s3_client
+
+    from provider.compute.environment import remote_target
+    from provider.compute.environment_build import runtime_requirements
+    from provider.operators.environment import ensure_environment
+    from provider.operators.environment_cache import EnvironmentCache
+
+    store = open_store(f"s3://{BUCKET}/bare", s3_client=s3_client(moto.endpoint))
+    cache = EnvironmentCache(tmp_path / "cache", 2**30)
+    runtime = ensure_environment(
+        store,
+        runtime_requirements(),
+        remote_target("x86_64"),
+        cache=cache,
+        log=logging.getLogger("test"),
+        runtime=True,
+    )
+    assert runtime.how == "built" and "boto3" in runtime.packages
+
+    def probe() -> tuple[str, list[str]]:
+        import boto3
+
+        return boto3.__file__, [p for p in sys.path if "site-packages" in p]
+
+    proc, manifest = _run_in_container(
+        store,
+        probe,
+        tmp_path,
+        environments=(runtime.archive,),
+        bare=True,
+        AWS_ENDPOINT_URL_S3=moto.endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        PIP_INDEX_URL="http://127.0.0.1:9/simple",
+        UV_INDEX_URL="http://127.0.0.1:9/simple",
+    )
+    assert proc.returncode == 0, proc.stderr
+    location, site_packages = store.get(manifest["result"])
+    assert location.startswith(str(tmp_path)) and site_packages == []
+    assert manifest["environments"][0]["sha256"] == runtime.archive.sha256
+
+
+def test_the_bootstraps_signature_is_botocores():
+    """SigV4 as the standard library computes it, against botocore's for the same request."""
+    import datetime
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from provider.compute import bootstrap
+
+    now = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+    url = "https://bucket.s3.eu-west-1.amazonaws.com/prefix/data/ab/ab%2Bc"
+    creds = {"key": "AKID", "secret": "secret", "token": "session"}
+    ours = bootstrap.sign("GET", url, "eu-west-1", creds, now)
+    request = AWSRequest(method="GET", url=url)
+    config = SimpleNamespace(s3={"payload_signing_enabled": False})  # UNSIGNED-PAYLOAD
+    request.context["client_config"] = config
+    signer = S3SigV4Auth(Credentials("AKID", "secret", "session"), "s3", "eu-west-1")
+    with mock.patch("botocore.auth.get_current_datetime", return_value=now.replace(tzinfo=None)):
+        signer.add_auth(request)
+    assert ours["Authorization"] == request.headers["Authorization"]

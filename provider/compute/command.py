@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,29 @@ from provider.store import Reference
 from provider.store.keys import blob_key
 
 BOOTSTRAP_SOURCE = Path(__file__).with_name("bootstrap.py").read_text()
+
+
+@lru_cache(maxsize=1)
+def bootstrap_program(source: str = BOOTSTRAP_SOURCE) -> str:
+    """The bootstrap as a ``-c`` program: without docstrings and annotations, compressed and in
+    base64 (ECS takes 8,192 characters of container overrides, the command included)."""
+    import ast
+    import base64
+    import zlib
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        first = body[0] if isinstance(body, list) and body else None
+        value = first.value if isinstance(first, ast.Expr) else None
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):  # a docstring
+            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined, index]
+        if isinstance(node, ast.FunctionDef):
+            node.returns = None
+        elif isinstance(node, ast.arg):
+            node.annotation = None
+    packed = base64.b64encode(zlib.compress(ast.unparse(tree).encode(), 9)).decode()
+    return f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed}')))"
 
 
 def worker_python() -> str:
@@ -56,20 +80,28 @@ def bootstrap_command(
     payload_ref: Mapping[str, Any],
     manifest_key: str,
     *,
-    pip: Sequence[str] = (),
+    environments: Sequence[Reference] = (),
+    arch: str | None = None,
+    env_cache: str | None = None,
     python: str = "python3",
     foreach: Sequence[str] = (),
 ) -> list[str]:
-    """Argv for a container: fetch the code package, install ``pip``, then run the payload.
+    """Argv for a container: fetch the code package and the ``environments`` (archives, the
+    first in front), then run the payload.
 
-    With ``foreach`` (``--chunk N``, or ``--chunk-env VAR --chunks LIST``) it runs those chunks
-    of a ``.foreach`` payload instead. ``python3`` is on the PATH of the official Python images
-    and of distribution images alike.
+    ``arch`` is the machine the environments were built for (checked first); ``env_cache`` where
+    they are unpacked (else a temp folder). With ``foreach`` (``--chunk N``, or ``--chunk-env
+    VAR --chunks LIST``) it runs those chunks of a ``.foreach`` payload instead. ``python3`` is
+    on the PATH of the official Python images and of distribution images alike.
     """
-    argv = [python, "-c", BOOTSTRAP_SOURCE, "--python", worker_python(), "--store", store_uri]
+    argv = [python, "-c", bootstrap_program(), "--python", worker_python(), "--store", store_uri]
     argv += ["--code", f"{blob_key(code_package.sha256)}:{code_package.size}"]
-    for requirement in pip:
-        argv += ["--pip", requirement]
+    for archive in environments:
+        argv += ["--env", f"{blob_key(archive.sha256)}:{archive.size}"]
+    if environments and arch:
+        argv += ["--arch", arch]
+    if environments and env_cache:
+        argv += ["--env-cache", env_cache]
     if foreach:
         return [*argv, "--", *foreach_args(store_uri, payload_ref, foreach)]
     return [*argv, "--", *runtime_args(store_uri, payload_ref, manifest_key)]

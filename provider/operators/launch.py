@@ -72,7 +72,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
                 "compute": compute,
                 "launched_at": time.time(),
                 "requested": requested(run.spec),
-                **{name: ref.to_json() for name, ref in kept.items()},
+                **{name: _json(ref) for name, ref in kept.items()},
                 **({"foreach_items": plan.items} if plan is not None else {}),
             },
             durable=False,
@@ -89,6 +89,11 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
         payload.size,
     )
     return run, target
+
+
+def _json(kept: Any) -> Any:
+    """A reference as JSON; a record (an environment's) as it is."""
+    return kept.to_json() if hasattr(kept, "to_json") else kept
 
 
 def requested(spec: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ subprocess, with only Python, cloudpickle and (for S3) boto3 in the image.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -103,6 +104,8 @@ def run_payload(store: ArtifactStore, payload_ref: Reference, manifest_key: str)
     }
     if "FLOWTASK_BOOTSTRAP_SECONDS" in os.environ:  # set by a container's bootstrap
         manifest["bootstrap_seconds"] = float(os.environ["FLOWTASK_BOOTSTRAP_SECONDS"])
+    if os.environ.get("FLOWTASK_ENVIRONMENTS"):  # which archives, from the store or a cache
+        manifest["environments"] = json.loads(os.environ["FLOWTASK_ENVIRONMENTS"])
     try:
         payload: Payload = store.get(payload_ref)
         manifest.update(payload.identity)

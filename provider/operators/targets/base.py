@@ -61,11 +61,11 @@ class ComputeTarget(ABC):
     def check(self, spec: TaskSpec) -> None:  # noqa: B027 - most targets accept every spec
         """Refuse, before anything is stored, a spec this target cannot run (a SpecError)."""
 
-    def prepare(self, run: TaskRun) -> dict[str, Reference]:
-        """Store what the target needs besides the payload (a code package).
+    def prepare(self, run: TaskRun) -> dict[str, Any]:
+        """Store what the target needs besides the payload (a code package, environments).
 
-        The references returned are recorded in the try's launch manifest, which keeps them
-        alive for ``flowtask gc`` while the try runs and after.
+        What it returns (references, or records holding references) is recorded in the try's
+        launch manifest, which keeps them alive for ``flowtask gc`` while the try runs and after.
         """
         return {}
 

@@ -40,13 +40,17 @@ class BatchTarget(ComputeTarget):
     def prepare(self, run: TaskRun) -> dict[str, Reference]:
         from airflow.sdk.exceptions import AirflowFailException
 
+        from provider.operators.environment import container_environments
         from provider.operators.targets.code import stored_code_package
 
         _warn_what_batch_ignores(run)
         code = stored_code_package(run)
+        options = batch_options(run.spec)
+        envs = container_environments(run, self.name, options.target_platform)
         self._launch = {
             "store_uri": run.store.root_uri,
             "code": code,
+            "environments": envs,
             "payload": run.payload.to_json(),
             "manifest_key": run.manifest_key,
             "identity": run.identity,
@@ -60,7 +64,7 @@ class BatchTarget(ComputeTarget):
             )
         except SpecError as exc:  # too many tags for one job: no retry can fix that
             raise AirflowFailException(f"flow task {run.task_id} cannot run: {exc}") from None
-        return {"code_package": code}
+        return {"code_package": code, **envs.records()}
 
     def run(self, run: TaskRun, context: Any) -> Outcome:
         from provider.operators.targets.batch_jobs import (
@@ -178,6 +182,7 @@ def batch_requests(
     manifest_key: str,
     identity: Mapping[str, Any],
     foreach: ChunkJob | None = None,
+    environments: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``register_job_definition`` and ``submit_job`` requests of one task try (with
     ``foreach``, of the job that runs those chunks: the same definition)."""
@@ -195,8 +200,9 @@ def batch_requests(
         code,
         payload,
         manifest_key,
-        pip=spec.environment.pip,
         foreach=() if foreach is None else foreach.runtime_mode,
+        environments=environments.archives if environments is not None else (),
+        arch=environments.arch if environments is not None else None,
     )
     request = submit_job_request(
         spec,

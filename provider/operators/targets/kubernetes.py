@@ -22,6 +22,7 @@ class KubernetesTarget(ComputeTarget):
         self._pod_operator: Any = None
         self._job_operator: Any = None
         self._code: Reference | None = None
+        self._envs: Any = None
 
     def check(self, spec: TaskSpec) -> None:
         check_secrets_for(self.name, spec.environment.secrets)
@@ -36,7 +37,8 @@ class KubernetesTarget(ComputeTarget):
                 run.store.root_uri,
             )
         self._code = stored_code_package(run)
-        return {"code_package": self._code}
+        self._envs = pod_environments(run)
+        return {"code_package": self._code, **self._envs.records()}
 
     def run(self, run: TaskRun, context: Any) -> Outcome:
         from airflow.sdk.exceptions import TaskDeferred
@@ -45,7 +47,8 @@ class KubernetesTarget(ComputeTarget):
         self._pod_operator = pod_op = self._operator(run, self._code)
         if not pod_op.deferrable:
             return run_pod(pod_op, context, run.manifest_key)
-        resume = self.resume_state(run, {"code": self._code.to_json()})
+        state = {"code": self._code.to_json(), "environments": self._envs.state()}
+        resume = self.resume_state(run, state)
         pod_op.trigger_kwargs = {**(pod_op.trigger_kwargs or {}), RESUME_KEY: resume}
         try:
             return run_pod(pod_op, context, run.manifest_key, deferrable=True)
@@ -59,7 +62,9 @@ class KubernetesTarget(ComputeTarget):
 
         from provider.compute import describe_pod_failure
         from provider.compute.kubernetes import pod_failure_kind
+        from provider.operators.environment import ContainerEnvironments
 
+        self._envs = ContainerEnvironments.from_state(state.get("environments"))
         self._pod_operator = pod_op = self._operator(run, Reference.from_json(state["code"]))
         failure = None
         try:
@@ -82,6 +87,7 @@ class KubernetesTarget(ComputeTarget):
             payload=run.payload.to_json(),
             manifest_key=run.manifest_key,
             identity=run.identity,
+            environments=self._envs,
         )
 
     def run_foreach(self, run: TaskRun, chunks: list[int], context: Any) -> Outcome:
@@ -115,6 +121,7 @@ class KubernetesTarget(ComputeTarget):
             identity=run.identity,
             chunks=chunks,
             per_index=per_index,
+            environments=self._envs,
         )
         if job_op.deferrable:
             run.log.info("a .foreach Job is watched from the worker (deferrable is for pods)")
@@ -178,6 +185,7 @@ def _translated(
     *,
     manifest_key: str,
     identity: Mapping[str, Any],
+    environments: Any = None,
 ) -> dict[str, Any]:
     """The pod translation, shared by single pods and a Job's pods."""
     from provider import config
@@ -202,6 +210,12 @@ def _translated(
         spec.resources.gpu_type, options.gpu_type_label or DEFAULT_GPU_TYPE_LABEL
     )
     kwargs["deferrable"] = bool(options.deferrable)
+    if environments is not None and environments.archives:
+        from provider.compute.environment import env_cache_volume
+
+        volume, mount = env_cache_volume(config.kubernetes_env_cache_path())
+        kwargs["volumes"] = [*kwargs.get("volumes", []), volume]
+        kwargs["volume_mounts"] = [*kwargs.get("volume_mounts", []), mount]
     return kwargs
 
 
@@ -214,13 +228,18 @@ def pod_operator(
     payload: Mapping[str, Any],
     manifest_key: str,
     identity: Mapping[str, Any],
+    environments: Any = None,
 ) -> Any:
     """A ``KubernetesPodOperator`` (not attached to any DAG) that runs the payload."""
     from provider.compute import bootstrap_command
     from provider.operators.targets.pod_operator import FlowPodOperator
 
-    command = bootstrap_command(store_uri, code, payload, manifest_key, pip=spec.environment.pip)
-    kwargs = _translated(spec, command, manifest_key=manifest_key, identity=identity)
+    command = bootstrap_command(
+        store_uri, code, payload, manifest_key, **_bootstrap_environments(environments)
+    )
+    kwargs = _translated(
+        spec, command, manifest_key=manifest_key, identity=identity, environments=environments
+    )
     return FlowPodOperator(task_id=task_id, **kwargs)
 
 
@@ -235,6 +254,7 @@ def job_operator(
     identity: Mapping[str, Any],
     chunks: list[int],
     per_index: bool,
+    environments: Any = None,
 ) -> Any:
     """A ``KubernetesJobOperator`` whose Indexed Job runs ``chunks`` of a ``.foreach`` payload,
     its pods translated as single pods are."""
@@ -248,10 +268,12 @@ def job_operator(
         code,
         payload,
         manifest_key,
-        pip=spec.environment.pip,
         foreach=foreach_mode(chunks),
+        **_bootstrap_environments(environments),
     )
-    kwargs = _translated(spec, command, manifest_key=manifest_key, identity=identity)
+    kwargs = _translated(
+        spec, command, manifest_key=manifest_key, identity=identity, environments=environments
+    )
     kwargs |= indexed_job_kwargs(
         str(identity["task_id"]),
         chunks,
@@ -261,6 +283,25 @@ def job_operator(
     )
     # ``deferrable`` is kept for the target to read: the Job is watched from the worker.
     return FlowJobOperator(task_id=task_id, job_poll_interval=JOB_POLL_SECONDS, **kwargs)
+
+
+def pod_environments(run: TaskRun) -> Any:
+    """The try's environments, built for the pod's platform."""
+    from provider import config
+    from provider.operators.environment import container_environments
+
+    options = run.spec.kubernetes.over(config.kubernetes_defaults())
+    return container_environments(run, "kubernetes", options.target_platform)
+
+
+def _bootstrap_environments(environments: Any) -> dict[str, Any]:
+    """The bootstrap's environment arguments: archives, their machine, the cache folder."""
+    if environments is None or not environments.archives:
+        return {}
+    from provider.compute.environment import POD_ENV_CACHE
+
+    return {"environments": environments.archives, "arch": environments.arch,
+            "env_cache": POD_ENV_CACHE}  # fmt: skip
 
 
 def run_pod(pod_op: Any, context: Any, manifest_key: str, *, deferrable: bool = False) -> Outcome:

@@ -1,4 +1,5 @@
-"""``compute="local"``: the runtime as a subprocess of the worker, in the worker's environment."""
+"""``compute="local"``: the runtime as a subprocess of the worker, in the worker's environment
+with the task's own (``Environment(pip=[...])``, built once and cached) laid in front of it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import sys
 from typing import Any
 
 from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
-from provider.store import Reference
 
 KILLED_FOR_MEMORY = (-9, 137)  # SIGKILL, as the kernel's OOM killer sends it
 
@@ -21,14 +21,17 @@ class LocalTarget(ComputeTarget):
         self._code_path: str | None = None
         self._pool: Any = None
         self._killed = False
+        self._envs: Any = None
 
-    def prepare(self, run: TaskRun) -> dict[str, Reference]:
+    def prepare(self, run: TaskRun) -> dict[str, Any]:
+        from provider.operators.environment import task_environments
         from provider.operators.targets.code import local_code_package
 
+        self._envs = task_environments(run, self.name)
         # The DAG folder's modules import from the code package, as in a pod or a job.
         ref, path = local_code_package(run)
         self._code_path = str(path)
-        return {"code_package": ref}
+        return {"code_package": ref, **self._envs.records()}
 
     def run(self, run: TaskRun, context: Any) -> Outcome:
         from provider.compute import run_local, runtime_command
@@ -105,7 +108,6 @@ class LocalTarget(ComputeTarget):
         from provider.compute.local import runtime_environment
         from provider.runtime.lifetime import PARENT_PID_ENV
 
-        _warn_unmet_requirements(run)
         if run.spec.environment.secrets:
             run.log.info(
                 "secrets %s: local compute reads secret values from the local environment",
@@ -118,6 +120,7 @@ class LocalTarget(ComputeTarget):
                 **run.spec.environment.env_dict,
                 "PYTHONUNBUFFERED": "1",
                 PARENT_PID_ENV: str(os.getpid()),
+                **_in_front(self._envs),
             },
         )
 
@@ -134,21 +137,11 @@ class LocalTarget(ComputeTarget):
             self._pool.kill()
 
 
-def _warn_unmet_requirements(run: TaskRun) -> None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from packaging.requirements import Requirement
-
-    for line in run.spec.environment.pip:
-        requirement = Requirement(line)
-        try:
-            installed = version(requirement.name)
-        except PackageNotFoundError:
-            installed = None
-        if installed is None or not requirement.specifier.contains(installed, prereleases=True):
-            run.log.warning(
-                "local compute runs in the worker's environment: %r is not satisfied "
-                "(installed: %s)",
-                line,
-                installed or "none",
-            )
+def _in_front(envs: Any) -> dict[str, str]:
+    """``PYTHONPATH`` (and ``PATH``) that put the task's environment in front of the worker's."""
+    path = None if envs is None else envs.pythonpath
+    if path is None:
+        return {}
+    found = {"PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))}
+    found["PATH"] = os.pathsep.join(filter(None, [f"{path}/bin", os.environ.get("PATH")]))
+    return found
