@@ -128,7 +128,9 @@ def test_retries_and_catch_work_for_pods(
     dags_test: DagsTest, cluster: LocalCluster, moto: Any, tmp_path: Path
 ):
     marker = tmp_path / "marker"
-    _secret(cluster, "flow-test-env", {"FLOW_TEST_MARKER": str(marker)})
+    # The DAG's hungry task would use more than its 100 MiB limit: here it stays under.
+    env = {"FLOW_TEST_MARKER": str(marker), "FLOW_TEST_BALLAST_MIB": "8"}
+    _secret(cluster, "flow-test-env", env)
     run = dags_test(
         "flow_failures",
         conf={"flow_compute": "kubernetes"},
