@@ -290,6 +290,8 @@ def hashed(monkeypatch) -> list[tuple[int, int]]:
 
 
 def test_single_get_is_hashed_while_it_arrives_into_one_buffer(store, hashed):
+    from provider.store.s3 import SINGLE_GET_IO_CHUNK
+
     value = np.random.default_rng(2).standard_normal(15 * MiB // 8)  # below the 16 MiB parts
     ref = store.put(value)
     calls = _record_calls(store)
@@ -303,7 +305,9 @@ def test_single_get_is_hashed_while_it_arrives_into_one_buffer(store, hashed):
     assert calls == ["HeadObject", "GetObject"]
     assert sum(size for size, _ in hashed) == ref.size  # every byte once
     assert hashed[0][1] < ref.size  # hashing began before the last byte arrived
-    assert peak < ref.size + MiB  # one copy of the blob, and the stream's pieces
+    assert [size for size, _ in hashed[:3]] == [SINGLE_GET_IO_CHUNK] * 3  # read in 4 MiB pieces
+    # One copy of the blob, and the stream's pieces: the one being read, the one being written.
+    assert peak < ref.size + 2 * SINGLE_GET_IO_CHUNK + MiB
 
 
 class _Evil:

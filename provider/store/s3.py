@@ -19,6 +19,7 @@ left (one round trip).
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +39,11 @@ CONCURRENCY_ENV = "FLOWTASK_S3_MAX_CONCURRENCY"
 DEFAULT_PART_SIZE_MIB = 16
 DEFAULT_MAX_CONCURRENCY = 8
 MAX_ATTEMPTS = 10
+# A single GET (one stream) is read from the socket in pieces of this size, not boto3's 256 KiB:
+# fewer pieces cost less Python per byte (a 256 MiB single GET on moto: 0.66x -> 0.83x of
+# boto3's get_object().read()), and at most two are held at a time. Parallel ranges keep
+# boto3's size: eight streams of 4 MiB pieces would hold 64 MiB besides the blob.
+SINGLE_GET_IO_CHUNK = 4 * MiB
 
 
 def _positive_int_env(name: str, default: int) -> int:
@@ -120,6 +126,8 @@ class S3Backend:
         self.prefix = prefix.strip("/")
         self.client = client
         self._transfer = transfer_config()
+        self._single_get = copy.copy(self._transfer)
+        self._single_get.io_chunksize = SINGLE_GET_IO_CHUNK
 
     def _key(self, key: str) -> str:
         return self._full(check_key(key))
@@ -230,8 +238,11 @@ class S3Backend:
         subscribers = [_known(found)]
         if progress is not None:
             subscribers.append(ProgressCallbackInvoker(progress))
+        single = found.size < self._transfer.multipart_threshold
         try:
-            with create_transfer_manager(self.client, self._transfer) as manager:
+            with create_transfer_manager(
+                self.client, self._single_get if single else self._transfer
+            ) as manager:
                 manager.download(
                     self.bucket, self._key(key), sink, subscribers=subscribers
                 ).result()
