@@ -81,6 +81,7 @@ def _pod(reason=None, conditions=(), terminated=None):
 
 def test_a_pods_end_is_told_apart_infrastructure_from_memory_from_time():
     assert pod_failure_kind(_pod(reason="Evicted")) == "infrastructure"
+    assert pod_failure_kind(_pod(reason="OutOfcpu")) == "infrastructure"  # kubelet admission
     assert pod_failure_kind(_pod(conditions=["DisruptionTarget"])) == "infrastructure"
     assert pod_failure_kind(_pod(terminated="OOMKilled")) == "oom"
     assert pod_failure_kind(_pod(reason="DeadlineExceeded")) == "timeout"

@@ -128,7 +128,9 @@ def test_retries_and_catch_work_for_pods(
     dags_test: DagsTest, cluster: LocalCluster, moto: Any, tmp_path: Path
 ):
     marker = tmp_path / "marker"
-    _secret(cluster, "flow-test-env", {"FLOW_TEST_MARKER": str(marker)})
+    # The DAG's hungry task would use more than its 100 MiB limit: here it stays under.
+    env = {"FLOW_TEST_MARKER": str(marker), "FLOW_TEST_BALLAST_MIB": "8"}
+    _secret(cluster, "flow-test-env", env)
     run = dags_test(
         "flow_failures",
         conf={"flow_compute": "kubernetes"},
@@ -175,8 +177,12 @@ def test_oomkilled_evicted_and_timed_out_pods_fail_with_their_reason(
         "flow task hog failed: pod hog-" in run.output
         and "was OOMKilled: the container went over its memory limit (160Mi)" in run.output
     )
-    assert "flow task evictee failed: pod evictee-" in run.output
-    assert "was evicted: The node was low on resource: memory." in run.output
+    # Evicted once: submitted again within its one Airflow try, and it succeeded.
+    assert re.search(
+        r"pod evictee-\S+ was evicted: The node was low on resource: memory\.; submitting the "
+        r"pod again \(1 of 3, Retry\(infra=3\)\), within this try",
+        run.output,
+    )
     assert "AirflowTaskTimeout" in run.output  # sleepy: timeout='10s'
     manifests = _manifests(_store(moto, "e2e-k8s-limits"), "flow_k8s_limits")
     # The killed runtimes wrote nothing: the worker recorded each try with the pod's reason.
@@ -185,8 +191,17 @@ def test_oomkilled_evicted_and_timed_out_pods_fail_with_their_reason(
         "caught_hog": ["failed"],
         "after_oom": ["succeeded"],
         "sleepy": ["failed"],
-        "evictee": ["failed"],
+        "evictee": ["succeeded"],
+        "grows": ["failed", "succeeded"],
     }
+    assert manifests["evictee"][0]["try_number"] == 1
+    # Out of memory with 200 MiB; Retry(on_oom="grow") asked for 400 MiB the second time.
+    grows = manifests["grows"]
+    assert grows[0]["failure_kind"] == "oom" and grows[0]["requested"]["memory_mib"] == 200
+    assert grows[1]["requested"]["memory_mib"] == 400
+    assert "try 1 ran out of memory with 200 MiB: this try asks for 400 MiB" in run.output
+    second = [p for p in cluster.history if p["metadata"]["name"].startswith("grows")][-1]
+    assert second["spec"]["containers"][0]["resources"]["limits"]["memory"] == "400Mi"
     assert all(m["written_by"] == "worker" for n in ("hog", "sleepy") for m in manifests[n])
     assert "was OOMKilled" in manifests["hog"][0]["error"]["message"]
     assert "ran longer than its timeout" in manifests["sleepy"][0]["error"]["message"]

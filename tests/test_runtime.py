@@ -82,7 +82,16 @@ def test_failure_exits_nonzero_with_traceback_and_failure_manifest(store):
     assert "Traceback" in proc.stderr and "ValueError: bad input" in proc.stderr
     manifest = store.read_manifest(KEY)
     assert manifest["status"] == "failed"
-    assert manifest["error"] == {"type": "builtins.ValueError", "message": "bad input"}
+    assert manifest["error"] == {
+        "type": "builtins.ValueError",
+        "message": "bad input",
+        "types": [
+            "builtins.ValueError",
+            "builtins.Exception",
+            "builtins.BaseException",
+            "builtins.object",
+        ],
+    }
     failure = store.get(manifest["failure"])
     assert isinstance(failure, Failure) and not failure
     assert "fails" in failure.traceback

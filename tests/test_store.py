@@ -288,6 +288,31 @@ def test_large_transfers_log_bytes_and_rate(store, caplog):
     assert any(line.startswith(f"loaded {big.uri}: 72.0 MiB in ") for line in lines), lines
 
 
+@pytest.mark.parametrize(
+    ("mib", "chunks"), [(15, []), (20, [8, 8, 4])], ids=["hashed-after", "hashed-while-read"]
+)
+def test_file_reads_hash_8_mib_chunks_in_order_from_16_mib(store, monkeypatch, mib, chunks):
+    """The file backend's read path as it was: hashed after the read below 16 MiB, and from
+    16 MiB up in the 8 MiB chunks it reads, in order, while it reads the next."""
+    from provider.store import store as store_module
+
+    handed: list[memoryview] = []
+    update = store_module._BackgroundSha256.update
+
+    def recording_update(self, chunk):
+        handed.append(chunk)
+        update(self, chunk)
+
+    monkeypatch.setattr(store_module._BackgroundSha256, "update", recording_update)
+    value = np.random.default_rng(mib).bytes(mib * 2**20 - 200)
+    ref = store.put(value)
+    assert store.get(ref) == value
+    assert [round(chunk.nbytes / 2**20) for chunk in handed] == chunks
+    if handed:  # consecutive views into the one buffer the value was read into
+        assert all(a.obj is handed[0].obj for a in handed)
+        assert sum(chunk.nbytes for chunk in handed) == ref.size
+
+
 class _FullDisk:
     """A file whose writes fail with ENOSPC once ``room`` bytes are written."""
 

@@ -7,6 +7,7 @@ import hashlib
 import random
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +20,14 @@ from provider.store import (
     MissingArtifact,
     Reference,
     StoreError,
+    codec,
     open_store,
 )
+from provider.store import store as store_module
 from provider.store.store import RENEW_AFTER
+from provider.store.streams import BufferSink
+
+MiB = 2**20
 
 
 @pytest.fixture
@@ -193,10 +199,13 @@ def _head(store: ArtifactStore, ref) -> dict:
     return backend.client.head_object(Bucket=BUCKET, Key=key)  # type: ignore[attr-defined]
 
 
-def test_crafted_size_is_refused_before_allocating(store):
-    ref = store.put("a small value")
+@pytest.mark.parametrize(
+    "value", ["a small value", b"x" * 12 * MiB], ids=["hashed-after", "hashed-while-read"]
+)
+def test_crafted_size_is_refused_before_allocating(store, value):
+    ref = store.put(value)
     calls = _record_calls(store)
-    assert store.get(ref) == "a small value"
+    assert store.get(ref) == value
     assert calls == ["HeadObject", "GetObject"]  # the transfer sends no HEAD of its own
     calls.clear()
     crafted = Reference(ref.uri, ref.sha256, 3 * 2**30, ref.type, ref.encoding)
@@ -289,3 +298,158 @@ def test_compressible_values_are_stored_as_zstd_on_s3_and_never_on_a_folder(stor
     backend.client.put_object(Bucket=BUCKET, Key=key, Body=bytes(damaged))  # type: ignore[attr-defined]
     with pytest.raises(IntegrityError):
         store.get(ref)
+
+
+@pytest.fixture
+def hashed(monkeypatch) -> list[tuple[int, int]]:
+    """Each chunk the store hashes while it reads: (its size, bytes written to the buffer by
+    then)."""
+    written = [0]
+    chunks: list[tuple[int, int]] = []
+    write, update = BufferSink.write, store_module._BackgroundSha256.update
+
+    def counting_write(self, data):
+        n = write(self, data)
+        written[0] += n
+        return n
+
+    def recording_update(self, chunk):
+        chunks.append((chunk.nbytes, written[0]))
+        update(self, chunk)
+
+    monkeypatch.setattr(BufferSink, "write", counting_write)
+    monkeypatch.setattr(store_module._BackgroundSha256, "update", recording_update)
+    return chunks
+
+
+def test_single_get_is_hashed_while_it_arrives_into_one_buffer(store, hashed):
+    from provider.store.s3 import SINGLE_GET_IO_CHUNK
+
+    value = np.random.default_rng(2).standard_normal(15 * MiB // 8)  # below the 16 MiB parts
+    ref = store.put(value)
+    calls = _record_calls(store)
+    tracemalloc.start()
+    try:
+        loaded = store.get(ref)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(loaded, value)
+    assert calls == ["HeadObject", "GetObject"]
+    assert sum(size for size, _ in hashed) == ref.size  # every byte once
+    assert hashed[0][1] < ref.size  # hashing began before the last byte arrived
+    assert [size for size, _ in hashed[:3]] == [SINGLE_GET_IO_CHUNK] * 3  # read in 4 MiB pieces
+    # One copy of the blob, and the stream's pieces: the one being read, the one being written.
+    assert peak < ref.size + 2 * SINGLE_GET_IO_CHUNK + MiB
+
+
+class _Evil:
+    """Unpickling it creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (self.marker.touch, ())
+
+
+def _evil_blob(marker: Path, size: int) -> bytes:
+    """A well-formed blob of exactly ``size`` bytes whose unpickling creates ``marker``."""
+    pad = size - 1000
+    for _ in range(3):
+        encoded = codec.encode((_Evil(marker), np.zeros(pad, dtype=np.uint8)))
+        pad += size - encoded.size
+    assert encoded.size == size
+    return b"".join(bytes(frame) for frame in encoded.frames)
+
+
+def test_damaged_single_get_blob_is_refused_before_unpickling(store, hashed, tmp_path):
+    ref = store.put(np.arange(12 * MiB // 8))
+    marker = tmp_path / "unpickled"
+    evil = _evil_blob(marker, ref.size)
+    codec.decode(bytearray(evil))  # the blob works: loading it creates the marker
+    assert marker.exists()
+    marker.unlink()
+    store.backend.client.put_object(Bucket=BUCKET, Key=_blob_key(store, ref), Body=evil)  # type: ignore[attr-defined]
+    with pytest.raises(IntegrityError, match=f"expected sha256 {ref.sha256}"):
+        store.get(ref)
+    assert not marker.exists()
+    assert sum(size for size, _ in hashed) == ref.size and hashed[0][1] < ref.size
+
+
+class _PlannedFaults(FaultProxy):
+    """The fault proxy, injecting ``plan[n]`` into the n-th request only."""
+
+    def __init__(self, upstream_port: int, plan: dict[int, str]) -> None:
+        super().__init__(upstream_port, failure_rate=0.0)
+        self.plan = plan
+
+    def choose(self) -> str | None:
+        with self.lock:
+            self.requests += 1
+            fault = self.plan.get(self.requests)
+            if fault is not None:
+                self.injected[fault] += 1
+            return fault
+
+
+def test_interrupted_single_get_is_retried_and_hashed_once(moto, hashed):
+    value = np.random.default_rng(3).standard_normal(12 * MiB // 8)
+    ref = open_store(f"s3://{BUCKET}/retried", s3_client=s3_client(moto.endpoint)).put(value)
+    proxy = _PlannedFaults(moto.port, {2: "truncate"})  # the GET after the HEAD: cut at half
+    try:
+        store = open_store(f"s3://{BUCKET}/retried", s3_client=s3_client(proxy.endpoint))
+        calls = _record_calls(store)
+        np.testing.assert_array_equal(store.get(ref), value)
+    finally:
+        proxy.stop()
+    assert proxy.injected == {"truncate": 1}
+    assert calls == ["HeadObject", "GetObject", "GetObject"]
+    assert sum(size for size, _ in hashed) == ref.size  # bytes sent again were not hashed again
+
+
+def test_ranges_are_hashed_in_order_as_they_complete(moto, monkeypatch, hashed):
+    from provider.store import s3
+
+    monkeypatch.setenv(s3.PART_SIZE_ENV, "5")
+    store = open_store(f"s3://{BUCKET}/ranged", s3_client=s3_client(moto.endpoint))
+    value = np.random.default_rng(4).standard_normal(12 * MiB // 8)  # three ranges
+    ref = store.put(value)
+    calls = _record_calls(store)
+    np.testing.assert_array_equal(store.get(ref), value)
+    assert calls == ["HeadObject", "GetObject", "GetObject", "GetObject"]
+    assert sum(size for size, _ in hashed) == ref.size
+
+
+def test_buffer_sink_hands_over_the_landed_prefix_in_order_each_byte_once():
+    handed: list[bytes] = []
+    sink = BufferSink(10, lambda chunk: handed.append(bytes(chunk)), min_chunk=1)
+    for offset, data in [(4, b"efg"), (0, b"ab"), (7, b"hij")]:  # ranges land out of order
+        sink.seek(offset)
+        sink.write(data)
+    assert handed == [b"ab"]  # "efg" and "hij" wait for "cd"
+    sink.seek(2)
+    sink.write(b"cd")
+    assert handed == [b"ab", b"cdefghij"]
+    sink.seek(0)
+    sink.write(b"abc")  # a retried stream sends its range again: equal bytes are accepted
+    sink.finish()
+    assert handed == [b"ab", b"cdefghij"] and sink.buffer == bytearray(b"abcdefghij")
+    sink.seek(1)
+    with pytest.raises(IntegrityError, match="the object changed while it was read"):
+        sink.write(b"X")
+    assert sink.buffer == bytearray(b"abcdefghij")
+
+
+def test_buffer_sink_hands_over_in_pieces_of_min_chunk_and_the_rest_at_finish():
+    handed: list[int] = []
+    sink = BufferSink(10, lambda chunk: handed.append(chunk.nbytes), min_chunk=4)
+    for data in (b"ab", b"cd", b"ef", b"g"):
+        sink.write(data)
+    assert handed == [4]
+    sink.finish()  # a short download: the zeros are handed over too, and fail the hash
+    assert handed == [4, 6] and sink.buffer == bytearray(b"abcdefg\0\0\0")
+
+
+def _blob_key(store: ArtifactStore, ref) -> str:
+    return f"{store.backend.prefix}/data/{ref.sha256[:2]}/{ref.sha256}"  # type: ignore[attr-defined]

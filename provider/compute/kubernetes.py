@@ -212,7 +212,21 @@ def pod_from_dict(manifest: Mapping[str, Any]) -> Any:
     return ApiClient().deserialize(_Response(), "V1Pod")
 
 
-INFRASTRUCTURE_REASONS = ("Evicted", "Preempting", "NodeLost", "Terminated", "Shutdown")
+# Pod status reasons of a pod the cluster lost or turned away (never the user's code): evicted,
+# preempted, gone with its node or the node's shutdown, or refused by the kubelet's admission
+# when it was scheduled onto a node that turned out full (a transient scheduling failure).
+INFRASTRUCTURE_REASONS = (
+    "Evicted",
+    "Preempting",
+    "NodeLost",
+    "Terminated",
+    "Shutdown",
+    "NodeShutdown",
+    "UnexpectedAdmissionError",
+    "OutOfcpu",
+    "OutOfmemory",
+    "OutOfpods",
+)
 
 
 def pod_failure_kind(pod: Any, container: str = "base") -> str | None:

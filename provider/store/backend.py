@@ -36,10 +36,12 @@ class Backend(Protocol):
     """A place to keep bytes: a folder or an S3 prefix.
 
     A backend whose ``reads_in_order`` is true accepts ``on_chunk`` in ``read_into`` and calls
-    it with each chunk in order, so the store can hash while the rest is read.
+    it with each chunk in order, so the store can hash while the rest is read; the store does
+    so for blobs of ``pipeline_min_bytes`` or more (below, it hashes after the read).
     """
 
     reads_in_order: bool
+    pipeline_min_bytes: int
 
     def uri(self, key: str) -> str: ...
     def check_root(self) -> None: ...

@@ -40,7 +40,6 @@ from provider.store.reference import Reference
 
 log = logging.getLogger("provider.store")
 
-PIPELINE_MIN_BYTES = 16 * 1024 * 1024
 CHUNKS_ENCODING = "flowtask.chunks"  # a JSON list of chunk results, read as one list
 # A dedup hit on a blob older than this verifies it and renews its age. gc is safe against
 # concurrent writers only with a grace period at least this long.
@@ -250,9 +249,11 @@ class ArtifactStore:
         return values
 
     def _read_verified(self, ref: Reference) -> bytearray:
+        """The blob in one buffer, its size checked before allocating and its SHA-256 before it
+        is returned: hashed while it is read where the backend hands chunks over in order."""
         key = self._key_of(ref)
         progress = _progress("loaded", ref.uri, ref.size)
-        if self.backend.reads_in_order and ref.size >= PIPELINE_MIN_BYTES:
+        if self.backend.reads_in_order and ref.size >= self.backend.pipeline_min_bytes:
             hasher = _BackgroundSha256()
             try:
                 blob = self.backend.read_into(

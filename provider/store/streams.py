@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 import io
 from collections.abc import Callable, Sequence
+
+from provider.store.errors import IntegrityError
 
 
 class _Positioned(io.RawIOBase):
@@ -68,24 +71,69 @@ class BufferSink(_Positioned):
     boto3's transfer manager downloads ranges in parallel and writes each at its offset, so
     the blob lands in one buffer without a temporary file or a final join. A short download
     leaves zeros behind, which the store's hash check catches.
+
+    ``on_chunk`` sees the buffer in order, each byte once, as views into it: a chunk is handed
+    over once every byte before it has landed (as the bytes arrive for a single GET; as ranges
+    complete for parallel ones), in pieces of at least ``min_chunk`` bytes, the rest at
+    :meth:`finish`. A retried stream writes its range again from the start: bytes already
+    handed over are compared, not written, and differing ones raise ``IntegrityError``.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(
+        self,
+        size: int,
+        on_chunk: Callable[[memoryview], None] | None = None,
+        min_chunk: int = 1024 * 1024,
+    ) -> None:
         super().__init__(size)
         self.buffer = bytearray(size)
         self._view = memoryview(self.buffer)
+        self._on_chunk = on_chunk
+        self._min_chunk = min_chunk
+        self._landed = 0  # every byte before this has been written
+        self._handed = 0  # every byte before this has been handed to on_chunk
+        self._ahead: list[tuple[int, int]] = []  # written spans beyond ``_landed``, a heap
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        n = len(data)
-        end = self._pos + n
+        view = memoryview(data).cast("B")
+        start, end = self._pos, self._pos + view.nbytes
         if end > len(self.buffer):
             raise OSError(f"download overran the expected size {len(self.buffer)} (to {end})")
-        self._view[self._pos : end] = data
+        kept = max(0, min(end, self._handed) - start)  # already handed over: compare only
+        if kept and self._view[start : start + kept] != view[:kept]:
+            raise IntegrityError(
+                f"a retried download returned other bytes at {start}..{start + kept} than "
+                "the first attempt: the object changed while it was read"
+            )
+        self._view[start + kept : end] = view[kept:]
         self._pos = end
-        return n
+        if self._on_chunk is not None:
+            self._landed_span(start, end)
+        return view.nbytes
+
+    def _landed_span(self, start: int, end: int) -> None:
+        """Advance the landed prefix; hand over what it gained once it is ``min_chunk``."""
+        if start > self._landed:
+            heapq.heappush(self._ahead, (start, end))
+            return
+        self._landed = max(self._landed, end)
+        while self._ahead and self._ahead[0][0] <= self._landed:
+            self._landed = max(self._landed, heapq.heappop(self._ahead)[1])
+        if self._landed - self._handed >= self._min_chunk:
+            self._hand_over(self._landed)
+
+    def _hand_over(self, end: int) -> None:
+        assert self._on_chunk is not None
+        self._on_chunk(self._view[self._handed : end])
+        self._handed = end
+
+    def finish(self) -> None:
+        """Hand over the rest once the download is complete (zeros where bytes are missing)."""
+        if self._on_chunk is not None and self._handed < len(self.buffer):
+            self._hand_over(len(self.buffer))
 
 
 class OrderedSink(io.RawIOBase):

@@ -46,7 +46,7 @@ class KubernetesTarget(ComputeTarget):
         assert self._code is not None, "prepare() stores the code package first"
         self._pod_operator = pod_op = self._operator(run, self._code)
         if not pod_op.deferrable:
-            return run_pod(pod_op, context, run.manifest_key)
+            return self._run_resubmitting(run, context)
         state = {"code": self._code.to_json(), "environments": self._envs.state()}
         resume = self.resume_state(run, state)
         pod_op.trigger_kwargs = {**(pod_op.trigger_kwargs or {}), RESUME_KEY: resume}
@@ -56,6 +56,27 @@ class KubernetesTarget(ComputeTarget):
             name = pod_op.pod.metadata.name
             run.log.info("pod %s runs deferred: the worker slot is free until it ends", name)
             self.defer(deferral, resume)
+
+    def _run_resubmitting(self, run: TaskRun, context: Any) -> Outcome:
+        """Run the pod; one lost to the infrastructure (evicted, preempted, gone with its node)
+        before its runtime reported is submitted again, ``Retry(infra=...)`` times, within this
+        Airflow try: the user's retries are for the user's failures."""
+        assert self._code is not None
+        limit = run.spec.retry.infra
+        for attempt in range(limit + 1):
+            outcome = run_pod(self._pod_operator, context, run.manifest_key)
+            if outcome.kind != "infrastructure" or attempt == limit or _reported(run, outcome):
+                return outcome
+            run.log.warning(
+                "%s; submitting the pod again (%d of %d, Retry(infra=%d)), within this try: "
+                "Airflow's retries are not spent",
+                outcome.failure,
+                attempt + 1,
+                limit,
+                limit,
+            )
+            self._pod_operator = self._operator(run, self._code)
+        raise AssertionError("unreachable")
 
     def resume(self, run: TaskRun, context: Any, event: Any, state: Mapping[str, Any]) -> Outcome:
         from airflow.sdk.exceptions import AirflowException
@@ -368,6 +389,11 @@ def without_pod_xcoms(context: Any) -> Any:
         return context
     quiet = _TaskInstanceWithoutPodXComs(ti)
     return {**context, "ti": quiet, "task_instance": quiet}
+
+
+def _reported(run: TaskRun, outcome: Outcome) -> bool:
+    """Whether the runtime wrote its manifest (then the try has its outcome: no new pod)."""
+    return run.store.backend.stat(outcome.manifest_key) is not None
 
 
 def _exit_code(pod: Any) -> int | None:
