@@ -35,7 +35,10 @@ def bootstrap_program(source: str = BOOTSTRAP_SOURCE) -> str:
         elif isinstance(node, ast.arg):
             node.annotation = None
     packed = base64.b64encode(zlib.compress(ast.unparse(tree).encode(), 9)).decode()
-    return f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed}')))"
+    return (
+        "# flowtask bootstrap (provider/compute/bootstrap.py, compressed)\n"
+        f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed}')))"
+    )
 
 
 def worker_python() -> str:

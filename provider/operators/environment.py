@@ -113,8 +113,8 @@ def ensure_environment(
         else:
             lock, env_id = entry["lock_text"], entry["id"]
             from_worker = entry.get("from_worker", {})
-            archive_ref = _ref(entry.get("archive"))
-            lock_ref = _ref(entry.get("lock"))
+            archive_ref = _ref(entry.get("archive"), store)
+            lock_ref = _ref(entry.get("lock"), store)
         if target.local and not lock_packages(lock):  # the worker has it all
             if entry is None:
                 cache.write_index(key, {"id": env_id, "lock_text": lock, "packages": {},
@@ -287,8 +287,13 @@ def _packages(site: Path, lock: str) -> dict[str, str]:
     return {p.name: p.version for p in locked_packages(lock)}
 
 
-def _ref(document: Any) -> Reference | None:
-    return Reference.from_json(document) if isinstance(document, dict) else None
+def _ref(document: Any, store: ArtifactStore) -> Reference | None:
+    """An indexed reference, in ``store`` (the index outlives a change of artifact store: the
+    content, its hash, is what the index knows)."""
+    if not isinstance(document, dict):
+        return None
+    ref = Reference.from_json(document)
+    return Reference(store.blob_uri(ref.sha256), ref.sha256, ref.size, ref.type, ref.encoding)
 
 
 def warn_conflicts(requirements: tuple[str, ...], log: Any) -> None:
