@@ -4,6 +4,7 @@ cached on the worker, stored, and what fails says why."""
 from __future__ import annotations
 
 import logging
+import re
 import tarfile
 from importlib.metadata import version
 from pathlib import Path
@@ -183,3 +184,72 @@ def test_a_local_target_is_the_worker():
     target = worker_target()
     assert target.local and target.describe().endswith("on the worker")
     assert isinstance(target, Target)
+
+
+def _venv_snapshot() -> list[tuple[str, int]]:
+    """What the worker's own environment holds: each site-packages entry and its mtime."""
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    return sorted((p.name, p.stat().st_mtime_ns) for p in site.iterdir())
+
+
+def probe_wheels(folder: Path) -> dict[str, str]:
+    """``ftprobe`` 1.0 in a find-links folder; uv's settings to resolve from it alone."""
+    make_wheel(folder, "ftprobe", "1.0")
+    return local_index(folder)
+
+
+def no_index(folder: Path) -> dict[str, str]:
+    """uv's settings with no index and no wheels at all: any resolution or download fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "uv.toml").write_text("no-index = true\n")
+    return {"UV_CONFIG_FILE": str(folder / "uv.toml"), "UV_HTTP_RETRIES": "0"}
+
+
+_SECONDS = re.compile(r"environment: environment (\w+) for .*?: (built|fetched from the store|"
+                      r"found cached) in ([0-9.]+)s")  # fmt: skip
+
+
+@pytest.mark.dags_test
+def test_a_local_task_gets_a_package_the_worker_lacks_and_a_second_run_reuses_it(
+    dags_test, tmp_path: Path
+):
+    """Run 1 resolves and builds ``ftprobe`` from a local folder; run 2 has no index and no
+    wheels at all, so it can neither resolve nor download: it finds the environment cached.
+    The worker's ``.venv`` is the same afterwards, and the manifest names what was used."""
+    from conftest import TEST_DAGS
+
+    with pytest.raises(ImportError):
+        __import__("ftprobe")
+    before = _venv_snapshot()
+    first = dags_test("flow_environment", dags_folder=TEST_DAGS, **probe_wheels(tmp_path / "w"))
+    assert first.returncode == 0, first.output[-6000:]
+    second = dags_test("flow_environment", dags_folder=TEST_DAGS, **no_index(tmp_path / "none"))
+    assert second.returncode == 0, second.output[-6000:]
+    assert _venv_snapshot() == before
+
+    built, cached = (_SECONDS.search(run.output) for run in (first, second))
+    assert built is not None and cached is not None, first.output[-3000:]
+    assert (built[2], cached[2]) == ("built", "found cached") and built[1] == cached[1]
+    print(f"environment: built in {built[3]}s, found cached in {cached[3]}s")  # for the note
+
+    store = open_store(first.artifacts.as_uri())
+    results = [m for m in second.manifests("flow_environment") if m["task_id"] == "probe"]
+    assert len(results) == 2  # both runs
+    for manifest in results:
+        value = {name: store.get(ref) for name, ref in manifest["result"].items()}
+        assert value["value"] == "ftprobe 1.0"
+        assert value["file"].startswith(str(second.home / "flowtask" / "environments"))
+    launches = sorted((second.artifacts / "runs" / "flow_environment").rglob("launch.json"))
+    import json
+
+    records = [json.loads(p.read_text())["environment"] for p in launches]
+    assert [r["how"] for r in records] == ["built", "cached"] or [r["how"] for r in records] == [
+        "cached",
+        "built",
+    ]
+    record = records[0]
+    assert record["packages"] == {"ftprobe": "1.0"} and record["python"] == worker_target().python
+    assert record["platform"] == worker_target().platform and record["id"].startswith(built[1])
+    assert store.has(record["archive"]) and store.has(record["lock"])

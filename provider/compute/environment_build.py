@@ -153,6 +153,36 @@ def installed_versions() -> dict[str, str]:
     return found
 
 
+def worker_satisfies(requirements: Sequence[str]) -> dict[str, str] | None:
+    """Name -> version of the worker's installed distributions that satisfy ``requirements`` and
+    everything they need (markers evaluated, extras followed); None when anything is missing or
+    at a version outside a specifier. A local target needs no environment (and no index) then."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, str] = {}
+    todo = [(Requirement(line), "") for line in requirements]
+    seen: set[tuple[str, str]] = set()
+    while todo:
+        requirement, extra = todo.pop()
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": extra}):
+            continue
+        name = canonicalize_name(requirement.name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            return None
+        if not requirement.specifier.contains(dist.version, prereleases=True):
+            return None
+        found[name] = dist.version
+        for wanted in ("", *sorted(requirement.extras)):
+            if (name, wanted) in seen:
+                continue
+            seen.add((name, wanted))
+            todo += [(Requirement(line), wanted) for line in dist.requires or []]
+    return found
+
+
 def _closure(names: Sequence[str]) -> list[metadata.Distribution]:
     """The installed distributions ``names`` need, their dependencies' too (markers evaluated,
     extras left out)."""

@@ -68,6 +68,11 @@ class BuiltEnvironment:
         return document
 
     def describe(self) -> str:
+        if self.archive is None and self.target.local:
+            have = ", ".join(
+                f"{name} {version}" for name, version in sorted(self.from_worker.items())
+            )
+            return f"the worker's own packages satisfy {list(self.requirements)} ({have})"
         packages = ", ".join(f"{name} {version}" for name, version in sorted(self.packages.items()))
         how = {"built": "built", "fetched": "fetched from the store", "cached": "found cached"}
         return (
@@ -198,6 +203,9 @@ def _resolve(
             return described, {}
     if not target.local:
         return uv.resolve(requirements, target), {}
+    satisfied = uv.worker_satisfies(requirements)
+    if satisfied is not None:  # the worker has it all: no index, no environment
+        return "", satisfied
     named = {canonicalize_name(Requirement(line).name) for line in requirements}
     preferred = [f"{n}=={v}" for n, v in sorted(installed.items()) if n not in named]
     try:
