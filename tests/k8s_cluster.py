@@ -11,7 +11,9 @@ What a real cluster refuses is refused here: the API server's checks on create
 (``k8s_admission``), one node with labels, taints and allocatable resources that a pod must fit
 or stay Pending as Unschedulable (``k8s_node``), images the "registry" does not have
 (``k8s_images``), Secrets and PersistentVolumeClaims that do not exist. Volumes are checked,
-not mounted: the container sees the machine's file system. Stopping a container is graceful:
+not mounted: the container sees the machine's file system, except that the mount path of an
+``emptyDir`` (a folder of the pod's own) or a ``hostPath`` (a folder of the node's, shared by
+its pods) in the command's arguments names that local folder. Stopping a container is graceful:
 SIGTERM, then SIGKILL after the grace period (the delete request's, else
 ``terminationGracePeriodSeconds``). ``$(VAR)`` in a command is expanded, and field references
 (``metadata.labels['x']``) resolved, as a kubelet does.
@@ -580,6 +582,26 @@ class Kubelet:
             )
         return None
 
+    def mounted(self, p: _Pod, work: Path, argv: list[str]) -> list[str]:
+        """``argv`` with each emptyDir's and hostPath's mount path replaced by its local folder
+        (the pod's ``volumes/NAME``, the node's ``nodes/PATH``)."""
+        volumes = {v["name"]: v for v in p.pod["spec"].get("volumes") or []}
+        for mount in p.container.get("volumeMounts") or []:
+            volume = volumes.get(mount["name"], {})
+            if "emptyDir" in volume:
+                folder = work / "volumes" / mount["name"]
+            elif "hostPath" in volume:
+                folder = self.root.parent / "nodes" / volume["hostPath"]["path"].lstrip("/")
+            else:
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            path = mount["mountPath"].rstrip("/")
+            argv = [
+                str(folder) + a[len(path) :] if a == path or a.startswith(path + "/") else a
+                for a in argv
+            ]
+        return argv
+
     async def _run(self, p: _Pod) -> None:
         start_time, t0 = timestamp(), time.monotonic()
         if not await self.bind(p):
@@ -618,6 +640,7 @@ class Kubelet:
         argv = [
             expand(a, env) for a in [*p.container.get("command", []), *p.container.get("args", [])]
         ]
+        argv = self.mounted(p, work, argv)
         if p.killed:  # deleted or evicted before it started
             return await self.finish(p, 137, start_time)
         try:
