@@ -211,3 +211,32 @@ def test_example_flow_foreach_runs_as_array_jobs_through_a_lost_host_a_caught_it
         f"its function {function:.2f}s, last chunk manifest {last:.2f}s; SubmitJob "
         f"{len(json.dumps(score))} bytes"
     )
+
+
+def test_a_job_gets_its_environment_from_the_store_with_the_index_unreachable(
+    dags_test: DagsTest, batch: LocalBatch, tmp_path: Any
+):
+    """The worker builds ``ftprobe`` for the job's platform and stores it; the job, whose index
+    URLs point nowhere, fetches it and the runtime's own environment from the store. No pip."""
+    from conftest import TEST_DAGS
+    from wheels import probe_wheels
+
+    run = dags_test(
+        "flow_environment",
+        conf={"flow_compute": "batch"},
+        dags_folder=TEST_DAGS,
+        **_batch_env(batch, "e2e-batch-env"),
+        **probe_wheels(tmp_path / "wheels"),
+    )
+    assert run.returncode == 0, run.output[-8000:]
+    store = _store(batch, "e2e-batch-env")
+    [manifest] = _manifests(store, "flow_environment")["probe"]
+    value = {name: store.get(ref) for name, ref in manifest["result"].items()}
+    assert value["value"] == "ftprobe 1.0"
+    assert [env["from"] for env in manifest["environments"]] == ["store", "store"]
+    assert value["pythonpath"].split(":")[0].endswith(manifest["environments"][0]["sha256"])
+
+    [request] = batch.requests
+    command = json.dumps(request) + json.dumps(batch.client("batch").describe_job_definitions())
+    assert "pip install" not in command and "--pip" not in command
+    assert_gc_keeps_everything_reachable(store, {})

@@ -10,7 +10,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from wheels import local_index, make_wheel
+from wheels import local_index, make_wheel, no_index, probe_wheels
 
 from provider.compute import environment_build as uv
 from provider.compute.environment import (
@@ -192,19 +192,6 @@ def _venv_snapshot() -> list[tuple[str, int]]:
 
     site = Path(sysconfig.get_paths()["purelib"])
     return sorted((p.name, p.stat().st_mtime_ns) for p in site.iterdir())
-
-
-def probe_wheels(folder: Path) -> dict[str, str]:
-    """``ftprobe`` 1.0 in a find-links folder; uv's settings to resolve from it alone."""
-    make_wheel(folder, "ftprobe", "1.0")
-    return local_index(folder)
-
-
-def no_index(folder: Path) -> dict[str, str]:
-    """uv's settings with no index and no wheels at all: any resolution or download fails."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "uv.toml").write_text("no-index = true\n")
-    return {"UV_CONFIG_FILE": str(folder / "uv.toml"), "UV_HTTP_RETRIES": "0"}
 
 
 _SECONDS = re.compile(r"environment: environment (\w+) for .*?: (built|fetched from the store|"

@@ -436,3 +436,47 @@ def test_foreach_jobs_retry_an_index_resume_failed_items_catch_and_explain_failu
     assert [m["status"] for m in manifests["hog"]] == ["failed"]
     assert cluster.jobs() == [] and cluster.pods() == []
     assert_gc_keeps_everything_reachable(_store(moto, "e2e-k8s-foreach-cases"), {})
+
+
+def test_a_pod_gets_its_environment_from_the_store_with_the_index_unreachable(
+    dags_test: DagsTest, cluster: LocalCluster, moto: Any, tmp_path: Path
+):
+    """The worker builds ``ftprobe`` (from a local folder of wheels) for the pod's platform and
+    stores it; the pod, whose index URLs point nowhere, fetches it and the runtime's own
+    environment (boto3, zstandard) from the store into the node's cache folder. No pip."""
+    from wheels import probe_wheels
+
+    from provider.compute.environment import DEFAULT_PLATFORM
+
+    _secret(cluster, "flow-test-env", {"UNUSED": "1"})
+    run = dags_test(
+        "flow_environment",
+        conf={"flow_compute": "kubernetes"},
+        dags_folder=TEST_DAGS,
+        AIRFLOW__FLOW_TASK__KUBERNETES_ENV_CACHE_PATH="/var/cache/flowtask-env",
+        **_cluster_env(cluster, moto, "e2e-k8s-env"),
+        **probe_wheels(tmp_path / "wheels"),
+    )
+    assert run.returncode == 0, run.output[-8000:]
+    store = _store(moto, "e2e-k8s-env")
+    [manifest] = _manifests(store, "flow_environment")["probe"]
+    value = {name: store.get(ref) for name, ref in manifest["result"].items()}
+    node_cache = cluster.root / "nodes" / "var" / "cache" / "flowtask-env"
+    assert value["value"] == "ftprobe 1.0" and value["file"].startswith(str(node_cache))
+    assert [env["from"] for env in manifest["environments"]] == ["store", "store"]
+
+    [pod] = cluster.history
+    command = " ".join(pod["spec"]["containers"][0]["command"])
+    assert "pip" not in command and command.count("--env ") == 2
+    assert {"name": "flowtask-env", "hostPath": {"path": "/var/cache/flowtask-env",
+            "type": "DirectoryOrCreate"}} in pod["spec"]["volumes"]  # fmt: skip
+    [launch] = [k for k in store.list_manifests("runs/flow_environment") if "launch" in k]
+    record = store.read_manifest(launch)
+    assert record["environment"]["platform"] == DEFAULT_PLATFORM
+    assert record["environment"]["packages"] == {"ftprobe": "1.0"}
+    assert record["runtime_environment"]["packages"]["boto3"]
+    assert re.search(r"environment: environment \w+ for Python 3\.\d+ on x86_64-manylinux_2_28: "
+                     r"built in [0-9.]+s", run.output)  # fmt: skip
+    assert_gc_keeps_everything_reachable(store, {})
+    for name in ("environment", "runtime_environment"):
+        assert store.has(record[name]["archive"]) and store.has(record[name]["lock"])

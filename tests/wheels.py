@@ -42,3 +42,16 @@ def local_index(folder: Path) -> dict[str, str]:
     config = folder / "uv.toml"
     config.write_text(f'no-index = true\nfind-links = ["{folder}"]\n')
     return {"UV_CONFIG_FILE": str(config), "UV_HTTP_RETRIES": "0"}
+
+
+def probe_wheels(folder: Path) -> dict[str, str]:
+    """``ftprobe`` 1.0 in a find-links folder; uv's settings to resolve from it alone."""
+    make_wheel(folder, "ftprobe", "1.0")
+    return local_index(folder)
+
+
+def no_index(folder: Path) -> dict[str, str]:
+    """uv's settings with no index and no wheels at all: any resolution or download fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "uv.toml").write_text("no-index = true\n")
+    return {"UV_CONFIG_FILE": str(folder / "uv.toml"), "UV_HTTP_RETRIES": "0"}
