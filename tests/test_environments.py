@@ -3,6 +3,7 @@ cached on the worker, stored, and what fails says why."""
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import tarfile
@@ -240,3 +241,33 @@ def test_a_local_task_gets_a_package_the_worker_lacks_and_a_second_run_reuses_it
     assert record["packages"] == {"ftprobe": "1.0"} and record["python"] == worker_target().python
     assert record["platform"] == worker_target().platform and record["id"].startswith(built[1])
     assert store.has(record["archive"]) and store.has(record["lock"])
+
+
+def _pypi_reachable() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_a_compiled_package_resolved_for_aarch64_on_this_machine_stores_aarch64_wheels(
+    tmp_path: Path,
+):
+    """The one test that reaches a real index (PyPI): numpy for Arm nodes, from x86_64."""
+    if not _pypi_reachable():
+        pytest.skip("PyPI is unreachable from this machine: cannot resolve numpy for aarch64")
+    store = open_store((tmp_path / "store").as_uri())
+    cache = EnvironmentCache(tmp_path / "cache", 2**30)
+    built = _built(store, ("numpy==2.2.6",), ARM, cache)
+    assert built.how == "built" and built.packages == {"numpy": "2.2.6"}
+    assert built.target.platform == "aarch64-manylinux_2_28"
+    lock = bytes(store.get_bytes(built.lock)).decode()
+    [numpy] = locked_packages(lock)
+    assert numpy.tags and all(tag.endswith("_aarch64") for tag in numpy.tags), numpy.wheel
+    with tarfile.open(fileobj=io.BytesIO(store.get_bytes(built.archive))) as tar:
+        [core] = [m for m in tar.getmembers() if m.name.startswith("numpy/_core/_multiarray_umath")]
+        header = tar.extractfile(core).read(20)  # type: ignore[union-attr]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # aarch64
