@@ -9,6 +9,7 @@ import re
 import tarfile
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 from wheels import local_index, make_wheel, no_index, probe_wheels
@@ -271,3 +272,44 @@ def test_a_compiled_package_resolved_for_aarch64_on_this_machine_stores_aarch64_
         [core] = [m for m in tar.getmembers() if m.name.startswith("numpy/_core/_multiarray_umath")]
         header = tar.extractfile(core).read(20)  # type: ignore[union-attr]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # aarch64
+
+
+def _try_of(store, spec) -> Any:
+    from provider.operators.targets import TaskRun
+    from provider.store import Reference
+
+    payload = Reference(store.blob_uri("0" * 64), "0" * 64, 0, "t", "pickle5")
+    identity = {"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1, "try_number": 1}
+    return TaskRun("t", spec, print, store, payload, "runs/d/r/t/-1/1/result.json", identity, LOG)
+
+
+@pytest.mark.parametrize("compute", ["local", "kubernetes", "batch"])
+def test_an_environment_that_cannot_be_built_fails_the_task_before_anything_is_launched(
+    compute, wheels, tmp_path, monkeypatch
+):
+    """What the resolver says, with the requirement and the target, as an AirflowFailException
+    (no retry can fix it) raised by ``prepare``: nothing has been submitted or started."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from provider import Environment, KubernetesOptions, TaskSpec
+    from provider.operators.targets import compute_target
+
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "home"))
+    store = open_store((tmp_path / "store").as_uri())
+
+    def prepare(pip: list[str], **options: Any) -> str:
+        spec = TaskSpec(compute=compute, environment=Environment(pip=pip), **options)
+        with pytest.raises(AirflowFailException) as failed:
+            compute_target(compute).prepare(_try_of(store, spec))
+        return str(failed.value)
+
+    said = prepare(["ftpure==3.0"])
+    assert "flow task t cannot run: environment.pip: 'ftpure==3.0' cannot be resolved" in said
+    assert "there is no version of ftpure==3.0" in said  # the resolver's own words
+    if compute == "kubernetes":
+        said = prepare(["ftcompiled"], kubernetes=KubernetesOptions(target_platform="aarch64"))
+        assert "ftcompiled has no wheel for Python 3.11 on aarch64-manylinux_2_28" in said
+    monkeypatch.delenv("UV_CONFIG_FILE")
+    monkeypatch.setenv("UV_INDEX_URL", "http://127.0.0.1:9/simple")
+    said = prepare(["ftpure==9.9"])
+    assert "no package index reachable while resolving 'ftpure==9.9'" in said
