@@ -198,3 +198,48 @@ def test_a_foreach_submit_request_does_not_grow_with_its_items(
     assert submits[10_000]["containerOverrides"]["command"][-1] == "0-999"
     assert large - small == len("1000") - len("10") + len("0-999") - len("0-9")
     assert max(sizes.values()) < 30 * 1024  # Batch's limit on a SubmitJob request
+
+
+def test_flowtask_env_prints_the_resolved_lock_for_the_tasks_target(tmp_path: Path):
+    """Resolution only: the lock for the pod's platform (or the worker's), nothing stored."""
+    from wheels import probe_wheels
+
+    env = airflow_env(tmp_path, TEST_DAGS, **probe_wheels(tmp_path / "wheels"))
+    runs = {
+        compute: subprocess.run(
+            [FLOWTASK, "env", "flow_environment", "probe", "--compute", compute],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        for compute in ("kubernetes", "local")
+    }
+    for proc in runs.values():
+        assert proc.returncode == 0, proc.stderr
+        assert "ftprobe-1.0-py3-none-any.whl" in proc.stdout and 'name = "ftprobe"' in proc.stdout
+        assert "# environment id: " in proc.stdout
+    assert "compute=kubernetes, Python 3.11 on x86_64-manylinux_2_28" in runs["kubernetes"].stdout
+    assert "compute=local, Python 3.11 on the worker" in runs["local"].stdout
+    assert not (tmp_path / "flow_artifacts").exists()  # nothing was built or stored
+    assert not (tmp_path / "flowtask").exists()
+
+    proc = subprocess.run(
+        [FLOWTASK, "env", "flow_targets", "train"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "has no Environment(pip=[...]) to resolve" in proc.stderr
+
+
+def test_no_rendered_command_installs_anything(tmp_path: Path):
+    env = airflow_env(tmp_path, TEST_DAGS, AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE="flow-spot")
+    for compute in ("kubernetes", "batch"):
+        proc = subprocess.run(
+            [FLOWTASK, "render", "flow_environment", "probe", "--compute", compute],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "pip install" not in proc.stdout and "--pip" not in proc.stdout
+        assert "ftprobe" not in proc.stdout  # requirements travel built, never as a command

@@ -84,6 +84,24 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env(args: argparse.Namespace) -> int:
+    from contextlib import redirect_stdout
+
+    from provider.compute.environment import EnvironmentFailure
+    from provider.operators.render import RenderError, resolve_lock
+
+    try:
+        with redirect_stdout(sys.stderr):  # Airflow logs to stdout; stdout is for the lock
+            lock = resolve_lock(
+                args.dag_id, args.task_id, compute=args.compute, dags_folder=args.dags_folder
+            )
+    except (RenderError, EnvironmentFailure) as exc:
+        print(f"flowtask env: {exc}", file=sys.stderr)
+        return 2
+    print(lock, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flowtask", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +130,20 @@ def main(argv: list[str] | None = None) -> int:
         "--items", type=int, help="for a .foreach: how many items (default: its literal list's)"
     )
     render.set_defaults(handler=_render)
+    env = sub.add_parser(
+        "env",
+        help="print the lock a flow task's Environment(pip=[...]) resolves to on its target "
+        "(resolution only: nothing is built or run)",
+    )
+    env.add_argument("dag_id")
+    env.add_argument("task_id")
+    env.add_argument(
+        "--compute", choices=("local", "kubernetes", "batch"), help="override compute="
+    )
+    env.add_argument(
+        "--dags-folder", type=Path, help="where the DAG file is (default: [core] dags_folder)"
+    )
+    env.set_defaults(handler=_env)
     commands.add_commands(sub, dict(os.environ))
     args = parser.parse_args(argv)
     try:

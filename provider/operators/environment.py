@@ -112,7 +112,7 @@ def ensure_environment(
     with cache.locked(key):
         entry = cache.read_index(key)
         if entry is None:
-            lock, from_worker = _resolve(requirements, target, installed, runtime, log)
+            lock, from_worker = resolve_layer(requirements, target, installed, runtime, log)
             env_id = environment_id(lock, target)
             archive_ref = lock_ref = None
         else:
@@ -183,7 +183,7 @@ def lock_packages(lock: str) -> list[str]:
     return [p.name for p in locked_packages(lock)]
 
 
-def _resolve(
+def resolve_layer(
     requirements: tuple[str, ...],
     target: Target,
     installed: dict[str, str],

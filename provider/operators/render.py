@@ -206,3 +206,67 @@ def _chunks_at_run_time(request: dict[str, Any]) -> None:
     request["arrayProperties"] = {"size": CHUNKS_AT_RUN_TIME}
     command = request["containerOverrides"]["command"]
     command[command.index("--chunks") + 1] = CHUNKS_AT_RUN_TIME
+
+
+def resolve_lock(
+    dag_id: str,
+    task_id: str,
+    *,
+    compute: str | None = None,
+    dags_folder: Path | None = None,
+) -> str:
+    """``flowtask env``: the lock ``Environment(pip=[...])`` of ``task_id`` resolves to on its
+    target (its compute, or ``compute``), with a header naming the target and the environment's
+    id. Resolution only: nothing is built, stored or run. Raises :class:`RenderError`, and
+    ``EnvironmentFailure`` with the resolver's words."""
+    import logging
+
+    from airflow.sdk.configuration import conf
+
+    from provider import config
+    from provider.compute.environment import environment_id, remote_target, worker_target
+    from provider.operators.environment import resolve_layer
+    from provider.operators.run_context import resolve_compute
+
+    folder = dags_folder or Path(conf.get("core", "dags_folder"))
+    dag, task = _flow_task(folder, dag_id, task_id)
+    partial = getattr(task, "partial_kwargs", None)
+    spec = partial.get("flow_spec") if partial is not None else getattr(task, "flow_spec", None)
+    if spec is None:
+        raise RenderError(f"{dag_id}.{task_id} is a {type(task).__name__}, not a flow task")
+    target_name = compute or resolve_compute(
+        spec.compute, dag.params.dump(), config.default_compute()
+    )
+    requirements = tuple(spec.environment.pip)
+    if not requirements:
+        raise RenderError(f"{dag_id}.{task_id} has no Environment(pip=[...]) to resolve")
+    if target_name == "local":
+        target = worker_target()
+        installed = _installed()
+    else:
+        options = spec.kubernetes.over(config.kubernetes_defaults())
+        platform = options.target_platform if target_name == "kubernetes" else None
+        if target_name == "batch":
+            from provider.operators.targets.batch import batch_options
+
+            platform = batch_options(spec).target_platform
+        target = remote_target(platform or config.target_platform())
+        installed = {}
+    lock, from_worker = resolve_layer(
+        requirements, target, installed, False, logging.getLogger(__name__)
+    )
+    lines = [
+        f"# flowtask env {dag_id} {task_id}: compute={target_name}, {target.describe()}",
+        f"# requirements: {', '.join(requirements)}",
+        f"# environment id: {environment_id(lock, target)}",
+    ]
+    lines += [
+        f"# from the worker: {name}=={version}" for name, version in sorted(from_worker.items())
+    ]
+    return "\n".join(lines) + "\n" + lock
+
+
+def _installed() -> dict[str, str]:
+    from provider.compute.environment_build import installed_versions
+
+    return installed_versions()
