@@ -127,6 +127,25 @@ def _batch_options() -> dict[str, dict[str, Any]]:
             "10",
             "30",
         ),
+        "target_platform": (
+            "The platform Environment(pip=[...]) is built for on Kubernetes and Batch, unless "
+            "the task's KubernetesOptions/BatchOptions(target_platform=...) says: x86_64, "
+            "aarch64, or a uv platform such as aarch64-manylinux_2_28.",
+            "x86_64-manylinux_2_28",
+            "aarch64",
+        ),
+        "kubernetes_env_cache_path": (
+            "A node folder (hostPath) where pods unpack their environments, shared by the "
+            "node's pods; empty: each pod unpacks into an emptyDir of its own.",
+            "",
+            "/var/cache/flowtask-env",
+        ),
+        "environment_cache_size": (
+            "How much of built environments the worker keeps under "
+            "$AIRFLOW_HOME/flowtask/environments (least recently used out).",
+            "10Gi",
+            "50Gi",
+        ),
     }
     return {
         name: _option(
