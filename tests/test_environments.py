@@ -174,6 +174,9 @@ def test_the_runtime_layer_is_the_workers_own_files_where_they_fit(tmp_path: Pat
     names = {line.split("==")[0].lower() for line in described.splitlines()[1:]}
     assert {"boto3", "botocore", "s3transfer", "zstandard", "urllib3"} <= names
     assert (tmp_path / "rt" / "boto3" / "__init__.py").exists()
+    data = tmp_path / "rt" / "botocore" / "data"
+    assert (data / "s3").is_dir() and (data / "endpoints.json").exists()
+    assert not (data / "ec2").exists()  # models of services the runtime never calls
     assert list((tmp_path / "rt" / "zstandard").glob("*.so"))
     assert uv.runtime_layer(ARM) is None  # zstandard's x86_64 build cannot go to Arm
     assert uv.fits(["py3-none-any"], ARM)

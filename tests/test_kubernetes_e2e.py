@@ -93,7 +93,10 @@ def test_example_dag_runs_as_pods_passing_data_by_reference(
     assert score_pod["metadata"]["labels"]["tag.flowtask.io/k8s"] == "true"
     assert {"secretRef": {"name": "flow-aws"}} in container["envFrom"]
     assert not any(var.get("name") == "AWS_SECRET_ACCESS_KEY" for var in container["env"])
-    assert "flow task finished in" in run.output and "flowtask bootstrap" not in run.output
+    assert "flow task finished in" in run.output
+    said = re.findall(r"flowtask bootstrap: (.*?) \[", run.output)
+    assert said and all(re.fullmatch(r"environment \w+ from the (store|cache) \([0-9.]+s\)", line)
+                        for line in said), said  # fmt: skip
     assert cluster.pods() == []  # every pod deleted when done
     with sqlite3.connect(run.home / "airflow.db") as db:
         keys = {key for (key,) in db.execute("SELECT DISTINCT key FROM xcom")}

@@ -239,6 +239,16 @@ def fits(tags: Sequence[str], target: Target) -> bool:
     return False
 
 
+#: The AWS services the runtime calls (S3, and STS for web-identity credentials): botocore's
+#: models of the 400 others are four fifths of its files, and every pod would unpack them.
+RUNTIME_SERVICES = ("s3", "sts")
+
+
+def _unused_service(parts: tuple[str, ...]) -> bool:
+    """Whether a file is botocore's model of a service the runtime never calls."""
+    return len(parts) > 3 and parts[:2] == ("botocore", "data") and parts[2] not in RUNTIME_SERVICES
+
+
 def runtime_requirements() -> list[str]:
     """The runtime's own needs, pinned to the worker's versions (pods run the same store code)."""
     return [f"{name}=={metadata.version(name)}" for name in RUNTIME_REQUIREMENTS]
@@ -256,7 +266,10 @@ def runtime_layer(target: Target, folder: Path | None = None) -> str | None:
         if not tags or not fits(tags, target):
             return None
         described.append(f"{dist.metadata['Name']}=={dist.version} {' '.join(sorted(tags))}")
-    header = "# the worker's installed files (no index needed)\n"
+    header = (
+        "# the worker's installed files (no index needed); botocore's models of "
+        f"{', '.join(RUNTIME_SERVICES)} only\n"
+    )
     if folder is None:
         return header + "\n".join(described) + "\n"
     folder.mkdir(parents=True, exist_ok=True)
@@ -266,7 +279,10 @@ def runtime_layer(target: Target, folder: Path | None = None) -> str | None:
             source = Path(str(dist.locate_file(file))).resolve()
             if not source.is_relative_to(root) or source.suffix == ".pyc" or not source.is_file():
                 continue  # scripts outside site-packages; bytecode of the worker's own
-            dest = folder / source.relative_to(root)
+            relative = source.relative_to(root)
+            if _unused_service(relative.parts):
+                continue
+            dest = folder / relative
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
     import compileall
