@@ -5,11 +5,10 @@
 
 - S3 (moto's server on 127.0.0.1, in its own process): ``store.put`` + ``store.get`` of a NumPy
   array vs boto3 ``upload_fileobj`` + ``download_fileobj`` of the same bytes (default config).
-- S3 single GET: ``store.get`` (one HEAD, one GET, SHA-256 check, decoding) vs boto3's
-  ``get_object(...)["Body"].read()`` of the same object, for blobs below the part size (8 and
-  15 MiB with the default 16 MiB parts) and the ``--mib`` blob with a part size above its size.
-  The two alternate (with a HEAD of the same object, timed alone: the request store.get sends
-  before its GET to check the size before allocating); all read the same object.
+- S3 single GET: ``store.get`` (one GET, its Content-Length checked before allocating, SHA-256
+  while the bytes arrive, decoding) vs boto3's ``get_object(...)["Body"].read()`` of the same
+  object, for blobs below the part size (8 and 15 MiB with the default 16 MiB parts) and the
+  ``--mib`` blob with a part size above its size. The two alternate on the same object.
 - file://: ``store.put`` + ``store.get`` vs ``pickle.dump`` + ``pickle.load`` to a local file.
   Both write a new file per value, as storing a new artifact does (overwriting one path again
   and again is cheaper in the page cache, and is not what a store does). The two alternate, each
@@ -100,8 +99,8 @@ def part_size_mib(mib: int | None) -> Iterator[None]:
 
 
 def single_get(client: object, mib: int, part_mib: int | None, repeat: int) -> tuple[float, ...]:
-    """Median seconds of boto3's get_object().read(), of store.get and of the HEAD store.get
-    sends first, alternating, on one stored blob."""
+    """Median seconds of boto3's get_object().read() and of store.get, alternating, on one
+    stored blob."""
     with part_size_mib(part_mib):
         store = open_store(f"s3://{BUCKET}/single-{mib}", s3_client=client)
     array = np.random.default_rng(mib).standard_normal(mib * MiB // 8)
@@ -115,12 +114,9 @@ def single_get(client: object, mib: int, part_mib: int | None, repeat: int) -> t
     def ours(i: int) -> None:
         assert store.get(ref).nbytes == array.nbytes
 
-    def head(i: int) -> None:
-        client.head_object(Bucket=BUCKET, Key=key)  # type: ignore[attr-defined]
-
-    assert requests(store, lambda: ours(0)) == ["HeadObject", "GetObject"], "not a single GET"
+    assert requests(store, lambda: ours(0)) == ["GetObject"], "not a single GET"
     raw(0)  # warm: connections open, pages touched
-    return interleaved_medians((raw, ours, head), repeat, sync=False)
+    return interleaved_medians((raw, ours), repeat, sync=False)
 
 
 def requests(store: ArtifactStore, step: Callable[[], None]) -> list[str]:
@@ -187,11 +183,10 @@ def single_get_section(client: object, args: argparse.Namespace) -> list[str]:
     """Print each single-GET case; return its ratio line."""
     ratios = []
     for size, part in [(m, None) for m in args.single_mib] + [(args.mib, args.mib + 1)]:
-        raw, ours, head = single_get(client, size, part, args.single_repeat)
+        raw, ours = single_get(client, size, part, args.single_repeat)
         label = f"{size} MiB, " + (f"{part} MiB parts" if part else "default parts")
         print(f"S3 single GET {label:20s} boto3 get_object().read() {rate(raw, size, 'read')}")
         print(f"S3 single GET {label:20s} store.get                 {rate(ours, size, 'read')}")
-        print(f"S3 single GET {label:20s}   of which its HEAD       {head * 1000:9.1f} ms")
         ratios.append(
             f"ratio store.get / boto3 get_object().read() throughput (S3 single GET, {label}): "
             f"{raw / ours:.2f} {MOTO_NOTE}"
