@@ -206,21 +206,22 @@ def test_crafted_size_is_refused_before_allocating(store, value):
     ref = store.put(value)
     calls = _record_calls(store)
     assert store.get(ref) == value
-    assert calls == ["HeadObject", "GetObject"]  # the transfer sends no HEAD of its own
-    calls.clear()
-    crafted = Reference(ref.uri, ref.sha256, 3 * 2**30, ref.type, ref.encoding)
-    tracemalloc.start()
-    try:
-        with pytest.raises(IntegrityError) as raised:
-            store.get(crafted)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert f"size mismatch: the reference claims {3 * 2**30} bytes, the object has {ref.size}" in (
-        str(raised.value)
-    )
-    assert peak < 2**20
-    assert calls == ["HeadObject"]
+    assert calls == ["GetObject"]  # below the part size: one GET, no HEAD, no transfer
+    # Claimed above the part size, a HEAD sizes the ranges; below it, the GET's Content-Length.
+    for claimed, sent in [(3 * 2**30, ["HeadObject"]), (ref.size + MiB, ["GetObject"])]:
+        calls.clear()
+        crafted = Reference(ref.uri, ref.sha256, claimed, ref.type, ref.encoding)
+        tracemalloc.start()
+        try:
+            with pytest.raises(IntegrityError) as raised:
+                store.get(crafted)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        message = f"size mismatch: the reference claims {claimed} bytes, the object has {ref.size}"
+        assert message in str(raised.value)
+        assert peak < 2**20
+        assert calls == sent
 
 
 def test_dedup_hit_on_an_old_blob_verifies_and_renews_it(store):
@@ -304,12 +305,20 @@ def test_compressible_values_are_stored_as_zstd_on_s3_and_never_on_a_folder(stor
 def hashed(monkeypatch) -> list[tuple[int, int]]:
     """Each chunk the store hashes while it reads: (its size, bytes written to the buffer by
     then)."""
+    from botocore.response import StreamingBody
+
     written = [0]
     chunks: list[tuple[int, int]] = []
     write, update = BufferSink.write, store_module._BackgroundSha256.update
+    readinto = StreamingBody.readinto
 
     def counting_write(self, data):
         n = write(self, data)
+        written[0] += n
+        return n
+
+    def counting_readinto(self, buffer):
+        n = readinto(self, buffer)
         written[0] += n
         return n
 
@@ -318,6 +327,7 @@ def hashed(monkeypatch) -> list[tuple[int, int]]:
         update(self, chunk)
 
     monkeypatch.setattr(BufferSink, "write", counting_write)
+    monkeypatch.setattr(StreamingBody, "readinto", counting_readinto)
     monkeypatch.setattr(store_module._BackgroundSha256, "update", recording_update)
     return chunks
 
@@ -335,7 +345,7 @@ def test_single_get_is_hashed_while_it_arrives_into_one_buffer(store, hashed):
     finally:
         tracemalloc.stop()
     np.testing.assert_array_equal(loaded, value)
-    assert calls == ["HeadObject", "GetObject"]
+    assert calls == ["GetObject"]
     assert sum(size for size, _ in hashed) == ref.size  # every byte once
     assert hashed[0][1] < ref.size  # hashing began before the last byte arrived
     assert [size for size, _ in hashed[:3]] == [SINGLE_GET_IO_CHUNK] * 3  # read in 4 MiB pieces
@@ -396,15 +406,22 @@ class _PlannedFaults(FaultProxy):
 def test_interrupted_single_get_is_retried_and_hashed_once(moto, hashed):
     value = np.random.default_rng(3).standard_normal(12 * MiB // 8)
     ref = open_store(f"s3://{BUCKET}/retried", s3_client=s3_client(moto.endpoint)).put(value)
-    proxy = _PlannedFaults(moto.port, {2: "truncate"})  # the GET after the HEAD: cut at half
+    proxy = _PlannedFaults(moto.port, {1: "truncate"})  # the GET: cut at half
     try:
         store = open_store(f"s3://{BUCKET}/retried", s3_client=s3_client(proxy.endpoint))
-        calls = _record_calls(store)
+        ranges: list[str | None] = []
+        store.backend.client.meta.events.register(  # type: ignore[attr-defined]
+            "before-parameter-build.s3.GetObject",
+            lambda params, **_: ranges.append(params.get("Range")),
+        )
         np.testing.assert_array_equal(store.get(ref), value)
     finally:
         proxy.stop()
     assert proxy.injected == {"truncate": 1}
-    assert calls == ["HeadObject", "GetObject", "GetObject"]
+    # The second GET resumes at the first byte the first one did not deliver.
+    assert ranges[0] is None and len(ranges) == 2
+    resumed_at = int(ranges[1].removeprefix("bytes=").removesuffix("-"))
+    assert 0 < resumed_at < ref.size
     assert sum(size for size, _ in hashed) == ref.size  # bytes sent again were not hashed again
 
 

@@ -2,11 +2,13 @@
 
 Uploads are single PUTs or multipart uploads that S3 makes visible only on completion, so a
 reader never sees a partial blob; a failed multipart upload is aborted by the transfer manager.
-Downloads fetch ranges in parallel straight into one preallocated buffer, sized by one HEAD
-that is also checked against the reference's claimed size (and handed to the transfer, which
-would otherwise send the same HEAD itself). The buffer hands its bytes to the store's hash in
-order as they land: a single GET is hashed while it arrives, parallel ranges as the prefix
-before them completes. botocore's ``standard`` retry mode retries
+A blob below the part size is one GET read straight into a preallocated buffer: its
+Content-Length is checked against the reference's claimed size before anything is allocated,
+the store hashes the bytes while they arrive, and an interrupted stream resumes with a ranged
+GET from the first missing byte. A larger blob is fetched in parallel ranges into one buffer,
+sized by one HEAD that is also checked against the claimed size (and handed to the transfer,
+which would otherwise send the same HEAD itself); the buffer hands its bytes to the hash in
+order as the prefix before them completes. botocore's ``standard`` retry mode retries
 throttling (503 SlowDown), 500s, connection resets and timeouts with backoff; the transfer
 manager also retries interrupted download streams.
 
@@ -19,7 +21,6 @@ left (one round trip).
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -39,11 +40,10 @@ CONCURRENCY_ENV = "FLOWTASK_S3_MAX_CONCURRENCY"
 DEFAULT_PART_SIZE_MIB = 16
 DEFAULT_MAX_CONCURRENCY = 8
 MAX_ATTEMPTS = 10
-# A single GET (one stream) is read from the socket in pieces of this size, not boto3's 256 KiB:
-# fewer pieces cost less Python per byte (a 256 MiB single GET on moto: 0.66x -> 0.83x of
-# boto3's get_object().read()), and at most two are held at a time. Parallel ranges keep
-# boto3's size: eight streams of 4 MiB pieces would hold 64 MiB besides the blob.
+# A single GET is read from the socket in pieces of this size (boto3's transfer reads 256 KiB):
+# fewer pieces cost less Python per byte, and the hash starts on each as the next arrives.
 SINGLE_GET_IO_CHUNK = 4 * MiB
+STREAM_ATTEMPTS = 5  # an interrupted single GET resumes this many times, as s3transfer does
 
 
 def _positive_int_env(name: str, default: int) -> int:
@@ -126,8 +126,6 @@ class S3Backend:
         self.prefix = prefix.strip("/")
         self.client = client
         self._transfer = transfer_config()
-        self._single_get = copy.copy(self._transfer)
-        self._single_get.io_chunksize = SINGLE_GET_IO_CHUNK
 
     def _key(self, key: str) -> str:
         return self._full(check_key(key))
@@ -210,6 +208,8 @@ class S3Backend:
         them has arrived: while they arrive for a single GET, as ranges complete for parallel
         ones.
         """
+        if size is not None and size < self._transfer.multipart_threshold:
+            return self._read_single(key, size, on_chunk, progress)
         found = self.stat(key)
         if found is None:
             raise MissingArtifact(f"no object {self.uri(key)}")
@@ -219,6 +219,68 @@ class S3Backend:
         self._download(key, sink, found, progress)
         sink.finish()
         return sink.buffer
+
+    def _get(self, key: str, **extra: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)
+        except ClientError as error:
+            if _is_missing(error):
+                raise MissingArtifact(f"no object {self.uri(key)}") from None
+            raise
+
+    def _read_single(
+        self,
+        key: str,
+        size: int,
+        on_chunk: Callable[[memoryview], None] | None,
+        progress: Callable[[int], None] | None,
+    ) -> bytearray:
+        """One GET read into one buffer: no HEAD, no transfer threads; the Content-Length is
+        checked before allocating, and an interrupted stream resumes where it stopped."""
+        from botocore.exceptions import (
+            ConnectionClosedError,
+            IncompleteReadError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+        )
+
+        response = self._get(key)
+        body = response["Body"]
+        if int(response["ContentLength"]) != size:
+            body.close()
+            raise size_mismatch(self.uri(key), size, int(response["ContentLength"]))
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        done = handed = resumed = 0
+        while done < size:
+            try:
+                n = body.readinto(view[done : done + SINGLE_GET_IO_CHUNK])
+                if n == 0:
+                    raise IncompleteReadError(actual_bytes=done, expected_bytes=size)
+            except (
+                ConnectionClosedError,
+                IncompleteReadError,
+                ReadTimeoutError,
+                ResponseStreamingError,
+            ):
+                resumed += 1
+                if resumed >= STREAM_ATTEMPTS:
+                    raise
+                body.close()
+                body = self._get(key, Range=f"bytes={done}-")["Body"]
+                continue
+            done += n
+            if progress is not None:
+                progress(n)
+            if on_chunk is not None and done - handed >= SINGLE_GET_IO_CHUNK:
+                on_chunk(view[handed:done])
+                handed = done
+        body.close()
+        if on_chunk is not None and handed < size:
+            on_chunk(view[handed:size])
+        return buffer
 
     def read_chunks(
         self, key: str, on_chunk: Callable[[memoryview], None], known: BlobStat | None = None
@@ -238,11 +300,8 @@ class S3Backend:
         subscribers = [_known(found)]
         if progress is not None:
             subscribers.append(ProgressCallbackInvoker(progress))
-        single = found.size < self._transfer.multipart_threshold
         try:
-            with create_transfer_manager(
-                self.client, self._single_get if single else self._transfer
-            ) as manager:
+            with create_transfer_manager(self.client, self._transfer) as manager:
                 manager.download(
                     self.bucket, self._key(key), sink, subscribers=subscribers
                 ).result()

@@ -73,10 +73,10 @@ class BufferSink(_Positioned):
     leaves zeros behind, which the store's hash check catches.
 
     ``on_chunk`` sees the buffer in order, each byte once, as views into it: a chunk is handed
-    over once every byte before it has landed (as the bytes arrive for a single GET; as ranges
-    complete for parallel ones), in pieces of at least ``min_chunk`` bytes, the rest at
-    :meth:`finish`. A retried stream writes its range again from the start: bytes already
-    handed over are compared, not written, and differing ones raise ``IntegrityError``.
+    over once every byte before it has landed (as ranges complete), in pieces of at least
+    ``min_chunk`` bytes, the rest at :meth:`finish`. A retried stream writes its range again
+    from the start: bytes already handed over are compared, not written, and differing ones
+    raise ``IntegrityError``.
     """
 
     def __init__(
