@@ -374,7 +374,7 @@ def _evil_blob(marker: Path, size: int) -> bytes:
 
 
 def test_damaged_single_get_blob_is_refused_before_unpickling(store, hashed, tmp_path):
-    ref = store.put(np.arange(12 * MiB // 8))
+    ref = store.put(_incompressible(12 * MiB))  # stored as it is: one 12 MiB GET
     marker = tmp_path / "unpickled"
     evil = _evil_blob(marker, ref.size)
     codec.decode(bytearray(evil))  # the blob works: loading it creates the marker
