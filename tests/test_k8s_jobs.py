@@ -164,8 +164,18 @@ def test_an_older_api_server_drops_backoff_limit_per_index_and_backoff_limit_fai
 SLOW_TO_STOP = (
     "import signal, sys, time\n"
     "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1), sys.exit(0)))\n"
+    "print('ready', flush=True)\n"
     "time.sleep(60)\n"
 )
+
+
+def _ready(cluster: LocalCluster, pods: list[dict[str, Any]]) -> bool:
+    """Both pods run with their SIGTERM handler in place (Running comes before the interpreter
+    has read the script: a SIGTERM then would end a pod at once)."""
+    try:
+        return len(pods) == 2 and all("ready" in cluster.logs(p["metadata"]["name"]) for p in pods)
+    except KeyError:  # not picked up by the kubelet yet
+        return False
 
 
 @pytest.mark.parametrize(
@@ -177,7 +187,7 @@ def test_deleting_a_job_honours_its_propagation_policy(
 ):
     api = cluster.batch_v1()
     api.create_namespaced_job("default", job("sleepy", SLOW_TO_STOP, completions=2, parallelism=2))
-    wait(cluster.pods, lambda pods: sum(p["status"].get("phase") == "Running" for p in pods) == 2)
+    wait(cluster.pods, lambda pods: _ready(cluster, pods))
     api.delete_namespaced_job("sleepy", "default", propagation_policy=policy)
     assert len(cluster.pods()) == 2  # still stopping (or, orphaned, running on)
     if job_gone_first:
