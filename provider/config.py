@@ -13,6 +13,7 @@ from provider.store import ArtifactStore, open_store
 
 SECTION = "flow_task"
 DEFAULT_INLINE_MAX_BYTES = 1024
+DEFAULT_WARM_RUNTIME_IDLE = "120"
 
 
 def _get(key: str, fallback: str) -> str:
@@ -90,6 +91,22 @@ def xcom_inline_max_bytes() -> int:
         raise ValueError(
             f"[{SECTION}] xcom_inline_max_bytes={raw!r} is invalid. "
             "Accepted: a non-negative int of bytes (0 stores every value in the artifact store)"
+        )
+    return value
+
+
+def warm_runtime_idle_seconds() -> float:
+    """``[flow_task] warm_runtime_idle``: how long a warm runtime waits for the next local task
+    (seconds; 0 starts every local runtime as a new interpreter)."""
+    raw = _get("warm_runtime_idle", DEFAULT_WARM_RUNTIME_IDLE)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError(
+            f"[{SECTION}] warm_runtime_idle={raw!r} is invalid. Accepted: seconds, a "
+            "non-negative number (0 turns warm runtimes off)"
         )
     return value
 

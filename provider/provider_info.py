@@ -140,6 +140,13 @@ def _batch_options() -> dict[str, dict[str, Any]]:
             "",
             "/var/cache/flowtask-env",
         ),
+        "warm_runtime_idle": (
+            "Seconds a warm runtime (a process that has imported the runtime and forks it for "
+            "each local flow task) waits for the next task before it ends; 0 starts every "
+            "local runtime as a new interpreter.",
+            "120",
+            "0",
+        ),
         "environment_cache_size": (
             "How much of built environments the worker keeps under "
             "$AIRFLOW_HOME/flowtask/environments (least recently used out).",
@@ -152,7 +159,7 @@ def _batch_options() -> dict[str, dict[str, Any]]:
             description + "\n",
             default,
             example,
-            kind="float" if name == "batch_poll_interval" else "string",
+            kind="float" if name in ("batch_poll_interval", "warm_runtime_idle") else "string",
         )
         for name, (description, default, example) in described.items()
     }

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 LogLine = Callable[[str], None]
 MAX_LINE = 1024 * 1024  # a line longer than this is logged in pieces
@@ -46,24 +47,32 @@ def run_local(
     env: Mapping[str, str],
     log_line: LogLine,
     log_error: LogLine | None = None,
-    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    on_start: Callable[[Any], None] | None = None,
     grace_seconds: float = 5.0,
+    warm_idle_seconds: float = 0.0,
 ) -> int:
     """Run ``argv`` with ``env``; hand stdout lines to ``log_line`` and stderr lines to
     ``log_error`` (default: ``log_line``); return the exit code.
 
     ``on_start`` receives the process (so a kill from elsewhere can reach it with
     :func:`terminate_group`). If the caller is interrupted (a task timeout, a kill), the whole
-    group is terminated before the interruption goes on.
+    group is terminated before the interruption goes on. With ``warm_idle_seconds``, a runtime
+    command is forked from a warm runtime when one serves (``provider.compute.warm``).
     """
-    proc = subprocess.Popen(
-        list(argv),
-        env=dict(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc: Any = None
+    if warm_idle_seconds > 0:
+        from provider.compute.warm import start_warm
+
+        proc = start_warm(argv, env, owner=os.getppid(), idle_seconds=warm_idle_seconds)
+    if proc is None:
+        proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         if on_start is not None:
             on_start(proc)
@@ -78,7 +87,7 @@ def run_local(
                 pipe.close()
 
 
-def _pump(proc: subprocess.Popen[bytes], out: _Lines, err: _Lines, grace_seconds: float) -> None:
+def _pump(proc: Any, out: _Lines, err: _Lines, grace_seconds: float) -> None:
     """Stream both pipes until they close; once the child exits, end what it left running."""
     assert proc.stdout is not None and proc.stderr is not None
     streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
@@ -120,7 +129,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> bool:
     return True
 
 
-def terminate_group(proc: subprocess.Popen[bytes], grace_seconds: float = 5.0) -> None:
+def terminate_group(proc: Any, grace_seconds: float = 5.0) -> None:
     """SIGTERM the child's whole process group, then SIGKILL what is left after the grace."""
     if not _signal_group(proc.pid, signal.SIGTERM):
         return

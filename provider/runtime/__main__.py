@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from provider.runtime.lifetime import end_with_parent, stop_group_on_sigterm
+from provider.runtime.lifetime import START_ENV, end_with_parent, stop_group_on_sigterm
 from provider.runtime.run import PythonVersionMismatch, check_python, run_payload
 from provider.store import Reference, open_store
 
@@ -39,6 +39,14 @@ def _common(command: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # the warm runtime: returns in each fork, with its arguments
+        from provider.runtime.warm import serve
+
+        forked = serve(argv[1:])
+        if forked is None:
+            return 0
+        argv = forked
     parser = argparse.ArgumentParser(prog="python -m provider.runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a stored payload and store its result")
@@ -70,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(args.store)
     payload = Reference.from_json(json.loads(args.payload))
     if args.command == "run":
-        return run_payload(store, payload, args.manifest)
+        return run_payload(store, payload, args.manifest, os.environ.pop(START_ENV, "cold"))
     return _foreach(store, payload, args)
 
 

@@ -18,6 +18,7 @@ import sys
 from types import FrameType
 
 PARENT_PID_ENV = "FLOWTASK_PARENT_PID"
+START_ENV = "FLOWTASK_RUNTIME_START"  # "warm" in a fork of the warm runtime (runtime/warm.py)
 _PR_SET_PDEATHSIG = 1
 
 

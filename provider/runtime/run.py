@@ -91,8 +91,12 @@ def _with_preview(store: ArtifactStore, value: Any) -> dict[str, Any]:
     return ref
 
 
-def run_payload(store: ArtifactStore, payload_ref: Reference, manifest_key: str) -> int:
-    """Run one payload end to end; always write the result manifest. Returns the exit code."""
+def run_payload(
+    store: ArtifactStore, payload_ref: Reference, manifest_key: str, start: str = "cold"
+) -> int:
+    """Run one payload end to end; always write the result manifest. Returns the exit code.
+
+    ``start`` says how the runtime started: "cold" (a new interpreter), "warm" (a fork)."""
     started = time.time()
     cpu_at_start = cpu_seconds()
     gpu = GpuSampler()
@@ -101,6 +105,7 @@ def run_payload(store: ArtifactStore, payload_ref: Reference, manifest_key: str)
         "pid": os.getpid(),
         "python": "{}.{}.{}".format(*sys.version_info[:3]),
         "started_at": started,
+        "runtime_start": start,
     }
     if "FLOWTASK_BOOTSTRAP_SECONDS" in os.environ:  # set by a container's bootstrap
         manifest["bootstrap_seconds"] = float(os.environ["FLOWTASK_BOOTSTRAP_SECONDS"])

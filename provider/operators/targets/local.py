@@ -4,7 +4,6 @@ with the task's own (``Environment(pip=[...])``, built once and cached) laid in 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from typing import Any
 
@@ -17,7 +16,7 @@ class LocalTarget(ComputeTarget):
     name = "local"
 
     def __init__(self) -> None:
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: Any = None  # a Popen, or a fork of the warm runtime
         self._code_path: str | None = None
         self._pool: Any = None
         self._killed = False
@@ -34,6 +33,7 @@ class LocalTarget(ComputeTarget):
         return {"code_package": ref, **self._envs.records()}
 
     def run(self, run: TaskRun, context: Any) -> Outcome:
+        from provider import config
         from provider.compute import run_local, runtime_command
 
         argv = runtime_command(
@@ -49,6 +49,7 @@ class LocalTarget(ComputeTarget):
             log_line=lambda line: run.log.info("%s", line),
             log_error=lambda line: run.log.warning("%s", line),
             on_start=self._started,
+            warm_idle_seconds=config.warm_runtime_idle_seconds(),
         )
         if code in KILLED_FOR_MEMORY and not self._killed:
             return Outcome(
@@ -124,7 +125,7 @@ class LocalTarget(ComputeTarget):
             },
         )
 
-    def _started(self, process: subprocess.Popen[bytes]) -> None:
+    def _started(self, process: Any) -> None:
         self._process = process
 
     def kill(self) -> None:

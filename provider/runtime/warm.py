@@ -1,0 +1,300 @@
+"""A warm runtime: one process that has imported the runtime forks it for each local task.
+
+A local flow task's runtime spends most of its start importing (the runtime, cloudpickle and
+what they import); a fork of a process that already did so starts in a few milliseconds. The
+worker (``provider.compute.warm``) starts this server on first use and connects to it over an
+abstract Unix socket named after everything that shapes an interpreter at start (executable,
+working directory, ``PYTHON*``/locale variables, the runtime's sources), so a fork is what a
+fresh ``python -m provider.runtime`` would have been, then asks for one run:
+
+    worker -> server   length-prefixed JSON {args, env, cwd} + its stdout and stderr pipes
+    server -> worker   "pid N"    the forked runtime runs, leading its own process group
+    server -> worker   "exit C"   its exit code (negative: the signal that ended it)
+
+The fork replaces its environment with the request's, and ends as a fresh runtime would: the
+interpreter finalizes (threads joined, ``atexit``). Lifetimes:
+
+- the worker's end of the connection closing (the task process died) sends SIGTERM to the
+  fork's group, SIGKILL after a grace; the server's own death sends it SIGTERM
+  (``PR_SET_PDEATHSIG`` through ``FLOWTASK_PARENT_PID``, as for a fresh runtime);
+- the server ends when it has run nothing for ``--idle`` seconds, or once its owner (the
+  process that supervises the worker's tasks) is gone and no fork of it runs.
+
+Only processes of the server's own user are served (``SO_PEERCRED``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+
+from provider.runtime.lifetime import PARENT_PID_ENV, START_ENV
+
+HEADER = struct.Struct(">I")
+MAX_REQUEST = 64 * 2**20
+KILL_GRACE_SECONDS = 10.0
+RECEIVE_SECONDS = 5.0
+
+
+@dataclass
+class Request:
+    args: list[str]
+    env: dict[str, str]
+    cwd: str
+    fds: list[int] = field(default_factory=list)  # the worker's stdout and stderr pipes
+
+
+@dataclass
+class _Fork:
+    pid: int
+    pidfd: int
+    conn: socket.socket | None
+    kill_at: float | None = None
+
+
+def encode_request(args: list[str], env: dict[str, str], cwd: str) -> bytes:
+    body = json.dumps({"args": args, "env": env, "cwd": cwd}).encode()
+    return HEADER.pack(len(body)) + body
+
+
+def receive_request(conn: socket.socket) -> Request:
+    """One request: the header and the pipes arrive first, the rest of the JSON after."""
+    data, fds, _, _ = socket.recv_fds(conn, 65536, 2)
+    try:
+        if len(data) < HEADER.size:
+            raise ValueError("a request shorter than its header")
+        (size,) = HEADER.unpack_from(data)
+        if size > MAX_REQUEST:
+            raise ValueError(f"a request of {size} bytes")
+        body = bytearray(data[HEADER.size :])
+        while len(body) < size:
+            chunk = conn.recv(min(size - len(body), 1 << 20))
+            if not chunk:
+                raise ValueError("the request ended early")
+            body += chunk
+        fields = json.loads(body)
+        if len(fds) != 2:
+            raise ValueError(f"{len(fds)} pipes instead of 2")
+        return Request([str(a) for a in fields["args"]], dict(fields["env"]), fields["cwd"], fds)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def _same_user(conn: socket.socket) -> bool:
+    _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return uid == os.getuid()
+
+
+def _preload() -> None:
+    """What every run imports: loaded once here, shared by every fork."""
+    import traceback  # noqa: F401  (a failing task prints one)
+
+    import cloudpickle  # noqa: F401  (the payload's functions and classes)
+
+    import provider.runtime.run  # noqa: F401
+
+    try:  # set up while the environment is the server's own (a fork replaces it)
+        from setproctitle import getproctitle
+    except ImportError:
+        return
+    getproctitle()
+
+
+def _preload_for(request: Request) -> None:
+    """After a run on S3, what the next one will need too (imports start no thread)."""
+    if any(arg.startswith("s3://") for arg in request.args):
+        import boto3  # noqa: F401
+
+        import provider.store.s3  # noqa: F401
+
+
+class Server:
+    def __init__(self, name: str, owner: int, idle_seconds: float) -> None:
+        self.idle_seconds = idle_seconds
+        self.listener: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind("\0" + name)  # OSError: another server took the name first
+        self.listener.listen(64)
+        self.owner_fd = os.pidfd_open(owner)  # ProcessLookupError: the owner is gone
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+        self.selector.register(self.owner_fd, selectors.EVENT_READ, "owner")
+        self.forks: dict[int, _Fork] = {}
+        self.idle_since = time.monotonic()
+
+    def serve(self) -> Request | None:
+        """Serve until idle or orphaned (returns None); in a fork, return its request."""
+        while self.listener is not None or self.forks:
+            events = self.selector.select(self._timeout())
+            now = time.monotonic()
+            if not events and not self.forks and now - self.idle_since >= self.idle_seconds:
+                break
+            for key, _ in events:
+                if key.data == "accept" and self.listener is not None:
+                    request = self._accept()
+                    if request is not None:
+                        return request  # in the fork
+                elif key.data == "owner":
+                    self._stop_accepting()
+                elif isinstance(key.data, tuple):
+                    kind, fork = key.data
+                    self._exited(fork) if kind == "exit" else self._client_gone(fork)
+            for fork in self.forks.values():
+                if fork.kill_at is not None and now >= fork.kill_at:
+                    _signal_group(fork.pid, signal.SIGKILL)
+                    fork.kill_at = None
+        return None
+
+    def _timeout(self) -> float | None:
+        deadlines = [f.kill_at for f in self.forks.values() if f.kill_at is not None]
+        if not self.forks:
+            deadlines.append(self.idle_since + self.idle_seconds)
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _accept(self) -> Request | None:
+        assert self.listener is not None
+        conn, _ = self.listener.accept()
+        try:
+            if not _same_user(conn):
+                conn.close()
+                return None
+            conn.settimeout(RECEIVE_SECONDS)
+            request = receive_request(conn)
+        except (OSError, ValueError, KeyError, TypeError):
+            conn.close()
+            return None
+        pid = os.fork()
+        if pid == 0:
+            self._leave(conn)
+            return request
+        for fd in request.fds:
+            os.close(fd)
+        fork = _Fork(pid, os.pidfd_open(pid), conn)
+        self.forks[pid] = fork
+        self.selector.register(fork.pidfd, selectors.EVENT_READ, ("exit", fork))
+        try:
+            conn.sendall(f"pid {pid}\n".encode())
+            conn.setblocking(False)
+            self.selector.register(conn, selectors.EVENT_READ, ("client", fork))
+        except OSError:
+            self._client_gone(fork)
+        _preload_for(request)
+        return None
+
+    def _exited(self, fork: _Fork) -> None:
+        _, status = os.waitpid(fork.pid, 0)
+        self.selector.unregister(fork.pidfd)
+        os.close(fork.pidfd)
+        if fork.conn is not None:
+            self.selector.unregister(fork.conn)
+            try:
+                fork.conn.setblocking(True)
+                fork.conn.sendall(f"exit {os.waitstatus_to_exitcode(status)}\n".encode())
+            except OSError:
+                pass
+            fork.conn.close()
+        del self.forks[fork.pid]
+        if not self.forks:
+            self.idle_since = time.monotonic()
+
+    def _client_gone(self, fork: _Fork) -> None:
+        """The worker closed its end (it only ever reads): its task process is gone."""
+        if fork.conn is None:
+            return
+        try:
+            if fork.conn.recv(1):
+                return  # a stray byte; the worker says nothing else
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.selector.unregister(fork.conn)
+        fork.conn.close()
+        fork.conn = None
+        if _signal_group(fork.pid, signal.SIGTERM):
+            fork.kill_at = time.monotonic() + KILL_GRACE_SECONDS
+
+    def _stop_accepting(self) -> None:
+        if self.listener is not None:
+            self.selector.unregister(self.listener)
+            self.listener.close()
+            self.listener = None
+        self.selector.unregister(self.owner_fd)
+
+    def _leave(self, conn: socket.socket) -> None:
+        """In the fork: drop everything of the server's."""
+        conn.close()
+        if self.listener is not None:
+            self.listener.close()
+        for fork in self.forks.values():
+            os.close(fork.pidfd)
+            if fork.conn is not None:
+                fork.conn.close()
+        self.selector.close()
+        os.close(self.owner_fd)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def become(request: Request) -> list[str]:
+    """In a fork: take the request's pipes, directory and environment; the runtime's args."""
+    os.setsid()
+    with open(os.devnull, "rb") as null:
+        os.dup2(null.fileno(), 0)
+    out, err = request.fds
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    os.close(out)
+    os.close(err)
+    os.chdir(request.cwd)
+    os.environ.clear()
+    os.environ.update(request.env)
+    os.environ[PARENT_PID_ENV] = str(os.getppid())  # the server: its death ends this run
+    os.environ[START_ENV] = "warm"
+    time.tzset()
+    sys.argv[1:] = request.args
+    _retitle(f"{sys.executable} -m provider.runtime {request.args[0]} (a fork of {os.getppid()})")
+    return request.args
+
+
+def _retitle(title: str) -> None:
+    """What ``ps`` shows: a run, not its server (with setproctitle, an Airflow dependency)."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return
+    setproctitle(title)
+
+
+def serve(argv: list[str]) -> list[str] | None:
+    """``serve --name N --owner PID --idle S``: None when the server ends; in a fork, the
+    runtime arguments to run."""
+    parser = argparse.ArgumentParser(prog="python -m provider.runtime serve")
+    parser.add_argument("--name", required=True, help="the abstract socket's name")
+    parser.add_argument("--owner", type=int, required=True, help="end once this pid is gone")
+    parser.add_argument("--idle", type=float, required=True, help="end after this many idle s")
+    args = parser.parse_args(argv)
+    try:
+        server = Server(args.name, args.owner, args.idle)
+    except (OSError, ProcessLookupError):  # the name is taken, or the owner already gone
+        return None
+    _preload()
+    gc.freeze()  # what is loaded now stays shared with the forks (no copy on collection)
+    request = server.serve()
+    return None if request is None else become(request)

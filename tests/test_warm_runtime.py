@@ -1,0 +1,264 @@
+"""The warm runtime: local runs forked from a server that has imported the runtime behave as
+runs of a new interpreter do — output, exit codes, environment, kills and lifetimes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import psutil
+import pytest
+
+from provider.compute import run_local, runtime_command
+from provider.compute.local import terminate_group
+from provider.compute.warm import SERVER_LOST, server_environment, server_name, start_warm
+from provider.runtime import Payload
+from provider.runtime.lifetime import PARENT_PID_ENV
+from provider.store import manifest_key, open_store, payload_key
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="warm runtimes are Linux's (pidfd, PDEATHSIG)"
+)
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+IDLE = 60.0
+
+
+def _wait_for(predicate: Any, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _answers(name: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex("\0" + name) == 0
+
+
+def _servers(name: str) -> list[psutil.Process]:
+    """The server named ``name`` (its forks show their own title)."""
+    return [p for p in psutil.process_iter(["cmdline"]) if name in (p.info["cmdline"] or [])]
+
+
+class Warm:
+    """A store, and runs of stored payloads through ``run_local`` with warm runtimes on; the
+    environment carries a variable of its own, so the server is this test's alone."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.store = open_store((tmp_path / "store").as_uri())
+        self.env = {
+            **os.environ,
+            "PYTHONFLOWTASKTEST": uuid.uuid4().hex,  # shapes the interpreter: a server of its own
+            PARENT_PID_ENV: str(os.getpid()),
+        }
+        self.name = server_name(server_environment(self.env), os.getcwd())
+        self.runs = 0
+
+    def command(self, function: Any, *args: Any) -> tuple[list[str], str]:
+        self.runs += 1
+        key = manifest_key("d", "r", f"t{self.runs}", -1, 1)
+        ref = self.store.put_at(
+            payload_key(key), Payload(function=function, args=args), by_value=True
+        )
+        return runtime_command(self.store.root_uri, ref.to_json(), key, python=sys.executable), key
+
+    def run(self, function: Any, *args: Any, **env: str) -> tuple[int, dict, list[str]]:
+        argv, key = self.command(function, *args)
+        lines: list[str] = []
+        code = run_local(
+            argv,
+            env={**self.env, **env},
+            log_line=lines.append,
+            log_error=lambda line: lines.append(f"stderr: {line}"),
+            warm_idle_seconds=IDLE,
+        )
+        return code, self.store.read_manifest(key), lines
+
+    def started(self) -> None:
+        """Run once (cold), which starts the server; wait until it answers."""
+        code, manifest, _ = self.run(_nothing)
+        assert code == 0 and manifest["runtime_start"] == "cold"
+        assert _wait_for(lambda: _answers(self.name), 30), "the warm runtime never answered"
+
+    def stop(self) -> None:
+        for server in _servers(self.name):
+            server.kill()
+
+
+@pytest.fixture
+def warm(tmp_path: Path) -> Iterator[Warm]:
+    runs = Warm(tmp_path)
+    yield runs
+    runs.stop()
+
+
+def _nothing() -> None:
+    return None
+
+
+def looks_around(tag: str) -> dict:
+    print(f"out {tag}")
+    print(f"err {tag}", file=sys.stderr)
+    return {
+        "cwd": os.getcwd(),
+        "tag": os.environ.get("FLOW_TEST_TAG"),
+        "flowtask": sorted(k for k in os.environ if k.startswith("FLOWTASK")),
+        "argv": sys.argv[1:2],
+        "leads_group": os.getpgrp() == os.getpid(),
+    }
+
+
+def test_a_warm_run_gives_what_a_cold_run_gives(warm: Warm):
+    code, cold, cold_lines = warm.run(looks_around, "a", FLOW_TEST_TAG="first")
+    assert code == 0 and cold["runtime_start"] == "cold"
+    assert _wait_for(lambda: _answers(warm.name), 30)
+    code, hot, hot_lines = warm.run(looks_around, "a", FLOW_TEST_TAG="second")
+    assert code == 0 and hot["runtime_start"] == "warm"
+    values = [warm.store.get(m["result"]) for m in (cold, hot)]
+    assert values[0] == {**values[1], "tag": "first"}
+    assert values[1]["tag"] == "second"  # the request's environment, not the server's
+    assert values[1]["flowtask"] == [] and values[1]["leads_group"]
+    assert [line for line in hot_lines if " a" in line] == ["out a", "stderr: err a"]
+    assert [line for line in cold_lines if " a" in line] == ["out a", "stderr: err a"]
+    (server,) = _servers(warm.name)
+    assert hot["pid"] != server.pid and not _alive(hot["pid"])
+
+
+def fails() -> None:
+    raise KeyError("missing")
+
+
+def killed() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_exit_codes_and_signals_reach_the_worker(warm: Warm):
+    warm.started()
+    code, manifest, lines = warm.run(fails)
+    assert code == 1 and manifest["status"] == "failed" and manifest["runtime_start"] == "warm"
+    assert any("KeyError: 'missing'" in line for line in lines)
+    argv, _ = warm.command(killed)
+    proc = start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE)
+    assert proc is not None
+    assert proc.wait(timeout=30) == -signal.SIGKILL  # as Popen says it: the OOM killer's mark
+
+
+def sleeps_with_a_child(folder: str) -> None:
+    child = subprocess.Popen(["sleep", "600"])
+    Path(folder, "child.pid").write_text(str(child.pid))
+    Path(folder, "runtime.pid").write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+def test_terminating_a_warm_run_stops_it_and_what_it_started(warm: Warm, tmp_path: Path):
+    warm.started()
+    argv, key = warm.command(sleeps_with_a_child, str(tmp_path))
+    proc = start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE)
+    assert proc is not None
+    assert _wait_for((tmp_path / "runtime.pid").exists, 30)
+    assert int((tmp_path / "runtime.pid").read_text()) == proc.pid
+    child = int((tmp_path / "child.pid").read_text())
+    terminate_group(proc, grace_seconds=5.0)
+    assert proc.returncode == -signal.SIGTERM
+    assert _wait_for(lambda: not _alive(child), 5) and not _alive(proc.pid)
+    assert warm.store.backend.stat(key) is None
+
+
+def test_a_warm_run_whose_worker_is_killed_stops(warm: Warm, tmp_path: Path):
+    """The worker's end of the connection closes when it dies: the server ends the run."""
+    warm.started()
+    argv, key = warm.command(sleeps_with_a_child, str(tmp_path))
+    worker = f"""
+        import os
+        from provider.compute import run_local
+        run_local({argv!r}, env={warm.env!r}, log_line=print, warm_idle_seconds={IDLE})
+    """
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(worker)])
+    assert _wait_for((tmp_path / "runtime.pid").exists, 30)
+    runtime = int((tmp_path / "runtime.pid").read_text())
+    child = int((tmp_path / "child.pid").read_text())
+    (server,) = _servers(warm.name)
+    assert psutil.Process(runtime).ppid() == server.pid  # a fork, not a new interpreter
+    proc.kill()
+    proc.wait()
+    assert _wait_for(lambda: not _alive(runtime) and not _alive(child), 5)
+    assert warm.store.backend.stat(key) is None
+    assert server.is_running()  # and it serves the next task
+    assert warm.run(_nothing)[1]["runtime_start"] == "warm"
+
+
+def test_a_run_ends_with_its_server(warm: Warm, tmp_path: Path):
+    warm.started()
+    argv, _ = warm.command(sleeps_with_a_child, str(tmp_path))
+    proc = start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE)
+    assert proc is not None
+    assert _wait_for((tmp_path / "runtime.pid").exists, 30)
+    child = int((tmp_path / "child.pid").read_text())
+    (server,) = _servers(warm.name)
+    server.kill()
+    assert proc.wait(timeout=10) == SERVER_LOST
+    assert _wait_for(lambda: not _alive(proc.pid) and not _alive(child), 5)
+
+
+def _serve(name: str, owner: int, idle: float) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "provider.runtime", "serve", "--name", name]
+    return subprocess.Popen([*argv, "--owner", str(owner), "--idle", str(idle)])
+
+
+def test_a_server_ends_when_idle_and_when_its_owner_is_gone():
+    owner = subprocess.Popen(["sleep", "600"])
+    try:
+        idle = _serve(f"flowtask-test-{uuid.uuid4().hex}", owner.pid, 0.5)
+        assert idle.wait(timeout=30) == 0  # nothing to run for half a second: it ends
+        name = f"flowtask-test-{uuid.uuid4().hex}"
+        orphaned = _serve(name, owner.pid, 600)
+        assert _wait_for(lambda: _answers(name), 30)
+        twin = _serve(name, owner.pid, 600)  # a second server for the same name steps aside
+        assert twin.wait(timeout=30) == 0 and orphaned.poll() is None
+        owner.kill()
+        assert orphaned.wait(timeout=10) == 0
+    finally:
+        owner.kill()
+
+
+def test_the_server_name_follows_what_shapes_an_interpreter():
+    env = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "AIRFLOW_HOME": "/a", "TOKEN": "x"}
+    shape = server_environment(env)
+    assert shape == {"PATH": "/usr/bin", "LANG": "C.UTF-8"}
+    base = server_name(shape, "/work")
+    assert server_name(server_environment({**env, "TOKEN": "y"}), "/work") == base
+    assert server_name({**shape, "PYTHONHASHSEED": "0"}, "/work") != base
+    assert server_name(shape, "/elsewhere") != base
+
+
+def test_warm_runtimes_can_be_turned_off_and_a_bad_value_is_named(monkeypatch):
+    from provider import config
+
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__WARM_RUNTIME_IDLE", "0")
+    assert config.warm_runtime_idle_seconds() == 0
+    assert (
+        start_warm([sys.executable, "-m", "provider.runtime", "run"], {}, owner=1, idle_seconds=0)
+        is None
+    )
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__WARM_RUNTIME_IDLE", "soon")
+    with pytest.raises(ValueError, match=r"warm_runtime_idle='soon' is invalid. Accepted: seconds"):
+        config.warm_runtime_idle_seconds()
