@@ -157,8 +157,10 @@ def test_a_run_triggered_from_the_ui_is_found_by_tag_from_plain_python(
 
 
 def test_marking_a_running_flow_task_failed_stops_its_runtime(
-    deployment: Deployment, tmp_path: Path
+    deployment: Deployment, ui_tagged_run: tuple[str, str], tmp_path: Path
 ):
+    """After an earlier flow task (ui_tagged_run) the runtime is a fork of the warm runtime
+    that task started: the kill reaches the fork in another task process's session."""
     dag_id = "deploy_kill"
     deployment.wait_for_dag(dag_id)
     api = deployment.api
@@ -168,6 +170,8 @@ def test_marking_a_running_flow_task_failed_stops_its_runtime(
     deployment.wait_until(pid_file.exists, "the flow task's runtime to start", timeout=120)
     pid = int(pid_file.read_text())
     assert pid_running(pid)
+    server = psutil.Process(pid).parent()
+    assert server is not None and "serve" in server.cmdline(), "the runtime did not start warm"
     marked = time.monotonic()
     api.set_task_state(dag_id, run_id, "sleeper", "failed")
     try:
