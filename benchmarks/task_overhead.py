@@ -14,9 +14,11 @@ parts come from its launch and result manifests:
     result    -> the result and its manifest stored (runtime)
     finish    -> the task's end (worker reads the manifest, Airflow pushes the XCom)
 
-Then the runtime's own start: `python -m provider.runtime` importing everything it needs to run
-a payload (`python -c "import provider.runtime.__main__"`) against a bare `python -c pass`,
-medians of 21 runs each, interleaved.
+Each repeat runs the DAG twice: with warm runtimes (the default: every flow task after the
+first is a fork of the warm runtime) and with `warm_runtime_idle = 0` (every runtime a new
+interpreter). Then a new interpreter's start of the runtime: `python -m provider.runtime`
+importing everything it needs to run a payload (`python -c "import provider.runtime.__main__"`)
+against a bare `python -c pass`, medians of 21 runs each, interleaved.
 
 Medians over the chain's tasks and the repeats; the ratio is printed last.
 """
@@ -68,8 +70,10 @@ def _ts(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
-def one_run(home: Path, dags: Path, chain: int) -> tuple[list[float], list[float], dict]:
-    env = airflow_env(home, dags)
+def one_run(
+    home: Path, dags: Path, chain: int, **extra: str
+) -> tuple[list[float], list[float], dict, list[str]]:
+    env = airflow_env(home, dags, **extra)
     subprocess.run(
         [AIRFLOW, "dags", "test", "bench_overhead"], env=env, check=True, capture_output=True
     )
@@ -82,11 +86,13 @@ def one_run(home: Path, dags: Path, chain: int) -> tuple[list[float], list[float
     plain = [spans[f"plain_{i}"][1] - spans[f"plain_{i}"][0] for i in range(1, chain)]
     flow = [spans[f"flow_{i}"][1] - spans[f"flow_{i}"][0] for i in range(1, chain)]
     parts: dict[str, list[float]] = {part: [] for part in PARTS}
+    starts = []
     runs = home / "flow_artifacts" / "runs" / "bench_overhead"
     for i in range(1, chain):
         folder = next(runs.glob(f"*/flow_{i}/-1/1"))
         launch = json.loads((folder / "launch.json").read_text())
         result = json.loads((folder / "result.json").read_text())
+        starts.append(result["runtime_start"])
         start, end = spans[f"flow_{i}"]
         called = result["function_started_at"]
         returned = called + result["function_seconds"]
@@ -101,7 +107,7 @@ def one_run(home: Path, dags: Path, chain: int) -> tuple[list[float], list[float
         )
         for part, (a, b) in zip(PARTS, itertools.pairwise(marks), strict=True):
             parts[part].append(b - a)
-    return plain, flow, parts
+    return plain, flow, parts, starts
 
 
 def runtime_start(python: str, runs: int = 21) -> tuple[float, float]:
@@ -120,14 +126,18 @@ def runtime_start(python: str, runs: int = 21) -> tuple[float, float]:
     return statistics.median(bare), statistics.median(runtime)
 
 
+COLD = {"AIRFLOW__FLOW_TASK__WARM_RUNTIME_IDLE": "0"}  # every runtime a new interpreter
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--chain", type=int, default=15)
     args = parser.parse_args()
     plain: list[float] = []
-    flow: list[float] = []
-    parts: dict[str, list[float]] = {part: [] for part in PARTS}
+    flow: dict[str, list[float]] = {"warm": [], "cold": []}
+    parts = {mode: {part: [] for part in PARTS} for mode in flow}
+    starts: dict[str, list[str]] = {mode: [] for mode in flow}
     with tempfile.TemporaryDirectory() as tmp:
         dags = Path(tmp) / "dags"
         dags.mkdir()
@@ -140,28 +150,34 @@ def main() -> None:
             capture_output=True,
         )
         for number in range(args.repeat):
-            home = Path(tmp) / f"home{number}"
-            home.mkdir()
-            (home / "airflow.db").write_bytes((template / "airflow.db").read_bytes())
-            p, f, run_parts = one_run(home, dags, args.chain)
-            plain += p
-            flow += f
-            for part in PARTS:
-                parts[part] += run_parts[part]
+            for mode in flow:  # interleaved: both see the same machine
+                home = Path(tmp) / f"home{number}-{mode}"
+                home.mkdir()
+                (home / "airflow.db").write_bytes((template / "airflow.db").read_bytes())
+                extra = COLD if mode == "cold" else {}
+                p, f, run_parts, run_starts = one_run(home, dags, args.chain, **extra)
+                plain += p
+                flow[mode] += f
+                starts[mode] += run_starts
+                for part in PARTS:
+                    parts[mode][part] += run_parts[part]
     bare, runtime = runtime_start(sys.executable)
     print(f"bare interpreter start:  {bare * 1000:7.1f} ms (median of 21)")
     print(
         f"runtime start (imports): {runtime * 1000:7.1f} ms (median of 21), "
         f"+{(runtime - bare) * 1000:.1f} ms"
     )
-    n = len(flow)
-    print(f"flow task parts (medians of {n} tasks):")
-    for part in PARTS:
-        print(f"  {part:9s} {statistics.median(parts[part]) * 1000:7.1f} ms")
-    p, f = statistics.median(plain), statistics.median(flow)
-    print(f"plain @task:     {p * 1000:7.1f} ms per task (median of {len(plain)})")
-    print(f"local flow task: {f * 1000:7.1f} ms per task (median of {n})")
-    print(f"ratio flow / plain: {f / p:.2f}x")
+    for mode in flow:
+        counted = ", ".join(f"{starts[mode].count(s)} {s}" for s in sorted(set(starts[mode])))
+        print(f"flow task parts, {mode} (medians of {len(flow[mode])} tasks; runtimes: {counted}):")
+        for part in PARTS:
+            print(f"  {part:9s} {statistics.median(parts[mode][part]) * 1000:7.1f} ms")
+    p = statistics.median(plain)
+    cold, warm = statistics.median(flow["cold"]), statistics.median(flow["warm"])
+    print(f"plain @task:                {p * 1000:7.1f} ms per task (median of {len(plain)})")
+    print(f"flow task, runtime cold:    {cold * 1000:7.1f} ms per task ({cold / p:.2f}x plain)")
+    print(f"flow task, runtime warm:    {warm * 1000:7.1f} ms per task (the default)")
+    print(f"ratio flow / plain: {warm / p:.2f}x")
 
 
 if __name__ == "__main__":
