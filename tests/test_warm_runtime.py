@@ -262,3 +262,80 @@ def test_warm_runtimes_can_be_turned_off_and_a_bad_value_is_named(monkeypatch):
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__WARM_RUNTIME_IDLE", "soon")
     with pytest.raises(ValueError, match=r"warm_runtime_idle='soon' is invalid. Accepted: seconds"):
         config.warm_runtime_idle_seconds()
+
+
+NOBODY = 65534
+
+
+def _python_for_nobody() -> str:
+    """An interpreter another user may run (the test's may sit in root's home)."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to run a process as another user")
+    for python in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+        try:
+            subprocess.run([python, "-S", "-c", "pass"], user=NOBODY, check=True, timeout=30)
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        return python
+    pytest.skip("no Python that another user may run")
+
+
+SQUATTER = """
+import socket, sys
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind("\\0" + sys.argv[1])
+server.listen(1)
+print("listening", flush=True)
+server.settimeout(20)
+conn, _ = server.accept()
+conn.settimeout(2)
+try:
+    print("told", len(conn.recv(65536)), flush=True)
+except OSError:
+    print("told 0", flush=True)
+"""
+
+
+def test_a_name_held_by_another_user_is_never_told_the_task(warm: Warm):
+    """The request carries the task's environment (its secrets): only our own server gets it."""
+    squatter = subprocess.Popen(
+        [_python_for_nobody(), "-S", "-c", SQUATTER, warm.name],
+        user=NOBODY,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert squatter.stdout is not None and squatter.stdout.readline() == "listening\n"
+    argv, _ = warm.command(_nothing)
+    assert start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE) is None
+    assert squatter.communicate(timeout=30)[0] == "told 0\n"
+
+
+STRANGER = """
+import socket, sys
+conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+conn.connect("\\0" + sys.argv[1])
+conn.settimeout(10)
+try:
+    conn.sendall(bytes.fromhex(sys.argv[2]))
+    print("answer", repr(conn.recv(64)), flush=True)
+except OSError:
+    print("answer b''", flush=True)  # closed before the request was in
+"""
+
+
+def test_a_server_serves_no_other_user(warm: Warm, tmp_path: Path):
+    from provider.runtime.warm import encode_request
+
+    warm.started()
+    marker = tmp_path / "ran"
+    argv, _ = warm.command(Path.write_text, marker, "a stranger's task")
+    request = encode_request(argv[3:], {"PATH": os.environ["PATH"]}, "/").hex()
+    stranger = subprocess.run(
+        [_python_for_nobody(), "-S", "-c", STRANGER, warm.name, request],
+        user=NOBODY,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert stranger.stdout == "answer b''\n", stranger.stderr
+    assert not marker.exists()

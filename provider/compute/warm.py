@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -34,21 +35,33 @@ def server_environment(env: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in env.items() if _shapes_interpreter(name)}
 
 
-def _sources_stamp() -> list[tuple[str, int, int]]:
+def _code_stamp() -> list[tuple[str, int, int]]:
+    """The interpreter's binary and the runtime's sources as they are on disk now: a server
+    started before an upgrade is not the one a new interpreter would be."""
     package = Path(__file__).resolve().parent.parent
-    stamps = []
+    paths = [Path(os.path.realpath(sys.executable)), package / "__init__.py"]
     for folder in RUNTIME_SOURCES:
-        for path in sorted((package / folder).glob("*.py")):
-            stat = path.stat()
-            stamps.append((str(path), stat.st_mtime_ns, stat.st_size))
+        paths += sorted((package / folder).glob("*.py"))
+    stamps = []
+    for path in paths:
+        stat = path.stat()
+        stamps.append((str(path), stat.st_mtime_ns, stat.st_size))
     return stamps
 
 
 def server_name(server_env: Mapping[str, str], cwd: str) -> str:
     """The socket of the server whose forks are what ``python -m provider.runtime`` started
     with this environment in ``cwd`` would be, for this user, interpreter and runtime code."""
-    shape = repr((os.getuid(), sys.executable, cwd, sorted(server_env.items()), _sources_stamp()))
-    return "flowtask-runtime-" + hashlib.sha256(shape.encode()).hexdigest()[:32]
+    pickler = getattr(sys.modules.get("cloudpickle"), "__version__", "")
+    shape = (os.getuid(), sys.executable, sys.version, pickler, cwd, sorted(server_env.items()))
+    digest = hashlib.sha256(repr((shape, _code_stamp())).encode())
+    return "flowtask-runtime-" + digest.hexdigest()[:32]
+
+
+def _served_by_us(conn: socket.socket) -> bool:
+    """The server runs as this user: the request carries the task's environment."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1] == os.getuid()
 
 
 class WarmProcess:
@@ -118,6 +131,9 @@ def start_warm(
     except OSError:  # none yet (refused), or one that cannot answer
         conn.close()
         _start_server(name, shape, cwd, owner, idle_seconds)
+        return None
+    if not _served_by_us(conn):  # another user's process holds the name: never tell it
+        conn.close()
         return None
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
