@@ -305,29 +305,34 @@ def test_compressible_values_are_stored_as_zstd_on_s3_and_never_on_a_folder(stor
 def hashed(monkeypatch) -> list[tuple[int, int]]:
     """Each chunk the store hashes while it reads: (its size, bytes written to the buffer by
     then)."""
-    from botocore.response import StreamingBody
+    from provider.store import s3
 
     written = [0]
     chunks: list[tuple[int, int]] = []
     write, update = BufferSink.write, store_module._BackgroundSha256.update
-    readinto = StreamingBody.readinto
+    socket_readinto = s3._socket_readinto
 
     def counting_write(self, data):
         n = write(self, data)
         written[0] += n
         return n
 
-    def counting_readinto(self, buffer):
-        n = readinto(self, buffer)
-        written[0] += n
-        return n
+    def counting_socket_readinto(body):
+        readinto = socket_readinto(body)
+
+        def counting(buffer):
+            n = readinto(buffer)
+            written[0] += n
+            return n
+
+        return counting
 
     def recording_update(self, chunk):
         chunks.append((chunk.nbytes, written[0]))
         update(self, chunk)
 
     monkeypatch.setattr(BufferSink, "write", counting_write)
-    monkeypatch.setattr(StreamingBody, "readinto", counting_readinto)
+    monkeypatch.setattr(s3, "_socket_readinto", counting_socket_readinto)
     monkeypatch.setattr(store_module._BackgroundSha256, "update", recording_update)
     return chunks
 
@@ -351,6 +356,25 @@ def test_single_get_is_hashed_while_it_arrives_into_one_buffer(store, hashed):
     assert [size for size, _ in hashed[:3]] == [SINGLE_GET_IO_CHUNK] * 3  # read in 4 MiB pieces
     # One copy of the blob, and the stream's pieces: the one being read, the one being written.
     assert peak < ref.size + 2 * SINGLE_GET_IO_CHUNK + MiB
+
+
+def test_a_single_get_reads_from_the_socket_and_keeps_its_connection(store):
+    """With the pinned botocore and urllib3, the bytes go from the socket into the buffer (no
+    copies in between), and the connection goes back to the pool for the next request."""
+    import http.client
+
+    from provider.store.s3 import _socket_readinto
+
+    refs = [store.put(_incompressible(6 * MiB)) for _ in range(3)]
+    client = store.backend.client  # type: ignore[attr-defined]
+    body = client.get_object(Bucket=BUCKET, Key=_blob_key(store, refs[0]))["Body"]
+    assert isinstance(_socket_readinto(body).__self__, http.client.HTTPResponse)
+    body.close()
+    pools = client._endpoint.http_session._manager.pools
+    before = sum(pools[key].num_connections for key in pools.keys())
+    for ref in refs:
+        assert bytes(store.get(ref)) == bytes(store.get(ref))
+    assert sum(pools[key].num_connections for key in pools.keys()) == before + 1
 
 
 class _Evil:

@@ -2,7 +2,8 @@
 
 Uploads are single PUTs or multipart uploads that S3 makes visible only on completion, so a
 reader never sees a partial blob; a failed multipart upload is aborted by the transfer manager.
-A blob below the part size is one GET read straight into a preallocated buffer: its
+A blob below the part size is one GET read straight from the socket into a preallocated
+buffer (http.client's ``readinto`` under botocore's body, see ``_socket_readinto``): its
 Content-Length is checked against the reference's claimed size before anything is allocated,
 the store hashes the bytes while they arrive, and an interrupted stream resumes with a ranged
 GET from the first missing byte. A larger blob is fetched in parallel ranges into one buffer,
@@ -44,6 +45,30 @@ MAX_ATTEMPTS = 10
 # fewer pieces cost less Python per byte, and the hash starts on each as the next arrives.
 SINGLE_GET_IO_CHUNK = 4 * MiB
 STREAM_ATTEMPTS = 5  # an interrupted single GET resumes this many times, as s3transfer does
+
+
+def _socket_readinto(body: Any) -> Callable[[memoryview], int]:
+    """The readinto of the HTTP response under botocore's body: urllib3's reads into a new
+    bytes object (which http.client copies once more) and copies that into the buffer; this
+    one receives from the socket straight into it. botocore's own when the body is not the
+    pair this relies on (a botocore or urllib3 release that changes them)."""
+    import http.client
+
+    stream = getattr(body, "_raw_stream", None)
+    raw = getattr(stream, "_fp", None)
+    if isinstance(raw, http.client.HTTPResponse) and callable(getattr(stream, "release_conn", 0)):
+        return raw.readinto
+    return body.readinto
+
+
+def _finish(body: Any) -> None:
+    """Hand the connection back to the pool once the response is read to its end (urllib3
+    does this itself only for what it read); otherwise close it."""
+    stream = getattr(body, "_raw_stream", None)
+    raw = getattr(stream, "_fp", None)
+    if raw is not None and getattr(raw, "isclosed", lambda: False)() and stream is not None:
+        stream.release_conn()
+    body.close()
 
 
 def _positive_int_env(name: str, default: int) -> int:
@@ -239,6 +264,8 @@ class S3Backend:
     ) -> bytearray:
         """One GET read into one buffer: no HEAD, no transfer threads; the Content-Length is
         checked before allocating, and an interrupted stream resumes where it stopped."""
+        import http.client
+
         from botocore.exceptions import (
             ConnectionClosedError,
             IncompleteReadError,
@@ -246,6 +273,14 @@ class S3Backend:
             ResponseStreamingError,
         )
 
+        interrupted = (
+            ConnectionClosedError,
+            IncompleteReadError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+            http.client.HTTPException,  # the socket's own errors, read past urllib3
+            OSError,
+        )
         response = self._get(key)
         body = response["Body"]
         if int(response["ContentLength"]) != size:
@@ -254,22 +289,19 @@ class S3Backend:
         buffer = bytearray(size)
         view = memoryview(buffer)
         done = handed = resumed = 0
+        readinto = _socket_readinto(body)
         while done < size:
             try:
-                n = body.readinto(view[done : done + SINGLE_GET_IO_CHUNK])
+                n = readinto(view[done : done + SINGLE_GET_IO_CHUNK])
                 if n == 0:
                     raise IncompleteReadError(actual_bytes=done, expected_bytes=size)
-            except (
-                ConnectionClosedError,
-                IncompleteReadError,
-                ReadTimeoutError,
-                ResponseStreamingError,
-            ):
+            except interrupted:
                 resumed += 1
                 if resumed >= STREAM_ATTEMPTS:
                     raise
                 body.close()
                 body = self._get(key, Range=f"bytes={done}-")["Body"]
+                readinto = _socket_readinto(body)
                 continue
             done += n
             if progress is not None:
@@ -277,7 +309,7 @@ class S3Backend:
             if on_chunk is not None and done - handed >= SINGLE_GET_IO_CHUNK:
                 on_chunk(view[handed:done])
                 handed = done
-        body.close()
+        _finish(body)
         if on_chunk is not None and handed < size:
             on_chunk(view[handed:size])
         return buffer
