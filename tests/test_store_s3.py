@@ -353,7 +353,7 @@ def test_single_get_is_hashed_while_it_arrives_into_one_buffer(store, hashed):
     assert calls == ["GetObject"]
     assert sum(size for size, _ in hashed) == ref.size  # every byte once
     assert hashed[0][1] < ref.size  # hashing began before the last byte arrived
-    assert [size for size, _ in hashed[:3]] == [SINGLE_GET_IO_CHUNK] * 3  # read in 4 MiB pieces
+    assert [size for size, _ in hashed[:3]] == [SINGLE_GET_IO_CHUNK] * 3  # read in pieces
     # One copy of the blob, and the stream's pieces: the one being read, the one being written.
     assert peak < ref.size + 2 * SINGLE_GET_IO_CHUNK + MiB
 

@@ -42,8 +42,9 @@ DEFAULT_PART_SIZE_MIB = 16
 DEFAULT_MAX_CONCURRENCY = 8
 MAX_ATTEMPTS = 10
 # A single GET is read from the socket in pieces of this size (boto3's transfer reads 256 KiB):
-# fewer pieces cost less Python per byte, and the hash starts on each as the next arrives.
-SINGLE_GET_IO_CHUNK = 4 * MiB
+# the hash starts on each as the next arrives, so the last piece's hash is what cannot overlap;
+# 2 MiB measured best of 1, 2 and 4 in benchmarks/store_vs_raw.py (8, 15 and 64 MiB blobs).
+SINGLE_GET_IO_CHUNK = 2 * MiB
 STREAM_ATTEMPTS = 5  # an interrupted single GET resumes this many times, as s3transfer does
 
 
