@@ -247,6 +247,8 @@ def test_the_server_name_follows_what_shapes_an_interpreter():
     base = server_name(shape, "/work")
     assert server_name(server_environment({**env, "TOKEN": "y"}), "/work") == base
     assert server_name({**shape, "PYTHONHASHSEED": "0"}, "/work") != base
+    cuda = server_environment({**env, "LD_LIBRARY_PATH": "/usr/local/cuda/lib64"})
+    assert server_name(cuda, "/work") != base  # the loader reads it once, as a process starts
     assert server_name(shape, "/elsewhere") != base
 
 

@@ -27,8 +27,15 @@ _STARTED: list[subprocess.Popen[bytes]] = []  # servers this process started (re
 
 
 def _shapes_interpreter(name: str) -> bool:
-    """Variables that a Python process reads as it starts (and so a fork cannot take later)."""
-    return name.startswith(("PYTHON", "LC_")) or name in ("LANG", "LANGUAGE", "PATH", "HOME")
+    """Variables that a process reads as it starts (and so a fork cannot take later): Python's,
+    the locale's, and the dynamic loader's and C library's (``LD_LIBRARY_PATH`` decides where
+    a CUDA library that the task imports later is found)."""
+    return name.startswith(("PYTHON", "LC_", "LD_", "GLIBC_", "MALLOC_")) or name in (
+        "LANG",
+        "LANGUAGE",
+        "PATH",
+        "HOME",
+    )
 
 
 def server_environment(env: Mapping[str, str]) -> dict[str, str]:
