@@ -14,10 +14,28 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import IO, Protocol
 
 LogLine = Callable[[str], None]
 MAX_LINE = 1024 * 1024  # a line longer than this is logged in pieces
+
+
+class RuntimeProcess(Protocol):
+    """What the runner needs of a process: a ``subprocess.Popen``, or a fork of the warm
+    runtime (``provider.compute.warm.WarmProcess``). It leads its own process group."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def stdout(self) -> IO[bytes] | None: ...
+
+    @property
+    def stderr(self) -> IO[bytes] | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
 
 
 class _Lines:
@@ -47,7 +65,7 @@ def run_local(
     env: Mapping[str, str],
     log_line: LogLine,
     log_error: LogLine | None = None,
-    on_start: Callable[[Any], None] | None = None,
+    on_start: Callable[[RuntimeProcess], None] | None = None,
     grace_seconds: float = 5.0,
     warm_idle_seconds: float = 0.0,
 ) -> int:
@@ -59,7 +77,7 @@ def run_local(
     group is terminated before the interruption goes on. With ``warm_idle_seconds``, a runtime
     command is forked from a warm runtime when one serves (``provider.compute.warm``).
     """
-    proc: Any = None
+    proc: RuntimeProcess | None = None
     if warm_idle_seconds > 0:
         from provider.compute.warm import start_warm
 
@@ -87,7 +105,7 @@ def run_local(
                 pipe.close()
 
 
-def _pump(proc: Any, out: _Lines, err: _Lines, grace_seconds: float) -> None:
+def _pump(proc: RuntimeProcess, out: _Lines, err: _Lines, grace_seconds: float) -> None:
     """Stream both pipes until they close; once the child exits, end what it left running."""
     assert proc.stdout is not None and proc.stderr is not None
     streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
@@ -129,7 +147,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> bool:
     return True
 
 
-def terminate_group(proc: Any, grace_seconds: float = 5.0) -> None:
+def terminate_group(proc: RuntimeProcess, grace_seconds: float = 5.0) -> None:
     """SIGTERM the child's whole process group, then SIGKILL what is left after the grace."""
     if not _signal_group(proc.pid, signal.SIGTERM):
         return

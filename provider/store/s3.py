@@ -22,6 +22,7 @@ left (one round trip).
 
 from __future__ import annotations
 
+import http.client
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -48,27 +49,30 @@ SINGLE_GET_IO_CHUNK = 2 * MiB
 STREAM_ATTEMPTS = 5  # an interrupted single GET resumes this many times, as s3transfer does
 
 
-def _socket_readinto(body: Any) -> Callable[[memoryview], int]:
-    """The readinto of the HTTP response under botocore's body: urllib3's reads into a new
-    bytes object (which http.client copies once more) and copies that into the buffer; this
-    one receives from the socket straight into it. botocore's own when the body is not the
-    pair this relies on (a botocore or urllib3 release that changes them)."""
-    import http.client
-
+def _http_response(body: Any) -> http.client.HTTPResponse | None:
+    """The HTTP response under botocore's body and urllib3's, when they are the pair that
+    ``_socket_readinto`` and ``_finish`` rely on (other releases: None)."""
     stream = getattr(body, "_raw_stream", None)
     raw = getattr(stream, "_fp", None)
     if isinstance(raw, http.client.HTTPResponse) and callable(getattr(stream, "release_conn", 0)):
-        return raw.readinto
-    return body.readinto
+        return raw
+    return None
+
+
+def _socket_readinto(body: Any) -> Callable[[memoryview], int]:
+    """urllib3's readinto reads into a new bytes object (which http.client copies once more)
+    and copies that into the buffer; http.client's receives from the socket straight into it.
+    botocore's own when the response is not reachable."""
+    raw = _http_response(body)
+    return body.readinto if raw is None else raw.readinto
 
 
 def _finish(body: Any) -> None:
     """Hand the connection back to the pool once the response is read to its end (urllib3
     does this itself only for what it read); otherwise close it."""
-    stream = getattr(body, "_raw_stream", None)
-    raw = getattr(stream, "_fp", None)
-    if raw is not None and getattr(raw, "isclosed", lambda: False)() and stream is not None:
-        stream.release_conn()
+    raw = _http_response(body)
+    if raw is not None and raw.isclosed():
+        body._raw_stream.release_conn()
     body.close()
 
 
@@ -265,8 +269,6 @@ class S3Backend:
     ) -> bytearray:
         """One GET read into one buffer: no HEAD, no transfer threads; the Content-Length is
         checked before allocating, and an interrupted stream resumes where it stopped."""
-        import http.client
-
         from botocore.exceptions import (
             ConnectionClosedError,
             IncompleteReadError,

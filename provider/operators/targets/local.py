@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
+
+if TYPE_CHECKING:
+    from provider.compute.local import RuntimeProcess
 
 KILLED_FOR_MEMORY = (-9, 137)  # SIGKILL, as the kernel's OOM killer sends it
 
@@ -16,7 +19,7 @@ class LocalTarget(ComputeTarget):
     name = "local"
 
     def __init__(self) -> None:
-        self._process: Any = None  # a Popen, or a fork of the warm runtime
+        self._process: RuntimeProcess | None = None
         self._code_path: str | None = None
         self._pool: Any = None
         self._killed = False
@@ -125,7 +128,7 @@ class LocalTarget(ComputeTarget):
             },
         )
 
-    def _started(self, process: Any) -> None:
+    def _started(self, process: RuntimeProcess) -> None:
         self._process = process
 
     def kill(self) -> None:
