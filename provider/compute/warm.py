@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import struct
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from provider.runtime.warm import encode_request
+from provider.runtime.warm import encode_request, peer_is_us
 
 CONNECT_SECONDS = 5.0
 SERVER_LOST = 255  # the server ended without reporting the run's exit code
@@ -63,12 +62,6 @@ def server_name(server_env: Mapping[str, str], cwd: str) -> str:
     shape = (os.getuid(), sys.executable, sys.version, pickler, cwd, sorted(server_env.items()))
     digest = hashlib.sha256(repr((shape, _code_stamp())).encode())
     return "flowtask-runtime-" + digest.hexdigest()[:32]
-
-
-def _served_by_us(conn: socket.socket) -> bool:
-    """The server runs as this user: the request carries the task's environment."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1] == os.getuid()
 
 
 class WarmProcess:
@@ -139,7 +132,7 @@ def start_warm(
         conn.close()
         _start_server(name, shape, cwd, owner, idle_seconds)
         return None
-    if not _served_by_us(conn):  # another user's process holds the name: never tell it
+    if not peer_is_us(conn):  # another user's process holds the name: never tell it the task
         conn.close()
         return None
     out_read, out_write = os.pipe()

@@ -91,9 +91,10 @@ def receive_request(conn: socket.socket) -> Request:
         raise
 
 
-def _same_user(conn: socket.socket) -> bool:
-    _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    return uid == os.getuid()
+def peer_is_us(conn: socket.socket) -> bool:
+    """The process at the other end of ``conn`` runs as this process's user."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1] == os.getuid()
 
 
 def _preload() -> None:
@@ -165,7 +166,7 @@ class Server:
         assert self.listener is not None
         conn, _ = self.listener.accept()
         try:
-            if not _same_user(conn):
+            if not peer_is_us(conn):
                 conn.close()
                 return None
             conn.settimeout(RECEIVE_SECONDS)
