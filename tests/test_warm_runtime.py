@@ -341,3 +341,33 @@ def test_a_server_serves_no_other_user(warm: Warm, tmp_path: Path):
     )
     assert stranger.stdout == "answer b''\n", stranger.stderr
     assert not marker.exists()
+
+
+def test_a_run_that_ends_before_its_pid_is_read_is_not_run_again(warm: Warm):
+    """The server may say "pid" and "exit" in one breath: the worker reads both, and does not
+    take the pair for a broken answer (which would start the task again, cold)."""
+    import threading
+
+    from provider.runtime.warm import receive_request
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0" + warm.name)
+    listener.listen(1)
+
+    def answer_at_once() -> None:
+        conn, _ = listener.accept()
+        for fd in receive_request(conn).fds:
+            os.close(fd)
+        conn.sendall(b"pid 4242\nexit 3\n")
+        conn.close()
+
+    server = threading.Thread(target=answer_at_once)
+    server.start()
+    try:
+        argv, _ = warm.command(_nothing)
+        proc = start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE)
+        assert proc is not None and proc.pid == 4242
+        assert proc.wait(timeout=10) == 3
+    finally:
+        server.join(timeout=10)
+        listener.close()

@@ -67,9 +67,11 @@ def server_name(server_env: Mapping[str, str], cwd: str) -> str:
 class WarmProcess:
     """A forked runtime, as much of ``subprocess.Popen`` as the local runner uses."""
 
-    def __init__(self, conn: socket.socket, pid: int, stdout: int, stderr: int) -> None:
+    def __init__(
+        self, conn: socket.socket, pid: int, stdout: int, stderr: int, pending: bytes = b""
+    ) -> None:
         self._conn: socket.socket | None = conn
-        self._pending = b""
+        self._pending = pending  # what the server said after the pid
         self.pid = pid
         self.stdout = os.fdopen(stdout, "rb", buffering=0)
         self.stderr = os.fdopen(stderr, "rb", buffering=0)
@@ -103,7 +105,8 @@ class WarmProcess:
             self._done(SERVER_LOST)
             return
         word, _, value = self._pending.partition(b"\n")[0].partition(b" ")
-        self._done(int(value) if word == b"exit" else SERVER_LOST)
+        known = word == b"exit" and value.removeprefix(b"-").isdigit()
+        self._done(int(value) if known else SERVER_LOST)
 
     def _done(self, code: int) -> None:
         self.returncode = code
@@ -145,13 +148,14 @@ def start_warm(
         os.close(err_write)
         out_write = err_write = -1
         reply = b""
-        while not reply.endswith(b"\n"):
+        while b"\n" not in reply:
             chunk = conn.recv(64)
             if not chunk:
                 raise ConnectionError("the warm runtime closed the connection")
             reply += chunk
-        word, _, pid = reply.strip().partition(b" ")
-        if word != b"pid":
+        line, _, after = reply.partition(b"\n")  # a quick run's "exit" may follow at once
+        word, _, pid = line.partition(b" ")
+        if word != b"pid" or not pid.isdigit():
             raise ConnectionError(f"the warm runtime answered {reply!r}")
     except (OSError, ValueError):  # closing the connection ends a fork that may have begun
         conn.close()
@@ -159,7 +163,7 @@ def start_warm(
             if fd >= 0:
                 os.close(fd)
         return None
-    return WarmProcess(conn, int(pid), out_read, err_read)
+    return WarmProcess(conn, int(pid), out_read, err_read, after)
 
 
 def _start_server(
