@@ -26,6 +26,7 @@ Only processes of the server's own user are served (``SO_PEERCRED``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -70,8 +71,11 @@ def receive_request(conn: socket.socket) -> Request:
     """One request: the header and the pipes arrive first, the rest of the JSON after."""
     data, fds, _, _ = socket.recv_fds(conn, 65536, 2)
     try:
-        if len(data) < HEADER.size:
-            raise ValueError("a request shorter than its header")
+        while len(data) < HEADER.size:
+            more = conn.recv(HEADER.size - len(data))
+            if not more:
+                raise ValueError("a request shorter than its header")
+            data += more
         (size,) = HEADER.unpack_from(data)
         if size > MAX_REQUEST:
             raise ValueError(f"a request of {size} bytes")
@@ -188,7 +192,7 @@ class Server:
             conn.setblocking(False)
             self.selector.register(conn, selectors.EVENT_READ, ("client", fork))
         except OSError:
-            self._client_gone(fork)
+            self._abandon(fork)
         _preload_for(request)
         return None
 
@@ -204,6 +208,7 @@ class Server:
             except OSError:
                 pass
             fork.conn.close()
+            fork.conn = None  # a "client" event in the same batch finds nothing left to end
         del self.forks[fork.pid]
         if not self.forks:
             self.idle_since = time.monotonic()
@@ -219,9 +224,15 @@ class Server:
             return
         except OSError:
             pass
-        self.selector.unregister(fork.conn)
-        fork.conn.close()
-        fork.conn = None
+        self._abandon(fork)
+
+    def _abandon(self, fork: _Fork) -> None:
+        """No worker waits for this fork any more: end its group (SIGKILL after a grace)."""
+        if fork.conn is not None:
+            with contextlib.suppress(KeyError):  # not registered when the "pid" line failed
+                self.selector.unregister(fork.conn)
+            fork.conn.close()
+            fork.conn = None
         if _signal_group(fork.pid, signal.SIGTERM):
             fork.kill_at = time.monotonic() + KILL_GRACE_SECONDS
 
