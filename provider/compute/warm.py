@@ -143,7 +143,8 @@ def start_warm(
     try:
         request = encode_request(list(argv[3:]), dict(env), cwd)
         sent = socket.send_fds(conn, [request], [out_write, err_write])
-        conn.sendall(request[sent:])
+        if sent < len(request):  # an empty send fails once a quick run's server hung up
+            conn.sendall(request[sent:])
         os.close(out_write)
         os.close(err_write)
         out_write = err_write = -1
