@@ -191,7 +191,10 @@ def test_marking_a_running_flow_task_failed_stops_its_runtime(
     assert api.wait_for_run(dag_id, run_id) == "failed"
 
 
-def test_an_asset_triggered_run_gets_the_production_namespace(deployment: Deployment):
+def test_an_asset_triggered_run_gets_the_production_namespace(
+    deployment: Deployment, ui_tagged_run: tuple[str, str]
+):
+    """After an earlier flow task (ui_tagged_run), the consumer's runtime starts warm."""
     consumer = "deploy_asset_consumer"
     deployment.wait_for_dag(consumer)
     deployment.api.unpause(consumer)
@@ -212,6 +215,7 @@ def test_an_asset_triggered_run_gets_the_production_namespace(deployment: Deploy
     assert manifest["namespace"] == f"production:{consumer}", (
         f"run_type={run['run_type']}, triggering_user_name={run['triggering_user_name']}"
     )
+    assert manifest["runtime_start"] == "warm"
 
 
 def test_stopping_the_deployment_leaves_no_process_behind(deployment: Deployment):
