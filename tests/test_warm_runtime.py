@@ -21,7 +21,13 @@ import pytest
 
 from provider.compute import run_local, runtime_command
 from provider.compute.local import terminate_group
-from provider.compute.warm import SERVER_LOST, server_environment, server_name, start_warm
+from provider.compute.warm import (
+    SERVER_LOST,
+    WarmProcess,
+    server_environment,
+    server_name,
+    start_warm,
+)
 from provider.runtime import Payload
 from provider.runtime.lifetime import PARENT_PID_ENV
 from provider.store import manifest_key, open_store, payload_key
@@ -169,14 +175,20 @@ def sleeps_with_a_child(folder: str) -> None:
     time.sleep(600)
 
 
-def test_terminating_a_warm_run_stops_it_and_what_it_started(warm: Warm, tmp_path: Path):
+def _sleeping_warm_run(warm: Warm, folder: Path) -> tuple[WarmProcess, str, int]:
+    """A warm run of ``sleeps_with_a_child``, once it sleeps: (the fork, its manifest key,
+    the pid of the child it started)."""
     warm.started()
-    argv, key = warm.command(sleeps_with_a_child, str(tmp_path))
+    argv, key = warm.command(sleeps_with_a_child, str(folder))
     proc = start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE)
     assert proc is not None
-    assert _wait_for((tmp_path / "runtime.pid").exists, 30)
-    assert int((tmp_path / "runtime.pid").read_text()) == proc.pid
-    child = int((tmp_path / "child.pid").read_text())
+    assert _wait_for((folder / "runtime.pid").exists, 30)
+    assert int((folder / "runtime.pid").read_text()) == proc.pid
+    return proc, key, int((folder / "child.pid").read_text())
+
+
+def test_terminating_a_warm_run_stops_it_and_what_it_started(warm: Warm, tmp_path: Path):
+    proc, key, child = _sleeping_warm_run(warm, tmp_path)
     terminate_group(proc, grace_seconds=5.0)
     assert proc.returncode == -signal.SIGTERM
     assert _wait_for(lambda: not _alive(child), 5) and not _alive(proc.pid)
@@ -207,12 +219,7 @@ def test_a_warm_run_whose_worker_is_killed_stops(warm: Warm, tmp_path: Path):
 
 
 def test_a_run_ends_with_its_server(warm: Warm, tmp_path: Path):
-    warm.started()
-    argv, _ = warm.command(sleeps_with_a_child, str(tmp_path))
-    proc = start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE)
-    assert proc is not None
-    assert _wait_for((tmp_path / "runtime.pid").exists, 30)
-    child = int((tmp_path / "child.pid").read_text())
+    proc, _, child = _sleeping_warm_run(warm, tmp_path)
     (server,) = _servers(warm.name)
     server.kill()
     assert proc.wait(timeout=10) == SERVER_LOST

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Protocol
 
+from provider.runtime.lifetime import signal_group
+
 LogLine = Callable[[str], None]
 MAX_LINE = 1024 * 1024  # a line longer than this is logged in pieces
 
@@ -130,33 +132,25 @@ def _pump(proc: RuntimeProcess, out: _Lines, err: _Lines, grace_seconds: float) 
                 continue
             if exited_at is None:  # leftover children hold the pipes open: stop them
                 exited_at = time.monotonic()
-                _signal_group(proc.pid, signal.SIGTERM)
+                signal_group(proc.pid, signal.SIGTERM)
             elif time.monotonic() - exited_at > grace_seconds:
-                _signal_group(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
                 if time.monotonic() - exited_at > 2 * grace_seconds:
                     break  # something left the group and keeps the pipes: stop reading
     for lines in streams.values():
         lines.close()
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
 def terminate_group(proc: RuntimeProcess, grace_seconds: float = 5.0) -> None:
     """SIGTERM the child's whole process group, then SIGKILL what is left after the grace."""
-    if not _signal_group(proc.pid, signal.SIGTERM):
+    if not signal_group(proc.pid, signal.SIGTERM):
         return
     deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None and not _group_alive(proc.pid):
             return
         time.sleep(0.02)
-    _signal_group(proc.pid, signal.SIGKILL)
+    signal_group(proc.pid, signal.SIGKILL)
     proc.wait()
 
 

@@ -29,6 +29,15 @@ def _stop_group(signum: int, frame: FrameType | None) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Send ``sig`` to process group ``pgid``; False when no such group (or not ours) is left."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def stop_group_on_sigterm() -> None:
     """On SIGTERM, end this process and, when it leads its process group, the whole group."""
     signal.signal(signal.SIGTERM, _stop_group)

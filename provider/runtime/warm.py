@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from provider.runtime.lifetime import PARENT_PID_ENV, START_ENV
+from provider.runtime.lifetime import PARENT_PID_ENV, START_ENV, signal_group
 
 HEADER = struct.Struct(">I")
 MAX_REQUEST = 64 * 2**20
@@ -156,7 +156,7 @@ class Server:
                     self._exited(fork) if kind == "exit" else self._client_gone(fork)
             for fork in self.forks.values():
                 if fork.kill_at is not None and now >= fork.kill_at:
-                    _signal_group(fork.pid, signal.SIGKILL)
+                    signal_group(fork.pid, signal.SIGKILL)
                     fork.kill_at = None
         return None
 
@@ -233,7 +233,7 @@ class Server:
                 self.selector.unregister(fork.conn)
             fork.conn.close()
             fork.conn = None
-        if _signal_group(fork.pid, signal.SIGTERM):
+        if signal_group(fork.pid, signal.SIGTERM):
             fork.kill_at = time.monotonic() + KILL_GRACE_SECONDS
 
     def _stop_accepting(self) -> None:
@@ -254,14 +254,6 @@ class Server:
                 fork.conn.close()
         self.selector.close()
         os.close(self.owner_fd)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 def become(request: Request) -> list[str]:
