@@ -51,11 +51,23 @@ def fold_specs(spec: TaskSpec, kwargs: dict[str, Any]) -> dict[str, Any]:
 @attr.define(kw_only=True, repr=False)
 class FlowMappedOperator(DecoratedMappedOperator):
     """A mapped flow task: its mapped arguments stay references while they are expanded, so
-    each instance's runtime loads its own item where it runs (never through the worker)."""
+    each instance's runtime loads its own item where it runs (never through the worker).
+
+    Airflow's mapping sees each upstream value with its own shape (``provider.xcom.mapping``):
+    every mapping form gives the items a plain ``@task`` gets, whatever the values' sizes.
+    """
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         with references_kept():
             super().render_template_fields(context, jinja_env)
+
+    def _expand_mapped_kwargs(self, context: Any) -> tuple[dict[str, Any], set[int]]:
+        from provider.xcom.mapping import viewed_expand_input
+
+        with references_kept():
+            expand_input = viewed_expand_input(self._get_specified_expand_input())
+            op_kwargs, resolved_oids = expand_input.resolve(context)
+        return {"op_kwargs": op_kwargs}, resolved_oids
 
 
 @attr.define(slots=False)
@@ -84,6 +96,9 @@ class FlowTaskDecorator(_TaskDecorator):
         return self._foreach(items, None)
 
     def _foreach(self, items: Any, argument: str | None) -> Any:
+        from provider.operators.foreach import check_items
+
+        check_items(self.function.__name__, argument, items)
         kwargs = dict(self.kwargs)
         partial = kwargs.pop("op_kwargs", {})  # from .partial(...)
         one = attr.evolve(self, kwargs={**kwargs, "foreach_items": items})

@@ -8,7 +8,7 @@ from provider.store.keys import (
     run_manifest_key,
     xcom_manifest_key,
 )
-from provider.store.reference import REFERENCE_MARKER, Reference, is_reference
+from provider.store.reference import REFERENCE_MARKER, Reference, is_reference, item_reference
 from provider.store.store import ArtifactStore, bytes_reference, open_store
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "StoreError",
     "bytes_reference",
     "is_reference",
+    "item_reference",
     "launch_manifest_key",
     "manifest_key",
     "open_store",

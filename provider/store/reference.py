@@ -10,6 +10,9 @@ from typing import Any
 from provider.store.errors import StoreError
 
 REFERENCE_MARKER = "__flowtask_ref__"
+# An item reference names one item of a stored list or tuple: loading it loads the list.
+ITEM_KEY = "item"
+_FIELDS = (REFERENCE_MARKER, "uri", "sha256", "size", "type", "encoding")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -56,3 +59,18 @@ def is_reference(obj: object) -> bool:
     return isinstance(obj, Reference) or (
         isinstance(obj, Mapping) and obj.get(REFERENCE_MARKER) == 1
     )
+
+
+def item_reference(ref: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """The reference of item ``index`` of the stored list or tuple ``ref`` names."""
+    return {**{key: ref[key] for key in _FIELDS}, ITEM_KEY: index}
+
+
+def selected_item(ref: Reference | Mapping[str, Any]) -> int | None:
+    """The index an item reference selects; None for a reference to a whole value."""
+    item = ref.get(ITEM_KEY) if isinstance(ref, Mapping) else None
+    if item is None:
+        return None
+    if not isinstance(item, int) or isinstance(item, bool) or item < 0:
+        raise StoreError(f"reference item={item!r} is not a non-negative int")
+    return item

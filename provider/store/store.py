@@ -36,7 +36,7 @@ from provider.store.errors import (
 from provider.store.file import FileBackend
 from provider.store.keys import blob_key, check_key
 from provider.store.progress import PROGRESS_MIN_BYTES, Progress
-from provider.store.reference import Reference
+from provider.store.reference import Reference, selected_item
 
 log = logging.getLogger("provider.store")
 
@@ -221,8 +221,15 @@ class ArtifactStore:
             progress.finish()
 
     def get(self, ref: Reference | Mapping[str, Any]) -> Any:
-        """Load a value; refuses references outside this store and verifies size and hash."""
-        ref = Reference.from_json(ref)
+        """Load a value; refuses references outside this store and verifies size and hash.
+
+        An item reference (:func:`provider.store.reference.item_reference`) loads its list
+        and gives the item."""
+        item = selected_item(ref)
+        value = self._get(Reference.from_json(ref))
+        return value if item is None else value[item]
+
+    def _get(self, ref: Reference) -> Any:
         if ref.encoding == CHUNKS_ENCODING:
             return self._get_chunked(ref)
         if ref.encoding == compression.ENCODING:  # hash checked, then decompressed
