@@ -247,6 +247,23 @@ def foreach_max_parallel() -> int:
     return value
 
 
+def foreach_checkpoint_seconds() -> float:
+    """How often a running ``.foreach`` chunk keeps the results of the items it finished."""
+    from provider.runtime.foreach import CHECKPOINT_SECONDS
+
+    raw = _get("foreach_checkpoint_seconds", str(CHECKPOINT_SECONDS))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise ValueError(
+            f"[{SECTION}] foreach_checkpoint_seconds={raw!r} is invalid. Accepted: seconds "
+            "from 0 (after every item) to 3600"
+        )
+    return value
+
+
 def pod_store_env() -> dict[str, str]:
     """Where pods find an s3:// store: the connection's endpoint and region, never its keys."""
     if not artifact_store_uri().startswith("s3://"):

@@ -221,6 +221,14 @@ def get_provider_info() -> dict[str, Any]:
                         "500",
                         kind="integer",
                     ),
+                    "foreach_checkpoint_seconds": _option(
+                        "How often (seconds) a running .foreach chunk stores the results of the "
+                        "items it has finished, so a killed try's retry runs only the items "
+                        "with no stored result. 0 stores after every item.\n",
+                        "5",
+                        "30",
+                        kind="float",
+                    ),
                     **_kubernetes_options(),
                     **_batch_options(),
                     "xcom_inline_max_bytes": _option(

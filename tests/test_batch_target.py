@@ -640,14 +640,19 @@ def test_a_chunk_counts_as_reported_once_this_try_wrote_its_manifest(tmp_path: A
 
     store = open_store((tmp_path / "store").as_uri())
     plan = ForeachPlan("item", {}, 6, 2, "runs/d/r/t/-1/foreach/p")
-    store.write_manifest(plan.chunk_key(1), {"finished_at": 1.0, "failed": [{"index": 3}]})
+    failed = {"status": "failed", "failed": [{"index": 3}]}
+    store.write_manifest(plan.chunk_key(1), {"finished_at": 1.0, **failed})
     reports = ChunkReports(store, plan, [1, 2])
     reports.refresh()
     assert reports.answered == {}
-    store.write_manifest(plan.chunk_key(2), {"finished_at": 5.0, "failed": []})
-    store.write_manifest(plan.chunk_key(0), {"finished_at": 5.0, "failed": []})  # not ours
+    store.write_manifest(plan.chunk_key(2), {"status": "running", "failed": []})  # checkpoint
+    reports.refresh()
+    assert reports.answered == {}
+    done = {"status": "succeeded", "failed": []}
+    store.write_manifest(plan.chunk_key(2), {"finished_at": 5.0, **done})
+    store.write_manifest(plan.chunk_key(0), {"finished_at": 5.0, **done})  # not ours
     reports.refresh()
     assert reports.answered == {2: 0}
-    store.write_manifest(plan.chunk_key(1), {"finished_at": 6.0, "failed": [{"index": 3}]})
+    store.write_manifest(plan.chunk_key(1), {"finished_at": 6.0, **failed})
     reports.refresh()
     assert reports.answered == {1: 1, 2: 0} and reports.failed_items == 1

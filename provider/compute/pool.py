@@ -4,7 +4,8 @@ Each worker is ``python -m provider.runtime foreach --serve-fd N``: it loads the
 the items once, then runs the chunk numbers it reads on stdin, answering
 ``<chunk> <status> <failed>`` on its own pipe (stdout and stderr stay the user's, streamed to
 the log). The pool hands a worker its next chunk as soon as it answers, so fast and slow
-chunks balance out. Each worker has its own process group, ended with the pool.
+chunks balance out; a worker that dies is replaced while chunks are left. Each worker has its
+own process group, ended with the pool.
 """
 
 from __future__ import annotations
@@ -20,6 +21,18 @@ from typing import Any
 from provider.compute.local import _Lines, terminate_group
 
 LogLine = Callable[[str], None]
+
+
+def exit_reason(code: int) -> str:
+    """``exited with code 3``, or ``was killed by SIGSEGV`` for a negative return code."""
+    import signal
+
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
 
 
 @dataclass
@@ -80,9 +93,7 @@ class ChunkPool:
                     last = time.monotonic()
                     self._progress(report, len(chunks))
             for worker in self._workers:
-                code = worker.process.wait()
-                if worker.chunk is not None:
-                    report.lost[worker.chunk] = f"worker {worker.number} exited with code {code}"
+                self._lost(worker, report)
         finally:
             selector.close()
             self.kill()
@@ -96,6 +107,13 @@ class ChunkPool:
             for pipe in (worker.process.stdin, worker.process.stdout, worker.process.stderr):
                 if pipe is not None and not pipe.closed:
                     pipe.close()
+
+    @staticmethod
+    def _lost(worker: _Worker, report: PoolReport) -> None:
+        code = worker.process.wait()
+        if worker.chunk is not None:
+            report.lost[worker.chunk] = f"worker {worker.number} {exit_reason(code)}"
+            worker.chunk = None
 
     def _start(self, number: int, selector: selectors.BaseSelector) -> None:
         read_end, write_end = os.pipe()
@@ -146,9 +164,13 @@ class ChunkPool:
                 data = os.read(fd, 4096)
             except BlockingIOError:
                 return
-            if not data:
+            if not data:  # the worker exited: its chunk is lost; another takes what is left
                 selector.unregister(fd)
                 os.close(fd)
+                self._lost(worker, report)
+                if todo:
+                    self._start(len(self._workers), selector)
+                    self._next(self._workers[-1], todo)
                 return
             worker.pending += data
             *lines, worker.pending = worker.pending.split(b"\n")

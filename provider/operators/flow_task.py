@@ -97,9 +97,10 @@ class FlowTaskOperator(DecoratedOperator):
         # Upstream results arrive as references; the runtime loads them where the work runs.
         with references_kept():
             super().render_template_fields(context, jinja_env)
-            resolve = getattr(self.foreach_items, "resolve", None)
-            if callable(resolve):
-                self.foreach_items = resolve(context)
+            if self.foreach_items is not None:
+                from provider.xcom.mapping import foreach_items
+
+                self.foreach_items = foreach_items(self.foreach_items, context)
 
     def _render(self, template: Any, context: Any, dag: Any = None) -> Any:
         # A Jinja template renders values, as for any task ("{{ ti.xcom_pull(...) }}").
@@ -154,10 +155,11 @@ class FlowTaskOperator(DecoratedOperator):
         return settle(self, run, outcome, context)
 
     def _run_foreach(self, run: Any, context: Any) -> Any:
-        """Run the chunks without stored results, then gather every chunk into the result."""
+        """Run the chunks without stored results (and, where processes died, their other items
+        again), then gather every chunk into the result."""
         import time
 
-        from provider.operators.foreach import gather, pending_chunks
+        from provider.operators.foreach import gather, pending_chunks, run_to_the_end
         from provider.operators.targets import Outcome
 
         started = time.time()
@@ -173,12 +175,19 @@ class FlowTaskOperator(DecoratedOperator):
             if plan.chunks > len(pending)
             else "",
         )
-        outcome = (
-            self._target.run_foreach(run, pending, context)
-            if pending
-            else Outcome(run.manifest_key, exit_code=0)
-        )
         catching = self._catches_now(context)
+        outcome = Outcome(run.manifest_key, exit_code=0)
+        if pending:
+            outcome = run_to_the_end(
+                run.store,
+                plan,
+                run.identity["try_number"],
+                lambda chunks: self._target.run_foreach(run, chunks, context),
+                pending,
+                self.log,
+                catching=catching,
+                stopped=lambda: self._target.killed,
+            )
         gather(
             run.store,
             plan,
@@ -187,12 +196,14 @@ class FlowTaskOperator(DecoratedOperator):
             catching=catching,
             started=started,
             unreported=outcome.failure,
+            log=self.log,
         )
         return Outcome(run.manifest_key, exit_code=0, failure=outcome.failure)
 
     def on_kill(self) -> None:
         target = getattr(self, "_target", None)
         if target is not None:
+            target.killed = True
             target.kill()
 
     def _catches_now(self, context: Any) -> bool:

@@ -7,60 +7,106 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from provider.runtime.foreach import ChunkLayout, ForeachPlan
-from provider.store import ArtifactStore, MissingArtifact, is_reference
+from provider.runtime.foreach import ChunkLayout, ForeachPlan, is_final
+from provider.store import ArtifactStore, is_reference
 
 LOCAL_CHUNKS_PER_WORKER = 4
 MAX_LOCAL_CHUNK = 1000
 FAILED_SHOWN = 5
+# After its processes died this many times on the items they were running, a chunk's other
+# items are not run again in this try (every item crashing is not worth a process per item).
+MAX_CRASHED_ITEMS = 10
+# A chunk relaunched this many times in a row without naming an item that kills its process
+# (it dies at start, or is never started) is not launched again in this try.
+MAX_IDLE_RELAUNCHES = 2
+ITEM_TYPES = ("builtins.list", "builtins.tuple", "builtins.dict")
 
 
 class ForeachInputError(ValueError):
     """The items of a ``.foreach`` are not a list it can run over."""
 
 
-def store_items(store: ArtifactStore, items: Any) -> tuple[dict[str, Any], int]:
-    """The items as one stored list, and its length, without loading an upstream's list."""
-    from airflow.sdk.execution_time.lazy_sequence import LazyXComSequence
+def check_items(task_id: str, argument: str | None, items: Any) -> None:
+    """At parse time: what ``.expand`` maps over (a list, a tuple, a range, a dict, an
+    upstream's result), never text or a one-shot iterator."""
+    from airflow.sdk.definitions._internal.expandinput import is_mappable
 
+    if not is_mappable(items):
+        name = f"{argument}=" if argument else ""
+        raise ValueError(
+            f"{task_id}.foreach({name}...) got an unexpected type {type(items).__name__!r}: "
+            "it runs over a list, a tuple, a range, a dict or an upstream task's result"
+        )
+
+
+def store_items(store: ArtifactStore, items: Any) -> tuple[dict[str, Any], int, str]:
+    """The items as one stored artifact, its length and its content's identity; an upstream's
+    stored list or dict is used where it is, never loaded here."""
+    from provider.store.fingerprint import fingerprint
+    from provider.xcom.mapping import StoredSequence
+
+    if isinstance(items, StoredSequence):
+        items = items.reference
     if is_reference(items):
         length = items.get("length")
-        if not isinstance(length, int):
+        if items.get("type") not in ITEM_TYPES or not isinstance(length, int):
             raise ForeachInputError(
-                f"the upstream result {items.get('type')} ({items['uri']}) has no known length: "
-                ".foreach runs over a list; return one from the upstream task"
+                f"the upstream result {items.get('type')} ({items['uri']}) is not a list, a "
+                "tuple or a dict: .foreach runs over one; return one from the upstream task"
             )
-        return dict(items), length
-    if isinstance(items, LazyXComSequence):  # a mapped upstream's results (references)
-        items = list(items[:])
-    if isinstance(items, dict):
+        kept = {key: value for key, value in items.items() if key not in ("preview",)}
+        return kept, length, fingerprint(items)
+    if isinstance(items, Mapping):
         items = list(items.items())  # as Airflow maps over a dict: its (key, value) pairs
-    if not isinstance(items, (list, tuple)):
+    elif isinstance(items, Sequence) and not isinstance(items, (str, bytes)):
+        items = list(items[:]) if hasattr(items, "__getitem__") else list(items)
+    else:
         raise ForeachInputError(
-            f".foreach runs over a list, a tuple or a dict; got {type(items).__name__}"
+            f".foreach runs over a list, a tuple, a range or a dict; got {type(items).__name__}"
         )
-    return store.put(list(items)).to_json(), len(items)
+    try:
+        stored = store.put(items).to_json()
+    except Exception as exc:
+        raise _unpicklable_item(items, exc) from exc
+    return stored, len(items), fingerprint(items)
+
+
+def _unpicklable_item(items: list[Any], exc: Exception) -> Exception:
+    import cloudpickle
+
+    for index, item in enumerate(items):
+        try:
+            cloudpickle.dumps(item)
+        except Exception as error:
+            return ForeachInputError(
+                f"its item {index} (a {type(item).__qualname__}) cannot be pickled "
+                f"({type(error).__name__}: {error}). Create it inside the function, or pass "
+                "what it is made from as the item."
+            )
+    return exc
 
 
 def plan_foreach(
     op: Any,
     store: ArtifactStore,
     manifest_key: str,
-    fingerprint: str,
+    code_identity: str,
     *,
     local: bool,
     layout: ChunkLayout,
 ) -> ForeachPlan:
-    """Split the items into chunks; the plan's identity is its code, arguments and items, so a
-    retry (or a cleared task) with the same ones finds the chunks already done."""
-    items, length = store_items(store, op.foreach_items)
+    """Split the items into chunks. The plan's identity is content (the code, the arguments,
+    the items, the chunking), so a retry or a cleared task in any process, on any worker,
+    finds the chunks already done."""
+    from provider import config
+
+    items, length, items_identity = store_items(store, op.foreach_items)
     parallel = max_parallel(op.flow_spec, local=local)
     chunk_size = op.flow_spec.foreach.chunk_size or default_chunk_size(length, parallel, local)
-    if layout == "items":
-        chunk_size = op.flow_spec.foreach.chunk_size or max(1, chunk_size)
-    key = json.dumps([fingerprint, items["sha256"], chunk_size, layout, op.foreach_argument])
+    key = json.dumps([code_identity, items_identity, chunk_size, layout, op.foreach_argument])
     plan_id = hashlib.sha256(key.encode()).hexdigest()[:16]
     task_prefix = manifest_key.rsplit("/", 2)[0]  # runs/<dag>/<run>/<task>/<map_index>
     return ForeachPlan(
@@ -70,6 +116,7 @@ def plan_foreach(
         chunk_size=chunk_size,
         prefix=f"{task_prefix}/foreach/{plan_id}",
         layout=layout,
+        checkpoint_seconds=config.foreach_checkpoint_seconds(),
     )
 
 
@@ -92,14 +139,85 @@ def default_chunk_size(length: int, parallel: int, local: bool) -> int:
     return max(1, math.ceil(length / 1000))
 
 
-def pending_chunks(store: ArtifactStore, plan: ForeachPlan) -> list[int]:
-    """The chunks with items that have no stored result yet."""
-    done = set()
+def _manifests(
+    store: ArtifactStore, plan: ForeachPlan, chunks: Sequence[int] | None = None
+) -> dict[int, dict[str, Any]]:
+    """The chunk manifests there are (of ``chunks``, or of all), by chunk."""
+    wanted = None if chunks is None else {plan.chunk_key(chunk) for chunk in chunks}
+    found = {}
     for key in store.list_manifests(plan.prefix):
-        manifest = store.read_manifest(key)
-        if manifest.get("status") == "succeeded":
-            done.add(int(manifest["chunk"]))
+        if wanted is None or key in wanted:
+            manifest = store.read_manifest(key)
+            found[int(manifest["chunk"])] = manifest
+    return found
+
+
+def pending_chunks(store: ArtifactStore, plan: ForeachPlan) -> list[int]:
+    """The chunks with items that have no stored result yet (or a failed one)."""
+    done = {c for c, m in _manifests(store, plan).items() if m.get("status") == "succeeded"}
     return [chunk for chunk in range(plan.chunks) if chunk not in done]
+
+
+def unfinished_chunks(store: ArtifactStore, plan: ForeachPlan, chunks: Sequence[int]) -> list[int]:
+    """Of ``chunks``, those with no last manifest: their processes died (or never started)."""
+    found = _manifests(store, plan, chunks)
+    return [chunk for chunk in chunks if not is_final(found.get(chunk, {}))]
+
+
+def run_to_the_end(
+    store: ArtifactStore,
+    plan: ForeachPlan,
+    try_number: int,
+    launch: Callable[[list[int]], Any],
+    chunks: list[int],
+    log: Any,
+    *,
+    catching: bool,
+    stopped: Callable[[], bool] = lambda: False,
+) -> Any:
+    """Launch ``chunks``; where processes died, run their chunks' other items again, carefully
+    (each item recorded before it starts), until each item that killed its process is known
+    and is a ``Failure``. Returns the last launch's outcome.
+
+    A chunk whose processes die without naming an item (at start, or more than
+    ``MAX_CRASHED_ITEMS`` times) stops there: with ``catch=`` its unfinished items become
+    ``Failure`` values; without it, the task fails naming the chunk.
+    """
+    from provider.runtime.foreach import give_up_chunk, mark_crashed
+
+    outcome = launch(chunks)
+    crashed: list[int] = []
+    idle: dict[int, int] = {}  # chunk -> relaunches in a row that named no item
+    dead = unfinished_chunks(store, plan, chunks)
+    while dead and not stopped():
+        reasons = dict(outcome.lost or {})
+        relaunch = []
+        for chunk in dead:
+            why = reasons.get(chunk) or outcome.failure or "its process died"
+            item = mark_crashed(store, plan, chunk, try_number, why)
+            if item is not None:
+                crashed.append(item)
+                idle[chunk] = 0
+                log.warning("foreach: item %d killed the process running it (%s)", item, why)
+            else:
+                idle[chunk] = idle.get(chunk, 0) + 1
+            if idle[chunk] <= MAX_IDLE_RELAUNCHES and len(crashed) <= MAX_CRASHED_ITEMS:
+                relaunch.append(chunk)
+            elif catching:
+                lost = give_up_chunk(store, plan, chunk, try_number, why)
+                log.warning(
+                    "foreach: chunk %d keeps dying (%s): %d items not run", chunk, why, len(lost)
+                )
+        if not relaunch:
+            break
+        log.warning(
+            "foreach: the processes of %d chunks died; running their other items again, "
+            "each recorded before it starts, to find the items that kill them",
+            len(relaunch),
+        )
+        outcome = launch(relaunch)
+        dead = unfinished_chunks(store, plan, relaunch)
+    return outcome
 
 
 def gather(
@@ -111,22 +229,21 @@ def gather(
     catching: bool,
     started: float,
     unreported: str | None = None,
+    log: Any = None,
 ) -> dict[str, Any]:
     """Write the try's result manifest from the chunk manifests; return it.
 
     Every item succeeded, or ``catching`` (its failures become Failure values in the list):
-    the result is one reference to the ordered results. Otherwise the try failed, naming the
-    failed items (their results stay stored: the next try re-runs only those) and, in the
-    compute target's words (``unreported``), why chunks wrote no manifest.
+    the result is one reference to the ordered results, and the manifest names every chunk's
+    results (so gc keeps them for as long as this try's result). Otherwise the try failed,
+    naming the failed items (their results stay stored: the next try re-runs only those) and,
+    in the compute target's words (``unreported``), why chunks wrote no manifest.
     """
     from provider.runtime.foreach import chunk_reference
 
-    manifests, missing = [], []
-    for chunk in range(plan.chunks):
-        try:
-            manifests.append(store.read_manifest(plan.chunk_key(chunk)))
-        except MissingArtifact:
-            missing.append(chunk)
+    found = _manifests(store, plan)
+    manifests = [found[c] for c in range(plan.chunks) if is_final(found.get(c, {}))]
+    missing = [c for c in range(plan.chunks) if not is_final(found.get(c, {}))]
     failed = [item for m in manifests for item in m["failed"]]
     finished = time.time()
     manifest: dict[str, Any] = {
@@ -137,6 +254,7 @@ def gather(
             "chunk_size": plan.chunk_size,
             "prefix": plan.prefix,
             "failed": len(failed),
+            "failed_items": failed[:FAILED_LISTED],
         },
         "written_by": "worker",
         "started_at": started,
@@ -158,12 +276,37 @@ def gather(
         manifest["status"] = "succeeded"
         manifest["result"] = [ref for m in manifests for ref in m["result"]]
     else:
+        chunks = [{"result": m["result"], "count": m["stop"] - m["start"]} for m in manifests]
         ref = chunk_reference(store, plan, manifests).to_json()
-        preview = f"list of {plan.length} in {plan.chunks} chunks"
         manifest["status"] = "succeeded"
-        manifest["result"] = {**ref, "length": plan.length, "preview": preview}
+        manifest["result"] = {**ref, "length": plan.length, "preview": _preview(plan, failed)}
+        manifest["foreach"]["chunk_results"] = chunks  # what the result's blob refers to
+    if manifest["status"] == "succeeded" and failed and log is not None:
+        log.warning("foreach: %s", _caught_summary(plan, failed))
     store.write_manifest(manifest_key, manifest)
     return manifest
+
+
+FAILED_LISTED = 100  # failed items the result manifest lists (each with its first error line)
+
+
+def _preview(plan: ForeachPlan, failed: list[dict[str, Any]]) -> str:
+    preview = f"list of {plan.length} in {plan.chunks} chunks"
+    return f"{preview}, {_failures_at(failed)}" if failed else preview
+
+
+def _failures_at(failed: list[dict[str, Any]]) -> str:
+    shown = ", ".join(str(f["index"]) for f in failed[:FAILED_SHOWN])
+    more = f" and {len(failed) - FAILED_SHOWN} more" if len(failed) > FAILED_SHOWN else ""
+    return f"{len(failed)} Failure{'s' if len(failed) != 1 else ''} at {shown}{more}"
+
+
+def _caught_summary(plan: ForeachPlan, failed: list[dict[str, Any]]) -> str:
+    first = failed[0]
+    return (
+        f"list of {plan.length}, {_failures_at(failed)} (caught: downstream gets Failure values "
+        f"there); the first: [{first['index']}] {first['type']}: {first['message']}"
+    )
 
 
 def _failure_message(

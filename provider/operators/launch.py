@@ -192,13 +192,14 @@ def _store_payload(
     with references_kept():
         args = tuple(_materialize(arg) for arg in op.op_args)
         kwargs = {name: _materialize(arg) for name, arg in op.op_kwargs.items()}
+    arguments = (args, dict(kwargs))  # the task's own, without its context values
     kwargs.update(context_arguments(op.python_callable, args, kwargs, context))
     layout = op.result_layout(identity["map_index"])
     with pickled_by_value(op.python_callable):
         try:
             plan = None
             if op.foreach_items is not None:
-                plan = _plan_foreach(op, store, key, (args, kwargs), compute, layout)
+                plan = _plan_foreach(op, store, key, arguments, compute, layout, context)
             payload = Payload(
                 function=op.python_callable,
                 args=args,
@@ -221,14 +222,24 @@ def _store_payload(
             ) from exc
 
 
-def _plan_foreach(op: Any, store: Any, key: str, arguments: Any, compute: str, layout: str) -> Any:
-    """The foreach plan; its identity covers the function and its arguments by content."""
-    from provider.operators.foreach import plan_foreach
-    from provider.store import codec
+def _plan_foreach(
+    op: Any, store: Any, key: str, arguments: Any, compute: str, layout: str, context: Any
+) -> Any:
+    """The foreach plan. Its identity is content another process or worker finds again: the
+    code package (the DAG folder's modules and the runtime), the function's code and its
+    arguments (not its context values: ``try_number`` changes with every try)."""
+    import hashlib
 
-    fingerprint = codec.encode((op.python_callable, *arguments), by_value=True).sha256
+    from provider.compute import build_code_package
+    from provider.operators.by_value import dag_folder_of
+    from provider.operators.foreach import plan_foreach
+    from provider.store.fingerprint import fingerprint
+
+    dag_folder = dag_folder_of(op.python_callable, _bundle_path(context))
+    code = hashlib.sha256(build_code_package(dag_folder)).hexdigest()
+    identity = fingerprint((code, op.python_callable, arguments))
     chunked: Any = "items" if layout == "items" else "chunks"
-    return plan_foreach(op, store, key, fingerprint, local=compute == "local", layout=chunked)
+    return plan_foreach(op, store, key, identity, local=compute == "local", layout=chunked)
 
 
 def _materialize(value: Any) -> Any:

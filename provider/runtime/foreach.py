@@ -1,11 +1,20 @@
 """``.foreach``: one task that runs a function over many items, a chunk of items at a time.
 
-The items are one artifact (a list), written once. A chunk ``c`` covers items
-``[c * chunk_size, (c + 1) * chunk_size)``; whoever runs it (a local worker process, a pod of an
-Indexed Job, a child of a Batch array job) loads the items once, calls the function on each
-item of the chunk, stores the chunk's results and writes the chunk's manifest under the plan's
-prefix. The manifests outlive the try: a retry or a cleared task re-runs only the items that
-have no stored result.
+The items are one artifact (a list, or a dict whose ``(key, value)`` pairs are the items),
+written once. A chunk ``c`` covers items ``[c * chunk_size, (c + 1) * chunk_size)``; whoever runs
+it (a local worker process, a pod of an Indexed Job, a child of a Batch array job) loads the
+items once, calls the function on each item of the chunk, stores the chunk's results and writes
+the chunk's manifest under the plan's prefix.
+
+A chunk's manifest is written when the chunk starts (status ``running``), again every
+``checkpoint_seconds`` with the results of the items finished since (``segments``), and a last
+time with every result (``succeeded`` or ``failed``). The manifests outlive the try: a retry or
+a cleared task re-runs only the items with no stored result, and the failed ones.
+
+A ``running`` manifest of the current try means a process of this try died in that chunk. The
+chunk's next run is *careful*: it records the item it is about to start before each item, so a
+process that dies again names the item that killed it (:func:`mark_crashed` makes that item a
+``Failure``, and the run after that goes on with the rest).
 """
 
 from __future__ import annotations
@@ -14,8 +23,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from provider.runtime.context import explain_airflow_access, flow_context_of
@@ -24,6 +33,10 @@ from provider.runtime.payload import Payload
 from provider.store import ArtifactStore, MissingArtifact, Reference
 
 ChunkLayout = Literal["chunks", "items"]
+RUNNING = "running"
+FINAL = ("succeeded", "failed")
+CHECKPOINT_SECONDS = 5.0
+PROCESS_DIED = "ProcessDied"  # the type of a Failure for an item whose process died
 
 
 @dataclass(frozen=True)
@@ -33,7 +46,7 @@ class ForeachPlan:
     ``argument`` is the keyword each item is passed as; None passes each item (a dict) as
     keywords (``.foreach_kwargs``). With layout ``items`` every item's result is its own
     artifact (downstream tasks are mapped over them); with ``chunks``, a chunk's results are
-    one artifact.
+    one artifact. A chunk keeps what it has done every ``checkpoint_seconds``.
     """
 
     argument: str | None
@@ -42,6 +55,7 @@ class ForeachPlan:
     chunk_size: int
     prefix: str
     layout: ChunkLayout = "chunks"
+    checkpoint_seconds: float = CHECKPOINT_SECONDS
 
     @property
     def chunks(self) -> int:
@@ -59,74 +73,165 @@ def first_line(text: str) -> str:
     return next((line for line in text.splitlines() if line.strip()), "")[:300]
 
 
+def is_final(manifest: Mapping[str, Any]) -> bool:
+    """Whether a chunk manifest is the chunk's last word (not a checkpoint of a running one)."""
+    return manifest.get("status") in FINAL
+
+
+def store_results(store: ArtifactStore, layout: ChunkLayout, values: list[Any]) -> Any:
+    """Results as a chunk manifest names them: one artifact, or one per item."""
+    if layout == "items":
+        return [store.put(value).to_json() for value in values]
+    return store.put(values).to_json()
+
+
+def final_results(store: ArtifactStore, layout: ChunkLayout, state: ChunkState) -> Any:
+    """Every result of a chunk in order; results kept one per item are not stored again."""
+    if layout == "items":
+        return [
+            state.refs[offset]
+            if offset in state.refs
+            else store.put(state.values[offset]).to_json()
+            for offset in range(state.size)
+        ]
+    return store.put([state.values[offset] for offset in range(state.size)]).to_json()
+
+
+def load_chunk_results(store: ArtifactStore, stored: Any) -> list[Any]:
+    """A chunk manifest's results: one artifact per chunk, or one per item."""
+    if isinstance(stored, list):
+        return [store.get(ref) for ref in stored]
+    values: list[Any] = store.get(stored)
+    return values
+
+
+@dataclass
+class ChunkState:
+    """What a chunk holds: results by offset in the chunk, the stored references of the ones
+    kept one per item, and its failed items (each with the try that failed it)."""
+
+    size: int
+    values: dict[int, Any] = field(default_factory=dict)
+    refs: dict[int, Any] = field(default_factory=dict)  # layout "items": offset -> reference
+    failed: dict[int, dict[str, Any]] = field(default_factory=dict)  # offset -> failed entry
+    segments: list[dict[str, Any]] = field(default_factory=list)  # as the manifest names them
+
+    @classmethod
+    def read(
+        cls, store: ArtifactStore, manifest: Mapping[str, Any] | None, start: int, size: int
+    ) -> ChunkState:
+        state = cls(size)
+        if not manifest:
+            return state
+        written_by = int(manifest.get("try_number", 0))
+        if is_final(manifest):
+            segments = [{"offsets": list(range(size)), "result": manifest["result"]}]
+        else:
+            segments = list(manifest.get("segments") or [])
+        for segment in segments:
+            state.segments.append(segment)
+            offsets, stored = segment["offsets"], segment["result"]
+            if isinstance(stored, list):  # one reference per item: nothing to load
+                for offset, ref in zip(offsets, stored, strict=True):
+                    state.refs[offset] = ref
+                    state.values[offset] = ref
+            else:
+                for offset, value in zip(offsets, store.get(stored), strict=True):
+                    state.values[offset] = value
+        for entry in manifest.get("failed") or ():
+            state.failed[entry["index"] - start] = {"try": written_by, **entry}
+        return state
+
+    def to_run(self, try_number: int) -> list[int]:
+        """Offsets with no result, and failed ones an earlier try left."""
+        return [
+            offset
+            for offset in range(self.size)
+            if offset not in self.values
+            or (offset in self.failed and self.failed[offset]["try"] < try_number)
+        ]
+
+    def record(self, offset: int, value: Any, start: int, try_number: int) -> None:
+        self.values[offset] = value
+        self.refs.pop(offset, None)
+        self.failed.pop(offset, None)
+        if isinstance(value, Failure):
+            self.failed[offset] = {
+                "index": start + offset,
+                "type": value.type,
+                "message": first_line(value.message),
+                "try": try_number,
+            }
+
+
 class ChunkRunner:
     """Runs chunks of one payload's plan in this process; the items load once."""
 
-    def __init__(self, store: ArtifactStore, payload: Payload, try_number: int) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        payload: Payload,
+        try_number: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if payload.foreach is None:
             raise ValueError("the payload has no foreach plan")
         self.store = store
         self.payload = payload
         self.plan: ForeachPlan = payload.foreach
         self.try_number = try_number
+        self.clock = clock
         self._items: Sequence[Any] | None = None
 
     @property
     def items(self) -> Sequence[Any]:
         if self._items is None:
-            self._items = self.store.get(self.plan.items)
-            if len(self._items) != self.plan.length:
+            items = self.store.get(self.plan.items)
+            if isinstance(items, Mapping):  # as Airflow maps over a dict: its (key, value) pairs
+                items = list(items.items())
+            if len(items) != self.plan.length:
                 raise ValueError(
-                    f"the items artifact holds {len(self._items)} items, the plan "
-                    f"{self.plan.length}"
+                    f"the items artifact holds {len(items)} items, the plan {self.plan.length}"
                 )
+            self._items = items
         return self._items
 
     def run(self, chunk: int) -> dict[str, Any]:
         """Run one chunk (only its items without a result yet); write and return its manifest."""
-        from provider.runtime.run import resolve_references
         from provider.runtime.usage import cpu_seconds, peak_rss_mib, usage
 
         plan, store = self.plan, self.store
         start, stop = plan.bounds(chunk)
-        results, redo = self._previous(chunk, stop - start)
+        earlier = _read(store, plan.chunk_key(chunk)) or {}
+        # A process of this try ran the chunk and died: find the item that killed it.
+        careful = earlier.get("status") == RUNNING and earlier["try_number"] == self.try_number
+        state = ChunkState.read(store, earlier, start, stop - start)
+        todo = state.to_run(self.try_number)
+        checkpoint = _Checkpoints(self, chunk, state, careful=careful)
+        checkpoint.write(in_flight=None)
         seconds: list[float | None] = [None] * (stop - start)
         started = time.time()
         cpu_at_start = cpu_seconds()
-        for offset in redo:
-            item = self.items[start + offset]
+        for offset in todo:
+            if careful:
+                checkpoint.write(in_flight=offset)
             began = time.perf_counter()
-            try:
-                value = resolve_references(item, store)
-                kwargs = dict(self.payload.kwargs)
-                if plan.argument is None:
-                    kwargs.update(value)
-                else:
-                    kwargs[plan.argument] = value
-                with flow_context_of({**self.payload.context, "foreach_index": start + offset}):
-                    results[offset] = self.payload.function(*self.payload.args, **kwargs)
-            except Exception as exc:  # an item's failure is recorded, not raised
-                import traceback
-
-                explain_airflow_access(exc)
-                print(f"flowtask foreach: item {start + offset} failed:", file=sys.stderr)
-                traceback.print_exc()
-                results[offset] = Failure.from_exception(exc)
+            value = self._call(self.items[start + offset], start + offset)
             seconds[offset] = round(time.perf_counter() - began, 6)
-        failed = [
-            {"index": start + i, "type": r.type, "message": first_line(r.message)}
-            for i, r in enumerate(results)
-            if isinstance(r, Failure)
-        ]
+            state.record(offset, value, start, self.try_number)
+            checkpoint.done(offset)
+            if not careful and checkpoint.due():
+                checkpoint.write(in_flight=None)
+        failed = [state.failed[offset] for offset in sorted(state.failed)]
         manifest = {
             "chunk": chunk,
             "start": start,
             "stop": stop,
             "status": "failed" if failed else "succeeded",
             "failed": failed,
-            "result": self._store_results(results),
+            "result": final_results(store, plan.layout, state),
             "seconds": seconds,
-            "ran": len(redo),
+            "ran": len(todo),
             "started_at": started,
             "finished_at": time.time(),
             "usage": usage(started, cpu_at_start),
@@ -138,28 +243,142 @@ class ChunkRunner:
         store.write_manifest(plan.chunk_key(chunk), manifest)
         return manifest
 
-    def _previous(self, chunk: int, size: int) -> tuple[list[Any], list[int]]:
-        """The results an earlier try stored for this chunk, and which items still need a run."""
+    def _call(self, item: Any, index: int) -> Any:
+        """The function on one item; its exception becomes a Failure (recorded, not raised)."""
+        from provider.runtime.run import resolve_references
+
         try:
-            before = self.store.read_manifest(self.plan.chunk_key(chunk))
-        except MissingArtifact:
-            return [None] * size, list(range(size))
-        results = load_chunk_results(self.store, before["result"])
-        redo = [i for i, value in enumerate(results) if isinstance(value, Failure)]
-        return results, redo
+            value = resolve_references(item, self.store)
+            kwargs = dict(self.payload.kwargs)
+            if self.plan.argument is None:
+                kwargs.update(value)
+            else:
+                kwargs[self.plan.argument] = value
+            with flow_context_of({**self.payload.context, "foreach_index": index}):
+                return self.payload.function(*self.payload.args, **kwargs)
+        except Exception as exc:
+            import traceback
 
-    def _store_results(self, results: list[Any]) -> Any:
-        if self.plan.layout == "items":
-            return [self.store.put(value).to_json() for value in results]
-        return self.store.put(results).to_json()
+            explain_airflow_access(exc)
+            print(f"flowtask foreach: item {index} failed:", file=sys.stderr)
+            traceback.print_exc()
+            return Failure.from_exception(exc)
 
 
-def load_chunk_results(store: ArtifactStore, stored: Any) -> list[Any]:
-    """A chunk manifest's results: one artifact per chunk, or one per item."""
-    if isinstance(stored, list):
-        return [store.get(ref) for ref in stored]
-    values: list[Any] = store.get(stored)
-    return values
+class _Checkpoints:
+    """Writes a running chunk's manifest: what it has done so far, and (careful) what it runs."""
+
+    def __init__(self, runner: ChunkRunner, chunk: int, state: ChunkState, *, careful: bool):
+        self.runner, self.chunk, self.state, self.careful = runner, chunk, state, careful
+        self.new: list[int] = []
+        self.last = runner.clock()
+        self.started = time.time()
+
+    def done(self, offset: int) -> None:
+        self.new.append(offset)
+
+    def due(self) -> bool:
+        return self.runner.clock() - self.last >= self.runner.plan.checkpoint_seconds
+
+    def write(self, in_flight: int | None) -> None:
+        runner, state = self.runner, self.state
+        if self.new:
+            values = [state.values[offset] for offset in self.new]
+            stored = store_results(runner.store, runner.plan.layout, values)
+            state.segments.append({"offsets": self.new, "result": stored})
+            if isinstance(stored, list):
+                state.refs.update(zip(self.new, stored, strict=True))
+            self.new = []
+        start, stop = runner.plan.bounds(self.chunk)
+        runner.store.write_manifest(
+            runner.plan.chunk_key(self.chunk),
+            {
+                "chunk": self.chunk,
+                "start": start,
+                "stop": stop,
+                "status": RUNNING,
+                "careful": self.careful,
+                "in_flight": in_flight,
+                "segments": state.segments,
+                "failed": [state.failed[offset] for offset in sorted(state.failed)],
+                "try_number": runner.try_number,
+                "started_at": self.started,
+                "host": os.uname().nodename,
+                "pid": os.getpid(),
+            },
+            durable=False,  # a lost checkpoint costs a re-run of its items, nothing more
+        )
+        self.last = runner.clock()
+
+
+def _read(store: ArtifactStore, key: str) -> dict[str, Any] | None:
+    try:
+        return store.read_manifest(key)
+    except MissingArtifact:
+        return None
+
+
+def mark_crashed(
+    store: ArtifactStore, plan: ForeachPlan, chunk: int, try_number: int, reason: str
+) -> int | None:
+    """After a careful run of ``chunk`` died, the item it was running becomes a ``Failure``
+    (so the next run goes on with the rest); its index, or None when no item was running."""
+    manifest = _read(store, plan.chunk_key(chunk))
+    if (
+        not manifest
+        or manifest.get("status") != RUNNING
+        or manifest.get("try_number") != try_number
+        or not manifest.get("careful")
+        or manifest.get("in_flight") is None
+    ):
+        return None
+    offset = int(manifest["in_flight"])
+    start, _ = plan.bounds(chunk)
+    message = f"the process running item {start + offset} died: {reason}"
+    failure = Failure(type=PROCESS_DIED, message=message, traceback="")
+    stored = store_results(store, plan.layout, [failure])
+    entry = {"index": start + offset, "type": PROCESS_DIED, "message": message, "try": try_number}
+    manifest["segments"] = [*manifest.get("segments", []), {"offsets": [offset], "result": stored}]
+    manifest["failed"] = [*manifest.get("failed", []), entry]
+    manifest["in_flight"] = None
+    store.write_manifest(plan.chunk_key(chunk), manifest)
+    return start + offset
+
+
+def give_up_chunk(
+    store: ArtifactStore, plan: ForeachPlan, chunk: int, try_number: int, reason: str
+) -> list[int]:
+    """Write the last manifest of a chunk whose processes kept dying: what it finished, and a
+    ``Failure`` for every other item (``catch=``); the indexes of those items."""
+    start, stop = plan.bounds(chunk)
+    state = ChunkState.read(store, _read(store, plan.chunk_key(chunk)), start, stop - start)
+    missing = state.to_run(try_number)
+    for offset in missing:
+        message = f"item {start + offset} never finished: {reason}"
+        failure = Failure(type=PROCESS_DIED, message=message, traceback="")
+        state.record(offset, failure, start, try_number)
+    result = final_results(store, plan.layout, state)
+    now = time.time()
+    store.write_manifest(
+        plan.chunk_key(chunk),
+        {
+            "chunk": chunk,
+            "start": start,
+            "stop": stop,
+            "status": "failed",
+            "failed": [state.failed[offset] for offset in sorted(state.failed)],
+            "result": result,
+            "seconds": [None] * state.size,
+            "ran": 0,
+            "started_at": now,
+            "finished_at": now,
+            "usage": {"peak_rss_mib": 0.0, "cpu_seconds": 0.0, "wall_seconds": 0.0},
+            "peak_rss_mib": 0.0,
+            "try_number": try_number,
+            "written_by": "worker",
+        },
+    )
+    return [start + offset for offset in missing]
 
 
 def serve_chunks(runner: ChunkRunner, commands: Iterator[str], reply: Callable[[str], Any]) -> int:

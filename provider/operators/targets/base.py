@@ -51,12 +51,15 @@ class Outcome:
     # What ended a failed launch, where the platform says: "oom" (killed for memory),
     # "infrastructure" (an evicted pod, a lost node or host), "timeout".
     kind: str | None = None
+    # For ``.foreach``: why each chunk that wrote no last manifest ended, where known.
+    lost: Mapping[int, str] | None = None
 
 
 class ComputeTarget(ABC):
     """Where a flow task runs: ``local``, ``kubernetes`` or ``batch``."""
 
     name: ClassVar[str]
+    killed = False  # set when Airflow kills the task: nothing more is launched
 
     def check(self, spec: TaskSpec) -> None:  # noqa: B027 - most targets accept every spec
         """Refuse, before anything is stored, a spec this target cannot run (a SpecError)."""

@@ -17,7 +17,7 @@ from typing import Any
 from provider.compute.batch_array import ChunkJob, chunk_jobs
 from provider.operators.foreach import ForeachProgress
 from provider.operators.targets.batch_jobs import listed_jobs
-from provider.runtime.foreach import ForeachPlan
+from provider.runtime.foreach import ForeachPlan, is_final
 from provider.store import ArtifactStore, MissingArtifact
 
 FINAL = ("SUCCEEDED", "FAILED")
@@ -95,6 +95,8 @@ class ChunkReports:
             try:
                 manifest = self.store.read_manifest(key)
             except MissingArtifact:
+                continue
+            if not is_final(manifest):  # a checkpoint of a chunk still running
                 continue
             if chunk in self._earlier and manifest.get("finished_at") == self._earlier[chunk]:
                 continue

@@ -105,7 +105,7 @@ class LocalTarget(ComputeTarget):
         if lost:
             shown = "; ".join(f"chunk {c}: {why}" for c, why in list(lost.items())[:5])
             failure = f"{len(lost)} chunks did not finish ({shown})"
-        return Outcome(run.manifest_key, exit_code=1 if lost else 0, failure=failure)
+        return Outcome(run.manifest_key, exit_code=1 if lost else 0, failure=failure, lost=lost)
 
     def _environment(self, run: TaskRun) -> dict[str, str]:
         from provider import config
