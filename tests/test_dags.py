@@ -193,6 +193,20 @@ def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: Da
     # Retry(on=(ConnectionError, TimeoutError)): a KeyError is not retried.
     assert _try_numbers(run.home, "flow_fatal")["wrong"] == 1
     assert "builtins.KeyError is not one of retry.on=" in run.output
+    # A .foreach item that kills its process: the others finish, the task names that item.
+    (crashing,) = tasks["crashing"]
+    assert crashing["status"] == "failed" and crashing["foreach"]["failed"] == 1
+    assert re.search(
+        r"1 of 6 items failed: \[4\] ProcessDied: the process running item 4 died: "
+        r"worker \d+ exited with code 9",
+        crashing["error"]["message"],
+    ), crashing["error"]
+    # Items that cannot be pickled can never run: one try, the item named.
+    assert _try_numbers(run.home, "flow_fatal")["unpicklable_items"] == 1
+    assert (
+        "flow task unpicklable_items cannot run: its item 1 (a lock) cannot be pickled"
+        in run.output
+    )
     assert_gc_keeps_everything_reachable(run.artifacts, _xcom_rows(run.home, "flow_fatal"))
 
 

@@ -121,6 +121,37 @@ def test_expand_and_partial_build_a_mapped_flow_task():
     assert mapped.partial_kwargs["retry_delay"] == timedelta(seconds=3)
 
 
+@pytest.mark.parametrize(
+    ("items", "kind"),
+    [("abc", "str"), ((i for i in range(3)), "generator"), (42, "int"), (None, "NoneType")],
+)
+def test_foreach_refuses_at_parse_time_what_expand_refuses(items, kind):
+    with _dag():
+
+        @flow_task
+        def score(x: int) -> int:
+            return x
+
+        with pytest.raises(
+            ValueError, match=rf"score.foreach\(x=...\) got an unexpected type '{kind}'"
+        ):
+            score.foreach(x=items)
+        with pytest.raises(ValueError, match=f"unexpected type '{kind}'"):
+            score.expand(x=items)  # Airflow's own refusal, for the same values
+
+
+def test_foreach_takes_what_expand_takes():
+    with _dag():
+
+        @flow_task
+        def score(x: int) -> int:
+            return x
+
+        for items in (range(5), (1, 2), {"a": 1}, [1]):
+            assert score.foreach(x=items).operator.foreach_items == items
+            score.expand(x=items)
+
+
 def test_catch_with_multiple_outputs_is_refused():
     with _dag():
 

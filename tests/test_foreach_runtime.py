@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
+import time
+from datetime import timedelta
 
 import cloudpickle
 import pytest
 
 from provider.compute.command import foreach_command
 from provider.runtime import Failure, Payload
-from provider.runtime.foreach import ChunkRunner, ForeachPlan, format_chunks, parse_chunks
+from provider.runtime.foreach import (
+    ChunkRunner,
+    ForeachPlan,
+    format_chunks,
+    mark_crashed,
+    parse_chunks,
+)
 from provider.store import manifest_key, open_store, payload_key
+from provider.store.gc import collect_garbage
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 KEY = manifest_key("d", "r", "t", -1, 1)
@@ -109,3 +119,78 @@ def test_a_failed_item_is_a_failure_value_in_its_chunk(store):
     values = store.get(manifest["result"])
     assert values[0] == 2.0 and isinstance(values[1], Failure)
     assert values[1].type == "builtins.ZeroDivisionError"
+
+
+def dies_on_three(item: int) -> int:
+    """Records each call in $FLOW_TEST_MARKER; item 3 kills its process, as a segfault would."""
+    marker = os.environ["FLOW_TEST_MARKER"]
+    with open(os.path.join(marker, f"{item}-{time.monotonic_ns()}"), "w"):
+        pass
+    if item == 3:
+        os._exit(5)
+    return item * 10
+
+
+def _run_chunk(store, ref, chunk: int, marker) -> int:
+    argv = foreach_command(store.root_uri, ref.to_json(), ["--chunk", str(chunk)])
+    argv[0] = sys.executable
+    env = {**os.environ, "FLOW_TEST_MARKER": str(marker)}
+    return subprocess.run(argv, env=env, capture_output=True, text=True).returncode
+
+
+def test_a_chunk_whose_process_dies_keeps_what_it_did_and_names_the_item_that_killed_it(
+    store, tmp_path
+):
+    """Checkpoints after every item (checkpoint_seconds=0): the second run is careful (it
+    records each item before starting it), so the item that kills it is known; marked as a
+    Failure, the third run finishes the chunk. No item that finished ran twice."""
+    plan = dataclasses.replace(_plan(store, n=6, chunk_size=6), checkpoint_seconds=0.0)
+    ref = store.put_at(
+        payload_key(KEY),
+        Payload(dies_on_three, identity={"try_number": 1}, foreach=plan),
+        by_value=True,
+    )
+    marker = tmp_path / "calls"
+    marker.mkdir()
+    assert _run_chunk(store, ref, 0, marker) == 5
+    first = store.read_manifest(plan.chunk_key(0))
+    assert (first["status"], first["careful"]) == ("running", False)
+    assert sorted(o for s in first["segments"] for o in s["offsets"]) == [0, 1, 2]
+    assert mark_crashed(store, plan, 0, 1, "exit code 5") is None  # not careful: unknown item
+
+    assert _run_chunk(store, ref, 0, marker) == 5
+    second = store.read_manifest(plan.chunk_key(0))
+    assert (second["status"], second["careful"], second["in_flight"]) == ("running", True, 3)
+    assert mark_crashed(store, plan, 0, 1, "worker 0 exited with code 5") == 3
+
+    assert _run_chunk(store, ref, 0, marker) == 0
+    last = store.read_manifest(plan.chunk_key(0))
+    assert last["status"] == "failed" and [f["index"] for f in last["failed"]] == [3]
+    values = store.get(last["result"])
+    assert values[:3] == [0, 10, 20] and values[4:] == [40, 50]
+    assert isinstance(values[3], Failure) and values[3].type == "ProcessDied"
+    assert values[3].message == "the process running item 3 died: worker 0 exited with code 5"
+    calls = sorted(int(p.name.split("-")[0]) for p in marker.iterdir())
+    assert calls == [0, 1, 2, 3, 3, 4, 5]  # item 3 twice (it killed both runs), no other
+
+
+def test_gc_keeps_an_older_try_s_result_after_a_later_try_reran_its_chunk(store):
+    """Try 1 caught a Failure; try 2 re-ran that item, which rewrote its chunk. Try 1's result
+    names every chunk's results in its manifest, so gc keeps them all."""
+    from provider.operators.foreach import gather, pending_chunks
+
+    plan = _plan(store, n=8, chunk_size=4)
+    results = {}
+    for try_number, function in ((1, halve), (2, lambda item: item / 2)):
+        runner = ChunkRunner(store, Payload(function, foreach=plan), try_number)
+        for chunk in pending_chunks(store, plan):
+            runner.run(chunk)
+        key = manifest_key("d", "r", "t", -1, try_number)
+        identity = {"try_number": try_number}
+        manifest = gather(store, plan, key, identity, catching=True, started=0.0)
+        results[try_number] = manifest["result"]
+    assert results[1]["preview"] == "list of 8 in 2 chunks, 1 Failure at 5"
+    collect_garbage(store, grace=timedelta(0), delete=True)
+    first, second = store.get(results[1]), store.get(results[2])
+    assert isinstance(first[5], Failure) and first[:5] == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert second == [i / 2 for i in range(8)]

@@ -11,7 +11,7 @@ import time
 
 from airflow.sdk import dag, task
 
-from provider import Failure, Resources, Retry, flow_task
+from provider import Failure, ForeachOptions, Resources, Retry, flow_task
 
 LOCK = threading.Lock()  # a module-level lock: no process but this one can have it
 
@@ -47,6 +47,16 @@ def flow_fatal():
     def wrong() -> None:
         raise KeyError("a bug, not a network hiccup: retrying cannot help")
 
+    @flow_task(foreach=ForeachOptions(chunk_size=3))
+    def crashing(item: int) -> int:
+        if item == 4:
+            os._exit(9)  # kills the process running it: the task names the item
+        return item
+
+    @flow_task(retry=Retry(times=2, delay="1s"))
+    def unpicklable_items(item) -> bool:
+        return True
+
     @task
     def check(died, timed_out) -> str:
         assert isinstance(died, Failure) and "exited with code 7" in died.message, died
@@ -60,6 +70,8 @@ def flow_fatal():
     wrong()
     sigkilled()
     check(vanish(), slow())
+    crashing.foreach(item=list(range(6)))
+    unpicklable_items.foreach(item=[1, threading.Lock()])
 
 
 flow_fatal()

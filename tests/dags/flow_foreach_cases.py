@@ -4,6 +4,7 @@ over a foreach, a foreach over an upstream's list and over keyword dicts, progre
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from provider import Failure, ForeachOptions, Retry, flow_task
 @dag(schedule=None, catchup=False)
 def flow_foreach_cases():
     @flow_task(retry=Retry(times=1, delay="1s"), foreach=ForeachOptions(chunk_size=4))
-    def fragile(item: int) -> int:
+    def fragile(item: int, try_number=None) -> int:  # a context value: not part of the plan
         runs = Path(os.environ["FLOW_TEST_MARKER"]) / f"fragile-{item}"
         runs.mkdir(parents=True, exist_ok=True)
         (runs / str(len(list(runs.iterdir())))).touch()  # one file per call of this item
@@ -50,8 +51,21 @@ def flow_foreach_cases():
         time.sleep(0.1)
         return item
 
+    @flow_task(catch=True, foreach=ForeachOptions(chunk_size=4))
+    def crashy(item: int) -> int:
+        """Items that kill their own process: an exit, a segfault, a SIGKILL."""
+        import signal
+
+        if item == 3:
+            os._exit(9)
+        if item == 6:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if item == 9:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return item
+
     @task
-    def check(fragile_results, doomed_results, plus_ones, sums, slow_results) -> str:
+    def check(fragile_results, doomed_results, plus_ones, sums, slow_results, crashed) -> str:
         assert fragile_results == [10 * i for i in range(20)], fragile_results
         assert doomed_results[:2] == [0, 1] and doomed_results[3] == 3, doomed_results
         failure = doomed_results[2]
@@ -59,6 +73,15 @@ def flow_foreach_cases():
         assert sorted(plus_ones) == [2, 5, 10], plus_ones
         assert sums == [3 * i for i in range(5)], sums
         assert slow_results == list(range(60)), slow_results
+        failures = {i: v.message for i, v in enumerate(crashed) if isinstance(v, Failure)}
+        assert [v for v in crashed if not isinstance(v, Failure)] == [
+            i for i in range(12) if i not in (3, 6, 9)
+        ], crashed
+        why = {3: "exited with code 9", 6: "was killed by SIGSEGV", 9: "was killed by SIGKILL"}
+        assert set(failures) == set(why), failures
+        for item, reason in why.items():
+            pattern = rf"the process running item {item} died: worker \d+ {reason}"
+            assert re.fullmatch(pattern, failures[item]), failures
         return "foreach cases checked"
 
     check(
@@ -67,6 +90,7 @@ def flow_foreach_cases():
         plus_one.expand(x=square.foreach(item=[1, 2, 3])),
         add.foreach_kwargs(pairs()),
         slow.foreach(item=list(range(60))),
+        crashy.foreach(item=range(12)),  # a range, as .expand takes one
     )
 
 
