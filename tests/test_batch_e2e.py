@@ -240,3 +240,29 @@ def test_a_job_gets_its_environment_from_the_store_with_the_index_unreachable(
     command = json.dumps(request) + json.dumps(batch.client("batch").describe_job_definitions())
     assert "pip install" not in command and "--pip" not in command
     assert_gc_keeps_everything_reachable(store, {})
+
+
+def test_a_file_store_fails_a_batch_task_at_once_before_anything_is_registered(
+    dags_test: DagsTest, batch: LocalBatch
+):
+    """Job definitions mount no volume, so no Batch container can read a ``file://`` store:
+    the try fails at once (``flaky`` has two retries and spends none), one line naming the
+    setting, and nothing reaches Batch."""
+    from conftest import TEST_DAGS
+
+    def definitions() -> int:
+        found = batch.client("batch").describe_job_definitions(status="ACTIVE")
+        return len(found["jobDefinitions"])
+
+    before = definitions()
+    env = {k: v for k, v in _batch_env(batch, "unused").items() if "ARTIFACT_STORE" not in k}
+    run = dags_test("flow_failures", conf={"flow_compute": "batch"}, dags_folder=TEST_DAGS, **env)
+    assert run.returncode != 0
+    store = (run.home / "flow_artifacts").as_uri()
+    line = next(line for line in run.output.splitlines() if "flow task flaky cannot run" in line)
+    assert (
+        f"flow task flaky cannot run: [flow_task] artifact_store='{store}' is invalid: it must "
+        "be an s3:// store for Batch" in line
+    )
+    assert _try_numbers(run.home, "flow_failures")["flaky"] == [1]
+    assert batch.requests == [] and definitions() == before

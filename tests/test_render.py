@@ -15,6 +15,7 @@ from provider.compute.code_package import build_code_package
 from provider.operators.render import RenderError, render_pod
 
 FLOWTASK = str(Path(sys.executable).parent / "flowtask")
+S3_STORE = "s3://flow-artifacts/render"  # Batch containers read only an s3:// store
 
 
 def test_render_prints_the_pod_as_json(tmp_path: Path):
@@ -62,12 +63,27 @@ def test_render_explains_what_it_cannot_render(monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(RenderError, match=r"cannot run on Batch: batch.queue=None .* no job queue"):
         render_pod("flow_failures", "flaky", compute="batch", dags_folder=TEST_DAGS)
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
+    store = (tmp_path / "flow_artifacts").as_uri()  # the default: no Batch container reads it
+    with pytest.raises(RenderError) as refused:
+        render_pod("flow_failures", "flaky", compute="batch", dags_folder=TEST_DAGS)
+    assert str(refused.value) == (
+        f"flow_failures.flaky cannot run on Batch: [flow_task] artifact_store='{store}' is "
+        "invalid: it must be an s3:// store for Batch: flowtask's job definitions mount no "
+        "volume, so no Batch container can read it. Accepted: s3://bucket/prefix in "
+        "[flow_task] artifact_store (AIRFLOW__FLOW_TASK__ARTIFACT_STORE)"
+    )
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE", S3_STORE)
     with pytest.raises(RenderError, match=r"environment.secrets='db-creds' is invalid"):
         render_pod("flow_targets", "train", compute="batch", dags_folder=TEST_DAGS)
 
 
 def test_render_prints_the_batch_requests_boto3_receives(tmp_path: Path):
-    env = airflow_env(tmp_path, EXAMPLES, AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE="flow-spot")
+    env = airflow_env(
+        tmp_path,
+        EXAMPLES,
+        AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE="flow-spot",
+        AIRFLOW__FLOW_TASK__ARTIFACT_STORE=S3_STORE,
+    )
     proc = subprocess.run(
         [FLOWTASK, "render", "flow_batch", "score", "--compute", "batch"],
         env=env,
@@ -141,6 +157,7 @@ def test_render_a_foreach_task_prints_its_array_job(
     list, are known when the task runs. (The CLI prints this, as for any Batch task.)"""
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE", S3_STORE)
     rendered = render_pod("flow_foreach", "score", compute="batch", dags_folder=EXAMPLES)
     assert set(rendered) == {"register_job_definition", "submit_job"}
     submit = rendered["submit_job"]
@@ -180,6 +197,7 @@ def test_a_foreach_submit_request_does_not_grow_with_its_items(
     only in the array's size and its chunk list ("0-9" against "0-999")."""
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE", S3_STORE)
     submits, sizes = {}, {}
     for n in (10, 10_000):
         folder = tmp_path / f"dags_{n}"
@@ -231,7 +249,12 @@ def test_flowtask_env_prints_the_resolved_lock_for_the_tasks_target(tmp_path: Pa
 
 
 def test_no_rendered_command_installs_anything(tmp_path: Path):
-    env = airflow_env(tmp_path, TEST_DAGS, AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE="flow-spot")
+    env = airflow_env(
+        tmp_path,
+        TEST_DAGS,
+        AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE="flow-spot",
+        AIRFLOW__FLOW_TASK__ARTIFACT_STORE=S3_STORE,
+    )
     for compute in ("kubernetes", "batch"):
         proc = subprocess.run(
             [FLOWTASK, "render", "flow_environment", "probe", "--compute", compute],

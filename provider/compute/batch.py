@@ -43,9 +43,10 @@ _TAG_BAD = re.compile(r"[^\w +=.:/@-]+")
 _JOB_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-def check_batch(spec: TaskSpec, options: BatchOptions) -> None:
+def check_batch(spec: TaskSpec, options: BatchOptions, store_uri: str) -> None:
     """What Batch would refuse of ``spec`` with ``options`` (the task's over the configured
-    defaults), as a SpecError: what parse time could not know, such as the queue."""
+    defaults) and the artifact store at ``store_uri``, as a SpecError: what parse time could
+    not know, such as the queue."""
     check_secrets_for("batch", spec.environment.secrets)
     check_batch_env(spec.environment)
     if not options.queue:
@@ -54,6 +55,15 @@ def check_batch(spec: TaskSpec, options: BatchOptions) -> None:
             None,
             "BatchOptions(queue='flow-spot') on the task, or [flow_task] batch_job_queue",
             "no job queue is set anywhere",
+        )
+    if not store_uri.startswith("s3://"):
+        # flowtask's job definitions mount no volume: no container could read a folder.
+        raise SpecError(
+            "[flow_task] artifact_store",
+            store_uri,
+            "s3://bucket/prefix in [flow_task] artifact_store (AIRFLOW__FLOW_TASK__ARTIFACT_STORE)",
+            "it must be an s3:// store for Batch: flowtask's job definitions mount no volume, "
+            "so no Batch container can read it",
         )
     if options.fargate:
         check_fargate(spec.resources)

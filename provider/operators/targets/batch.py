@@ -33,9 +33,10 @@ class BatchTarget(ComputeTarget):
         self._watch: Any = None
 
     def check(self, spec: TaskSpec) -> None:
+        from provider import config
         from provider.compute.batch import check_batch
 
-        check_batch(spec, batch_options(spec))
+        check_batch(spec, batch_options(spec), config.artifact_store_uri())
 
     def prepare(self, run: TaskRun) -> dict[str, Reference]:
         from airflow.sdk.exceptions import AirflowFailException
@@ -191,7 +192,7 @@ def batch_requests(
     from provider.compute.batch import check_batch, job_definition_request, submit_job_request
 
     options = batch_options(spec)
-    check_batch(spec, options)
+    check_batch(spec, options, store_uri)
     definition = job_definition_request(
         spec, image=spec.environment.image or config.default_image(), options=options
     )
@@ -301,12 +302,6 @@ def _log_tails(op: Any, lost: Any, log: Any) -> None:
 
 def _warn_what_batch_ignores(run: TaskRun) -> None:
     resources = run.spec.resources
-    if run.store.root_uri.startswith("file://"):
-        run.log.warning(
-            "the artifact store %s is a local folder: Batch jobs can only use it where their "
-            "hosts mount the same path; set [flow_task] artifact_store to an s3:// URI",
-            run.store.root_uri,
-        )
     if resources.disk is not None:
         run.log.warning(
             "resources.disk=%d MiB is not set per job on EC2: the compute environment's launch "
