@@ -14,7 +14,7 @@ Any image's Python may run it, so it parses, and runs up to the version check, o
 later (``tests/test_bootstrap_pythons.py`` checks this with vermin): the check comes first,
 before the arguments are parsed, and names both versions.
 
-Usage: ``--python X.Y --store URI --code KEY:SIZE [--env KEY:SIZE]... [--arch ARCH]
+Usage: ``--python X.Y --store URI --code KEY:SIZE [--env KEY:SIZE[,KEY:SIZE]]... [--arch ARCH]
 [--env-cache DIR] -- RUNTIME_ARGS...``, where KEY is a blob's key in the store, which ends in
 its SHA-256.
 """
@@ -70,7 +70,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--python", required=True, help="the worker's Python, X.Y")
     parser.add_argument("--store", required=True, help="the artifact store's URI")
     parser.add_argument("--code", required=True, help="the code package's KEY:SIZE")
-    parser.add_argument("--env", action="append", default=[], help="an environment's KEY:SIZE")
+    parser.add_argument(
+        "--env", action="append", default=[], help="environments' KEY:SIZE, comma-separated"
+    )
     parser.add_argument("--arch", help="the machine the environments were built for")
     parser.add_argument("--env-cache", help="where environments are unpacked (default: temp)")
     return parser.parse_args(argv[:split]), argv[split + 1 :]
@@ -528,6 +530,7 @@ def main(argv: list[str]) -> int:
     started = time.time()
     check_python(argv)
     options, runtime_args = parse(argv)
+    options.env = [spec for given in options.env for spec in given.split(",") if spec]
     check_arch(options.arch)
     work = tempfile.mkdtemp(prefix="flowtask-")
     used = []
