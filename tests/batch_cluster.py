@@ -8,13 +8,18 @@ each job submitted through the API runs its container's command as a local subpr
 process group, with the environment a Batch container gets, its output in CloudWatch Logs, and its
 statuses, attempts and reasons reported as AWS reports them. MEMORY and attemptDurationSeconds are
 enforced, retryStrategy (ignored by moto) is applied, array jobs fan out into children, and a test
-can inject a host termination or an out-of-memory kill into a job's first attempt.
+can inject a host termination or an out-of-memory kill into a job's first attempt. A job
+definition's ``Ref::name`` placeholders take the job's parameters (the submission's over the
+definition's defaults), and what Batch refuses is refused: a RegisterJobDefinition over 24 KiB
+and a SubmitJob over 30 KiB (a ClientException), and a job whose container overrides for ECS
+would be over 8,192 characters (it fails as ECS fails it, never started).
 
 A test session shares one LocalBatch (moto's lazy start-up costs seconds); ``reset()`` between
 tests stops every job, checks that no process outlived it, and forgets jobs, history and faults.
 
 The moto internals this relies on (moto 5.2.5): ``ThreadedMotoServer``; ``BatchResponse.submitjob``
-(patched while the harness runs, so the whole request is read, ``retryStrategy`` included);
+(patched while the harness runs, so the whole request is read, ``retryStrategy`` included) and
+``registerjobdefinition`` (wrapped, to refuse what is too large);
 ``BatchBackend._jobs`` (the harness stores its own job objects there: moto's DescribeJobs,
 TerminateJob and ``reset()`` call their ``describe``/``terminate``/``status``/``is_alive``/
 ``join``), ``get_job_definition``, ``get_job_queue``, ``get_job_by_id``, and ``list_jobs``/
@@ -68,6 +73,11 @@ MAX_RESOURCE = (
     "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE - All compute environments have a "
     "maxVcpu setting that is smaller than the job requirements."
 )
+# ECS's RunTask refusal, as Batch reports it in the job's statusReason (ASFHyP3/hyp3 issue 3041).
+OVERRIDES_TOO_LONG = "Container Overrides length must be at most 8192"
+MAX_OVERRIDES = 8192
+MAX_JOB_DEFINITION = 24 * 1024  # Batch's quotas: RegisterJobDefinition and SubmitJob requests
+MAX_JOB = 30 * 1024
 STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
 FINAL = ("SUCCEEDED", "FAILED")
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -131,10 +141,17 @@ def killpg(pid: int, sig: signal.Signals) -> None:
 
 
 def substitute(arg: str, parameters: dict[str, str]) -> str:
-    """A command argument with its ``Ref::name`` placeholders replaced by parameter values."""
+    """A command argument with its ``Ref::name`` placeholders replaced by parameter values;
+    one without a value stays as it is. (AWS documents whole arguments, ``"Ref::inputfile"``;
+    like moto, the harness also replaces a placeholder within a longer argument.)"""
     for name, value in parameters.items():
         arg = arg.replace(f"Ref::{name}", value)
     return arg
+
+
+def compact_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def merge_environment(*lists: list[dict[str, str]] | None) -> list[dict[str, str]]:
@@ -230,6 +247,24 @@ class _Job:
             for arg in overrides.get("command", props.get("command") or [])
         ]
         self.environment = merge_environment(props.get("environment"), overrides.get("environment"))
+        # What Batch hands ECS for the container, per job: the command with its parameters
+        # substituted, the submission's variables with Batch's own, and the resources. The
+        # definition's image, variables and secrets are ECS's task definition, not overrides.
+        own = [
+            {"name": name, "value": value}
+            for name, value in batch.batch_variables(self, 1, queue.name).items()
+        ]
+        self.ecs_overrides = len(
+            json.dumps(
+                {
+                    "command": command,
+                    "environment": [*(overrides.get("environment") or []), *own],
+                    "resourceRequirements": overrides.get("resourceRequirements") or [],
+                },
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
+        )
         self.run_record = JobRun(
             job_id=self.job_id,
             name=self.job_name,
@@ -383,6 +418,8 @@ class _Job:
             try:
                 if self.stopped_before_start():
                     return
+                if self.ecs_overrides > MAX_OVERRIDES:  # ECS's RunTask refuses it: never starts
+                    return self.finish("FAILED", OVERRIDES_TOO_LONG)
                 self.set_status("STARTING")
                 attempt, why = self.attempt(number)
             finally:
@@ -503,6 +540,17 @@ _SUMMARY_KEYS = {  # the JobDetail fields that a ListJobs JobSummary has too
 }
 
 
+_REGISTER = BatchResponse.registerjobdefinition
+
+
+def _registerjobdefinition(response: BatchResponse) -> str:
+    """moto's RegisterJobDefinition, after Batch's quota on the request's size."""
+    size = compact_size(json.loads(response.body or "{}"))
+    if size > MAX_JOB_DEFINITION:  # the quota is AWS's; these words are the harness's
+        raise ClientException(f"Job definition size must be at most 24 KiB, got {size} bytes")
+    return _REGISTER(response)
+
+
 def _submitjob(response: BatchResponse) -> str:
     """moto's SubmitJob handler, replaced: the harness reads the whole request."""
     job = LocalBatch.active().submit(response.batch_backend, json.loads(response.body or "{}"))
@@ -566,7 +614,9 @@ class LocalBatch:
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
-        self._patch = mock.patch.object(BatchResponse, "submitjob", _submitjob)
+        self._patch = mock.patch.multiple(
+            BatchResponse, submitjob=_submitjob, registerjobdefinition=_registerjobdefinition
+        )
         self._patch.start()
         LocalBatch._active = self
         try:
@@ -720,6 +770,12 @@ class LocalBatch:
         size = (request.get("arrayProperties") or {}).get("size")
         if size is not None and not 2 <= int(size) <= 10_000:
             raise ClientException("Array size must be between 2 and 10000")
+        parameters = request.get("parameters") or {}
+        if not all(isinstance(v, str) for v in [*parameters, *parameters.values()]):
+            raise ClientException("parameters must be a string to string map")
+        if compact_size(request) > MAX_JOB:
+            kib = -(-compact_size(request) // 1024)
+            raise ClientException(f"Job size must be less than 30 KiB, got {kib} KiB")
         with self.lock:
             self.requests.append(request)
             job = _Job(self, backend, request)
@@ -784,15 +840,19 @@ class LocalBatch:
         env |= {var["name"]: var["value"] for var in job.environment}
         for secret in (job.job_definition.container_properties or {}).get("secrets") or []:
             env[secret["name"]] = self.secret(secret["valueFrom"])
-        env |= {
+        return env | self.batch_variables(job, attempt, job.job_queue.name)
+
+    def batch_variables(self, job: _Job, attempt: int, queue: str) -> dict[str, str]:
+        """The AWS_BATCH_* variables Batch gives an attempt of ``job``."""
+        variables = {
             "AWS_BATCH_JOB_ID": job.job_id,
             "AWS_BATCH_JOB_ATTEMPT": str(attempt),
-            "AWS_BATCH_JQ_NAME": job.job_queue.name,
+            "AWS_BATCH_JQ_NAME": queue,
             "AWS_BATCH_CE_NAME": self.compute_environment,
         }
         if job.index is not None:
-            env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(job.index)
-        return env
+            variables["AWS_BATCH_JOB_ARRAY_INDEX"] = str(job.index)
+        return variables
 
     def secret(self, value_from: str) -> str:
         """A ``secrets[].valueFrom``: a Secrets Manager ARN (optionally ``:json-key:stage:

@@ -405,3 +405,74 @@ def test_batch_operator_does_not_reattach_to_its_job_id(batch, operator):
     second, _ = _run(operator("print('two')", job_id=first))
     assert second != first
     assert len(batch.requests) == 2
+
+
+def test_parameters_fill_the_placeholders_of_the_definitions_command(batch):
+    """The submission's parameters over the definition's defaults; a placeholder without a
+    value stays as written, as Batch leaves it."""
+    name = f"job-{uuid.uuid4().hex[:8]}"
+    code = "import sys; print(' '.join(sys.argv[1:]))"
+    batch.client("batch").register_job_definition(
+        jobDefinitionName=name,
+        type="container",
+        parameters={"greeting": "hello", "name": "nobody"},
+        containerProperties={
+            "image": "python:3.11-slim",
+            "command": ["python", "-c", code, "Ref::greeting", "Ref::name", "Ref::unset"],
+            "resourceRequirements": [
+                {"type": "VCPU", "value": "1"},
+                {"type": "MEMORY", "value": "512"},
+            ],
+        },
+    )
+    job_id = batch.client("batch").submit_job(
+        jobName=name, jobQueue=batch.queue, jobDefinition=name, parameters={"name": "ada"}
+    )["jobId"]
+    job = batch.wait(job_id)
+    assert job["status"] == "SUCCEEDED"
+    assert job["parameters"] == {"greeting": "hello", "name": "ada"}
+    assert job["container"]["command"][-3:] == ["hello", "ada", "Ref::unset"]
+    assert batch.logs(job["container"]["logStreamName"]) == ["hello ada Ref::unset"]
+
+
+def test_a_job_whose_overrides_ecs_cannot_take_fails_without_starting(batch):
+    """ECS takes 8,192 characters of overrides per container: the command with its parameters
+    substituted is among them, the definition's variables are not."""
+    from batch_cluster import OVERRIDES_TOO_LONG
+
+    big = "x" * 8200
+    name = f"job-{uuid.uuid4().hex[:8]}"
+    batch.register(name, [*python("print('ran')"), "Ref::big"])
+    client = batch.client("batch")
+    job_id = client.submit_job(
+        jobName=name, jobQueue=batch.queue, jobDefinition=name, parameters={"big": big}
+    )["jobId"]
+    job = batch.wait(job_id)
+    assert (job["status"], job["statusReason"], job["attempts"]) == (
+        "FAILED",
+        OVERRIDES_TOO_LONG,
+        [],
+    )
+    assert "STARTING" not in batch.run_of(job_id).statuses
+    in_definition = {"environment": [{"name": "BIG", "value": big}]}
+    job_id = submit(batch, "import os; print(len(os.environ['BIG']))", definition=in_definition)
+    job = batch.wait(job_id)
+    assert job["status"] == "SUCCEEDED"
+    assert batch.logs(job["container"]["logStreamName"]) == ["8200"]
+
+
+def test_requests_over_batchs_quotas_are_refused(batch):
+    """RegisterJobDefinition takes 24 KiB, SubmitJob 30 KiB."""
+    variables = [{"name": f"V{i}", "value": "x" * 1000} for i in range(25)]
+    with pytest.raises(ClientError, match="Job definition size must be at most 24 KiB"):
+        batch.register(f"job-{uuid.uuid4().hex[:8]}", python("pass"), environment=variables)
+    name = f"job-{uuid.uuid4().hex[:8]}"
+    batch.register(name, python("pass"))
+    with pytest.raises(ClientError, match="Job size must be less than 30 KiB, got 31 KiB"):
+        batch.client("batch").submit_job(
+            jobName=name,
+            jobQueue=batch.queue,
+            jobDefinition=name,
+            parameters={f"p{i}": "x" * 1000 for i in range(31)},
+        )
+    assert batch.requests == []

@@ -104,16 +104,18 @@ def test_example_dag_runs_as_batch_jobs_through_a_lost_host_and_an_oom(
     assert hog.retry_strategy["attempts"] == 4  # 1 + Retry(infra=3), the default
     assert run.output.count("scoring 1000 values") == 3  # the retried attempt's log too
 
-    # One job definition per distinct content, looked up before registering.
+    # One job definition per distinct content, looked up before registering: make_batches
+    # and fit_in_memory share one; score's variables and summarize's /dev/shm make two more.
     client = batch.client("batch")
     names = sorted({r["jobDefinition"] for r in batch.requests})
     ours = [
         client.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")["jobDefinitions"]
         for name in names
     ]
-    assert len(names) == 2 and [len(revisions) for revisions in ours] == [1, 1]
+    assert len(names) == 3 and [len(revisions) for revisions in ours] == [1, 1, 1]
     shm = [d for [d] in ours if d["containerProperties"].get("linuxParameters")]
     assert shm[0]["containerProperties"]["linuxParameters"] == {"sharedMemorySize": 256}
+    definitions = {d["jobDefinitionName"]: d["containerProperties"] for [d] in ours}
     requests = {r["jobName"]: r for r in batch.requests}
     score = next(r for name, r in requests.items() if name.startswith("flowtask-score-"))
     assert score["containerOverrides"]["resourceRequirements"] == [
@@ -122,9 +124,13 @@ def test_example_dag_runs_as_batch_jobs_through_a_lost_host_and_an_oom(
     ]
     assert score["timeout"] == {"attemptDurationSeconds": 600}
     assert score["tags"]["team"] == "ml" and score["tags"]["tag.flowtask.io/batch"] == "true"
-    assert {"name": "FLOW_SCALE", "value": "2"} in score["containerOverrides"]["environment"]
-    assert all(r["containerOverrides"]["command"][:2] == ["python3", "-c"] for r in batch.requests)
+    assert {"name": "FLOW_SCALE", "value": "2"} in definitions[score["jobDefinition"]][
+        "environment"
+    ]
+    assert all(d["command"][:2] == ["python3", "-c"] for d in definitions.values())
+    assert not any("command" in r["containerOverrides"] for r in batch.requests)
     assert not any("AWS_SECRET_ACCESS_KEY" in json.dumps(r) for r in batch.requests)
+    assert not any("AWS_SECRET_ACCESS_KEY" in json.dumps(d) for d in definitions.values())
     assert_gc_keeps_everything_reachable(store, {})
 
     # Submit -> the function starting, per job (the lost host's includes its second attempt).
@@ -135,9 +141,11 @@ def test_example_dag_runs_as_batch_jobs_through_a_lost_host_and_an_oom(
             created = batch.describe(job.job_id)["createdAt"] / 1000
             waits.append(manifest["function_started_at"] - created)
     sizes = sorted(len(json.dumps(r)) for r in batch.requests)
+    overrides = sorted(job.ecs_overrides for job in batch.jobs)
     print(
         f"BATCH submit -> function: median {statistics.median(waits):.3f}s over {len(waits)} "
-        f"jobs ({', '.join(f'{w:.2f}' for w in sorted(waits))}); SubmitJob {sizes} bytes"
+        f"jobs ({', '.join(f'{w:.2f}' for w in sorted(waits))}); SubmitJob {sizes} bytes; "
+        f"ECS overrides {overrides} characters"
     )
     assert len(waits) == 5 and 0 < statistics.median(waits) < 30
 
@@ -170,13 +178,11 @@ def test_example_flow_foreach_runs_as_array_jobs_through_a_lost_host_a_caught_it
         return [r for r in batch.requests if r["jobName"].startswith(f"flowtask-{task}-")]
 
     [score] = submitted("score")
-    assert score["arrayProperties"] == {"size": 20}
-    assert score["containerOverrides"]["command"][-2:] == ["--chunks", "0-19"]
-    [single] = submitted("summarize")
-    assert score["jobDefinition"] == single["jobDefinition"]  # one definition for both
+    assert score["arrayProperties"] == {"size": 20} and score["parameters"]["chunks"] == "0-19"
     first, retry = submitted("parse")
     assert (first["arrayProperties"], retry["arrayProperties"]) == ({"size": 4}, {"size": 2})
-    assert retry["containerOverrides"]["command"][-2:] == ["--chunks", "0,2"]
+    assert retry["parameters"]["chunks"] == "0,2"
+    assert retry["jobDefinition"] == first["jobDefinition"]  # the same content, registered once
     assert "100 items in 4 chunks of 25; 2 chunks to run (2 done by an earlier try)" in run.output
 
     children = [job for job in batch.history if job.name == score["jobName"]]
@@ -240,3 +246,29 @@ def test_a_job_gets_its_environment_from_the_store_with_the_index_unreachable(
     command = json.dumps(request) + json.dumps(batch.client("batch").describe_job_definitions())
     assert "pip install" not in command and "--pip" not in command
     assert_gc_keeps_everything_reachable(store, {})
+
+
+def test_a_file_store_fails_a_batch_task_at_once_before_anything_is_registered(
+    dags_test: DagsTest, batch: LocalBatch
+):
+    """Job definitions mount no volume, so no Batch container can read a ``file://`` store:
+    the try fails at once (``flaky`` has two retries and spends none), one line naming the
+    setting, and nothing reaches Batch."""
+    from conftest import TEST_DAGS
+
+    def definitions() -> int:
+        found = batch.client("batch").describe_job_definitions(status="ACTIVE")
+        return len(found["jobDefinitions"])
+
+    before = definitions()
+    env = {k: v for k, v in _batch_env(batch, "unused").items() if "ARTIFACT_STORE" not in k}
+    run = dags_test("flow_failures", conf={"flow_compute": "batch"}, dags_folder=TEST_DAGS, **env)
+    assert run.returncode != 0
+    store = (run.home / "flow_artifacts").as_uri()
+    line = next(line for line in run.output.splitlines() if "flow task flaky cannot run" in line)
+    assert (
+        f"flow task flaky cannot run: [flow_task] artifact_store='{store}' is invalid: it must "
+        "be an s3:// store for Batch" in line
+    )
+    assert _try_numbers(run.home, "flow_failures")["flaky"] == [1]
+    assert batch.requests == [] and definitions() == before

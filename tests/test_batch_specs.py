@@ -13,6 +13,7 @@ from provider.specs import secret_variables
 
 ROLE = "arn:aws:iam::123456789012:role/flow-job"
 SM = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-creds-AbCdEf"
+STORE = "s3://flow-artifacts/prod"
 SSM = "arn:aws:ssm:us-east-1:123456789012:parameter/flow/token"
 FARGATE = BatchOptions(platform="FARGATE", execution_role_arn=ROLE)
 
@@ -261,7 +262,7 @@ def test_bad_batch_input_raises_spec_error_naming_field_value_and_form(builder, 
 )
 def test_what_depends_on_the_defaults_is_refused_when_the_try_starts(spec, options, field):
     with pytest.raises(SpecError) as caught:
-        check_batch(spec, spec.batch.over(options))
+        check_batch(spec, spec.batch.over(options), STORE)
     assert caught.value.field == field and "Accepted:" in str(caught.value)
 
 
@@ -281,9 +282,22 @@ def test_good_batch_specs_pass_both_checks():
             tags={"cost center": "ml/β", "owner": "a@b.c", "empty": ""},
         ),
     )
-    check_batch(spec, spec.batch)
+    check_batch(spec, spec.batch, STORE)
     for cpu, memory in ((0.25, 512), (4, 30720), (16, 122880), (32, 249856)):
         TaskSpec.build(batch=FARGATE, resources=Resources(cpu=cpu, memory=memory))
+
+
+def test_a_store_no_batch_container_can_read_is_refused_naming_the_setting():
+    """Job definitions mount no volume: a file:// store can never work on Batch."""
+    spec = TaskSpec.build(compute="batch", batch=BatchOptions(queue="flow-spot"))
+    with pytest.raises(SpecError) as caught:
+        check_batch(spec, spec.batch, "file:///home/alice/airflow/flow_artifacts")
+    message = str(caught.value)
+    assert caught.value.field == "[flow_task] artifact_store" and "\n" not in message
+    assert message.startswith(
+        "[flow_task] artifact_store='file:///home/alice/airflow/flow_artifacts' is invalid: "
+        "it must be an s3:// store for Batch"
+    )
 
 
 def test_task_options_win_over_the_defaults_and_tags_merge():

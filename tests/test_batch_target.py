@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import random
 import re
 import threading
 import time
@@ -131,23 +132,20 @@ def test_what_boto3_gets_is_the_request():
     assert operator_kwargs(request)["submit_job_timeout"] == 7200
 
 
-def test_the_submit_request_does_not_grow_with_the_payload(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-):
+def test_the_submit_request_does_not_grow_with_the_payload(store: ArtifactStore):
     """Only the payload's reference travels in SubmitJob: its size field's digits aside, a
-    100-byte and a 20 MB payload make requests of one size."""
+    100-byte and a 20 MB payload (incompressible: the store keeps it as it is) make requests
+    of one size."""
     from provider.compute.batch import overrides_length
     from provider.operators.targets.batch import batch_requests
     from provider.operators.targets.code import code_package, code_reference
 
-    monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
-    store = open_store((tmp_path / "store").as_uri())
     run = task_run(store, slow, 1)
     code = code_reference(store.root_uri, code_package(None))
     sizes = {}
-    for label, value in (("small", b"x" * 100), ("large", bytes(20 * 2**20))):
+    for label, value in (("small", b"x" * 100), ("large", random.Random(0).randbytes(20 * 2**20))):
         payload = store.put_at(payload_key(run.manifest_key), value).to_json()
-        _, request = batch_requests(
+        definition, request = batch_requests(
             run.spec,
             store_uri=store.root_uri,
             code=code,
@@ -159,7 +157,7 @@ def test_the_submit_request_does_not_grow_with_the_payload(
     (small, small_digits), (large, large_digits) = sizes["small"], sizes["large"]
     print(
         f"SubmitJob request: {small} bytes (small payload), {large} bytes (20 MB payload); "
-        f"containerOverrides {overrides_length(request)} characters"
+        f"container overrides (ECS's count) {overrides_length(definition, request)} characters"
     )
     assert large - small == large_digits - small_digits
     assert large < 30 * 1024  # Batch's limit on a SubmitJob request
@@ -177,7 +175,9 @@ def test_a_task_runs_as_a_job_with_its_secrets_env_and_logs(
 ):
     secrets = batch.client("secretsmanager")
     unique = uuid.uuid4().hex[:6]
-    arn = secrets.create_secret(Name=f"db-{unique}", SecretString='{"password": "pw"}')["ARN"]
+    arn = secrets.create_secret(Name=f"db-{unique}", SecretString='{"password": "pw-7c1e9b"}')[
+        "ARN"
+    ]
     batch.client("ssm").put_parameter(Name=f"/{unique}/token", Value="tok", Type="SecureString")
     token = f"arn:aws:ssm:{batch.region}:{batch.account_id}:parameter/{unique}/token"
     spec = TaskSpec.build(
@@ -190,13 +190,79 @@ def test_a_task_runs_as_a_job_with_its_secrets_env_and_logs(
     assert outcome.exit_code == 0 and outcome.failure is None
     manifest = store.read_manifest(outcome.manifest_key)
     assert manifest["status"] == "succeeded"
-    assert store.get(manifest["result"]) == "ada:pw:tok:fast"
+    assert store.get(manifest["result"]) == "ada:pw-7c1e9b:tok:fast"
     [request] = batch.requests
     assert request == target._request  # exactly what flowtask translated, through BatchOperator
     [job] = batch.history
     assert job.environment["FLOWTASK_MANIFEST"] == outcome.manifest_key
-    assert "pw" not in str(request) and "pw" not in str(target._definition)  # references only
+    assert "pw-7c1e9b" not in str(request) + str(target._definition)  # references only
     assert "] hello ada from attempt 1" in capfd.readouterr().out  # CloudWatch, as logged
+
+
+def variables_seen(names: list[str]) -> dict[str, Any]:
+    import os
+
+    return {
+        "lengths": [len(name) + len(os.environ[name]) for name in names],
+        "bootstrap_left": "FLOWTASK_BOOTSTRAP" in os.environ,
+    }
+
+
+def test_a_task_with_40_variables_of_100_characters_runs_as_a_job(
+    batch: LocalBatch, store: ArtifactStore
+):
+    """Its variables are in the job definition with the bootstrap; the submission's overrides
+    are the run's identity, the placeholders' values and the resources: far from the 8,192
+    characters ECS takes, as the harness counts them and as flowtask does."""
+    from provider.compute.batch import overrides_length
+
+    env = {f"VAR_{i:02d}": f"{uuid.uuid4().hex}" + "x" * (94 - 32) for i in range(40)}
+    assert {len(name) + len(value) for name, value in env.items()} == {100}
+    spec = TaskSpec.build(compute="batch", environment=Environment(env=env))
+    target, outcome = launch(task_run(store, variables_seen, sorted(env), spec=spec))
+
+    assert outcome.exit_code == 0 and outcome.failure is None, outcome
+    seen = store.get(store.read_manifest(outcome.manifest_key)["result"])
+    assert seen == {"lengths": [100] * 40, "bootstrap_left": False}
+    [job] = batch.jobs
+    ours = overrides_length(target._definition, target._request)
+    print(
+        f"BATCH 40 variables of 100 characters: ECS overrides {job.ecs_overrides} characters "
+        f"(flowtask's count, Batch's variables reserved: {ours})"
+    )
+    assert job.ecs_overrides < ours < 2500
+    assert "VAR_00" not in json.dumps(target._request)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def test_two_tasks_of_the_same_content_register_one_job_definition(
+    batch: LocalBatch, store: ArtifactStore, caplog: pytest.LogCaptureFixture
+):
+    """Same image, variables and secrets: one registration, whatever the function, resources
+    or timeout; a new worker process finds it and registers nothing."""
+    from provider import Resources
+
+    env = Environment(image="python:3.11-slim", env={"RUN": uuid.uuid4().hex})  # new content
+    first = TaskSpec.build(compute="batch", environment=env)
+    second = TaskSpec.build(compute="batch", environment=env, resources=Resources(cpu=2))
+    caplog.set_level(logging.INFO, logger="flowtask.test")
+    for function, spec in ((slow, first), (square, second)):
+        _, outcome = launch(task_run(store, function, 0, spec=spec))
+        assert outcome.exit_code == 0, outcome
+    forget_job_definitions()
+    _, outcome = launch(task_run(store, square, 3, spec=first))
+    assert (
+        outcome.exit_code == 0
+        and store.get(store.read_manifest(outcome.manifest_key)["result"]) == 9
+    )
+    [name] = {r["jobDefinition"] for r in batch.requests}
+    found = batch.client("batch").describe_job_definitions(jobDefinitionName=name)
+    assert len(found["jobDefinitions"]) == 1
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("job definition")]
+    assert [line.rsplit(" ", 1)[1] for line in said] == ["(registered)", "(found)", "(found)"]
 
 
 def test_job_definitions_are_looked_up_before_registering(batch: LocalBatch):
@@ -476,12 +542,18 @@ def test_a_foreach_is_one_array_job_whose_children_batch_retries_alone(
         outcome = target.run_foreach(run, [0, 1, 2, 3], {})
 
     [request] = batch.requests
-    assert request["arrayProperties"] == {"size": 4}
-    command = request["containerOverrides"]["command"]
+    assert request["arrayProperties"] == {"size": 4} and request["parameters"]["chunks"] == "0-3"
+    command = batch.history[0].command  # as the harness ran it: the parameters substituted
     assert command[command.index("--") + 1] == "foreach"
     assert command[-4:] == ["--chunk-env", "AWS_BATCH_JOB_ARRAY_INDEX", "--chunks", "0-3"]
     single, _ = batch_requests(run.spec, **target._launch)
-    assert request["jobDefinition"] == single["jobDefinitionName"]  # the single job's
+    array = target._definition
+    assert request["jobDefinition"] == array["jobDefinitionName"] != single["jobDefinitionName"]
+    ours, theirs = (  # the single job's, but for the command's runtime arguments
+        {k: v for k, v in d["containerProperties"].items() if k != "command"}
+        for d in (array, single)
+    )
+    assert ours == theirs
     assert request["retryStrategy"]["evaluateOnExit"][0] == {
         "onStatusReason": "Host EC2*",
         "action": "RETRY",
@@ -525,6 +597,14 @@ def test_a_foreach_is_one_array_job_whose_children_batch_retries_alone(
     )
 
 
+def chunks_of(request: dict[str, Any]) -> list[str]:
+    """The chunks a submitted job runs, as its command says after Batch's substitution."""
+    parameters = request["parameters"]
+    if "one_chunk" in parameters:
+        return ["--chunk", parameters["one_chunk"]]
+    return ["--chunks", parameters["chunks"]]
+
+
 def test_max_parallel_keeps_that_many_chunks_in_flight(batch: LocalBatch, store: ArtifactStore):
     """Batch has no per-array concurrency knob: under max_parallel=1 each chunk is submitted
     when the one before it ended (a plain job each)."""
@@ -535,7 +615,7 @@ def test_max_parallel_keeps_that_many_chunks_in_flight(batch: LocalBatch, store:
     outcome = target.run_foreach(run, [0, 1, 2], {})
 
     assert outcome.failure is None and results(store, run.foreach) == [0, 2, 4]
-    assert [r["containerOverrides"]["command"][-2:] for r in batch.requests] == [
+    assert [chunks_of(r) for r in batch.requests] == [
         ["--chunk", "0"],
         ["--chunk", "1"],
         ["--chunk", "2"],
@@ -587,7 +667,7 @@ def test_a_later_try_reattaches_to_the_array_job_a_dead_worker_left_and_runs_the
 
     [outcome] = outcomes
     assert outcome.failure is None and results(store, second.foreach) == [2, 4, 6]
-    assert [r["containerOverrides"]["command"][-2:] for r in batch.requests] == [
+    assert [chunks_of(r) for r in batch.requests] == [
         ["--chunks", "0-1"],
         ["--chunk", "2"],
     ]

@@ -7,20 +7,26 @@ change, and review the diff.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from provider import BatchOptions, Environment, Resources, Retry, SpecError, TaskSpec
 from provider.compute.batch import (
-    job_definition_request,
+    MAX_CONTAINER_OVERRIDES,
+    PARAMETERS,
+    batch_job,
     job_name,
     job_tags,
-    submit_job_request,
+    overrides_length,
+    parameterized,
+    substituted,
     tag_text,
 )
 from provider.compute.batch_array import ChunkJob, chunk_jobs, describe_lost_chunks
@@ -43,11 +49,17 @@ IDENTITY = {
     "namespace": "user:alice",
     "tags": ["nightly"],
 }
-COMMAND = ["python3", "-c", "<bootstrap>", "--", "run"]
 MANIFEST = "runs/train_models/manual/fit/-1/1/result.json"
 PLAN = "runs/train_models/manual/fit/-1/foreach/0123456789abcdef"
 PAYLOAD = {"uri": "s3://flow-artifacts/prod/runs/train_models/manual/fit/-1/1/payload.pickle"}
 STORE = "s3://flow-artifacts/prod"
+CODE = "data/ab/" + "ab" * 32 + ":47000"
+RUN = ["run", "--store", STORE, "--payload", json.dumps(PAYLOAD), "--manifest", MANIFEST]
+#: A container's argv as the batch target builds it (its -c program, the bootstrap's launcher).
+ARGV = [
+    *("python3", "-c", "<launcher>", "--python", "3.11", "--store", STORE, "--code", CODE),
+    *("--", *RUN, "--python", "3.11"),
+]
 ROLE = "arn:aws:iam::123456789012:role/flow-job"
 EXECUTION_ROLE = "arn:aws:iam::123456789012:role/flow-execution"
 SM = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-creds-AbCdEf"
@@ -100,28 +112,35 @@ MATRIX: dict[str, dict[str, Any]] = {
 
 
 def requests(
-    spec: TaskSpec, identity: dict[str, Any] = IDENTITY, foreach: ChunkJob | None = None
+    spec: TaskSpec,
+    identity: dict[str, Any] = IDENTITY,
+    foreach: ChunkJob | None = None,
+    bootstrap: str | None = "<the compressed bootstrap>",
 ) -> dict[str, Any]:
+    """The requests of ``spec``; golden files hold a stand-in for the compressed bootstrap
+    (``bootstrap=None``: the real one)."""
     options = spec.batch if spec.batch.queue else spec.batch.over(QUEUE)
-    definition = job_definition_request(
-        spec, image=spec.environment.image or "python:3.11-slim", options=options
-    )
-    command = COMMAND  # a foreach job's runs chunks, picked by the array index
+    argv = ARGV  # a foreach job's runs chunks, picked by the array index
     if foreach is not None:
         runtime = foreach_args(STORE, PAYLOAD, foreach.runtime_mode)
-        runtime[runtime.index("--python") + 1] = "<the worker's X.Y>"
-        command = [*COMMAND[:-1], *runtime]
-    submit = submit_job_request(
-        spec,
-        identity=identity,
-        command=command,
-        options=options,
-        job_definition=definition["jobDefinitionName"],
-        store_uri=STORE,
-        manifest_key=MANIFEST,
-        env={"AWS_DEFAULT_REGION": "us-east-1"},
-        foreach=foreach,
-    )
+        runtime[runtime.index("--python") + 1] = "3.11"
+        argv = [*ARGV[: ARGV.index("--") + 1], *runtime]
+    with (
+        mock.patch("provider.compute.command.packed_bootstrap", return_value=bootstrap)
+        if bootstrap
+        else contextlib.nullcontext()
+    ):
+        definition, submit = batch_job(
+            spec,
+            argv=argv,
+            image=spec.environment.image or "python:3.11-slim",
+            options=options,
+            identity=identity,
+            store_uri=STORE,
+            manifest_key=MANIFEST,
+            env={"AWS_DEFAULT_REGION": "us-east-1"},
+            foreach=foreach,
+        )
     return {"register_job_definition": definition, "submit_job": submit}
 
 
@@ -161,13 +180,97 @@ def test_resources_go_to_the_submission_and_the_rest_to_the_definition():
     assert len(names) == 3 and all(re.fullmatch(r"flowtask-[0-9a-f]{16}", n) for n in names)
 
 
-def test_overrides_ecs_would_refuse_are_refused_before_submitting():
-    from provider.compute.batch import overrides_length
+def _variables(count: int, size: int) -> dict[str, str]:
+    """``count`` variables of ``size`` characters, name and value."""
+    return {f"VAR_{i:02d}": "x" * (size - len(f"VAR_{i:02d}")) for i in range(count)}
 
-    fits = requests(TaskSpec.build(compute="batch", environment={"env": {"A": "x" * 2000}}))
-    assert overrides_length(fits["submit_job"]) < 8192
-    with pytest.raises(SpecError, match=r"come to \d+ characters; ECS starts no container"):
-        requests(TaskSpec.build(compute="batch", environment={"env": {"A": "x" * 8192}}))
+
+def test_what_does_not_change_between_submissions_is_in_the_definition():
+    """The bootstrap, the task's variables and the store's are the job definition's; the
+    submission carries the placeholders' values, the run's identity and the resources, and
+    ECS's count of its overrides stays far from 8,192 with 40 variables of 100 characters."""
+    spec = TaskSpec.build(compute="batch", environment=Environment(env=_variables(40, 100)))
+    rendered = requests(spec, bootstrap=None)
+    definition, submit = rendered["register_job_definition"], rendered["submit_job"]
+    container = definition["containerProperties"]
+    static = {v["name"]: v["value"] for v in container["environment"]}
+    assert _variables(40, 100).items() <= static.items()
+    assert len(static["FLOWTASK_BOOTSTRAP"]) > 5000 and static["FLOWTASK_STORE"] == STORE
+    assert static["AWS_DEFAULT_REGION"] == "us-east-1"
+    overrides = submit["containerOverrides"]
+    assert set(overrides) == {"environment", "resourceRequirements"}  # no command: the definition's
+    assert [v["name"] for v in overrides["environment"]] == [
+        *("FLOWTASK_DAG_ID", "FLOWTASK_MANIFEST", "FLOWTASK_MAP_INDEX", "FLOWTASK_NAMESPACE"),
+        *("FLOWTASK_RUN_ID", "FLOWTASK_TASK_ID", "FLOWTASK_TRY_NUMBER"),
+    ]
+    assert substituted(container["command"], submit["parameters"]) == ARGV
+    size = overrides_length(definition, submit)
+    print(f"ECS overrides: {size} characters with 40 variables of 100 characters in the task")
+    assert size < 2000
+    alone = requests(TaskSpec.build(compute="batch"), bootstrap=None)
+    assert overrides_length(alone["register_job_definition"], alone["submit_job"]) == size
+
+
+def test_what_batch_or_ecs_would_refuse_is_refused_before_submitting_with_the_numbers():
+    too_many = TaskSpec.build(compute="batch", environment={"env": _variables(200, 100)})
+    with pytest.raises(SpecError) as refused:
+        requests(too_many, bootstrap=None)
+    assert refused.value.field == "environment.env"
+    assert re.search(
+        r"the job definition comes to \d+ bytes, \d+ of them the task's variables; Batch "
+        r"registers none over 24576",
+        str(refused.value),
+    )
+    long = {**IDENTITY, "namespace": "team:" + "n" * 8000}
+    with pytest.raises(SpecError) as refused:
+        requests(TaskSpec.build(compute="batch"), long)
+    assert refused.value.field == "batch job"
+    assert re.search(
+        r"come to \d+ characters \(Batch's own variables counted as 512\); ECS starts no "
+        r"container whose overrides are over 8192",
+        str(refused.value),
+    )
+
+
+def test_every_per_submission_value_is_a_parameter_whatever_batch_substitutes():
+    """The definition's command holds no payload, manifest, code package, environment or
+    chunk list, only ``Ref::`` placeholders, each a whole argument; no parameter's name starts
+    another's, so a substitution within arguments (moto's, the harness's) gives the same."""
+    from batch_cluster import substitute
+
+    names = sorted(PARAMETERS.values())
+    assert not [(a, b) for a in names for b in names if a != b and b.startswith(a)]
+    archives = ["data/cd/" + "cd" * 32 + ":10", "data/ef/" + "ef" * 32 + ":20"]
+    with_envs = [*ARGV[:10], "--env", archives[0], "--env", archives[1], *ARGV[10:]]
+    for job in (None, *chunk_jobs(PLAN, [0, 1, 2, 7]), *chunk_jobs(PLAN, [5])):
+        for argv in (ARGV, with_envs):
+            if job is not None:
+                runtime = foreach_args(STORE, PAYLOAD, job.runtime_mode)
+                argv = [*argv[: argv.index("--") + 1], *runtime]
+            template, parameters = parameterized(argv)
+            assert all(a == "Ref::" + n for a in template if "Ref::" in a for n in [a[5:]])
+            text = json.dumps(template)
+            assert not any(v in text for v in (CODE, MANIFEST, PAYLOAD["uri"], *archives))
+            joined = substituted(template, parameters)
+            assert [substitute(arg, parameters) for arg in template] == joined
+            if argv is with_envs:  # one --env, comma-separated: the bootstrap splits it
+                assert parameters["environments"] == ",".join(archives)
+                argv = [*argv[:10], "--env", ",".join(archives), *argv[14:]]
+            assert joined == argv
+
+
+def test_a_job_definition_serves_every_task_of_the_same_content():
+    base = {"environment": Environment(image="python:3.11-slim", env={"MODE": "fast"})}
+    one = requests(TaskSpec.build(compute="batch", resources=Resources(cpu=4), **base))
+    other = requests(
+        TaskSpec.build(compute="batch", timeout="1h", **base), {**IDENTITY, "task_id": "b"}
+    )
+    assert one["register_job_definition"] == other["register_job_definition"]
+    changed = requests(TaskSpec.build(compute="batch", environment={"env": {"MODE": "slow"}}))
+    assert (
+        changed["register_job_definition"]["jobDefinitionName"]
+        != (one["register_job_definition"]["jobDefinitionName"])
+    )
 
 
 def test_batch_retries_a_lost_host_only():
@@ -309,16 +412,21 @@ def test_foreach_requests_match_golden():
         golden.write_text(text)
     assert text == golden.read_text(), f"{golden} differs; see the module docstring"
     single = requests(spec)
-    assert rendered["register_job_definition"] == single["register_job_definition"]
+    definition = rendered["register_job_definition"]
+    assert (
+        definition["containerProperties"]["image"]
+        == (single["register_job_definition"]["containerProperties"]["image"])
+    )
     submit = rendered["submit_job"]
     assert submit["retryStrategy"] == single["submit_job"]["retryStrategy"]
     assert submit["arrayProperties"] == {"size": 20}
-    assert submit["containerOverrides"]["command"][-4:] == [
+    assert definition["containerProperties"]["command"][-4:] == [
         "--chunk-env",
         "AWS_BATCH_JOB_ARRAY_INDEX",
         "--chunks",
-        "0-19",
+        "Ref::chunks",
     ]
+    assert submit["parameters"]["chunks"] == "0-19"
     env = {v["name"]: v["value"] for v in submit["containerOverrides"]["environment"]}
     assert env["FLOWTASK_FOREACH"] == PLAN and env["FLOWTASK_MANIFEST"] == MANIFEST
 
@@ -333,9 +441,11 @@ def test_more_than_ten_thousand_chunks_make_several_array_jobs():
     # Batch's arrays hold 2 to 10,000 children: one chunk left over is a plain job.
     *_, last = chunk_jobs(PLAN, range(10_001))
     assert last.array_size is None and last.runtime_mode == ["--chunk", "10000"]
-    plain = requests(spec, foreach=last)["submit_job"]
-    assert "arrayProperties" not in plain
-    assert plain["containerOverrides"]["command"][-2:] == ["--chunk", "10000"]
+    plain = requests(spec, foreach=last)
+    assert "arrayProperties" not in plain["submit_job"]
+    command = plain["register_job_definition"]["containerProperties"]["command"]
+    assert command[-2:] == ["--chunk", "Ref::one_chunk"]
+    assert plain["submit_job"]["parameters"]["one_chunk"] == "10000"
     assert chunk_jobs(PLAN, []) == []
 
 
@@ -355,12 +465,10 @@ def test_a_scattered_retry_is_split_so_each_chunk_list_stays_short():
         *range(11, 30),
     ]
     spec = TaskSpec(compute="batch")
-    from provider.compute.batch import MAX_CONTAINER_OVERRIDES, overrides_length
-
     longest = max(jobs, key=lambda job: len(format_chunks(job.chunks)))
-    assert overrides_length(requests(spec, foreach=longest)["submit_job"]) < (
-        MAX_CONTAINER_OVERRIDES - 5000  # the bootstrap's source (COMMAND's <bootstrap>) fits
-    )
+    rendered = requests(spec, foreach=longest, bootstrap=None)
+    size = overrides_length(rendered["register_job_definition"], rendered["submit_job"])
+    assert size < MAX_CONTAINER_OVERRIDES / 4
 
 
 def test_lost_chunks_are_described_in_batch_words_a_few_then_counted():

@@ -15,6 +15,7 @@ from provider.compute.code_package import build_code_package
 from provider.operators.render import RenderError, render_pod
 
 FLOWTASK = str(Path(sys.executable).parent / "flowtask")
+S3_STORE = "s3://flow-artifacts/render"  # Batch containers read only an s3:// store
 
 
 def test_render_prints_the_pod_as_json(tmp_path: Path):
@@ -62,12 +63,27 @@ def test_render_explains_what_it_cannot_render(monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(RenderError, match=r"cannot run on Batch: batch.queue=None .* no job queue"):
         render_pod("flow_failures", "flaky", compute="batch", dags_folder=TEST_DAGS)
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
+    store = (tmp_path / "flow_artifacts").as_uri()  # the default: no Batch container reads it
+    with pytest.raises(RenderError) as refused:
+        render_pod("flow_failures", "flaky", compute="batch", dags_folder=TEST_DAGS)
+    assert str(refused.value) == (
+        f"flow_failures.flaky cannot run on Batch: [flow_task] artifact_store='{store}' is "
+        "invalid: it must be an s3:// store for Batch: flowtask's job definitions mount no "
+        "volume, so no Batch container can read it. Accepted: s3://bucket/prefix in "
+        "[flow_task] artifact_store (AIRFLOW__FLOW_TASK__ARTIFACT_STORE)"
+    )
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE", S3_STORE)
     with pytest.raises(RenderError, match=r"environment.secrets='db-creds' is invalid"):
         render_pod("flow_targets", "train", compute="batch", dags_folder=TEST_DAGS)
 
 
 def test_render_prints_the_batch_requests_boto3_receives(tmp_path: Path):
-    env = airflow_env(tmp_path, EXAMPLES, AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE="flow-spot")
+    env = airflow_env(
+        tmp_path,
+        EXAMPLES,
+        AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE="flow-spot",
+        AIRFLOW__FLOW_TASK__ARTIFACT_STORE=S3_STORE,
+    )
     proc = subprocess.run(
         [FLOWTASK, "render", "flow_batch", "score", "--compute", "batch"],
         env=env,
@@ -81,14 +97,19 @@ def test_render_prints_the_batch_requests_boto3_receives(tmp_path: Path):
     assert set(rendered) == {"register_job_definition", "submit_job"}
     assert definition["containerProperties"]["image"].startswith("python:3.")
     assert submit["jobDefinition"] == definition["jobDefinitionName"]
-    assert submit["jobQueue"] == "flow-spot" and submit["parameters"] == {}
+    assert submit["jobQueue"] == "flow-spot"
+    assert set(submit["parameters"]) == {"code", "payload", "manifest"}
     overrides = submit["containerOverrides"]
     assert overrides["resourceRequirements"] == [
         {"type": "VCPU", "value": "2"},
         {"type": "MEMORY", "value": "2048"},
     ]
-    command = overrides["command"]
+    assert "command" not in overrides  # the definition's, its placeholders filled
+    command = definition["containerProperties"]["command"]
     assert command[:2] == ["python3", "-c"] and "flowtask bootstrap" in command[2]
+    assert command[command.index("--payload") :][:2] == ["--payload", "Ref::payload"]
+    static = {v["name"]: v["value"] for v in definition["containerProperties"]["environment"]}
+    assert static["FLOW_SCALE"] == "2" and static["FLOWTASK_STORE"] == S3_STORE
     assert submit["tags"]["flowtask.io/map-index"] == "0" and submit["tags"]["team"] == "ml"
     assert submit["timeout"] == {"attemptDurationSeconds": 600}
     assert not (tmp_path / "flow_artifacts").exists()  # nothing was stored or registered
@@ -141,18 +162,15 @@ def test_render_a_foreach_task_prints_its_array_job(
     list, are known when the task runs. (The CLI prints this, as for any Batch task.)"""
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE", S3_STORE)
     rendered = render_pod("flow_foreach", "score", compute="batch", dags_folder=EXAMPLES)
     assert set(rendered) == {"register_job_definition", "submit_job"}
     submit = rendered["submit_job"]
     assert submit["arrayProperties"] == {"size": "<chunks: known when the task runs>"}
-    command = submit["containerOverrides"]["command"]
+    assert submit["parameters"]["chunks"] == "<chunks: known when the task runs>"
+    command = rendered["register_job_definition"]["containerProperties"]["command"]
     assert command[command.index("--") + 1] == "foreach"
-    assert command[-4:] == [
-        "--chunk-env",
-        "AWS_BATCH_JOB_ARRAY_INDEX",
-        "--chunks",
-        "<chunks: known when the task runs>",
-    ]
+    assert command[-4:] == ["--chunk-env", "AWS_BATCH_JOB_ARRAY_INDEX", "--chunks", "Ref::chunks"]
 
 
 FOREACH_DAG = """
@@ -180,6 +198,7 @@ def test_a_foreach_submit_request_does_not_grow_with_its_items(
     only in the array's size and its chunk list ("0-9" against "0-999")."""
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE", S3_STORE)
     submits, sizes = {}, {}
     for n in (10, 10_000):
         folder = tmp_path / f"dags_{n}"
@@ -187,17 +206,66 @@ def test_a_foreach_submit_request_does_not_grow_with_its_items(
         (folder / "fan_out.py").write_text(FOREACH_DAG.replace("{n}", str(n)))
         submit = render_pod("fan_out", "score", compute="batch", dags_folder=folder)["submit_job"]
         sizes[n] = len(json.dumps(submit))
-        command = submit["containerOverrides"]["command"]  # the DAG files differ in "10"
-        command[command.index("--code") + 1] = "<the DAG folder's code package>"
+        submit["parameters"]["code"] = "<the DAG folder's code package>"  # files differ in "10"
         submits[n] = submit
     print(f"FOREACH SubmitJob request: {sizes[10]} bytes for 10 items, {sizes[10_000]} for 10,000")
     small, large = (len(json.dumps(submits[n])) for n in (10, 10_000))
     assert submits[10]["arrayProperties"] == {"size": 10}
     assert submits[10_000]["arrayProperties"] == {"size": 1000}  # chunks of 10 items
-    assert submits[10]["containerOverrides"]["command"][-1] == "0-9"
-    assert submits[10_000]["containerOverrides"]["command"][-1] == "0-999"
+    assert submits[10]["parameters"]["chunks"] == "0-9"
+    assert submits[10_000]["parameters"]["chunks"] == "0-999"
     assert large - small == len("1000") - len("10") + len("0-999") - len("0-9")
     assert max(sizes.values()) < 30 * 1024  # Batch's limit on a SubmitJob request
+
+
+VARIABLES_DAG = """
+from airflow.sdk import dag
+from provider import Environment, flow_task
+
+ENV = {f"VAR_{i:02d}": "x" * (100 - len(f"VAR_{i:02d}")) for i in range(40)}
+
+
+@dag(schedule=None)
+def many_variables():
+    @flow_task(compute="batch", environment=Environment(env=ENV))
+    def configured() -> int:
+        return 1
+
+    configured()
+
+
+many_variables()
+"""
+
+
+def test_render_a_batch_task_with_40_variables_of_100_characters(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """The variables are the job definition's, with the bootstrap; the submission's overrides
+    stay well under the 8,192 characters ECS takes (flowtask counts them as ECS does: the
+    definition's command with the parameters substituted, the overrides' variables)."""
+    from provider.compute.batch import overrides_length
+
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")
+    monkeypatch.setenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE", S3_STORE)
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / "many_variables.py").write_text(VARIABLES_DAG)
+    rendered = render_pod("many_variables", "configured", compute="batch", dags_folder=folder)
+    definition, submit = rendered["register_job_definition"], rendered["submit_job"]
+    static = [v["name"] for v in definition["containerProperties"]["environment"]]
+    assert [name for name in static if name.startswith("VAR_")] == [
+        f"VAR_{i:02d}" for i in range(40)
+    ]
+    assert "VAR_00" not in json.dumps(submit)
+    size = overrides_length(definition, submit)
+    length = len(json.dumps(definition, separators=(",", ":")))
+    print(
+        f"RENDER 40 variables of 100 characters: container overrides {size} characters (of "
+        f"8192), job definition {length} bytes (of 24576), SubmitJob {len(json.dumps(submit))}"
+    )
+    assert size < 8192 / 4
 
 
 def test_flowtask_env_prints_the_resolved_lock_for_the_tasks_target(tmp_path: Path):
@@ -231,7 +299,12 @@ def test_flowtask_env_prints_the_resolved_lock_for_the_tasks_target(tmp_path: Pa
 
 
 def test_no_rendered_command_installs_anything(tmp_path: Path):
-    env = airflow_env(tmp_path, TEST_DAGS, AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE="flow-spot")
+    env = airflow_env(
+        tmp_path,
+        TEST_DAGS,
+        AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE="flow-spot",
+        AIRFLOW__FLOW_TASK__ARTIFACT_STORE=S3_STORE,
+    )
     for compute in ("kubernetes", "batch"):
         proc = subprocess.run(
             [FLOWTASK, "render", "flow_environment", "probe", "--compute", compute],

@@ -14,7 +14,7 @@ Any image's Python may run it, so it parses, and runs up to the version check, o
 later (``tests/test_bootstrap_pythons.py`` checks this with vermin): the check comes first,
 before the arguments are parsed, and names both versions.
 
-Usage: ``--python X.Y --store URI --code KEY:SIZE [--env KEY:SIZE]... [--arch ARCH]
+Usage: ``--python X.Y --store URI --code KEY:SIZE [--env KEY:SIZE[,KEY:SIZE]]... [--arch ARCH]
 [--env-cache DIR] -- RUNTIME_ARGS...``, where KEY is a blob's key in the store, which ends in
 its SHA-256.
 """
@@ -28,6 +28,7 @@ import hmac
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tarfile
@@ -36,7 +37,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import BinaryIO, NoReturn
+import xml.etree.ElementTree as ET
+from typing import Any, BinaryIO, NoReturn
 from urllib.parse import unquote, urlparse
 
 READ_CHUNK = 1 << 20
@@ -68,7 +70,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--python", required=True, help="the worker's Python, X.Y")
     parser.add_argument("--store", required=True, help="the artifact store's URI")
     parser.add_argument("--code", required=True, help="the code package's KEY:SIZE")
-    parser.add_argument("--env", action="append", default=[], help="an environment's KEY:SIZE")
+    parser.add_argument(
+        "--env", action="append", default=[], help="environments' KEY:SIZE, comma-separated"
+    )
     parser.add_argument("--arch", help="the machine the environments were built for")
     parser.add_argument("--env-cache", help="where environments are unpacked (default: temp)")
     return parser.parse_args(argv[:split]), argv[split + 1 :]
@@ -100,8 +104,6 @@ def _web_identity(region: str) -> dict:
     request.add_header("Accept", "application/json")
     with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
-    import xml.etree.ElementTree as ET
-
     found = {}
     for element in ET.fromstring(text).iter():
         name = element.tag.rpartition("}")[2]
@@ -229,43 +231,186 @@ def sign(method: str, url: str, region: str, creds: dict, now: datetime.datetime
     return headers
 
 
+# S3's addresses as botocore's endpoint rules make them (ForcePathStyle, UseGlobalEndpoint,
+# aws.partition, aws.isVirtualHostableS3Bucket), without FIPS, dual-stack, Accelerate or S3
+# Express directory buckets. tests/test_bootstrap_s3.py compares them with botocore's.
+#: (region pattern, DNS suffix) of each partition in botocore's partitions.json, in its order:
+#: the first that matches wins, else the first.
+PARTITIONS = (
+    (r"^(us|eu|ap|sa|ca|me|af|il|mx)\-\w+\-\d+$", "amazonaws.com"),
+    (r"^cn\-\w+\-\d+$", "amazonaws.com.cn"),
+    (r"^eusc\-(de)\-\w+\-\d+$", "amazonaws.eu"),
+    (r"^us\-iso\-\w+\-\d+$", "c2s.ic.gov"),
+    (r"^us\-isob\-\w+\-\d+$", "sc2s.sgov.gov"),
+    (r"^eu\-isoe\-\w+\-\d+$", "cloud.adc-e.uk"),
+    (r"^us\-isof\-\w+\-\d+$", "csp.hci.ic.gov"),
+    (r"^us\-gov\-\w+\-\d+$", "amazonaws.com"),
+)
+#: Regions a partition names outright rather than by its pattern.
+GLOBAL_REGIONS = {
+    "aws-global": "amazonaws.com",
+    "aws-cn-global": "amazonaws.com.cn",
+    "aws-iso-global": "c2s.ic.gov",
+    "aws-iso-b-global": "sc2s.sgov.gov",
+    "aws-iso-e-global": "cloud.adc-e.uk",
+    "aws-iso-f-global": "csp.hci.ic.gov",
+    "aws-us-gov-global": "amazonaws.com",
+}
+_HOST_LABEL = re.compile(r"^(?!-)[a-zA-Z\d-]{1,63}(?<!-)$")
+_IPV4 = re.compile(r"^(?:[0-9]{1,3}\.){3}[0-9]{1,3}$")
+#: What botocore takes for a region a redirect names.
+_REGION = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+
+
+def dns_suffix(region: str) -> str:
+    """The DNS suffix of the region's partition (``amazonaws.com.cn`` for ``cn-north-1``)."""
+    if region in GLOBAL_REGIONS:
+        return GLOBAL_REGIONS[region]
+    for pattern, suffix in PARTITIONS:
+        if re.match(pattern, region):
+            return suffix
+    return PARTITIONS[0][1]
+
+
+def virtual_hostable(bucket: str, dots: bool) -> bool:
+    """Whether ``bucket`` can be a host name's first label(s): lower case, 3 or more characters,
+    not an IP address, and (unless ``dots``) no dot, whose TLS certificate would not match."""
+    if len(bucket) < 3 or bucket.lower() != bucket or _IPV4.match(bucket):
+        return False
+    return all(_HOST_LABEL.match(label) for label in (bucket.split(".") if dots else [bucket]))
+
+
+def _is_ip(host: str | None) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    return True
+
+
 def s3_url(bucket: str, key: str, region: str) -> str:
-    """Path-style under a configured endpoint (moto, MinIO), virtual-hosted on AWS."""
+    """The URL of an object, as botocore builds it for the runtime's S3 client in the same
+    container: its endpoint (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``), region and
+    addressing style (``FLOWTASK_S3_ADDRESSING_STYLE``). On AWS, path style for a bucket whose
+    name has dots (``https://s3.eu-west-1.amazonaws.com/my.bucket/...``), virtual-hosted
+    otherwise, with the partition's suffix; under an endpoint, path style unless told
+    ``virtual``."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    quoted = urllib.parse.quote(key, safe="/-_.~")
     style = os.environ.get("FLOWTASK_S3_ADDRESSING_STYLE", "auto")
-    if endpoint and style != "virtual":
-        return "{}/{}/{}".format(endpoint.rstrip("/"), bucket, quoted)
+    path = "/" + urllib.parse.quote(key, safe="/~") if key else ""  # no key: the bucket
+    encoded = urllib.parse.quote(bucket, safe="")
     if endpoint:
-        parsed = urlparse(endpoint)
-        return f"{parsed.scheme}://{bucket}.{parsed.netloc}/{quoted}"
-    return f"https://{bucket}.s3.{region}.amazonaws.com/{quoted}"
+        url = urlparse(endpoint)
+        if virtual_hostable(bucket, False):
+            virtual = style == "virtual" and not _is_ip(url.hostname)
+        else:  # a dotted name: a virtual host over plain HTTP only, where no certificate is
+            virtual = style == "virtual" and url.scheme == "http" and virtual_hostable(bucket, True)
+        if virtual:
+            within = url.path.rstrip("/") + path if path else url.path or "/"
+            return f"{url.scheme}://{bucket}.{url.netloc}{within}"
+        base = url.path if url.path.endswith("/") else url.path + "/"
+        return f"{url.scheme}://{url.netloc}{base}{encoded}{path}"
+    legacy = os.environ.get("AWS_S3_US_EAST_1_REGIONAL_ENDPOINT", "legacy") == "legacy"
+    if region == "aws-global" or (region == "us-east-1" and legacy):
+        host = "s3." + dns_suffix(region)
+    else:
+        host = f"s3.{region}.{dns_suffix(region)}"
+    if style != "path" and virtual_hostable(bucket, False):
+        return "https://{}.{}{}".format(bucket, host, path or "/")
+    return f"https://{host}/{encoded}{path}"
+
+
+def signing_region(region: str) -> str:
+    return "us-east-1" if region == "aws-global" else region
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """S3 redirects to another region with the request signed for this one: not followed."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def _get(url: str, region: str, creds: dict, method: str = "GET") -> Any:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    headers = sign(method, url, signing_region(region), creds, now)
+    request = urllib.request.Request(url, headers=headers, method=method)
+    return _OPENER.open(request, timeout=60)
+
+
+def _error_fields(body: bytes) -> dict:
+    """``Code`` and ``Region`` of an S3 error body, where it has them."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return {}
+    return {child.tag: child.text or "" for child in root if child.tag in ("Code", "Region")}
+
+
+def bucket_region(
+    error: urllib.error.HTTPError, said: bytes, bucket: str, region: str, creds: dict
+) -> str | None:
+    """The region S3 says the bucket is in, when ``error`` says it is not in ``region``, as
+    botocore reads it (S3RegionRedirectorv2): a redirect status, ``PermanentRedirect``,
+    ``AuthorizationHeaderMalformed`` naming a region, ``IllegalLocationConstraintException``;
+    the region from the ``x-amz-bucket-region`` header, else the error's ``Region``, else a
+    HEAD of the bucket."""
+    fields = _error_fields(said)
+    code = fields.get("Code")
+    moved = (
+        error.code in (301, 302, 307)
+        or code in ("PermanentRedirect", "IllegalLocationConstraintException")
+        or (code == "AuthorizationHeaderMalformed" and "Region" in fields)
+    )
+    if not moved:
+        return None
+    found = error.headers.get("x-amz-bucket-region") or fields.get("Region")
+    if not found:
+        try:
+            with _get(s3_url(bucket, "", region), region, creds, "HEAD") as response:
+                found = response.headers.get("x-amz-bucket-region")
+        except urllib.error.HTTPError as head:
+            found = head.headers.get("x-amz-bucket-region")
+        except OSError:
+            found = None
+    return found if found and _REGION.match(found) else None
 
 
 def s3_download(bucket: str, key: str, out: BinaryIO, attempts: int = 5) -> None:
-    """GET an object into the binary file ``out``; 5xx, throttling and resets are retried."""
+    """GET an object into the binary file ``out``; 5xx, throttling and resets are retried, and a
+    bucket in another region than the container's is followed there once."""
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     creds = credentials(region)
-    url = s3_url(bucket, key, region)
-    for attempt in range(attempts):
+    redirected = False
+    attempt = 0
+    while True:
         out.seek(0)
         out.truncate()
-        now = datetime.datetime.now(datetime.timezone.utc)
-        request = urllib.request.Request(url, headers=sign("GET", url, region, creds, now))
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with _get(s3_url(bucket, key, region), region, creds) as response:
                 shutil.copyfileobj(response, out, READ_CHUNK)
             return
         except urllib.error.HTTPError as error:
             if error.code == 404:
                 fail(f"s3://{bucket}/{key} is not in the artifact store")
+            said = error.read()[:2000]
+            moved = None if redirected else bucket_region(error, said, bucket, region, creds)
+            if moved is not None and moved != region:
+                print(f"flowtask bootstrap: bucket {bucket} is in {moved}, not {region}")
+                region, redirected = moved, True
+                continue
             if (error.code < 500 and error.code != 429) or attempt + 1 == attempts:
-                said = error.read()[:300].decode(errors="replace")
-                fail(f"s3://{bucket}/{key}: {error.code} {said}")
+                fail(f"s3://{bucket}/{key}: {error.code} {said[:300].decode(errors='replace')}")
         except OSError as error:
             if attempt + 1 == attempts:
                 fail(f"s3://{bucket}/{key}: {error}")
         time.sleep(min(10.0, 0.2 * 2**attempt))
+        attempt += 1
 
 
 def fetch(store: str, key: str, out: BinaryIO) -> None:
@@ -385,6 +530,7 @@ def main(argv: list[str]) -> int:
     started = time.time()
     check_python(argv)
     options, runtime_args = parse(argv)
+    options.env = [spec for given in options.env for spec in given.split(",") if spec]
     check_arch(options.arch)
     work = tempfile.mkdtemp(prefix="flowtask-")
     used = []

@@ -15,10 +15,13 @@ from provider.store.keys import blob_key
 BOOTSTRAP_SOURCE = Path(__file__).with_name("bootstrap.py").read_text()
 
 
+#: Where a Batch job definition keeps the compressed bootstrap (its command reads it there).
+BOOTSTRAP_ENV = "FLOWTASK_BOOTSTRAP"
+
+
 @lru_cache(maxsize=1)
-def bootstrap_program(source: str = BOOTSTRAP_SOURCE) -> str:
-    """The bootstrap as a ``-c`` program: without docstrings and annotations, compressed and in
-    base64 (ECS takes 8,192 characters of container overrides, the command included)."""
+def packed_bootstrap(source: str = BOOTSTRAP_SOURCE) -> str:
+    """The bootstrap without docstrings and annotations, compressed, in base64."""
     import ast
     import base64
     import zlib
@@ -34,10 +37,25 @@ def bootstrap_program(source: str = BOOTSTRAP_SOURCE) -> str:
             node.returns = None
         elif isinstance(node, ast.arg):
             node.annotation = None
-    packed = base64.b64encode(zlib.compress(ast.unparse(tree).encode(), 9)).decode()
+    return base64.b64encode(zlib.compress(ast.unparse(tree).encode(), 9)).decode()
+
+
+def bootstrap_program() -> str:
+    """The bootstrap as a ``-c`` program, compressed (a pod's command carries it whole)."""
     return (
         "# flowtask bootstrap (provider/compute/bootstrap.py, compressed)\n"
-        f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed}')))"
+        f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed_bootstrap()}')))"
+    )
+
+
+def bootstrap_launcher() -> str:
+    """A ``-c`` program that runs the bootstrap kept in ``$FLOWTASK_BOOTSTRAP`` (a Batch job
+    definition's variable: ECS takes 8,192 characters of overrides per job, the command
+    included), and removes it from the environment the task sees."""
+    return (
+        f"# flowtask bootstrap (provider/compute/bootstrap.py, compressed in ${BOOTSTRAP_ENV})\n"
+        f"import base64,os,zlib;exec(zlib.decompress(base64.b64decode(os.environ.pop("
+        f"'{BOOTSTRAP_ENV}'))))"
     )
 
 
@@ -88,6 +106,7 @@ def bootstrap_command(
     env_cache: str | None = None,
     python: str = "python3",
     foreach: Sequence[str] = (),
+    program: str | None = None,
 ) -> list[str]:
     """Argv for a container: fetch the code package and the ``environments`` (archives, the
     first in front), then run the payload.
@@ -95,9 +114,11 @@ def bootstrap_command(
     ``arch`` is the machine the environments were built for (checked first); ``env_cache`` where
     they are unpacked (else a temp folder). With ``foreach`` (``--chunk N``, or ``--chunk-env
     VAR --chunks LIST``) it runs those chunks of a ``.foreach`` payload instead. ``python3`` is
-    on the PATH of the official Python images and of distribution images alike.
+    on the PATH of the official Python images and of distribution images alike. ``program`` is
+    the ``-c`` program (:func:`bootstrap_launcher` for a Batch job), else the bootstrap itself.
     """
-    argv = [python, "-c", bootstrap_program(), "--python", worker_python(), "--store", store_uri]
+    program = program or bootstrap_program()
+    argv = [python, "-c", program, "--python", worker_python(), "--store", store_uri]
     argv += ["--code", f"{blob_key(code_package.sha256)}:{code_package.size}"]
     for archive in environments:
         argv += ["--env", f"{blob_key(archive.sha256)}:{archive.size}"]

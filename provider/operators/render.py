@@ -2,8 +2,10 @@
 
 For Kubernetes, the pod (``build_pod_request_obj(dry_run=True)``), or for a ``.foreach`` the
 Indexed Job (``KubernetesJobOperator.build_job_request_obj``, built the same way); for AWS
-Batch, the ``register_job_definition`` request and the ``submit_job`` request ``BatchOperator``
-sends (recorded from its own ``submit_job`` by a client that sends nothing).
+Batch, the ``register_job_definition`` request (the command, with ``Ref::`` placeholders, and
+the variables) and the ``submit_job`` request ``BatchOperator`` sends (the placeholders'
+values and the short overrides; recorded from its own ``submit_job`` by a client that sends
+nothing).
 """
 
 from __future__ import annotations
@@ -204,8 +206,7 @@ def _first_job(spec: Any, manifest_key: str, items: Any) -> Any:
 
 def _chunks_at_run_time(request: dict[str, Any]) -> None:
     request["arrayProperties"] = {"size": CHUNKS_AT_RUN_TIME}
-    command = request["containerOverrides"]["command"]
-    command[command.index("--chunks") + 1] = CHUNKS_AT_RUN_TIME
+    request["parameters"]["chunks"] = CHUNKS_AT_RUN_TIME
 
 
 def resolve_lock(

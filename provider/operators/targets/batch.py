@@ -31,11 +31,13 @@ class BatchTarget(ComputeTarget):
         self._request: dict[str, Any] = {}
         self._launch: dict[str, Any] = {}
         self._watch: Any = None
+        self._arns: set[str] = set()  # job definitions this try has logged
 
     def check(self, spec: TaskSpec) -> None:
+        from provider import config
         from provider.compute.batch import check_batch
 
-        check_batch(spec, batch_options(spec))
+        check_batch(spec, batch_options(spec), config.artifact_store_uri())
 
     def prepare(self, run: TaskRun) -> dict[str, Reference]:
         from airflow.sdk.exceptions import AirflowFailException
@@ -101,11 +103,7 @@ class BatchTarget(ComputeTarget):
         from provider import config
         from provider.compute.batch_array import describe_lost_chunks
         from provider.operators.targets.batch_foreach import ArrayWatch
-        from provider.operators.targets.batch_jobs import (
-            discard_payload,
-            job_definition_arn,
-            running_jobs,
-        )
+        from provider.operators.targets.batch_jobs import discard_payload, running_jobs
 
         plan = run.foreach
         self._operator = op = batch_operator(run.task_id, self._request)
@@ -134,9 +132,6 @@ class BatchTarget(ComputeTarget):
                 len(job.chunks),
             )
             watch.adopt(job.job_id, job.chunks)
-        if watch.todo:
-            arn, registered = job_definition_arn(client, self._definition)
-            run.log.info("job definition %s (%s)", arn, "registered" if registered else "found")
         watch.run()
         lost = watch.lost()
         _log_tails(op, lost[:3], run.log)
@@ -150,8 +145,15 @@ class BatchTarget(ComputeTarget):
         return Outcome(run.manifest_key, exit_code=0 if ended else 1, failure=failure)
 
     def _submit(self, run: TaskRun, job: Any, context: Any) -> str:
-        """Submit one job of chunks through ``BatchOperator``; its id."""
-        _, request = batch_requests(run.spec, **self._launch, foreach=job)
+        """Submit one job of chunks through ``BatchOperator``, its job definition registered
+        first if need be (an array's command differs from a job of one chunk's); its id."""
+        from provider.operators.targets.batch_jobs import job_definition_arn
+
+        definition, request = batch_requests(run.spec, **self._launch, foreach=job)
+        arn, registered = job_definition_arn(self._operator.hook.client, definition)
+        if arn not in self._arns:
+            self._arns.add(arn)
+            run.log.info("job definition %s (%s)", arn, "registered" if registered else "found")
         op = batch_operator(run.task_id, request)
         op.__dict__["hook"] = self._operator.hook  # one client for every submission
         op.log_overrides = not self._watch.jobs  # the first submission logs its command
@@ -185,17 +187,15 @@ def batch_requests(
     environments: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``register_job_definition`` and ``submit_job`` requests of one task try (with
-    ``foreach``, of the job that runs those chunks: the same definition)."""
+    ``foreach``, of the job that runs those chunks)."""
     from provider import config
     from provider.compute import bootstrap_command
-    from provider.compute.batch import check_batch, job_definition_request, submit_job_request
+    from provider.compute.batch import batch_job, check_batch
+    from provider.compute.command import bootstrap_launcher
 
     options = batch_options(spec)
-    check_batch(spec, options)
-    definition = job_definition_request(
-        spec, image=spec.environment.image or config.default_image(), options=options
-    )
-    command = bootstrap_command(
+    check_batch(spec, options, store_uri)
+    argv = bootstrap_command(
         store_uri,
         code,
         payload,
@@ -203,19 +203,19 @@ def batch_requests(
         foreach=() if foreach is None else foreach.runtime_mode,
         environments=environments.archives if environments is not None else (),
         arch=environments.arch if environments is not None else None,
+        program=bootstrap_launcher(),
     )
-    request = submit_job_request(
+    return batch_job(
         spec,
-        identity=identity,
-        command=command,
+        argv=argv,
+        image=spec.environment.image or config.default_image(),
         options=options,
-        job_definition=definition["jobDefinitionName"],
+        identity=identity,
         store_uri=store_uri,
         manifest_key=manifest_key,
         env=config.pod_store_env(),
         foreach=foreach,
     )
-    return definition, request
 
 
 def batch_operator(task_id: str, request: Mapping[str, Any]) -> Any:
@@ -301,12 +301,6 @@ def _log_tails(op: Any, lost: Any, log: Any) -> None:
 
 def _warn_what_batch_ignores(run: TaskRun) -> None:
     resources = run.spec.resources
-    if run.store.root_uri.startswith("file://"):
-        run.log.warning(
-            "the artifact store %s is a local folder: Batch jobs can only use it where their "
-            "hosts mount the same path; set [flow_task] artifact_store to an s3:// URI",
-            run.store.root_uri,
-        )
     if resources.disk is not None:
         run.log.warning(
             "resources.disk=%d MiB is not set per job on EC2: the compute environment's launch "

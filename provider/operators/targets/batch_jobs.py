@@ -90,8 +90,9 @@ def running_jobs(client: Any, queue: str, name: str, store: ArtifactStore) -> li
         if not manifest or _exists(store, manifest):
             continue
         foreach = env.get("FLOWTASK_FOREACH")
-        chunks = _chunks(container) if foreach else ()
-        payload = _payload(container)
+        parameters = job.get("parameters") or {}
+        chunks = _chunks(parameters) if foreach else ()
+        payload = _payload(parameters)
         left.append(RunningJob(job["jobId"], job["status"], manifest, payload, foreach, chunks))
     return left
 
@@ -135,23 +136,21 @@ def _exists(store: ArtifactStore, manifest_key: str) -> bool:
     return True
 
 
-def _chunks(container: Mapping[str, Any]) -> tuple[int, ...]:
-    """The chunks a ``.foreach`` job's command runs (``--chunk N`` or ``--chunks LIST``)."""
+def _chunks(parameters: Mapping[str, str]) -> tuple[int, ...]:
+    """The chunks a ``.foreach`` job runs, from its parameters (``chunks`` or ``one_chunk``)."""
     from provider.runtime.foreach import parse_chunks
 
-    command = list(container.get("command") or [])
-    for flag, read in (("--chunks", parse_chunks), ("--chunk", lambda text: [int(text)])):
-        if flag in command[:-1]:
-            return tuple(read(command[command.index(flag) + 1]))
+    if "chunks" in parameters:
+        return tuple(parse_chunks(parameters["chunks"]))
+    if parameters.get("one_chunk", "").isdigit():
+        return (int(parameters["one_chunk"]),)
     return ()
 
 
-def _payload(container: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    command = list(container.get("command") or [])
-    if "--payload" not in command[:-1]:
-        return None
+def _payload(parameters: Mapping[str, str]) -> Mapping[str, Any] | None:
+    """The payload reference of a job's try, from its parameters."""
     try:
-        payload = json.loads(command[command.index("--payload") + 1])
+        payload = json.loads(parameters.get("payload") or "")
     except ValueError:
         return None
     return payload if isinstance(payload, dict) else None

@@ -75,7 +75,7 @@ class AttemptsLogFetcher(AwsTaskLogFetcher):
 
 
 class _WithoutOverrides:
-    """A task logger that leaves out the container overrides (the 6 KB bootstrap command)."""
+    """A task logger that leaves out the container overrides (logged once per foreach try)."""
 
     def __init__(self, log: Any) -> None:
         self._log = log
