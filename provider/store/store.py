@@ -161,6 +161,21 @@ class ArtifactStore:
         found = self.backend.stat(self._key_of(ref))
         return found is not None and found.size == ref.size
 
+    def reuse(self, ref: Reference | Mapping[str, Any]) -> bool:
+        """Whether the blob ``ref`` names is stored here intact, checked as a dedup hit checks it:
+        one stat (or HEAD) while it is younger than ``RENEW_AFTER``; an older one is read back,
+        its SHA-256 checked and its age renewed. So gc (grace at least ``RENEW_AFTER``) keeps it
+        while the caller names it in a manifest, as it keeps what ``put`` returns. False: it is
+        not stored, or damaged (store it again)."""
+        ref = Reference.from_json(ref)
+        key = self._key_of(ref)
+        found = self.backend.stat(key)
+        if found is None or found.size != ref.size:
+            return False
+        if self.clock() - found.modified < RENEW_AFTER.total_seconds():
+            return True
+        return self._verify_and_renew(key, ref.uri, ref.sha256, found)
+
     def get_bytes(self, ref: Reference | Mapping[str, Any]) -> bytearray:
         """A blob's stored bytes (a code package, an environment), size and hash checked."""
         return self._read_verified(Reference.from_json(ref))
