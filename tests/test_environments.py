@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import tarfile
 from importlib.metadata import version
@@ -316,3 +317,44 @@ def test_an_environment_that_cannot_be_built_fails_the_task_before_anything_is_l
     monkeypatch.setenv("UV_INDEX_URL", "http://127.0.0.1:9/simple")
     said = prepare(["ftpure==9.9"])
     assert "no package index reachable while resolving 'ftpure==9.9'" in said
+
+
+def _new_worker(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that never ran anything: its own Airflow home (so an empty environment cache)
+    and its own uv cache."""
+    monkeypatch.setenv("AIRFLOW_HOME", str(home))
+    monkeypatch.setenv("UV_CACHE_DIR", str(home / "uv-cache"))
+
+
+@pytest.mark.parametrize("target", [X86, worker_target()], ids=["x86_64", "local"])
+def test_two_fresh_workers_build_byte_identical_archives(target, wheels, tmp_path, monkeypatch):
+    """The same requirements built on two workers that share nothing (homes, uv caches, stores;
+    the wheels even carry other file times) make one environment id and the same archive,
+    byte for byte; its bytecode stays valid where it is unpacked (it records the time and size
+    its source member has)."""
+    archives = []
+    for name in ("a", "b"):
+        _new_worker(tmp_path / name, monkeypatch)
+        store = open_store((tmp_path / name / "store").as_uri())
+        cache = EnvironmentCache(tmp_path / name / "cache", 2**30)
+        built = _built(store, ("ftdeps", "six==1.16.0"), target, cache)
+        assert built.how == "built" and built.archive is not None
+        archives.append((built.env_id, built.archive.sha256, bytes(store.get_bytes(built.archive))))
+        for wheel in wheels.glob("*.whl"):
+            os.utime(wheel, (1e9, 1e9))
+    (id_a, sha_a, data_a), (id_b, sha_b, data_b) = archives
+    assert id_a == id_b and sha_a == sha_b and data_a == data_b
+    assert data_a[4:8] == b"\0\0\0\0"  # no time in the gzip header
+
+    with tarfile.open(fileobj=io.BytesIO(data_a)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert len({m.mtime for m in members.values()}) == 1
+        assert {(m.uid, m.gid, m.uname, m.gname) for m in members.values()} == {(0, 0, "", "")}
+        compiled = [name for name in members if name.endswith(".pyc")]
+        assert compiled and ".lock" not in members
+        for name in compiled:
+            source = members[name.replace("__pycache__/", "").rsplit(".", 2)[0] + ".py"]
+            header = tar.extractfile(name).read(16)  # type: ignore[union-attr]
+            assert int.from_bytes(header[4:8], "little") == 0  # timestamp-checked
+            assert int.from_bytes(header[8:12], "little") == source.mtime
+            assert int.from_bytes(header[12:16], "little") == source.size
