@@ -30,3 +30,18 @@ def assert_gc_keeps_everything_reachable(
     for sha, owner in wanted.items():
         data = store.backend.read_bytes(blob_key(sha))
         assert hashlib.sha256(data).hexdigest() == sha, f"{sha} of {owner} is damaged"
+
+
+def assert_environments_kept(store: ArtifactStore) -> None:
+    """After gc: the store's environment index entries are all there, and every archive and
+    lock they name is stored intact (the tries that used them name them)."""
+    from provider.store.keys import ENVIRONMENTS_PREFIX
+
+    entries = list(store.list_manifests(ENVIRONMENTS_PREFIX))
+    assert entries, "no environment index entry: the check would prove nothing"
+    for key in entries:
+        named = list(referenced_hashes(store.read_manifest(key)))
+        assert len(named) == 2, f"{key} names {named}, not an archive and a lock"
+        for sha in named:
+            data = store.backend.read_bytes(blob_key(sha))
+            assert hashlib.sha256(data).hexdigest() == sha, f"{sha} of {key} is damaged"
