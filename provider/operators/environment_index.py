@@ -34,9 +34,10 @@ FIELDS = ("id", "requirements", "python", "platform", "lock_text", "archive", "l
 def read_entry(store: ArtifactStore, key: str, target: Target) -> dict[str, Any] | None:
     """The store's entry for ``key`` (one GET), or None: missing, or not a valid entry for
     ``target`` (logged; the caller builds and writes it again)."""
-    where = f"{store.root_uri}/{environment_index_key(key)}"
+    name = environment_index_key(key)
+    where = f"{store.root_uri}/{name}"
     try:
-        document = store.read_manifest(environment_index_key(key))
+        document = store.read_manifest(name)
     except MissingArtifact:
         return None
     except BadManifest as error:
@@ -46,7 +47,7 @@ def read_entry(store: ArtifactStore, key: str, target: Target) -> dict[str, Any]
     if problem is not None:
         log.warning("ignoring the environment index entry %s: %s", where, problem)
         return None
-    return {name: document[name] for name in FIELDS}
+    return {field: document[field] for field in FIELDS}
 
 
 def write_entry(store: ArtifactStore, key: str, entry: dict[str, Any]) -> None:
