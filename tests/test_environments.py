@@ -437,8 +437,8 @@ def test_on_s3_a_new_worker_finds_an_environment_with_four_requests(moto, wheels
     }
 
 
-@pytest.mark.parametrize("target", [X86, worker_target()], ids=["x86_64", "local"])
-def test_two_fresh_workers_build_byte_identical_archives(target, wheels, tmp_path, monkeypatch):
+@pytest.mark.parametrize("compute", ["local", "kubernetes"])
+def test_two_fresh_workers_build_byte_identical_archives(compute, wheels, tmp_path, monkeypatch):
     """The same requirements built on two workers that share nothing (homes, uv caches, stores;
     the wheels even carry other file times) make one environment id and the same archive,
     byte for byte; its bytecode stays valid where it is unpacked (it records the time and size
@@ -447,10 +447,10 @@ def test_two_fresh_workers_build_byte_identical_archives(target, wheels, tmp_pat
     for name in ("a", "b"):
         _new_worker(tmp_path / name, monkeypatch)
         store = open_store((tmp_path / name / "store").as_uri())
-        cache = EnvironmentCache(tmp_path / name / "cache", 2**30)
-        built = _built(store, ("ftdeps", "six==1.16.0"), target, cache)
-        assert built.how == "built" and built.archive is not None
-        archives.append((built.env_id, built.archive.sha256, bytes(store.get_bytes(built.archive))))
+        built = _prepare(store, compute, ["ftdeps", "six==1.16.0"])["environment"]
+        assert built["how"] == "built"
+        data = bytes(store.get_bytes(built["archive"]))
+        archives.append((built["id"], built["archive"]["sha256"], data))
         for wheel in wheels.glob("*.whl"):
             os.utime(wheel, (1e9, 1e9))
     (id_a, sha_a, data_a), (id_b, sha_b, data_b) = archives
@@ -490,16 +490,24 @@ def _age(store, refs: list[Any]) -> Any:
 
 
 def test_an_environment_found_again_renews_the_age_of_its_archive_and_lock(
-    shared_store, wheels, tmp_path
+    shared_store, wheels, tmp_path, monkeypatch
 ):
     """A stored archive and lock older than RENEW_AFTER that a worker uses again — found in its
     own cache, or through the store's index by a new worker — are checked and renewed, as a
     dedup hit is: gc (grace >= RENEW_AFTER) keeps what a try is about to name."""
-    first = _built(shared_store, ("ftdeps",), X86, EnvironmentCache(tmp_path / "a", 2**30))
+    from provider.store import Reference
+
+    _new_worker(tmp_path / "a", monkeypatch)
+    first = _prepare(shared_store, "kubernetes", ["ftdeps"])["environment"]
+    stored = [Reference.from_json(first[name]) for name in ("archive", "lock")]
     for worker, how in (("a", "cached"), ("b", "fetched")):
-        renewed = _age(shared_store, [first.archive, first.lock])
-        again = _built(shared_store, ("ftdeps",), X86, EnvironmentCache(tmp_path / worker, 2**30))
-        assert (again.how, again.archive, again.lock) == (how, first.archive, first.lock)
+        _new_worker(tmp_path / worker, monkeypatch)
+        renewed = _age(shared_store, stored)
+        again = _prepare(shared_store, "kubernetes", ["ftdeps"])["environment"]
+        assert (again["how"], again["archive"], again["lock"]) == (
+            how,
+            *(r.to_json() for r in stored),
+        )
         assert renewed(), worker
 
 
