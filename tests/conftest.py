@@ -150,12 +150,17 @@ DagsTest = Callable[..., DagRunResult]
 
 @pytest.fixture
 def dags_test(migrated_db: Path, tmp_path: Path) -> Iterator[DagsTest]:
-    """Run ``airflow dags test DAG_ID [-c CONF]`` in a fresh Airflow home."""
+    """Run ``airflow dags test DAG_ID [-c CONF]`` in a fresh Airflow home (``home``: another
+    one, a second worker's)."""
 
     def run(
-        dag_id: str, conf: dict | None = None, dags_folder: Path = EXAMPLES, **env: str
+        dag_id: str,
+        conf: dict | None = None,
+        dags_folder: Path = EXAMPLES,
+        home: Path | None = None,
+        **env: str,
     ) -> DagRunResult:
-        home = tmp_path / "airflow_home"
+        home = home or tmp_path / "airflow_home"
         home.mkdir(exist_ok=True)
         shutil.copy(migrated_db, home / "airflow.db")
         argv = [AIRFLOW, "dags", "test", dag_id]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from provider.store import ArtifactStore, Reference, codec, compression, is_reference, open_store
-from provider.store.gc import collect_garbage
+from provider.store.gc import collect_garbage, referenced_hashes
 from provider.store.keys import blob_key
 from provider.store.store import CHUNKS_ENCODING
 
@@ -63,3 +63,18 @@ def _references(value: Any) -> list[dict[str, Any]]:
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
     return found
+
+
+def assert_environments_kept(store: ArtifactStore) -> None:
+    """After gc: the store's environment index entries are all there, and every archive and
+    lock they name is stored intact (the tries that used them name them)."""
+    from provider.store.keys import ENVIRONMENTS_PREFIX
+
+    entries = list(store.list_manifests(ENVIRONMENTS_PREFIX))
+    assert entries, "no environment index entry: the check would prove nothing"
+    for key in entries:
+        named = list(referenced_hashes(store.read_manifest(key)))
+        assert len(named) == 2, f"{key} names {named}, not an archive and a lock"
+        for sha in named:
+            data = store.backend.read_bytes(blob_key(sha))
+            assert hashlib.sha256(data).hexdigest() == sha, f"{sha} of {key} is damaged"

@@ -3,16 +3,19 @@ cached on the worker, stored, and what fails says why."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import re
 import tarfile
+import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pytest
-from wheels import local_index, make_wheel, no_index, probe_wheels
+from wheels import local_index, make_wheel, no_index, probe_wheels, unreachable_index
 
 from provider.compute import environment_build as uv
 from provider.compute.environment import (
@@ -224,7 +227,6 @@ def test_a_local_task_gets_a_package_the_worker_lacks_and_a_second_run_reuses_it
     built, cached = (_SECONDS.search(run.output) for run in (first, second))
     assert built is not None and cached is not None, first.output[-3000:]
     assert (built[2], cached[2]) == ("built", "found cached") and built[1] == cached[1]
-    print(f"environment: built in {built[3]}s, found cached in {cached[3]}s")  # for the note
 
     store = open_store(first.artifacts.as_uri())
     results = [m for m in second.manifests("flow_environment") if m["task_id"] == "probe"]
@@ -245,6 +247,32 @@ def test_a_local_task_gets_a_package_the_worker_lacks_and_a_second_run_reuses_it
     assert record["packages"] == {"ftprobe": "1.0"} and record["python"] == worker_target().python
     assert record["platform"] == worker_target().platform and record["id"].startswith(built[1])
     assert store.has(record["archive"]) and store.has(record["lock"])
+
+    # A new worker (its own home and uv cache, the same store) that reaches no package index:
+    # the environment comes through the store's index, the same one.
+    worker = tmp_path / "worker_b"
+    third = dags_test(
+        "flow_environment",
+        dags_folder=TEST_DAGS,
+        home=worker,
+        AIRFLOW__FLOW_TASK__ARTIFACT_STORE=store.root_uri,
+        UV_CACHE_DIR=str(worker / "uv-cache"),
+        **unreachable_index(tmp_path / "offline"),
+    )
+    assert third.returncode == 0, third.output[-6000:]
+    fetched = _SECONDS.search(third.output)
+    assert fetched is not None and (fetched[1], fetched[2]) == (built[1], "fetched from the store")
+    print(f"environment: built in {built[3]}s, found cached in {cached[3]}s, fetched from the "
+          f"store in {fetched[3]}s")  # fmt: skip
+    results = [m for m in first.manifests("flow_environment") if m["task_id"] == "probe"]
+    files = [store.get(m["result"]["file"]) for m in results]
+    assert len(files) == 3 and sum(f.startswith(str(worker / "flowtask")) for f in files) == 1
+
+    # gc (grace 0) after the runs deletes nothing a run, an environment or the index needs.
+    from reachability import assert_environments_kept, assert_gc_keeps_everything_reachable
+
+    assert_gc_keeps_everything_reachable(store, {})
+    assert_environments_kept(store)
 
 
 def _pypi_reachable() -> bool:
@@ -316,3 +344,215 @@ def test_an_environment_that_cannot_be_built_fails_the_task_before_anything_is_l
     monkeypatch.setenv("UV_INDEX_URL", "http://127.0.0.1:9/simple")
     said = prepare(["ftpure==9.9"])
     assert "no package index reachable while resolving 'ftpure==9.9'" in said
+
+
+# --- across workers: the store's index, reproducible archives, renewed ages ---------------
+
+
+@pytest.fixture(params=["folder", "s3"])
+def shared_store(request, tmp_path: Path):
+    """One artifact store that every worker of a test shares: a folder, or moto's S3."""
+    if request.param == "folder":
+        return open_store((tmp_path / "shared-store").as_uri())
+    from conftest import BUCKET, s3_client
+
+    moto = request.getfixturevalue("moto")
+    return open_store(f"s3://{BUCKET}/{request.node.name}", s3_client=s3_client(moto.endpoint))
+
+
+def _new_worker(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that never ran anything: its own Airflow home (so an empty environment cache)
+    and its own uv cache."""
+    monkeypatch.setenv("AIRFLOW_HOME", str(home))
+    monkeypatch.setenv("UV_CACHE_DIR", str(home / "uv-cache"))
+
+
+def _prepare(store, compute: str, pip: list[str]) -> dict[str, Any]:
+    """What a try records of its environments, after the compute target's ``prepare``."""
+    from provider import Environment, TaskSpec
+    from provider.operators.targets import compute_target
+
+    spec = TaskSpec(compute=compute, environment=Environment(pip=pip))
+    return compute_target(compute).prepare(_try_of(store, spec))
+
+
+def _index_entries(store) -> dict[str, dict[str, Any]]:
+    return {key: store.read_manifest(key) for key in store.list_manifests("environments")}
+
+
+@pytest.mark.parametrize("compute", ["local", "kubernetes"])
+def test_a_new_worker_with_no_package_index_fetches_the_environment_from_the_store(
+    compute, shared_store, wheels, tmp_path, monkeypatch
+):
+    """Worker A resolves and builds; worker B (a fresh home: no cache; the same store) reaches
+    no package index, finds the environment in the store's index and fetches its archive: the
+    same id, archive and lock, nothing resolved or built again. On S3 the runtime's own
+    environment (kubernetes) comes the same way."""
+    _new_worker(tmp_path / "a", monkeypatch)
+    built = _prepare(shared_store, compute, ["ftdeps"])
+    assert built["environment"]["how"] == "built"
+    entries = _index_entries(shared_store)
+
+    _new_worker(tmp_path / "b", monkeypatch)
+    for name, value in unreachable_index(tmp_path / "offline").items():
+        monkeypatch.setenv(name, value)
+    fetched = _prepare(shared_store, compute, ["ftdeps"])
+    assert set(fetched) == set(built)
+    for name in set(built) - {"code_package"}:  # the task's, and the runtime's on S3
+        first, again = built[name], fetched[name]
+        assert (first["how"], again["how"]) == ("built", "fetched"), name
+        for field in ("id", "archive", "lock", "packages", "platform", "python"):
+            assert again[field] == first[field], (name, field)
+    assert fetched["environment"]["packages"] == {"ftdeps": "1.0", "ftpure": "2.0"}
+    if compute == "local":  # unpacked on worker B, in front of its packages
+        site = tmp_path / "b" / "flowtask" / "environments" / "envs" / built["environment"]["id"]
+        assert (site / "site" / "ftpure" / "__init__.py").read_text() == "VALUE = 'ftpure 2.0'\n"
+    assert _index_entries(shared_store) == entries  # found, not written again
+    assert [e["id"] for e in entries.values() if e["requirements"] == ["ftdeps"]] == [
+        built["environment"]["id"]
+    ]
+
+
+def test_on_s3_a_new_worker_finds_an_environment_with_four_requests(moto, wheels, tmp_path):
+    """The store's index costs one GET of a small JSON: a new worker then checks the archive
+    (HEAD), fetches it (GET) and checks the lock (HEAD); a worker that has it cached only checks
+    both. Building it: the lookup, each blob checked and put, and the index entry put."""
+    from conftest import BUCKET, s3_client
+
+    store = open_store(f"s3://{BUCKET}/four-requests", s3_client=s3_client(moto.endpoint))
+    calls: list[str] = []
+    store.backend.client.meta.events.register(  # type: ignore[attr-defined]
+        "before-call.s3.*", lambda model, **_: calls.append(model.name)
+    )
+    seen = {}
+    for worker in ("a", "b", "b"):
+        calls.clear()
+        built = _built(store, ("ftdeps",), X86, EnvironmentCache(tmp_path / worker, 2**30))
+        seen[built.how] = list(calls)
+    head_put = ["HeadObject", "PutObject"]
+    assert seen == {
+        "built": ["GetObject", *head_put, *head_put, "PutObject"],
+        "fetched": ["GetObject", "HeadObject", "GetObject", "HeadObject"],
+        "cached": ["HeadObject", "HeadObject"],
+    }
+
+
+@pytest.mark.parametrize("compute", ["local", "kubernetes"])
+def test_two_fresh_workers_build_byte_identical_archives(compute, wheels, tmp_path, monkeypatch):
+    """The same requirements built on two workers that share nothing (homes, uv caches, stores;
+    the wheels even carry other file times) make one environment id and the same archive,
+    byte for byte; its bytecode stays valid where it is unpacked (it records the time and size
+    its source member has)."""
+    archives = []
+    for name in ("a", "b"):
+        _new_worker(tmp_path / name, monkeypatch)
+        store = open_store((tmp_path / name / "store").as_uri())
+        built = _prepare(store, compute, ["ftdeps", "six==1.16.0"])["environment"]
+        assert built["how"] == "built"
+        data = bytes(store.get_bytes(built["archive"]))
+        archives.append((built["id"], built["archive"]["sha256"], data))
+        for wheel in wheels.glob("*.whl"):
+            os.utime(wheel, (1e9, 1e9))
+    (id_a, sha_a, data_a), (id_b, sha_b, data_b) = archives
+    assert id_a == id_b and sha_a == sha_b and data_a == data_b
+    assert data_a[4:8] == b"\0\0\0\0"  # no time in the gzip header
+
+    with tarfile.open(fileobj=io.BytesIO(data_a)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert len({m.mtime for m in members.values()}) == 1
+        assert {(m.uid, m.gid, m.uname, m.gname) for m in members.values()} == {(0, 0, "", "")}
+        compiled = [name for name in members if name.endswith(".pyc")]
+        assert compiled and ".lock" not in members
+        for name in compiled:
+            source = members[name.replace("__pycache__/", "").rsplit(".", 2)[0] + ".py"]
+            header = tar.extractfile(name).read(16)  # type: ignore[union-attr]
+            assert int.from_bytes(header[4:8], "little") == 0  # timestamp-checked
+            assert int.from_bytes(header[8:12], "little") == source.mtime
+            assert int.from_bytes(header[12:16], "little") == source.size
+
+
+def _age(store, refs: list[Any]) -> Any:
+    """Make stored blobs older than RENEW_AFTER; return a check that each was renewed since."""
+    from provider.store.store import RENEW_AFTER
+
+    old = 2 * RENEW_AFTER.total_seconds()
+    if store.root_uri.startswith("file://"):
+        paths = [store.backend.root / "data" / r.sha256[:2] / r.sha256 for r in refs]
+        for path in paths:
+            os.utime(path, (time.time() - old, time.time() - old))
+        return lambda: all(time.time() - p.stat().st_mtime < 60 for p in paths)
+    copied: list[str] = []  # S3: a renewal is a copy onto itself
+    store.backend.client.meta.events.register(
+        "before-parameter-build.s3.CopyObject", lambda params, **_: copied.append(params["Key"])
+    )
+    store.clock = lambda: time.time() + old
+    return lambda: all(any(key.endswith(r.sha256) for key in copied) for r in refs)
+
+
+def test_an_environment_found_again_renews_the_age_of_its_archive_and_lock(
+    shared_store, wheels, tmp_path, monkeypatch
+):
+    """A stored archive and lock older than RENEW_AFTER that a worker uses again — found in its
+    own cache, or through the store's index by a new worker — are checked and renewed, as a
+    dedup hit is: gc (grace >= RENEW_AFTER) keeps what a try is about to name."""
+    from provider.store import Reference
+
+    _new_worker(tmp_path / "a", monkeypatch)
+    first = _prepare(shared_store, "kubernetes", ["ftdeps"])["environment"]
+    stored = [Reference.from_json(first[name]) for name in ("archive", "lock")]
+    for worker, how in (("a", "cached"), ("b", "fetched")):
+        _new_worker(tmp_path / worker, monkeypatch)
+        renewed = _age(shared_store, stored)
+        again = _prepare(shared_store, "kubernetes", ["ftdeps"])["environment"]
+        assert (again["how"], again["archive"], again["lock"]) == (
+            how,
+            *(r.to_json() for r in stored),
+        )
+        assert renewed(), worker
+
+
+def test_an_index_entry_whose_archive_gc_took_is_rebuilt_to_the_same_bytes(
+    wheels, tmp_path, caplog
+):
+    """gc keeps index entries but not what only they name: a worker then builds the entry's lock
+    again (no resolution), to the same archive, and stores it. An entry that is not one for its
+    key is ignored, and written again."""
+    from datetime import timedelta
+
+    from provider.store.gc import collect_garbage
+
+    store = open_store((tmp_path / "store").as_uri())
+    first = _built(store, ("ftdeps",), X86, EnvironmentCache(tmp_path / "a", 2**30))
+    [(key, entry)] = _index_entries(store).items()
+    report = collect_garbage(store, grace=timedelta(0), delete=True)  # no try named them
+    assert report.deleted == 2 and not store.has(first.archive) and not store.has(first.lock)
+    assert _index_entries(store) == {key: entry}
+
+    again = _built(store, ("ftdeps",), X86, EnvironmentCache(tmp_path / "b", 2**30))
+    assert (again.how, again.env_id, again.archive) == ("built", first.env_id, first.archive)
+    assert store.has(again.archive) and store.has(again.lock)
+    assert _index_entries(store) == {key: entry}
+
+    store.write_manifest(key, {**entry, "id": "0" * 32})  # not the id of its lock
+    with caplog.at_level(logging.WARNING, logger="provider.environments"):
+        third = _built(store, ("ftdeps",), X86, EnvironmentCache(tmp_path / "c", 2**30))
+    assert f"ignoring the environment index entry {store.root_uri}/{key}" in caplog.text
+    assert "is not its lock's" in caplog.text
+    assert third.how == "built" and _index_entries(store) == {key: entry}
+
+
+def test_two_workers_building_one_environment_at_once_store_it_once(wheels, tmp_path):
+    """Concurrent builds of the same requirements on two workers (their own caches, one store)
+    end with one environment, one archive and a valid index entry naming it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = open_store((tmp_path / "store").as_uri())
+    caches = [EnvironmentCache(tmp_path / name, 2**30) for name in ("a", "b")]
+    with ThreadPoolExecutor(2) as pool:
+        built = list(pool.map(lambda c: _built(store, ("ftdeps",), X86, c), caches))
+    hows = [b.how for b in built]
+    assert "built" in hows and set(hows) <= {"built", "fetched"}
+    assert built[0].env_id == built[1].env_id and built[0].archive == built[1].archive
+    [entry] = _index_entries(store).values()
+    assert entry["id"] == built[0].env_id and entry["archive"] == built[0].archive.to_json()
+    assert hashlib.sha256(store.get_bytes(built[0].archive)).hexdigest() == built[0].archive.sha256

@@ -430,6 +430,24 @@ def test_dedup_hit_renews_the_age_of_an_old_blob_only(store):
     np.testing.assert_array_equal(store.get(ref), np.arange(1000))
 
 
+def test_reuse_checks_like_a_dedup_hit_and_renews_an_old_blob(store):
+    """``reuse`` (a stored blob named again without storing it: an environment's archive) is a
+    dedup hit without the bytes: True for an intact blob, its age renewed once it is older than
+    RENEW_AFTER; False for one that is missing or damaged."""
+    ref = store.put_bytes(b"archive" * 1000, type_name="t", encoding="tar.gz")
+    path = _blob_path(store, ref)
+    _age(path, 30 * 60)
+    young = path.stat().st_mtime
+    assert store.reuse(ref) and path.stat().st_mtime == young
+    _age(path, RENEW_AFTER.total_seconds() + 60)
+    assert store.reuse(ref) and time.time() - path.stat().st_mtime < 60
+    path.write_bytes(b"Archive" * 1000)  # same size, other bytes
+    _age(path, RENEW_AFTER.total_seconds() + 60)
+    assert not store.reuse(ref)
+    path.unlink()
+    assert not store.reuse(ref)
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_dedup_hit_repairs_a_damaged_blob(store, caplog, damage):
     value = np.arange(100_000)

@@ -55,3 +55,15 @@ def no_index(folder: Path) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "uv.toml").write_text("no-index = true\n")
     return {"UV_CONFIG_FILE": str(folder / "uv.toml"), "UV_HTTP_RETRIES": "0"}
+
+
+def unreachable_index(folder: Path) -> dict[str, str]:
+    """uv's settings on a worker that reaches no package index: its index is a closed loopback
+    port (nothing listens on the discard port), with no find-links and no retries."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "uv.toml").write_text("")
+    return {
+        "UV_CONFIG_FILE": str(folder / "uv.toml"),
+        "UV_INDEX_URL": "http://127.0.0.1:9/simple",
+        "UV_HTTP_RETRIES": "0",
+    }

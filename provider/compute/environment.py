@@ -78,8 +78,8 @@ def _digest(document: Any) -> str:
 
 
 def index_key(requirements: Sequence[str], target: Target, base: str = "") -> str:
-    """Requirements + target (+ the worker's packages, for a local target) -> the local index's
-    key. The order of the requirements does not matter."""
+    """Requirements + target (+ the worker's packages, for a local target) -> the key of the
+    worker's index and of the store's. The order of the requirements does not matter."""
     return _digest(
         {
             "requirements": sorted(requirements),
@@ -91,9 +91,12 @@ def index_key(requirements: Sequence[str], target: Target, base: str = "") -> st
     )
 
 
-def base_fingerprint(installed: Iterable[tuple[str, str]]) -> str:
-    """The worker's installed distributions, as one hash: a local environment is laid over them."""
-    return _digest(sorted({f"{name}=={version}" for name, version in installed}))
+def base_fingerprint(installed: Iterable[tuple[str, str]], platform_tags: str = "") -> str:
+    """The worker's installed distributions and its interpreter's ABI and platform tags (which
+    name its C library), as one hash: a local environment is laid over those distributions, and
+    resolved for that interpreter."""
+    packages = sorted({f"{name}=={version}" for name, version in installed})
+    return _digest({"packages": packages, "tags": platform_tags})
 
 
 def environment_id(lock: str, target: Target) -> str:

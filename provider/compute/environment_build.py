@@ -4,10 +4,17 @@
 --target`` from that lock (no resolution: the lock names every file); ``pack`` makes one
 ``tar.gz`` of the folder. ``runtime_layer`` builds the runtime's own environment (boto3 and
 zstandard) from the worker's installed copies when they fit the target, so that needs no index.
+
+Equal locks make equal archives, byte for byte, on any worker: every file gets one fixed time
+before its bytecode is compiled (so the bytecode stays valid where the archive is unpacked,
+which keeps that time), the bytecode names files relative to the environment and is compiled
+with a fixed hash seed, and the archive lists its members in name order with fixed times,
+owners and modes, with no time in its gzip header.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -28,6 +35,10 @@ from provider.compute.environment import (
 )
 
 UV_TIMEOUT = 1800  # seconds; a resolution or a build that takes longer is stuck
+#: The time of every file of a built environment and of every member of its archive:
+#: 1980-01-01 UTC, as in the code package.
+FIXED_MTIME = 315532800
+_UV_CACHE_NOTE = "uv_cache.json"
 
 
 def uv_bin() -> str:
@@ -91,29 +102,72 @@ def build(
     env: Mapping[str, str] | None = None,
 ) -> None:
     """Install what ``lock`` names into ``folder`` (``uv pip install --target``), bytecode
-    compiled by the worker's interpreter (the target's major.minor)."""
+    compiled by the worker's interpreter (the target's major.minor): see :func:`settle`."""
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="flowtask-build-") as tmp:
         lock_file = Path(tmp) / "pylock.toml"  # uv takes only PEP 751 names
         lock_file.write_text(lock)
         argv = ["pip", "install", "-r", str(lock_file), "--target", str(folder), "--quiet"]
-        argv += ["--compile-bytecode", "--link-mode", "copy"]
+        argv += ["--link-mode", "copy"]
         done = _uv(argv + uv_common_args(target, sys.executable), env)
     if done.returncode != 0:
         raise uv_failure(done.stderr + done.stdout, requirements, target, resolving=False)
+    settle(folder)
+
+
+def settle(folder: Path) -> None:
+    """Make a built folder the same wherever it was built, and compile its bytecode.
+
+    uv's lock file of the folder goes, and so does its cache note of each distribution installed
+    from a local file (``uv_cache.json``: that file's time); every file and folder gets
+    :data:`FIXED_MTIME`; then the worker's interpreter compiles every module (files that do not
+    compile stay source only, as pip leaves them) with a fixed hash seed (set and frozenset
+    constants keep one order) and file names relative to ``folder`` (an import puts the real
+    path back).
+    """
+    (folder / ".lock").unlink(missing_ok=True)
+    for note in folder.glob(f"*.dist-info/{_UV_CACHE_NOTE}"):
+        note.unlink()
+        record = note.parent / "RECORD"
+        if record.is_file():
+            listed = f"{note.parent.name}/{_UV_CACHE_NOTE},"
+            lines = record.read_text().splitlines(keepends=True)
+            record.write_text("".join(line for line in lines if not line.startswith(listed)))
+    for path in (folder, *folder.rglob("*")):
+        os.utime(path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
+    settings = {k: v for k, v in os.environ.items() if k not in _BYTECODE_SETTINGS}
+    settings["PYTHONHASHSEED"] = "0"
+    argv = [sys.executable, "-m", "compileall", "-q", "-f", "-j", "0", "-s", str(folder)]
+    subprocess.run(
+        [*argv, str(folder)],
+        env=settings,
+        capture_output=True,
+        timeout=UV_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+        check=False,  # a module that does not compile is imported from its source
+    )
 
 
 def pack(folder: Path, archive: Path) -> None:
-    """One ``tar.gz`` of ``folder``'s contents, in name order (modes and times kept)."""
+    """One ``tar.gz`` of ``folder``'s contents, reproducible: members in name order, each with
+    :data:`FIXED_MTIME`, owner root and mode 0755 (folders, executables) or 0644; no time and
+    no file name in the gzip header."""
 
     def entries(root: Path) -> Iterator[Path]:
         yield from sorted(root.rglob("*"))
 
-    with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
+    with (
+        open(archive, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as zipped,
+        tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for path in entries(folder):
             info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
+            info.mtime = FIXED_MTIME
             info.uid = info.gid = 0
             info.uname = info.gname = ""
+            if not info.issym():
+                info.mode = 0o755 if info.isdir() or info.mode & 0o111 else 0o644
             if info.isfile():
                 with open(path, "rb") as data:
                     tar.addfile(info, data)
@@ -151,6 +205,16 @@ def installed_versions() -> dict[str, str]:
         if name:
             found.setdefault(canonicalize_name(name), dist.version)
     return found
+
+
+def worker_platform_tags() -> str:
+    """What a resolution for the worker's interpreter depends on besides its version: its ABI
+    and the platforms its wheels may be built for (``manylinux_2_36_x86_64`` and older: they
+    name its C library)."""
+    from packaging.tags import platform_tags, sys_tags
+
+    first = next(iter(sys_tags()))
+    return f"{first.interpreter}-{first.abi} " + " ".join(sorted(set(platform_tags())))
 
 
 def worker_satisfies(requirements: Sequence[str]) -> dict[str, str] | None:
@@ -285,11 +349,5 @@ def runtime_layer(target: Target, folder: Path | None = None) -> str | None:
             dest = folder / relative
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
-    import compileall
-
-    prefix, sys.pycache_prefix = sys.pycache_prefix, None  # into the folder, not a cache
-    try:
-        compileall.compile_dir(str(folder), quiet=2, workers=1)
-    finally:
-        sys.pycache_prefix = prefix
+    settle(folder)
     return header + "\n".join(described) + "\n"

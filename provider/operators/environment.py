@@ -1,6 +1,7 @@
 """Environments on the worker: ``Environment(pip=[...])`` resolved and built once per
-requirements and target, kept in the worker's cache, stored content-addressed, and recorded in
-the try's launch manifest (which keeps them alive for ``flowtask gc``).
+requirements and target, kept in the worker's cache, stored content-addressed and indexed in the
+store (so any worker sharing it fetches instead of building: ``environment_index``), and
+recorded in the try's launch manifest (which keeps them alive for ``flowtask gc``).
 
 ``local`` gets the task's environment as a folder laid in front of the worker's own packages;
 ``kubernetes`` and ``batch`` get archives the container's bootstrap fetches and unpacks: the
@@ -29,6 +30,7 @@ from provider.compute.environment import (
     lock_subset,
     locked_packages,
 )
+from provider.operators import environment_index as store_index
 from provider.operators.environment_cache import ARCHIVE, SITE, EnvironmentCache
 from provider.store import ArtifactStore, Reference
 
@@ -96,21 +98,26 @@ def ensure_environment(
     log: Any,
     runtime: bool = False,
 ) -> BuiltEnvironment:
-    """The environment of ``requirements`` for ``target``: from the worker's cache, from the
-    store, or resolved and built; stored; and for a local target unpacked here.
+    """The environment of ``requirements`` for ``target``: from the worker's cache, else through
+    the store's index (fetched), else resolved and built; stored; and for a local target
+    unpacked here.
 
-    ``runtime`` builds the runtime's own environment (from the worker's installed copies when
-    they fit the target). Raises :class:`EnvironmentFailure`.
+    A stored archive or lock found again is checked and its age renewed as a dedup hit does
+    (:meth:`ArtifactStore.reuse`). ``runtime`` builds the runtime's own environment (from the
+    worker's installed copies when they fit the target). Raises :class:`EnvironmentFailure`.
     """
     from provider.compute import environment_build as uv
 
     started = time.monotonic()
     requirements = tuple(requirements)
     installed = uv.installed_versions() if target.local else {}
-    base = base_fingerprint(installed.items()) if target.local else ("runtime" if runtime else "")
+    if target.local:
+        base = base_fingerprint(installed.items(), uv.worker_platform_tags())
+    else:
+        base = "runtime" if runtime else ""
     key = index_key(requirements, target, base)
     with cache.locked(key):
-        entry = cache.read_index(key)
+        entry, indexed = _look_up(store, cache, key, target)
         if entry is None:
             lock, from_worker = resolve_layer(requirements, target, installed, runtime, log)
             env_id = environment_id(lock, target)
@@ -125,36 +132,35 @@ def ensure_environment(
                 cache.write_index(key, {"id": env_id, "lock_text": lock, "packages": {},
                                         "from_worker": from_worker})  # fmt: skip
             return _nothing(env_id, target, requirements, from_worker, started)
+        stored = archive_ref is not None and store.reuse(archive_ref)
         how = "cached"
         if not cache.complete(env_id, site=target.local):
-            if archive_ref is not None and store.has(archive_ref):
+            if stored and archive_ref is not None:
                 _fetch(store, archive_ref, cache, env_id, site=target.local)
                 how = "fetched"
             else:
                 _build(lock, target, cache, env_id, requirements, runtime)
                 how = "built"
         entry_dir = cache.entry(env_id)
-        if archive_ref is None or not store.has(archive_ref):
+        if archive_ref is None or not stored:
             archive_ref = store.put_file(
                 entry_dir / ARCHIVE, type_name=ARCHIVE_TYPE, encoding=ARCHIVE_ENCODING
             )
-        if lock_ref is None or not store.has(lock_ref):
+        if lock_ref is None or not store.reuse(lock_ref):
             lock_ref = store.put_bytes(lock.encode(), type_name=LOCK_TYPE, encoding=LOCK_ENCODING)
         packages = entry["packages"] if entry else _packages(entry_dir / SITE, lock)
-        cache.write_index(
-            key,
-            {
-                "id": env_id,
-                "requirements": list(requirements),
-                "python": target.python,
-                "platform": target.platform,
-                "lock_text": lock,
-                "archive": archive_ref.to_json(),
-                "lock": lock_ref.to_json(),
-                "packages": packages,
-                "from_worker": from_worker,
-            },
-        )
+        document = {
+            "id": env_id,
+            "requirements": sorted(requirements),
+            "python": target.python,
+            "platform": target.platform,
+            "lock_text": lock,
+            "archive": archive_ref.to_json(),
+            "lock": lock_ref.to_json(),
+            "packages": packages,
+            "from_worker": from_worker,
+        }
+        _index(store, cache, key, document, entry if indexed else None)
         hold = cache.use(env_id)
         if not target.local:
             shutil.rmtree(entry_dir / SITE, ignore_errors=True)  # the archive is what travels
@@ -174,6 +180,32 @@ def ensure_environment(
         from_worker=from_worker,
         hold=hold,
     )
+
+
+def _look_up(
+    store: ArtifactStore, cache: EnvironmentCache, key: str, target: Target
+) -> tuple[dict[str, Any] | None, bool]:
+    """The index entry of ``key``: this worker's own, else the store's (one GET: another worker
+    built it); and whether the store's index is known to hold it."""
+    entry = cache.read_index(key)
+    if entry is not None:
+        return entry, entry.get("indexed_in") == store.root_uri
+    entry = store_index.read_entry(store, key, target)
+    return entry, entry is not None
+
+
+def _index(
+    store: ArtifactStore,
+    cache: EnvironmentCache,
+    key: str,
+    document: dict[str, Any],
+    held: dict[str, Any] | None,
+) -> None:
+    """Write ``document`` to the store's index (so any worker finds it) unless it ``held`` it
+    already, and to this worker's, marked as held by this store."""
+    if held is None or {name: held.get(name) for name in document} != document:
+        store_index.write_entry(store, key, document)
+    cache.write_index(key, {**document, "indexed_in": store.root_uri})
 
 
 def lock_packages(lock: str) -> list[str]:

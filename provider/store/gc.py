@@ -22,12 +22,12 @@ from typing import Any
 
 from provider.store.backend import InterruptedWrite
 from provider.store.errors import BadManifest
-from provider.store.keys import PAYLOAD_NAME
+from provider.store.keys import ENVIRONMENTS_PREFIX, PAYLOAD_NAME
 from provider.store.reference import REFERENCE_MARKER
 from provider.store.store import ArtifactStore
 
 # Where killed writers leave temp files (file://) or incomplete multipart uploads (S3).
-WRITE_PREFIXES = ("data", "runs", "index")
+WRITE_PREFIXES = ("data", "runs", "index", ENVIRONMENTS_PREFIX)
 
 
 @dataclass

@@ -55,6 +55,15 @@ def index_prefix(dag_id: str) -> str:
     return f"index/{_part(dag_id)}"
 
 
+ENVIRONMENTS_PREFIX = "environments"
+
+
+def environment_index_key(content_key: str) -> str:
+    """``environments/<key>.json``: the store's index entry of an environment, by the hash of
+    its requirements and target (see ``provider.operators.environment_index``)."""
+    return f"{ENVIRONMENTS_PREFIX}/{_part(content_key)}.json"
+
+
 def run_manifest_key(dag_id: str, run_id: str) -> str:
     """``runs/<dag>/<run>/run.json``: namespace and tags of a run."""
     return f"runs/{_part(dag_id)}/{_part(run_id)}/run.json"

@@ -161,6 +161,15 @@ class ArtifactStore:
         found = self.backend.stat(self._key_of(ref))
         return found is not None and found.size == ref.size
 
+    def reuse(self, ref: Reference | Mapping[str, Any]) -> bool:
+        """Whether the blob ``ref`` names is stored here intact, checked as a dedup hit checks it:
+        one stat (or HEAD) while it is younger than ``RENEW_AFTER``; an older one is read back,
+        its SHA-256 checked and its age renewed. So gc (grace at least ``RENEW_AFTER``) keeps it
+        while the caller names it in a manifest, as it keeps what ``put`` returns. False: it is
+        not stored, or damaged (store it again)."""
+        ref = Reference.from_json(ref)
+        return self._intact(self._key_of(ref), ref.uri, ref.sha256, ref.size)
+
     def get_bytes(self, ref: Reference | Mapping[str, Any]) -> bytearray:
         """A blob's stored bytes (a code package, an environment), size and hash checked."""
         return self._read_verified(Reference.from_json(ref))
@@ -168,15 +177,20 @@ class ArtifactStore:
     def _write_blob(self, sha256: str, frames: tuple[memoryview, ...], size: int) -> None:
         """Store a blob unless an intact copy is there; renew the age of an old intact copy."""
         key, uri = blob_key(sha256), self.blob_uri(sha256)
+        if not self._intact(key, uri, sha256, size):
+            self._write(key, uri, frames, size)
+
+    def _intact(self, key: str, uri: str, sha256: str, size: int) -> bool:
+        """Whether an intact copy is stored: one stat while it is younger than ``RENEW_AFTER``
+        (the cheap path); an older one is verified and its age renewed."""
         found = self.backend.stat(key)
-        if found is not None and found.size == size:
-            if self.clock() - found.modified < RENEW_AFTER.total_seconds():
-                return  # the cheap path: one stat
-            if self._verify_and_renew(key, uri, sha256, found):
-                return
-        elif found is not None:
+        if found is not None and found.size != size:
             log.warning("%s is damaged (%d bytes, not %d); storing it again", uri, found.size, size)
-        self._write(key, uri, frames, size)
+        if found is None or found.size != size:
+            return False
+        if self.clock() - found.modified < RENEW_AFTER.total_seconds():
+            return True
+        return self._verify_and_renew(key, uri, sha256, found)
 
     def _verify_and_renew(self, key: str, uri: str, sha256: str, found: BlobStat) -> bool:
         """Check the stored blob's SHA-256 and renew its age; False when it must be stored."""
