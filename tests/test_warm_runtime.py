@@ -395,6 +395,36 @@ def test_a_server_ends_when_idle_and_when_its_owner_is_gone(tmp_path: Path):
         owner.kill()
 
 
+def test_a_request_queued_as_its_server_stops_is_served(warm: Warm, tmp_path: Path):
+    """A worker never starts a task cold once the server has its request, so a server that
+    stops (its owner gone, or idle) serves what is already queued: it removes its socket file
+    first, and closes its socket only once nothing is queued."""
+    owner = subprocess.Popen(["sleep", "600"])
+    path = tmp_path / "runtimes" / "a.sock"
+    server = _serve(path, owner.pid, 600)
+    try:
+        assert _wait_for(lambda: _answers(path), 30)
+        server.send_signal(signal.SIGSTOP)  # the request is queued as the owner goes
+        owner.kill()
+        owner.wait()
+        argv, _ = warm.command(counts, str(tmp_path))
+        out_read, out_write = os.pipe()
+        with _connected(path) as conn:
+            request = encode_request(argv[3:], warm.env, os.getcwd())
+            socket.send_fds(conn, [request], [out_write, out_write])
+            os.close(out_write)
+            server.send_signal(signal.SIGCONT)
+            conn.settimeout(30)
+            assert conn.recv(64).startswith(b"pid ")
+            assert select.select([out_read], [], [], 30)[0] and os.read(out_read, 1) == b""
+        os.close(out_read)
+        assert server.wait(timeout=30) == 0 and not path.exists()
+        assert len((tmp_path / "runs").read_text().split()) == 1
+    finally:
+        owner.kill()
+        server.kill()
+
+
 def test_the_server_name_follows_what_shapes_an_interpreter():
     env = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "AIRFLOW_HOME": "/a", "TOKEN": "x"}
     shape = server_environment(env)
