@@ -355,3 +355,20 @@ def test_example_flow_batch_runs_locally_with_the_flow_compute_param(dags_test: 
     # Locally nothing limits memory: the fit that Batch kills succeeds here.
     assert summary == {"batches": 3, "total": summary["total"], "fit": 72}
     assert summary["total"] > 0 and "compute=local" in run.output
+
+
+def test_a_flow_task_whose_warm_runtime_dies_names_it(dags_test: DagsTest):
+    """The try's error says the warm runtime serving it died, not "exited with code 255"."""
+    run = dags_test("flow_warm_lost", dags_folder=TEST_DAGS)
+    assert run.returncode != 0
+    tasks = _by_task(run.manifests("flow_warm_lost"))
+    assert tasks["first"][0]["status"] == "succeeded"
+    (orphaned,) = tasks["orphaned"]
+    assert orphaned.get("written_by") == "worker" and orphaned["exit_code"] is None, orphaned
+    message = orphaned["error"]["message"]
+    assert re.match(
+        r"the warm runtime serving this task died \(pid \d+(, killed by SIGKILL)?\) while the "
+        r"task ran; the task's process \(pid \d+\) was stopped with it and reported no exit code",
+        message,
+    ), message
+    assert "code 255" not in run.output

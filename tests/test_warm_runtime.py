@@ -4,8 +4,10 @@ runs of a new interpreter do — output, exit codes, environment, kills and life
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -24,12 +26,15 @@ from provider.compute.local import terminate_group
 from provider.compute.warm import (
     SERVER_LOST,
     WarmProcess,
+    WarmRuntimeLost,
+    runtime_folder,
     server_environment,
     server_name,
     start_warm,
 )
 from provider.runtime import Payload
 from provider.runtime.lifetime import PARENT_PID_ENV
+from provider.runtime.warm import encode_request, private_folder, socket_address
 from provider.store import manifest_key, open_store, payload_key
 
 pytestmark = pytest.mark.skipif(
@@ -55,28 +60,49 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _answers(name: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        return probe.connect_ex("\0" + name) == 0
+def _connected(path: Path) -> socket.socket:
+    """A connection to the socket file ``path`` (through its folder: the path may be long)."""
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(socket_address(folder, path.name))
+    except OSError:
+        conn.close()
+        raise
+    finally:
+        os.close(folder)
+    return conn
 
 
-def _servers(name: str) -> list[psutil.Process]:
-    """The server named ``name`` (its forks show their own title)."""
-    return [p for p in psutil.process_iter(["cmdline"]) if name in (p.info["cmdline"] or [])]
+def _answers(path: Path) -> bool:
+    try:
+        _connected(path).close()
+    except OSError:
+        return False
+    return True
+
+
+def _servers(path: Path) -> list[psutil.Process]:
+    """The server of the socket file ``path`` (its forks show their own title)."""
+    return [p for p in psutil.process_iter(["cmdline"]) if str(path) in (p.info["cmdline"] or [])]
 
 
 class Warm:
     """A store, and runs of stored payloads through ``run_local`` with warm runtimes on; the
-    environment carries a variable of its own, so the server is this test's alone."""
+    environment carries a variable of its own, so the server is this test's alone, and an
+    Airflow home of its own, where the server's socket file is."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, home: str = "home", shape: str = "") -> None:
         self.store = open_store((tmp_path / "store").as_uri())
         self.env = {
             **os.environ,
-            "PYTHONFLOWTASKTEST": uuid.uuid4().hex,  # shapes the interpreter: a server of its own
+            "AIRFLOW_HOME": str(tmp_path / home),
+            # shapes the interpreter: a server of its own
+            "PYTHONFLOWTASKTEST": shape or uuid.uuid4().hex,
             PARENT_PID_ENV: str(os.getpid()),
         }
-        self.name = server_name(server_environment(self.env), os.getcwd())
+        name = server_name(server_environment(self.env), os.getcwd())
+        self.socket = runtime_folder(self.env) / f"{name}.sock"
         self.runs = 0
 
     def command(self, function: Any, *args: Any) -> tuple[list[str], str]:
@@ -103,10 +129,14 @@ class Warm:
         """Run once (cold), which starts the server; wait until it answers."""
         code, manifest, _ = self.run(_nothing)
         assert code == 0 and manifest["runtime_start"] == "cold"
-        assert _wait_for(lambda: _answers(self.name), 30), "the warm runtime never answered"
+        assert _wait_for(lambda: _answers(self.socket), 30), "the warm runtime never answered"
+
+    def server(self) -> psutil.Process:
+        (server,) = _servers(self.socket)
+        return server
 
     def stop(self) -> None:
-        for server in _servers(self.name):
+        for server in _servers(self.socket):
             server.kill()
 
 
@@ -136,7 +166,7 @@ def looks_around(tag: str) -> dict:
 def test_a_warm_run_gives_what_a_cold_run_gives(warm: Warm):
     code, cold, cold_lines = warm.run(looks_around, "a", FLOW_TEST_TAG="first")
     assert code == 0 and cold["runtime_start"] == "cold"
-    assert _wait_for(lambda: _answers(warm.name), 30)
+    assert _wait_for(lambda: _answers(warm.socket), 30)
     code, hot, hot_lines = warm.run(looks_around, "a", FLOW_TEST_TAG="second")
     assert code == 0 and hot["runtime_start"] == "warm"
     values = [warm.store.get(m["result"]) for m in (cold, hot)]
@@ -145,7 +175,7 @@ def test_a_warm_run_gives_what_a_cold_run_gives(warm: Warm):
     assert values[1]["flowtask"] == [] and values[1]["leads_group"]
     assert [line for line in hot_lines if " a" in line] == ["out a", "stderr: err a"]
     assert [line for line in cold_lines if " a" in line] == ["out a", "stderr: err a"]
-    (server,) = _servers(warm.name)
+    server = warm.server()
     assert hot["pid"] != server.pid and not _alive(hot["pid"])
 
 
@@ -208,7 +238,7 @@ def test_a_warm_run_whose_worker_is_killed_stops(warm: Warm, tmp_path: Path):
     assert _wait_for((tmp_path / "runtime.pid").exists, 30)
     runtime = int((tmp_path / "runtime.pid").read_text())
     child = int((tmp_path / "child.pid").read_text())
-    (server,) = _servers(warm.name)
+    server = warm.server()
     assert psutil.Process(runtime).ppid() == server.pid  # a fork, not a new interpreter
     proc.kill()
     proc.wait()
@@ -218,33 +248,181 @@ def test_a_warm_run_whose_worker_is_killed_stops(warm: Warm, tmp_path: Path):
     assert warm.run(_nothing)[1]["runtime_start"] == "warm"
 
 
-def test_a_run_ends_with_its_server(warm: Warm, tmp_path: Path):
+def test_a_run_ends_with_its_server_and_the_error_names_it(warm: Warm, tmp_path: Path):
+    """The task's error says the warm runtime died, with its pid and signal: never a bare
+    exit code 255 (the worker's internal mark of an unknown exit)."""
     proc, _, child = _sleeping_warm_run(warm, tmp_path)
-    (server,) = _servers(warm.name)
+    server = warm.server()
     server.kill()
     assert proc.wait(timeout=10) == SERVER_LOST
+    assert proc.lost == (
+        f"the warm runtime serving this task died (pid {server.pid}, killed by SIGKILL) while "
+        f"the task ran; the task's process (pid {proc.pid}) was stopped with it and reported "
+        "no exit code"
+    )
     assert _wait_for(lambda: not _alive(proc.pid) and not _alive(child), 5)
+    # The socket file the killed server left is replaced by the next server.
+    assert warm.socket.exists() and not _answers(warm.socket)
+    warm.started()
+    assert warm.run(_nothing)[1]["runtime_start"] == "warm"
 
 
-def _serve(name: str, owner: int, idle: float) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "provider.runtime", "serve", "--name", name]
+def kills_its_server_and_sleeps(folder: str) -> None:
+    Path(folder, "runtime.pid").write_text(str(os.getpid()))
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(600)
+
+
+def test_run_local_raises_what_ended_a_run_whose_server_died(warm: Warm, tmp_path: Path):
+    warm.started()
+    server = warm.server()
+    with pytest.raises(WarmRuntimeLost) as lost:
+        warm.run(kills_its_server_and_sleeps, str(tmp_path))
+    runtime = int((tmp_path / "runtime.pid").read_text())
+    assert str(lost.value).startswith(
+        f"the warm runtime serving this task died (pid {server.pid}, killed by SIGKILL) while "
+        f"the task ran; the task's process (pid {runtime}) was stopped with it"
+    )
+    assert "code 255" not in str(lost.value)
+    assert _wait_for(lambda: not _alive(runtime), 5)
+
+
+def counts(folder: str) -> None:
+    with open(Path(folder, "runs"), "a") as runs:
+        runs.write(f"{os.getpid()}\n")
+
+
+class _DeafAfterConnect(socket.socket):
+    """A worker's connection that stops reading once connected: the server's "pid" line
+    finds it hung up (as after a receive timeout or a kill), deterministically."""
+
+    def connect(self, address: Any) -> None:
+        super().connect(address)
+        self.shutdown(socket.SHUT_RD)
+
+
+def test_a_worker_that_hangs_up_before_the_pid_never_runs_the_task_twice(
+    warm: Warm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Once the server has the request, the try never starts the task cold: it fails, saying
+    so, and the fork begun for it never runs; the retry runs the task, once."""
+    warm.started()
+    server = warm.server()
+    with monkeypatch.context() as patched:
+        patched.setattr(socket, "socket", _DeafAfterConnect)
+        with pytest.raises(WarmRuntimeLost) as lost:
+            warm.run(counts, str(tmp_path))
+    assert str(lost.value) == (
+        f"the warm runtime closed the connection (pid {server.pid}) after it took the task's "
+        "request, before it started the task: the try fails rather than risk running the task "
+        "twice"
+    )
+    assert _wait_for(lambda: not server.children(), 10), "the fork begun for it still runs"
+    assert not (tmp_path / "runs").exists()  # neither the fork nor a cold run ran it
+    code, manifest, _ = warm.run(counts, str(tmp_path))  # the retry
+    assert code == 0 and manifest["runtime_start"] == "warm"
+    assert len((tmp_path / "runs").read_text().split()) == 1
+    assert server.children() == []
+
+
+def test_a_fork_whose_worker_hung_up_before_its_pid_never_runs(warm: Warm, tmp_path: Path):
+    """The server's side alone: the fork leads its group before its pid is sent and waits for
+    the pid to be out, so a hang-up ends it before it runs anything (it once escaped the kill,
+    running the task unwatched, until it had called setsid)."""
+    warm.started()
+    server = warm.server()
+    argv, _ = warm.command(counts, str(tmp_path))
+    for _ in range(5):
+        out_read, out_write = os.pipe()
+        with _connected(warm.socket) as conn:
+            conn.shutdown(socket.SHUT_RD)
+            request = encode_request(argv[3:], warm.env, os.getcwd())
+            socket.send_fds(conn, [request], [out_write, out_write])
+            os.close(out_write)
+        # Every copy of the pipe closes once the fork has ended (or run, once it escaped).
+        assert select.select([out_read], [], [], 10)[0] and os.read(out_read, 1) == b""
+        os.close(out_read)
+    assert _wait_for(lambda: not server.children(), 10)
+    assert not (tmp_path / "runs").exists()
+
+
+def parent() -> int:
+    return os.getppid()
+
+
+def test_workers_with_different_airflow_homes_never_share_a_warm_runtime(tmp_path: Path):
+    """Two workers of one image in one network namespace (hostNetwork, two in a pod) once
+    computed one abstract socket name: a task of one forked in the other's file system. The
+    socket is a file in the worker's $AIRFLOW_HOME, in a folder of its user's alone."""
+    first, second = Warm(tmp_path, "home1", "shared"), Warm(tmp_path, "home2", "shared")
+    try:
+        first.started()
+        second.started()  # cold: the first worker's server is not this worker's
+        for runs in (first, second):
+            server = runs.server()
+            code, manifest, _ = runs.run(parent)
+            assert code == 0 and manifest["runtime_start"] == "warm"
+            assert runs.store.get(manifest["result"]) == server.pid
+            home = Path(runs.env["AIRFLOW_HOME"]).resolve()
+            assert runs.socket.parent == home / "flowtask" / "runtimes"
+            assert os.stat(runs.socket).st_mode == stat.S_IFSOCK | 0o700
+            assert os.stat(runs.socket.parent).st_mode == stat.S_IFDIR | 0o700
+        assert first.server().pid != second.server().pid
+    finally:
+        first.stop()
+        second.stop()
+
+
+def _serve(path: Path, owner: int, idle: float) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "provider.runtime", "serve", "--socket", str(path)]
     return subprocess.Popen([*argv, "--owner", str(owner), "--idle", str(idle)])
 
 
-def test_a_server_ends_when_idle_and_when_its_owner_is_gone():
+def test_a_server_ends_when_idle_and_when_its_owner_is_gone(tmp_path: Path):
     owner = subprocess.Popen(["sleep", "600"])
     try:
-        idle = _serve(f"flowtask-test-{uuid.uuid4().hex}", owner.pid, 0.5)
+        path = tmp_path / "runtimes" / "a.sock"
+        idle = _serve(path, owner.pid, 0.5)
         assert idle.wait(timeout=30) == 0  # nothing to run for half a second: it ends
-        name = f"flowtask-test-{uuid.uuid4().hex}"
-        orphaned = _serve(name, owner.pid, 600)
-        assert _wait_for(lambda: _answers(name), 30)
-        twin = _serve(name, owner.pid, 600)  # a second server for the same name steps aside
-        assert twin.wait(timeout=30) == 0 and orphaned.poll() is None
+        assert not path.exists()  # and takes its socket file with it
+        orphaned = _serve(path, owner.pid, 600)
+        assert _wait_for(lambda: _answers(path), 30)
+        twin = _serve(path, owner.pid, 600)  # a second server for the same file steps aside
+        assert twin.wait(timeout=30) == 0 and orphaned.poll() is None and _answers(path)
         owner.kill()
-        assert orphaned.wait(timeout=10) == 0
+        assert orphaned.wait(timeout=10) == 0 and not path.exists()
     finally:
         owner.kill()
+
+
+def test_a_request_queued_as_its_server_stops_is_served(warm: Warm, tmp_path: Path):
+    """A worker never starts a task cold once the server has its request, so a server that
+    stops (its owner gone, or idle) serves what is already queued: it removes its socket file
+    first, and closes its socket only once nothing is queued."""
+    owner = subprocess.Popen(["sleep", "600"])
+    path = tmp_path / "runtimes" / "a.sock"
+    server = _serve(path, owner.pid, 600)
+    try:
+        assert _wait_for(lambda: _answers(path), 30)
+        server.send_signal(signal.SIGSTOP)  # the request is queued as the owner goes
+        owner.kill()
+        owner.wait()
+        argv, _ = warm.command(counts, str(tmp_path))
+        out_read, out_write = os.pipe()
+        with _connected(path) as conn:
+            request = encode_request(argv[3:], warm.env, os.getcwd())
+            socket.send_fds(conn, [request], [out_write, out_write])
+            os.close(out_write)
+            server.send_signal(signal.SIGCONT)
+            conn.settimeout(30)
+            assert conn.recv(64).startswith(b"pid ")
+            assert select.select([out_read], [], [], 30)[0] and os.read(out_read, 1) == b""
+        os.close(out_read)
+        assert server.wait(timeout=30) == 0 and not path.exists()
+        assert len((tmp_path / "runs").read_text().split()) == 1
+    finally:
+        owner.kill()
+        server.kill()
 
 
 def test_the_server_name_follows_what_shapes_an_interpreter():
@@ -257,6 +435,7 @@ def test_the_server_name_follows_what_shapes_an_interpreter():
     cuda = server_environment({**env, "LD_LIBRARY_PATH": "/usr/local/cuda/lib64"})
     assert server_name(cuda, "/work") != base  # the loader reads it once, as a process starts
     assert server_name(shape, "/elsewhere") != base
+    assert runtime_folder(env) == Path("/a/flowtask/runtimes")
 
 
 def test_warm_runtimes_can_be_turned_off_and_a_bad_value_is_named(monkeypatch):
@@ -291,8 +470,7 @@ def _python_for_nobody() -> str:
 
 SQUATTER = """
 import socket, sys
-server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-server.bind("\\0" + sys.argv[1])
+server = socket.socket(fileno=int(sys.argv[1]))  # bound by root, listening as this user
 server.listen(1)
 print("listening", flush=True)
 server.settimeout(20)
@@ -305,24 +483,47 @@ except OSError:
 """
 
 
-def test_a_name_held_by_another_user_is_never_told_the_task(warm: Warm):
+def test_a_socket_held_by_another_user_is_never_told_the_task(warm: Warm):
     """The request carries the task's environment (its secrets): only our own server gets it."""
+    python = _python_for_nobody()
+    folder = private_folder(str(warm.socket.parent))
+    bound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound.bind(socket_address(folder, warm.socket.name))
+    os.close(folder)
     squatter = subprocess.Popen(
-        [_python_for_nobody(), "-S", "-c", SQUATTER, warm.name],
+        [python, "-S", "-c", SQUATTER, str(bound.fileno())],
         user=NOBODY,
+        pass_fds=[bound.fileno()],
         stdout=subprocess.PIPE,
         text=True,
     )
+    bound.close()
     assert squatter.stdout is not None and squatter.stdout.readline() == "listening\n"
     argv, _ = warm.command(_nothing)
     assert start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE) is None
     assert squatter.communicate(timeout=30)[0] == "told 0\n"
 
 
+def test_a_socket_folder_of_another_user_is_never_used(warm: Warm):
+    """A folder another user owns (and could have filled) is not trusted: the task starts
+    cold and no server starts there; a folder of ours open to others is closed first."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a folder to another user")
+    warm.socket.parent.mkdir(parents=True)
+    os.chown(warm.socket.parent, NOBODY, NOBODY)
+    argv, _ = warm.command(_nothing)
+    assert start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE) is None
+    assert list(warm.socket.parent.iterdir()) == [] and _servers(warm.socket) == []
+    os.chown(warm.socket.parent, os.getuid(), os.getgid())
+    warm.socket.parent.chmod(0o755)
+    warm.started()
+    assert stat.S_IMODE(os.stat(warm.socket.parent).st_mode) == 0o700
+
+
 STRANGER = """
 import socket, sys
 conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-conn.connect("\\0" + sys.argv[1])
+conn.connect(sys.argv[1])
 conn.settimeout(10)
 try:
     conn.sendall(bytes.fromhex(sys.argv[2]))
@@ -333,19 +534,27 @@ except OSError:
 
 
 def test_a_server_serves_no_other_user(warm: Warm, tmp_path: Path):
-    from provider.runtime.warm import encode_request
-
+    """The folder keeps other users out; were it opened to one, the server refuses them."""
+    python = _python_for_nobody()
     warm.started()
     marker = tmp_path / "ran"
     argv, _ = warm.command(Path.write_text, marker, "a stranger's task")
     request = encode_request(argv[3:], {"PATH": os.environ["PATH"]}, "/").hex()
-    stranger = subprocess.run(
-        [_python_for_nobody(), "-S", "-c", STRANGER, warm.name, request],
-        user=NOBODY,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    folder = os.open(warm.socket.parent, os.O_RDONLY | os.O_DIRECTORY)
+    warm.socket.parent.chmod(0o711)
+    warm.socket.chmod(0o777)
+    try:
+        stranger = subprocess.run(
+            [python, "-S", "-c", STRANGER, socket_address(folder, warm.socket.name), request],
+            user=NOBODY,
+            pass_fds=[folder],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        warm.socket.parent.chmod(0o700)
+        os.close(folder)
     assert stranger.stdout == "answer b''\n", stranger.stderr
     assert not marker.exists()
 
@@ -357,8 +566,10 @@ def test_a_run_that_ends_before_its_pid_is_read_is_not_run_again(warm: Warm):
 
     from provider.runtime.warm import receive_request
 
+    folder = private_folder(str(warm.socket.parent))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind("\0" + warm.name)
+    listener.bind(socket_address(folder, warm.socket.name))
+    os.close(folder)
     listener.listen(1)
 
     def answer_at_once() -> None:

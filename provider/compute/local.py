@@ -77,7 +77,8 @@ def run_local(
     ``on_start`` receives the process (so a kill from elsewhere can reach it with
     :func:`terminate_group`). If the caller is interrupted (a task timeout, a kill), the whole
     group is terminated before the interruption goes on. With ``warm_idle_seconds``, a runtime
-    command is forked from a warm runtime when one serves (``provider.compute.warm``).
+    command is forked from a warm runtime when one serves (``provider.compute.warm``); a warm
+    runtime that ends without reporting the run raises ``WarmRuntimeLost``, naming it.
     """
     proc: RuntimeProcess | None = None
     if warm_idle_seconds > 0:
@@ -97,7 +98,7 @@ def run_local(
         if on_start is not None:
             on_start(proc)
         _pump(proc, _Lines(log_line), _Lines(log_error or log_line), grace_seconds)
-        return proc.wait()
+        code = proc.wait()
     except BaseException:
         terminate_group(proc, grace_seconds)
         raise
@@ -105,6 +106,12 @@ def run_local(
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+    lost = getattr(proc, "lost", None)  # a warm runtime that died under the run
+    if lost:
+        from provider.compute.warm import WarmRuntimeLost
+
+        raise WarmRuntimeLost(lost)
+    return code
 
 
 def _pump(proc: RuntimeProcess, out: _Lines, err: _Lines, grace_seconds: float) -> None:

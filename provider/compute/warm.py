@@ -3,24 +3,29 @@ forked from a server that has already imported it, instead of a new interpreter.
 
 :func:`start_warm` returns a process object that :func:`provider.compute.local.run_local`
 streams, waits for and kills as it does a ``Popen`` — or ``None`` when the run should start
-cold: warm runtimes are off, this is not Linux, the command is not the runtime's, or no server
-answers yet (then one is started in the background for the tasks that follow).
+cold: warm runtimes are off, this is not Linux, the command is not the runtime's, the socket
+folder is not this user's alone, or no server answers yet (then one is started in the
+background for the tasks that follow). Once a server has the whole request, the run never
+starts cold: a server that ends before reporting the run raises :class:`WarmRuntimeLost`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from provider.runtime.warm import encode_request, peer_is_us
+from provider.runtime.warm import encode_request, peer, private_folder, socket_address
 
 CONNECT_SECONDS = 5.0
-SERVER_LOST = 255  # the server ended without reporting the run's exit code
+SERVER_LOST = 255  # the server ended without reporting the run's exit code (``lost`` says how)
+ENDED_SECONDS = 1.0  # how long a lost server's end is waited for, to tell how it ended
 RUNTIME_SOURCES = ("runtime", "store")  # what a server has imported of this package
 _STARTED: list[subprocess.Popen[bytes]] = []  # servers this process started (reaped here)
 
@@ -56,7 +61,7 @@ def _code_stamp() -> list[tuple[str, int, int]]:
 
 
 def server_name(server_env: Mapping[str, str], cwd: str) -> str:
-    """The socket of the server whose forks are what ``python -m provider.runtime`` started
+    """The name of the server whose forks are what ``python -m provider.runtime`` started
     with this environment in ``cwd`` would be, for this user, interpreter and runtime code."""
     pickler = getattr(sys.modules.get("cloudpickle"), "__version__", "")
     shape = (os.getuid(), sys.executable, sys.version, pickler, cwd, sorted(server_env.items()))
@@ -64,18 +69,40 @@ def server_name(server_env: Mapping[str, str], cwd: str) -> str:
     return "flowtask-runtime-" + digest.hexdigest()[:32]
 
 
+def runtime_folder(env: Mapping[str, str]) -> Path:
+    """Where the servers' socket files are: ``$AIRFLOW_HOME/flowtask/runtimes`` of the run's
+    environment. A file system, not a network namespace, scopes them: two containers sharing
+    a network (``hostNetwork``, two workers in one pod) never reach each other's server."""
+    home = Path(env.get("AIRFLOW_HOME") or Path.home() / "airflow").expanduser().resolve()
+    return home / "flowtask" / "runtimes"
+
+
+class WarmRuntimeLost(RuntimeError):
+    """A warm runtime took a task's request and ended (or hung up) without reporting its run:
+    the try fails rather than start the task a second time."""
+
+
 class WarmProcess:
-    """A forked runtime, as much of ``subprocess.Popen`` as the local runner uses."""
+    """A forked runtime, as much of ``subprocess.Popen`` as the local runner uses. ``lost``
+    says, in words, how its server ended when that left its exit code unknown."""
 
     def __init__(
-        self, conn: socket.socket, pid: int, stdout: int, stderr: int, pending: bytes = b""
+        self,
+        conn: socket.socket,
+        pid: int,
+        stdout: int,
+        stderr: int,
+        server: int,
+        pending: bytes = b"",
     ) -> None:
         self._conn: socket.socket | None = conn
         self._pending = pending  # what the server said after the pid
+        self._server = server  # the server's pid
         self.pid = pid
         self.stdout = os.fdopen(stdout, "rb", buffering=0)
         self.stderr = os.fdopen(stderr, "rb", buffering=0)
         self.returncode: int | None = None
+        self.lost: str | None = None
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -96,17 +123,31 @@ class WarmProcess:
             while b"\n" not in self._pending:
                 chunk = self._conn.recv(64)
                 if not chunk:
-                    self._done(SERVER_LOST)
+                    self._lose(None)
                     return
                 self._pending += chunk
         except (BlockingIOError, TimeoutError):
             return
         except OSError:
-            self._done(SERVER_LOST)
+            self._lose(None)
             return
-        word, _, value = self._pending.partition(b"\n")[0].partition(b" ")
-        known = word == b"exit" and value.removeprefix(b"-").isdigit()
-        self._done(int(value) if known else SERVER_LOST)
+        line = self._pending.partition(b"\n")[0]
+        word, _, value = line.partition(b" ")
+        if word == b"exit" and value.removeprefix(b"-").isdigit():
+            self._done(int(value))
+        else:
+            self._lose(line)
+
+    def _lose(self, answer: bytes | None) -> None:
+        if answer is None:
+            server = _ending(self._server)
+        else:
+            server = f"(pid {self._server}) answered {answer!r}"
+        self.lost = (
+            f"the warm runtime serving this task {server} while the task ran; the task's "
+            f"process (pid {self.pid}) was stopped with it and reported no exit code"
+        )
+        self._done(SERVER_LOST)
 
     def _done(self, code: int) -> None:
         self.returncode = code
@@ -115,10 +156,42 @@ class WarmProcess:
             self._conn = None
 
 
+def _ending(pid: int) -> str:
+    """How the server ``pid`` that has just dropped a connection ended: "died (pid N, killed
+    by SIGKILL)" (as its parent sees it, when this process started it), "died (pid N)", or
+    "closed the connection (pid N)" while it lives on (its socket closes as it dies, a moment
+    before it has ended)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return f"died (pid {pid})"
+    try:
+        ended, _, _ = select.select([pidfd], [], [], ENDED_SECONDS)
+    finally:
+        os.close(pidfd)
+    if not ended:
+        return f"closed the connection (pid {pid})"
+    for server in _STARTED:
+        if server.pid == pid and server.poll() is not None:
+            return f"died (pid {pid}, {_exit_words(server.returncode)})"
+    return f"died (pid {pid})"
+
+
+def _exit_words(code: int) -> str:
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 def start_warm(
     argv: Sequence[str], env: Mapping[str, str], *, owner: int, idle_seconds: float
 ) -> WarmProcess | None:
-    """Fork ``argv`` (a ``python -m provider.runtime`` command) from a warm runtime."""
+    """Fork ``argv`` (a ``python -m provider.runtime`` command) from a warm runtime; None:
+    start it cold. Raises :class:`WarmRuntimeLost` when a server took the request and ended
+    before reporting the run (starting it cold then could run the task twice)."""
     if idle_seconds <= 0 or not sys.platform.startswith("linux"):
         return None
     if list(argv[:3]) != [sys.executable, "-m", "provider.runtime"] or argv[3:4] == ["serve"]:
@@ -126,52 +199,100 @@ def start_warm(
     _STARTED[:] = [server for server in _STARTED if server.poll() is None]
     cwd = os.getcwd()
     shape = server_environment(env)
-    name = server_name(shape, cwd)
+    path = runtime_folder(env) / f"{server_name(shape, cwd)}.sock"
+    try:
+        folder = private_folder(str(path.parent))
+    except OSError:  # not a folder of this user's alone: no server there is told a task
+        return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(CONNECT_SECONDS)
     try:
-        conn.connect("\0" + name)
-    except OSError:  # none yet (refused), or one that cannot answer
+        conn.connect(socket_address(folder, path.name))
+        server, uid = peer(conn)
+    except OSError:  # none yet (no file, or one a killed server left), or one that cannot answer
         conn.close()
-        _start_server(name, shape, cwd, owner, idle_seconds)
+        _start_server(path, shape, cwd, owner, idle_seconds)
         return None
-    if not peer_is_us(conn):  # another user's process holds the name: never tell it the task
+    finally:
+        os.close(folder)
+    if uid != os.getuid():  # another user's process listens: never tell it the task
         conn.close()
         return None
+    return _request(conn, server, argv, env, cwd)
+
+
+def _request(
+    conn: socket.socket,
+    server: int,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str,
+) -> WarmProcess | None:
+    """Send the request with the pipes; read the fork's pid. None when the request did not
+    all go out (no fork can begin); WarmRuntimeLost when it did and no pid came back."""
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
+    ours = [out_read, err_read]
     try:
         request = encode_request(list(argv[3:]), dict(env), cwd)
         sent = socket.send_fds(conn, [request], [out_write, err_write])
         if sent < len(request):  # an empty send fails once a quick run's server hung up
             conn.sendall(request[sent:])
+    except OSError:  # the server never has the whole request: the run starts cold
+        _close(conn, ours)
+        return None
+    except BaseException:
+        _close(conn, ours)
+        raise
+    finally:
         os.close(out_write)
         os.close(err_write)
-        out_write = err_write = -1
-        reply = b""
-        while b"\n" not in reply:
-            chunk = conn.recv(64)
-            if not chunk:
-                raise ConnectionError("the warm runtime closed the connection")
-            reply += chunk
-        line, _, after = reply.partition(b"\n")  # a quick run's "exit" may follow at once
-        word, _, pid = line.partition(b" ")
-        if word != b"pid" or not pid.isdigit():
-            raise ConnectionError(f"the warm runtime answered {reply!r}")
-    except (OSError, ValueError):  # closing the connection ends a fork that may have begun
-        conn.close()
-        for fd in (out_read, err_read, out_write, err_write):
-            if fd >= 0:
-                os.close(fd)
-        return None
-    return WarmProcess(conn, int(pid), out_read, err_read, after)
+    try:
+        conn.settimeout(None)  # the pid comes once the server has forked: wait while it lives
+        line, after = _first_line(conn)
+    except OSError as exc:  # closing the connection ends a fork that may have begun, unrun
+        ending = _ending(server)
+        _close(conn, ours)
+        raise WarmRuntimeLost(
+            f"the warm runtime {ending} after it took the task's request, before it started "
+            "the task: the try fails rather than risk running the task twice"
+        ) from exc
+    except BaseException:
+        _close(conn, ours)
+        raise
+    word, _, pid = line.partition(b" ")
+    if word != b"pid" or not pid.isdigit():
+        _close(conn, ours)
+        raise WarmRuntimeLost(
+            f"the warm runtime (pid {server}) answered {line!r} to the task's request: "
+            "the try fails rather than risk running the task twice"
+        )
+    return WarmProcess(conn, int(pid), out_read, err_read, server, after)
+
+
+def _first_line(conn: socket.socket) -> tuple[bytes, bytes]:
+    """The server's first line, and what came after it (a quick run's "exit" may follow)."""
+    reply = b""
+    while b"\n" not in reply:
+        chunk = conn.recv(64)
+        if not chunk:
+            raise ConnectionError("the warm runtime closed the connection")
+        reply += chunk
+    line, _, after = reply.partition(b"\n")
+    return line, after
+
+
+def _close(conn: socket.socket, fds: Sequence[int]) -> None:
+    conn.close()
+    for fd in fds:
+        os.close(fd)
 
 
 def _start_server(
-    name: str, env: Mapping[str, str], cwd: str, owner: int, idle_seconds: float
+    path: Path, env: Mapping[str, str], cwd: str, owner: int, idle_seconds: float
 ) -> None:
     """In the background: the first task on a worker starts cold, the next ones warm."""
-    argv = [sys.executable, "-m", "provider.runtime", "serve", "--name", name]
+    argv = [sys.executable, "-m", "provider.runtime", "serve", "--socket", str(path)]
     argv += ["--owner", str(owner), "--idle", str(idle_seconds)]
     _STARTED.append(
         subprocess.Popen(

@@ -2,15 +2,18 @@
 
 A local flow task's runtime spends most of its start importing (the runtime, cloudpickle and
 what they import); a fork of a process that already did so starts in a few milliseconds. The
-worker (``provider.compute.warm``) starts this server on first use and connects to it over an
-abstract Unix socket named after everything that shapes an interpreter at start (executable,
-working directory, ``PYTHON*``/locale variables, the runtime's sources), so a fork is what a
-fresh ``python -m provider.runtime`` would have been, then asks for one run:
+worker (``provider.compute.warm``) starts this server on first use and connects to it over a
+Unix socket file in ``$AIRFLOW_HOME/flowtask/runtimes`` (a folder of this user's alone, mode
+0700), named after everything that shapes an interpreter at start (executable, working
+directory, ``PYTHON*``/locale variables, the runtime's sources), so a fork is what a fresh
+``python -m provider.runtime`` would have been, then asks for one run:
 
     worker -> server   length-prefixed JSON {args, env, cwd} + its stdout and stderr pipes
     server -> worker   "pid N"    the forked runtime runs, leading its own process group
     server -> worker   "exit C"   its exit code (negative: the signal that ended it)
 
+The fork leads its own process group before its pid is sent, and starts the run only once the
+"pid" line is out: a worker that hung up before then never has a run it does not supervise.
 The fork replaces its environment with the request's, and ends as a fresh runtime would: the
 interpreter finalizes (threads joined, ``atexit``). Lifetimes:
 
@@ -18,7 +21,8 @@ interpreter finalizes (threads joined, ``atexit``). Lifetimes:
   fork's group, SIGKILL after a grace; the server's own death sends it SIGTERM
   (``PR_SET_PDEATHSIG`` through ``FLOWTASK_PARENT_PID``, as for a fresh runtime);
 - the server ends when it has run nothing for ``--idle`` seconds, or once its owner (the
-  process that supervises the worker's tasks) is gone and no fork of it runs.
+  process that supervises the worker's tasks) is gone and no fork of it runs; it removes its
+  socket file first, and serves the requests already queued.
 
 Only processes of the server's own user are served (``SO_PEERCRED``).
 """
@@ -27,12 +31,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import fcntl
 import gc
 import json
 import os
 import selectors
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
@@ -44,6 +51,7 @@ HEADER = struct.Struct(">I")
 MAX_REQUEST = 64 * 2**20
 KILL_GRACE_SECONDS = 10.0
 RECEIVE_SECONDS = 5.0
+FOLDER_MODE = 0o700
 
 
 @dataclass
@@ -95,10 +103,44 @@ def receive_request(conn: socket.socket) -> Request:
         raise
 
 
+def peer(conn: socket.socket) -> tuple[int, int]:
+    """The pid and the uid of the process at the other end of ``conn`` (``SO_PEERCRED``)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _ = struct.unpack("3i", creds)
+    return pid, uid
+
+
 def peer_is_us(conn: socket.socket) -> bool:
     """The process at the other end of ``conn`` runs as this process's user."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1] == os.getuid()
+    return peer(conn)[1] == os.getuid()
+
+
+def private_folder(path: str) -> int:
+    """An open descriptor of the folder ``path`` (made if missing) once it is a folder of this
+    user's with mode 0700 (a looser mode of its own is tightened); OSError otherwise: a folder
+    another user owns is never used."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        os.makedirs(path, mode=FOLDER_MODE, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        found = os.fstat(fd)
+        if found.st_uid != os.getuid():
+            raise PermissionError(errno.EPERM, "the folder belongs to another user", path)
+        if stat.S_IMODE(found.st_mode) != FOLDER_MODE:
+            os.fchmod(fd, FOLDER_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def socket_address(folder: int, name: str) -> str:
+    """The address of the socket file ``name`` in the open folder ``folder``: through
+    ``/proc/self/fd`` it is short whatever the folder's path (``sun_path`` holds 107 bytes),
+    and it is the folder that was checked."""
+    return f"/proc/self/fd/{folder}/{name}"
 
 
 def _preload() -> None:
@@ -125,12 +167,14 @@ def _preload_for(request: Request) -> None:
 
 
 class Server:
-    def __init__(self, name: str, owner: int, idle_seconds: float) -> None:
+    def __init__(self, path: str, owner: int, idle_seconds: float) -> None:
         self.idle_seconds = idle_seconds
-        self.listener: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind("\0" + name)  # OSError: another server took the name first
-        self.listener.listen(64)
         self.owner_fd = os.pidfd_open(owner)  # ProcessLookupError: the owner is gone
+        folder, self.name = os.path.split(path)
+        self.folder = private_folder(folder)  # OSError: not a folder of this user's alone
+        self.listener: socket.socket | None = _listen(self.folder, self.name)
+        self.inode = os.stat(self.name, dir_fd=self.folder).st_ino
+        self.closing = False  # the socket file is gone: serve what is queued, then stop
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, "accept")
         self.selector.register(self.owner_fd, selectors.EVENT_READ, "owner")
@@ -142,8 +186,10 @@ class Server:
         while self.listener is not None or self.forks:
             events = self.selector.select(self._timeout())
             now = time.monotonic()
-            if not events and not self.forks and now - self.idle_since >= self.idle_seconds:
-                break
+            if not events and self.closing:
+                self._close_listener()  # nothing was queued when the socket file went
+            elif not events and not self.forks and now - self.idle_since >= self.idle_seconds:
+                self._stop_accepting()
             for key, _ in events:
                 if key.data == "accept" and self.listener is not None:
                     request = self._accept()
@@ -161,8 +207,10 @@ class Server:
         return None
 
     def _timeout(self) -> float | None:
+        if self.closing and self.listener is not None:
+            return 0.0
         deadlines = [f.kill_at for f in self.forks.values() if f.kill_at is not None]
-        if not self.forks:
+        if not self.forks and self.listener is not None:
             deadlines.append(self.idle_since + self.idle_seconds)
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
@@ -178,21 +226,36 @@ class Server:
         except (OSError, ValueError, KeyError, TypeError):
             conn.close()
             return None
+        gate, release = os.pipe()  # the fork starts the run once its worker knows its pid
         pid = os.fork()
         if pid == 0:
+            os.setpgid(0, 0)
+            os.close(release)
             self._leave(conn)
+            released = os.read(gate, 1)
+            os.close(gate)
+            if not released:  # its worker was never told of it: it must not run
+                os._exit(0)
             return request
+        os.close(gate)
         for fd in request.fds:
             os.close(fd)
-        fork = _Fork(pid, os.pidfd_open(pid), conn)
-        self.forks[pid] = fork
-        self.selector.register(fork.pidfd, selectors.EVENT_READ, ("exit", fork))
         try:
-            conn.sendall(f"pid {pid}\n".encode())
-            conn.setblocking(False)
-            self.selector.register(conn, selectors.EVENT_READ, ("client", fork))
-        except OSError:
-            self._abandon(fork)
+            with contextlib.suppress(ProcessLookupError):  # killed already: its exit tells
+                os.setpgid(pid, pid)  # the group exists before anyone is told to signal it
+            fork = _Fork(pid, os.pidfd_open(pid), conn)
+            self.forks[pid] = fork
+            self.selector.register(fork.pidfd, selectors.EVENT_READ, ("exit", fork))
+            try:
+                conn.sendall(f"pid {pid}\n".encode())
+                conn.setblocking(False)
+                self.selector.register(conn, selectors.EVENT_READ, ("client", fork))
+            except OSError:
+                self._abandon(fork)  # its gate closes unopened: it ends without running
+            else:
+                os.write(release, b"\n")
+        finally:
+            os.close(release)
         _preload_for(request)
         return None
 
@@ -237,11 +300,20 @@ class Server:
             fork.kill_at = time.monotonic() + KILL_GRACE_SECONDS
 
     def _stop_accepting(self) -> None:
+        """Remove the socket file (no new worker reaches this server) and stop watching the
+        owner; the connections already queued are still served (see ``serve``)."""
+        if not self.closing:
+            self.closing = True
+            with contextlib.suppress(OSError):
+                if os.stat(self.name, dir_fd=self.folder).st_ino == self.inode:
+                    os.unlink(self.name, dir_fd=self.folder)
+            self.selector.unregister(self.owner_fd)
+
+    def _close_listener(self) -> None:
         if self.listener is not None:
             self.selector.unregister(self.listener)
             self.listener.close()
             self.listener = None
-        self.selector.unregister(self.owner_fd)
 
     def _leave(self, conn: socket.socket) -> None:
         """In the fork: drop everything of the server's."""
@@ -254,11 +326,40 @@ class Server:
                 fork.conn.close()
         self.selector.close()
         os.close(self.owner_fd)
+        os.close(self.folder)
+
+
+def _listen(folder: int, name: str) -> socket.socket:
+    """A listening socket file ``name`` in ``folder``, mode 0700. OSError when a server
+    already listens there; a file that a killed server left behind is replaced. Servers of a
+    folder take its lock to bind, so two never replace each other's file."""
+    address = socket_address(folder, name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fcntl.flock(folder, fcntl.LOCK_EX)
+    umask = os.umask(0o077)
+    try:
+        try:
+            listener.bind(address)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                if probe.connect_ex(address) == 0:
+                    raise  # another server answers: it serves this name
+            os.unlink(name, dir_fd=folder)
+            listener.bind(address)
+        listener.listen(64)
+    except BaseException:
+        listener.close()
+        raise
+    finally:
+        os.umask(umask)
+        fcntl.flock(folder, fcntl.LOCK_UN)
+    return listener
 
 
 def become(request: Request) -> list[str]:
     """In a fork: take the request's pipes, directory and environment; the runtime's args."""
-    os.setsid()
     with open(os.devnull, "rb") as null:
         os.dup2(null.fileno(), 0)
     out, err = request.fds
@@ -287,16 +388,16 @@ def _retitle(title: str) -> None:
 
 
 def serve(argv: list[str]) -> list[str] | None:
-    """``serve --name N --owner PID --idle S``: None when the server ends; in a fork, the
-    runtime arguments to run."""
+    """``serve --socket PATH --owner PID --idle S``: None when the server ends; in a fork,
+    the runtime arguments to run."""
     parser = argparse.ArgumentParser(prog="python -m provider.runtime serve")
-    parser.add_argument("--name", required=True, help="the abstract socket's name")
+    parser.add_argument("--socket", required=True, help="the socket file, in a 0700 folder")
     parser.add_argument("--owner", type=int, required=True, help="end once this pid is gone")
     parser.add_argument("--idle", type=float, required=True, help="end after this many idle s")
     args = parser.parse_args(argv)
     try:
-        server = Server(args.name, args.owner, args.idle)
-    except (OSError, ProcessLookupError):  # the name is taken, or the owner already gone
+        server = Server(args.socket, args.owner, args.idle)
+    except OSError:  # another server listens, the folder is not ours, or the owner is gone
         return None
     _preload()
     gc.freeze()  # what is loaded now stays shared with the forks (no copy on collection)

@@ -38,6 +38,7 @@ class LocalTarget(ComputeTarget):
     def run(self, run: TaskRun, context: Any) -> Outcome:
         from provider import config
         from provider.compute import run_local, runtime_command
+        from provider.compute.warm import WarmRuntimeLost
 
         argv = runtime_command(
             run.store.root_uri,
@@ -46,14 +47,17 @@ class LocalTarget(ComputeTarget):
             python=sys.executable,
             code_path=self._code_path,
         )
-        code = run_local(
-            argv,
-            env=self._environment(run),
-            log_line=lambda line: run.log.info("%s", line),
-            log_error=lambda line: run.log.warning("%s", line),
-            on_start=self._started,
-            warm_idle_seconds=config.warm_runtime_idle_seconds(),
-        )
+        try:
+            code = run_local(
+                argv,
+                env=self._environment(run),
+                log_line=lambda line: run.log.info("%s", line),
+                log_error=lambda line: run.log.warning("%s", line),
+                on_start=self._started,
+                warm_idle_seconds=config.warm_runtime_idle_seconds(),
+            )
+        except WarmRuntimeLost as lost:  # the exit code is unknown: say what ended the run
+            return Outcome(manifest_key=run.manifest_key, exit_code=None, failure=str(lost))
         if code in KILLED_FOR_MEMORY and not self._killed:
             return Outcome(
                 manifest_key=run.manifest_key,
