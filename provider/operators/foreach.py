@@ -19,9 +19,6 @@ FAILED_SHOWN = 5
 # After its processes died this many times on the items they were running, a chunk's other
 # items are not run again in this try (every item crashing is not worth a process per item).
 MAX_CRASHED_ITEMS = 10
-# A chunk relaunched this many times in a row without naming an item that kills its process
-# (it dies at start, or is never started) is not launched again in this try.
-MAX_IDLE_RELAUNCHES = 2
 ITEM_TYPES = ("builtins.list", "builtins.tuple", "builtins.dict")
 
 
@@ -175,38 +172,39 @@ def run_to_the_end(
     catching: bool,
     stopped: Callable[[], bool] = lambda: False,
 ) -> Any:
-    """Launch ``chunks``; where processes died, run their chunks' other items again, carefully
-    (each item recorded before it starts), until each item that killed its process is known
-    and is a ``Failure``. Returns the last launch's outcome.
+    """Launch ``chunks``; where a process died while running items, run its chunk's other
+    items again, carefully (each item recorded before it starts), until each item that killed
+    its process is known and is a ``Failure``. Returns the last launch's outcome.
 
-    A chunk whose processes die without naming an item (at start, or more than
-    ``MAX_CRASHED_ITEMS`` times) stops there: with ``catch=`` its unfinished items become
-    ``Failure`` values; without it, the task fails naming the chunk.
+    A chunk that never started (a pod that cannot start, a lost host) is the platform's
+    failure and is not launched again here; nor is a chunk whose careful run died outside an
+    item, or any once ``MAX_CRASHED_ITEMS`` items killed their processes. With ``catch=``
+    their unfinished items become ``Failure`` values; without it, the task fails naming them.
     """
-    from provider.runtime.foreach import give_up_chunk, mark_crashed
+    from provider.runtime.foreach import RUNNING, give_up_chunk, mark_crashed
 
     outcome = launch(chunks)
     crashed: list[int] = []
-    idle: dict[int, int] = {}  # chunk -> relaunches in a row that named no item
     dead = unfinished_chunks(store, plan, chunks)
     while dead and not stopped():
         reasons = dict(outcome.lost or {})
+        found = _manifests(store, plan, dead)
         relaunch = []
         for chunk in dead:
             why = reasons.get(chunk) or outcome.failure or "its process died"
-            item = mark_crashed(store, plan, chunk, try_number, why)
+            manifest = found.get(chunk, {})
+            ran = manifest.get("status") == RUNNING and manifest["try_number"] == try_number
+            item = mark_crashed(store, plan, chunk, try_number, why) if ran else None
             if item is not None:
                 crashed.append(item)
-                idle[chunk] = 0
                 log.warning("foreach: item %d killed the process running it (%s)", item, why)
-            else:
-                idle[chunk] = idle.get(chunk, 0) + 1
-            if idle[chunk] <= MAX_IDLE_RELAUNCHES and len(crashed) <= MAX_CRASHED_ITEMS:
+            named = item is not None or (ran and not manifest.get("careful"))
+            if named and len(crashed) <= MAX_CRASHED_ITEMS:
                 relaunch.append(chunk)
             elif catching:
                 lost = give_up_chunk(store, plan, chunk, try_number, why)
                 log.warning(
-                    "foreach: chunk %d keeps dying (%s): %d items not run", chunk, why, len(lost)
+                    "foreach: chunk %d not run again (%s): %d items not run", chunk, why, len(lost)
                 )
         if not relaunch:
             break
