@@ -330,6 +330,7 @@ class Stopped:
     state: str
     workdir: Path
     worker: str  # the worker that ran try 1 and was stopped
+    before: list[str]  # its processes just before the stop
     strays: list[str]  # its processes still alive after its shutdown
     left: list[str]  # its processes found after that
 
@@ -351,10 +352,21 @@ def foreach_stopped(production: Production) -> Stopped:
 
     item_4 = deployment.wait_until(waiting, "try 1 to reach item 4", timeout=180)
     worker = production.worker_at(item_4.read_text())
+    before = _cmdlines(deployment.processes(worker))
     strays = deployment.stop_worker(worker)
-    left = [" ".join(p.cmdline()) for p in deployment.processes(worker)]
+    left = _cmdlines(deployment.processes(worker))
     state = deployment.api.wait_for_run("celery_foreach", run_id, timeout=180)
-    return Stopped(run_id, state, workdir, worker, strays, left)
+    return Stopped(run_id, state, workdir, worker, before, strays, left)
+
+
+def _cmdlines(processes: list[psutil.Process]) -> list[str]:
+    found = []
+    for proc in processes:
+        try:
+            found.append(" ".join(proc.cmdline()))
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def test_a_foreach_stopped_on_one_worker_resumes_on_the_other(
@@ -380,6 +392,9 @@ def test_a_foreach_stopped_on_one_worker_resumes_on_the_other(
 
 def test_stopping_a_worker_leaves_no_process(foreach_stopped: Stopped):
     """Its task process, the runtimes of the .foreach and its warm runtime included."""
+    before = foreach_stopped.before
+    assert any(" -m provider.runtime serve " in argv for argv in before), before  # warm
+    assert any(" -m provider.runtime foreach " in argv for argv in before), before
     assert foreach_stopped.strays == [], foreach_stopped.strays
     assert foreach_stopped.left == [], foreach_stopped.left
 
