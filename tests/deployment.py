@@ -2,9 +2,12 @@
 
 ``airflow dags test`` runs tasks in-process, with no scheduler, no executor, no Execution API
 over HTTP and no task supervisor, so it hides what only a deployment shows. ``Deployment``
-starts the four Airflow services as subprocesses in a fresh ``AIRFLOW_HOME`` (LocalExecutor on
-SQLite, everything on 127.0.0.1), and ``AirflowAPI`` drives them through the public REST API
-the way the UI does.
+starts the four Airflow services as subprocesses in a fresh ``AIRFLOW_HOME`` (everything on
+127.0.0.1), and ``AirflowAPI`` drives them through the public REST API the way the UI does.
+By default the executor is the LocalExecutor on SQLite; ``executor``, ``database_url`` and
+``workers`` make it production-shaped: PostgreSQL, the CeleryExecutor, and Celery workers that
+each have their own ``AIRFLOW_HOME`` with their own copy of the DAGs folder (no shared folder:
+another machine each).
 
     with Deployment(home, dags_folder, migrated_db) as deployment:
         api = deployment.api
@@ -14,9 +17,10 @@ the way the UI does.
 
 Everything the services start in turn (executor workers, task supervisors, task processes,
 a flow task's ``python -m provider.runtime``) is found again by ``processes()``: as a
-descendant, by the working directory it inherits (the home) or by an inherited marker
-variable. ``stop()`` terminates the services (SIGTERM, then SIGKILL), then kills whatever of
-theirs is still alive and returns it, so a test can fail on strays.
+descendant, by the working directory it inherits (the service's home) or by an inherited
+marker variable (a worker's own value). ``stop()`` terminates the services (SIGTERM, then
+SIGKILL), then kills whatever of theirs is still alive and returns it, so a test can fail on
+strays; ``stop_worker(name)`` does the same for one Celery worker while the rest runs on.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,12 +61,19 @@ def free_port() -> int:
 
 
 def deployment_env(
-    home: Path, dags_folder: Path, port: int, marker: str, **extra: str
+    home: Path,
+    dags_folder: Path,
+    port: int,
+    marker: str,
+    *,
+    executor: str = "LocalExecutor",
+    database_url: str | None = None,
+    **extra: str,
 ) -> dict[str, str]:
     """The environment of every service: a real deployment's settings, scaled down for tests.
 
     Each name below was checked against ``airflow/config_templates/config.yml`` of the
-    installed Airflow (3.3.2).
+    installed Airflow (3.3.2). ``database_url`` defaults to SQLite in ``home``.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(
@@ -71,8 +82,10 @@ def deployment_env(
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": executor,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
+                database_url or f"sqlite:///{home / 'airflow.db'}"
+            ),
             "AIRFLOW__CORE__XCOM_BACKEND": "provider.xcom.FlowXCom",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             # At most a few task processes at a time: the machine has 2 cores.
@@ -108,38 +121,73 @@ def deployment_env(
     return env
 
 
+def worker_home(home: Path, name: str) -> Path:
+    """The ``AIRFLOW_HOME`` of the deployment's worker ``name``: beside ``home``, not in it."""
+    return home.with_name(f"{home.name}.{name}")
+
+
+@dataclass(frozen=True)
+class CeleryWorker:
+    """An ``airflow celery worker`` as if on a machine of its own: its own ``AIRFLOW_HOME``
+    (``<home>.<name>``), holding its own copy of the DAGs folder, its own Celery hostname, the
+    queues it consumes, and variables of its own (``env``, laid over the deployment's)."""
+
+    name: str
+    queues: tuple[str, ...] = ("default",)
+    env: Mapping[str, str] = field(default_factory=dict)
+    concurrency: int = 2
+
+
 @dataclass
 class Service:
     name: str
     argv: list[str]
     log: Path
+    home: Path  # its working directory (and AIRFLOW_HOME), inherited by what it starts
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
-    def tail(self, lines: int = 40) -> str:
+    @property
+    def marker(self) -> str:
+        return self.env.get(MARKER, "")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def text(self) -> str:
         try:
-            text = self.log.read_text(errors="replace")
+            return self.log.read_text(errors="replace")
         except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+            return ""
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.text().splitlines()[-lines:]) or "(no log)"
 
 
 @dataclass
 class Deployment:
     """Airflow's services in ``home``, parsing ``dags_folder``; a context manager.
 
-    ``migrated_db`` is an ``airflow.db`` that ``airflow db migrate`` made (copied, not used).
+    ``migrated_db`` is an ``airflow.db`` that ``airflow db migrate`` made (copied, not used);
+    with ``database_url`` (a migrated database, e.g. PostgreSQL) it is not needed. ``workers``
+    start as Celery workers (``executor="CeleryExecutor"``; the broker comes in ``env_extra``).
     ``pycache`` is a directory for the services' bytecode (``PYTHONPYCACHEPREFIX``), kept
-    between sessions. ``start()`` returns once the public API and the Execution API answer
-    and the admin user has a token; ``wait_for_dag`` then waits for a DAG to be parsed.
+    between sessions. ``start()`` returns once the public API and the Execution API answer,
+    the admin user has a token and every worker is ready; ``wait_for_dag`` then waits for a
+    DAG to be parsed.
     """
 
     home: Path
     dags_folder: Path
-    migrated_db: Path
+    migrated_db: Path | None = None
     triggerer: bool = True
     env_extra: Mapping[str, str] = field(default_factory=dict)
     startup_timeout: float = 240.0
     pycache: Path | None = None
+    executor: str = "LocalExecutor"
+    database_url: str | None = None
+    workers: Sequence[CeleryWorker] = ()
 
     port: int = field(init=False, default=0)
     marker: str = field(init=False, default_factory=lambda: uuid.uuid4().hex)
@@ -147,6 +195,8 @@ class Deployment:
     services: list[Service] = field(init=False, default_factory=list)
     env: dict[str, str] = field(init=False, default_factory=dict)
     strays: list[str] = field(init=False, default_factory=list)
+    stopped: set[str] = field(init=False, default_factory=set)  # services stopped on purpose
+    overdue: list[str] = field(init=False, default_factory=list)  # SIGKILLed after the grace
     startup_seconds: float = field(init=False, default=0.0)
     _api: AirflowAPI | None = field(init=False, default=None)
 
@@ -164,6 +214,15 @@ class Deployment:
             raise DeploymentError("the deployment is not started")
         return self._api
 
+    def worker_home(self, name: str) -> Path:
+        return worker_home(self.home, name)
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise DeploymentError(f"no service {name!r}: {[s.name for s in self.services]}")
+
     def __enter__(self) -> Deployment:
         try:
             self.start()
@@ -180,11 +239,20 @@ class Deployment:
     def start(self) -> None:
         started = time.monotonic()
         self.home.mkdir(parents=True, exist_ok=True)
-        shutil.copy(self.migrated_db, self.home / "airflow.db")
+        if self.database_url is None:
+            if self.migrated_db is None:
+                raise DeploymentError("a deployment needs migrated_db or database_url")
+            shutil.copy(self.migrated_db, self.home / "airflow.db")
         (self.home / "passwords.json").write_text(json.dumps({USERNAME: self.password}))
         self.port = free_port()
         self.env = deployment_env(
-            self.home, self.dags_folder, self.port, self.marker, **dict(self.env_extra)
+            self.home,
+            self.dags_folder,
+            self.port,
+            self.marker,
+            executor=self.executor,
+            database_url=self.database_url,
+            **dict(self.env_extra),
         )
         if self.pycache is not None:
             # Each service imports most of Airflow: compiling it again in every process (as
@@ -199,18 +267,9 @@ class Deployment:
         if self.triggerer:
             commands["triggerer"] = [AIRFLOW, "triggerer", "--skip-serve-logs"]
         for name, argv in commands.items():
-            service = Service(name, argv, self.home / f"{name}.log")
-            with service.log.open("wb") as log:
-                service.proc = subprocess.Popen(
-                    argv,
-                    env=self.env,
-                    cwd=self.home,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            self.services.append(service)
+            self._launch(Service(name, argv, self.home / f"{name}.log", self.home, self.env))
+        for worker in self.workers:
+            self._launch(self._worker_service(worker))
         self._api = AirflowAPI(self.url, USERNAME, self.password)
         self.wait_until(
             lambda: self._answers("/api/v2/monitor/health"),
@@ -224,7 +283,47 @@ class Deployment:
             "the Execution API to answer /execution/health",
         )
         self._api.login()
+        for worker in self.workers:
+            service = self.service(worker.name)
+            # Celery logs "<hostname> ready." once the worker consumes its queues.
+            self.wait_until(lambda s=service: " ready." in s.text(), f"{worker.name} to be ready")
         self.startup_seconds = time.monotonic() - started
+
+    def _worker_service(self, worker: CeleryWorker) -> Service:
+        """A worker's home, its own copy of the DAGs folder (as an image or a git-sync gives a
+        machine its own), and its environment: the deployment's, with its own home, DAGs
+        folder and marker, and ``worker.env`` over them."""
+        home = self.worker_home(worker.name)
+        home.mkdir(parents=True, exist_ok=True)
+        dags = home / "dags"
+        shutil.rmtree(dags, ignore_errors=True)
+        shutil.copytree(self.dags_folder, dags, ignore=shutil.ignore_patterns("__pycache__"))
+        env = {
+            **self.env,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            MARKER: f"{self.marker}.{worker.name}",
+            **dict(worker.env),
+        }
+        argv = [AIRFLOW, "celery", "worker", "--celery-hostname", f"{worker.name}@{self.marker}"]
+        argv += ["--queues", ",".join(worker.queues), "--concurrency", str(worker.concurrency)]
+        # Task logs stay in the worker's home: one log server port for two workers on one
+        # machine cannot work, and the tests read the files (worker_task_log).
+        argv += ["--skip-serve-logs", "--without-mingle", "--without-gossip"]
+        return Service(worker.name, argv, home / "worker.log", home, env)
+
+    def _launch(self, service: Service) -> None:
+        with service.log.open("wb") as log:
+            service.proc = subprocess.Popen(
+                service.argv,
+                env=service.env,
+                cwd=service.home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # each service leads its own process group
+            )
+        self.services.append(service)
 
     def _answers(self, path: str, timeout: float = 5.0) -> bool:
         try:
@@ -247,8 +346,11 @@ class Deployment:
             time.sleep(every)
 
     def check_alive(self) -> None:
+        """Every service that was not stopped on purpose still runs."""
         for service in self.services:
             if service.proc is not None and service.proc.poll() is not None:
+                if service.name in self.stopped:
+                    continue
                 raise DeploymentError(
                     f"airflow {service.name} exited with {service.proc.returncode}\n"
                     f"{self.log_tails()}"
@@ -270,33 +372,55 @@ class Deployment:
 
         return self.wait_until(parsed, f"DAG {dag_id} to be parsed", timeout, every=1.0)
 
+    def worker_task_log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
+    ) -> str:
+        """A task try's log as the worker that ran it wrote it (workers serve no logs here)."""
+        parts = [f"dag_id={dag_id}", f"run_id={run_id}", f"task_id={task_id}"]
+        if map_index >= 0:
+            parts.append(f"map_index={map_index}")
+        texts = []
+        for worker in self.workers:
+            path = self.worker_home(worker.name).joinpath("logs", *parts)
+            path = path / f"attempt={try_number}.log"
+            if path.exists():
+                lines = [
+                    _file_log_line(line) for line in path.read_text(errors="replace").splitlines()
+                ]
+                texts.append(f"--- {worker.name}: {path} ---\n" + "\n".join(lines))
+        return "\n".join(texts) or f"(no worker wrote a log of {'/'.join(parts)} try {try_number})"
+
     # -- processes ---------------------------------------------------------------------------
 
-    def processes(self) -> list[psutil.Process]:
-        """Every live process of this deployment: the services and all they started.
+    def processes(self, *names: str) -> list[psutil.Process]:
+        """Every live process of the named services (default: all) and all they started.
 
-        A process is ours if it descends from a service, or works in the deployment's home
-        (the services' working directory, inherited by everything they start), or carries
-        the marker variable. Orphans are no longer descendants, and ``setproctitle`` (the
-        api-server, executor workers, task supervisors) overwrites the memory that
-        ``/proc/PID/environ`` shows, so no single test finds them all.
+        A process is a service's if it descends from it, or works in its home (its working
+        directory, inherited by everything it starts), or carries its marker variable.
+        Orphans are no longer descendants, and ``setproctitle`` (the api-server, executor
+        workers, task supervisors) overwrites the memory that ``/proc/PID/environ`` shows, so
+        no single test finds them all. The api-server, scheduler, dag-processor and triggerer
+        share the deployment's home and marker; each worker has its own.
         """
+        services = [s for s in self.services if not names or s.name in names]
         found: dict[int, psutil.Process] = {}
-        for service in self.services:
-            if service.proc is None or service.proc.poll() is not None:
+        for service in services:
+            if not service.running:
                 continue
+            assert service.proc is not None
             try:
                 root = psutil.Process(service.proc.pid)
                 for proc in [root, *root.children(recursive=True)]:
                     found[proc.pid] = proc
             except psutil.NoSuchProcess:
                 continue
-        home = str(self.home)
+        homes = {str(s.home) for s in services}
+        markers = {s.marker for s in services}
         for proc in psutil.process_iter():
             if proc.pid == os.getpid() or proc.pid in found:
                 continue
             try:
-                if proc.cwd() == home or proc.environ().get(MARKER) == self.marker:
+                if proc.cwd() in homes or proc.environ().get(MARKER) in markers:
                     found[proc.pid] = proc
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
@@ -318,6 +442,14 @@ class Deployment:
 
     # -- stop --------------------------------------------------------------------------------
 
+    def stop_worker(self, name: str, grace: float = 15.0) -> list[str]:
+        """Stop one worker as a machine's shutdown does: SIGTERM to its whole process group,
+        SIGKILL to the group after ``grace`` seconds. Returns the processes of the worker still
+        alive after that (killed then; ``strays`` keeps them too). The rest runs on."""
+        if name not in {w.name for w in self.workers}:
+            raise DeploymentError(f"no worker {name!r}: {[w.name for w in self.workers]}")
+        return self._stop([self.service(name)], grace, group=True)
+
     def stop(self, grace: float = 15.0) -> list[str]:
         """SIGTERM the services, SIGKILL what is left of them, then every process of theirs.
 
@@ -326,19 +458,30 @@ class Deployment:
         """
         if self._api is not None:
             self._api.close()  # an open keep-alive connection slows the api-server's exit
-        running = [s.proc for s in self.services if s.proc is not None and s.proc.poll() is None]
-        before = self.processes()
-        for proc in running:
-            _signal(proc.pid, signal.SIGTERM)
+        return self._stop(self.services, grace, group=False)
+
+    def _stop(self, services: Sequence[Service], grace: float, *, group: bool) -> list[str]:
+        names = [s.name for s in services]
+        self.stopped.update(names)
+        running = [s for s in services if s.proc is not None and s.proc.poll() is None]
+        before = self.processes(*names)
+        for service in running:
+            assert service.proc is not None
+            (_killpg if group else _signal)(service.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for proc in running:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for proc in running:
-            _killpg(proc.pid, signal.SIGKILL)  # each service leads its own process group
-            proc.wait()
-        services = {proc.pid for proc in running}
-        candidates = {p.pid: p for p in [*before, *self.processes()] if p.pid not in services}
+        for service in running:
+            assert service.proc is not None
+            try:
+                service.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.overdue.append(service.name)
+        for service in running:
+            assert service.proc is not None
+            _killpg(service.proc.pid, signal.SIGKILL)  # each service leads its own group
+            service.proc.wait()
+        pids = {service.proc.pid for service in running if service.proc is not None}
+        after = self.processes(*names)  # what works in their homes or carries their markers
+        candidates = {p.pid: p for p in [*before, *after] if p.pid not in pids}
         leftovers = _wait_gone(candidates.values(), 3.0)
         strays = []
         for proc in leftovers:
@@ -565,6 +708,15 @@ def _log_line(entry: Any) -> str:
     for error in entry.get("error_detail") or []:
         line += f"\n    {error.get('exc_type')}: {error.get('exc_value')}"
     return line
+
+
+def _file_log_line(line: str) -> str:
+    """A line of a task log file (one JSON object each) as ``task_log`` shows it."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return line
+    return _log_line(entry)
 
 
 def _check(response: httpx.Response) -> None:

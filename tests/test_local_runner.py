@@ -146,3 +146,52 @@ def test_killing_a_chunk_pool_stops_every_worker_and_what_it_started(tmp_path):
     thread.join(10)
     assert not thread.is_alive()
     assert _wait_for(lambda: not any(_alive(pid) for pid in started), 5)
+
+
+def test_a_chunk_pool_killed_from_a_signal_handler_returns_its_chunks_as_lost(tmp_path):
+    """Airflow's task runner calls ``on_kill`` from its SIGTERM handler (a Celery worker's
+    warm shutdown forwards SIGTERM to its task processes): the handler kills the pool in the
+    thread that runs it, and ``run`` must then return, naming the chunks it lost."""
+    import threading
+
+    from provider.compute.pool import ChunkPool
+
+    started = tmp_path / "started"
+    worker = f"""
+        import sys, time
+        for line in sys.stdin:
+            open({str(started)!r}, "w").write(line)
+            time.sleep(600)
+    """
+    pool = ChunkPool(
+        lambda fd: [sys.executable, "-c", textwrap.dedent(worker)],
+        env=dict(os.environ),
+        size=1,
+        log_line=lambda line: None,
+        log_error=lambda line: None,
+    )
+
+    class StillRunning(Exception):
+        pass
+
+    def on_term(signum, frame):
+        pool.kill(grace_seconds=1.0)
+
+    def too_late(signum, frame):
+        raise StillRunning("the pool still ran after it was killed")
+
+    def send_sigterm() -> None:
+        if _wait_for(started.exists, 30):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, on_term), signal.signal(signal.SIGALRM, too_late)
+    signal.alarm(20)  # a hang fails the test instead of the session
+    try:
+        threading.Thread(target=send_sigterm, daemon=True).start()
+        report = pool.run([0, 1])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGUSR1, previous[0])
+        signal.signal(signal.SIGALRM, previous[1])
+    assert report.answered == {}
+    assert list(report.lost) == [0], report.lost

@@ -75,6 +75,7 @@ class ChunkPool:
         self._progress = progress
         self._progress_every = progress_every
         self._workers: list[_Worker] = []
+        self._killed = False
 
     def run(self, chunks: Sequence[int]) -> PoolReport:
         report = PoolReport()
@@ -86,7 +87,7 @@ class ChunkPool:
             for worker in self._workers:
                 self._next(worker, todo)
             last = time.monotonic()
-            while selector.get_map():
+            while selector.get_map() and not self._killed:
                 for key, _ in selector.select(timeout=0.5):
                     key.data(key.fileobj, selector, report, todo)
                 if self._progress is not None and time.monotonic() - last >= self._progress_every:
@@ -100,7 +101,9 @@ class ChunkPool:
         return report
 
     def kill(self, grace_seconds: float = 3.0) -> None:
-        """End every worker and what it started."""
+        """End every worker and what it started; ``run`` then returns (also when this is called
+        from a signal handler while it waits: the pipes it watches are closed here)."""
+        self._killed = True
         for worker in self._workers:
             if worker.process.poll() is None:
                 terminate_group(worker.process, grace_seconds)
