@@ -330,13 +330,11 @@ def test_example_flow_foreach_runs_as_one_indexed_job(
     assert "Returned value was: 2000 items checked" in run.output  # every result, in order
     store = _store(moto, "e2e-k8s-foreach")
     (score,) = _manifests(store, "flow_foreach")["score"]
-    assert score["foreach"] == {
-        "items": 2000,
-        "chunks": 4,
-        "chunk_size": 500,
-        "prefix": score["foreach"]["prefix"],
-        "failed": 0,
-    }
+    foreach = score["foreach"]
+    assert (foreach["items"], foreach["chunks"], foreach["chunk_size"]) == (2000, 4, 500)
+    assert (foreach["failed"], foreach["failed_items"]) == (0, [])
+    # The result's chunk list, in the manifest: what gc keeps while this try's result lives.
+    assert [chunk["count"] for chunk in foreach["chunk_results"]] == [500] * 4
     jobs: dict[str, list[dict[str, Any]]] = {}
     for submitted in cluster.job_history:
         jobs.setdefault(submitted["metadata"]["labels"]["flowtask.io/task"], []).append(submitted)
@@ -410,15 +408,20 @@ def test_foreach_jobs_retry_an_index_resume_failed_items_catch_and_explain_failu
     assert "1 of 8 items failed: [5] builtins.ValueError: item 5 fails on its first call" in out
     assert "8 items in 4 chunks of 2; 1 chunks to run (3 done by an earlier try)" in out
 
-    # hog: an index OOMKilled, with no retry left, fails the task naming it and why.
-    (hog,) = jobs["hog"]
+    # hog: an index OOMKilled, with no retry left: its chunk's items ran again, carefully, in a
+    # second Job (which found item 4 killing its pod) and a third (which ran item 5); the task
+    # fails naming item 4 and why.
+    first_hog, careful, rest = jobs["hog"]
+    assert rest["spec"]["completions"] == 1
+    assert (first_hog["spec"]["completions"], careful["spec"]["completions"]) == (2, 1)
     assert re.search(
-        r"flow task hog failed: ForeachFailed: 1 chunks never reported \(items 3-5\): job "
-        rf"{hog['metadata']['name']} Failed: FailedIndexes: Job has failed indexes; 1 of 2 "
-        rf"indexes did not succeed: index 1 \(chunk 1\): pod {hog['metadata']['name']}-1-\w+ "
-        r"was OOMKilled: the container went over its memory limit \(160Mi\)",
+        r"flow task hog failed: ForeachFailed: 1 of 6 items failed: \[4\] ProcessDied: the "
+        rf"process running item 4 died: job {careful['metadata']['name']} Failed: .*pod "
+        rf"{careful['metadata']['name']}-0-\w+ was OOMKilled: the container went over its "
+        r"memory limit \(160Mi\)",
         out,
     ), out[-8000:]
+    assert "foreach: item 4 killed the process running it" in out
     assert "pod job-hog-" in out and "failed; its last lines:" in out
 
     # needs_secret: its pods cannot start; the Job fails and is deleted in seconds.

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 from conftest import TEST_DAGS, DagsTest
+from reachability import assert_gc_keeps_everything_reachable
 
 sys.path.insert(0, str(TEST_DAGS))
 import flow_parity
@@ -58,3 +59,7 @@ def test_flow_tasks_map_as_task_does(dags_test: DagsTest, size: str, backend: st
     reasons = sorted(set(re.findall(r"AssertionError: (\S+: .{0,300})", run.output)))
     assert not differing, f"{len(differing)} cells differ: {differing}\n" + "\n".join(reasons)
     assert run.returncode == 0, run.output[-5000:]
+    with sqlite3.connect(run.home / "airflow.db") as db:
+        rows = db.execute("SELECT task_id, map_index, value FROM xcom WHERE dag_id = ?", (dag_id,))
+        xcoms = {f"{task}[{index}]": json.loads(value) for task, index, value in rows}
+    assert_gc_keeps_everything_reachable(run.artifacts, xcoms)

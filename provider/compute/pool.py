@@ -171,7 +171,7 @@ class ChunkPool:
                 selector.unregister(fd)
                 os.close(fd)
                 self._lost(worker, report)
-                if todo:
+                if todo and not self._killed:
                     self._start(len(self._workers), selector)
                     self._next(self._workers[-1], todo)
                 return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import struct
 from collections.abc import Callable
 from types import CodeType, FunctionType
@@ -65,7 +66,7 @@ def _feed(update: Callable[[bytes], Any], value: Any, seen: set[int]) -> None:
     elif isinstance(value, (set, frozenset)):
         _unordered(update, b"e", kind, list(value), seen)
     elif isinstance(value, FunctionType):
-        _tagged(update, b"f", f"{value.__module__}.{value.__qualname__}".encode())
+        _tagged(update, b"f", f"{_module(value.__module__)}.{value.__qualname__}".encode())
         _feed(update, value.__code__, seen)
         _feed(update, value.__defaults__, seen)
         _feed(update, value.__kwdefaults__, seen)
@@ -99,4 +100,13 @@ def _unordered(
 
 
 def _name(kind: type) -> str:
-    return f"{kind.__module__}.{kind.__qualname__}"
+    return f"{_module(kind.__module__)}.{kind.__qualname__}"
+
+
+# Airflow imports a DAG file as ``unusual_prefix_<sha1 of its path>_<name>``: the same file on
+# two workers at two paths is the same module.
+_DAG_FILE_MODULE = re.compile(r"^unusual_prefix_[0-9a-f]+_")
+
+
+def _module(name: str | None) -> str:
+    return _DAG_FILE_MODULE.sub("", name or "", count=1)
