@@ -246,16 +246,18 @@ def _mib(value: Any) -> str:
     return "-" if value is None else human_mib(float(value))
 
 
-def _store_option(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
-    parser.add_argument(
-        "--store",
-        default=env.get(STORE_ENV),
-        required=STORE_ENV not in env,
-        help=f"artifact store root (default: ${STORE_ENV})",
-    )
+STORE_HELP = (
+    "artifact store root: s3://bucket/prefix, file:///path or a path (default: the provider's, "
+    f"${STORE_ENV}, else [flow_task] artifact_store in airflow.cfg, else "
+    "$AIRFLOW_HOME/flow_artifacts)"
+)
 
 
-def add_commands(sub: Any, env: dict[str, str]) -> None:
+def store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", help=STORE_HELP)
+
+
+def add_commands(sub: Any) -> None:
     """Register ``runs``, ``show``, ``get`` and ``tag`` on the ``flowtask`` parser."""
     runs = sub.add_parser("runs", help="list a DAG's runs, newest first")
     runs.add_argument("dag_id")
@@ -264,14 +266,14 @@ def add_commands(sub: Any, env: dict[str, str]) -> None:
     group.add_argument("--namespace", help="runs of this namespace (default: user:<you>)")
     group.add_argument("--all-namespaces", action="store_true", help="runs of every namespace")
     runs.add_argument("--json", action="store_true", help="a JSON list, for scripts")
-    _store_option(runs, env)
+    store_option(runs)
     runs.set_defaults(handler=cmd_runs)
 
     show = sub.add_parser("show", help="a run's tasks and tries, with result types and sizes")
     show.add_argument("dag_id")
     show.add_argument("run_id")
     show.add_argument("task_id", nargs="?")
-    _store_option(show, env)
+    store_option(show)
     show.set_defaults(handler=cmd_show)
 
     get = sub.add_parser("get", help="print a task's result, or write it as a pickle")
@@ -280,7 +282,7 @@ def add_commands(sub: Any, env: dict[str, str]) -> None:
     get.add_argument("task_id")
     get.add_argument("--map-index", type=int, help="the instance of a mapped task")
     get.add_argument("-o", "--output", metavar="FILE", help="write the value as a pickle")
-    _store_option(get, env)
+    store_option(get)
     get.set_defaults(handler=cmd_get)
 
     tag = sub.add_parser("tag", help="add or remove tags of a run after the fact")
@@ -288,7 +290,7 @@ def add_commands(sub: Any, env: dict[str, str]) -> None:
     tag.add_argument("dag_id")
     tag.add_argument("run_id")
     tag.add_argument("tags", nargs="+", metavar="TAG")
-    _store_option(tag, env)
+    store_option(tag)
     tag.set_defaults(handler=cmd_tag)
 
     usage = sub.add_parser(
@@ -297,7 +299,7 @@ def add_commands(sub: Any, env: dict[str, str]) -> None:
     usage.add_argument("dag_id")
     usage.add_argument("run_id", nargs="?", help="default: the DAG's latest run")
     usage.add_argument("--json", action="store_true", help="a JSON list, for scripts")
-    _store_option(usage, env)
+    store_option(usage)
     usage.set_defaults(handler=cmd_usage)
 
 
