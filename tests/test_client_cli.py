@@ -68,8 +68,17 @@ def test_runs_prints_a_table_of_the_current_namespace(store_uri, capsys):
 def test_runs_says_where_the_runs_are_when_a_namespace_has_none(store_uri, capsys):
     code, out, err = _run(capsys, "runs", "train", "--tag", "exp-7")
     assert (code, out) == (0, "")
-    assert "no runs of train tagged exp-7 in namespace 'user:alice'" in err
-    assert "runs tagged exp-7 are in: team:ml (--namespace NS or --all-namespaces)" in err
+    assert err == (
+        "no runs of train tagged exp-7 in namespace 'user:alice'\n"
+        "runs tagged exp-7 are in: team:ml (--namespace NS or --all-namespaces)\n"
+    )
+    # --json says the same, in a field.
+    code, out, _ = _run(capsys, "runs", "train", "--tag", "exp-7", "--json")
+    listing = json.loads(out)
+    assert listing == {"namespace": "user:alice", "runs": [], "hint": err.rstrip("\n")}
+    # A namespace as typed into a form or a shell, with spaces around it, is the same one.
+    code, out, _ = _run(capsys, "runs", "train", "--namespace", " team:ml ", "--json")
+    assert [r["run_id"] for r in json.loads(out)["runs"]] == ["r3"]
 
 
 def test_runs_json_is_for_scripts(store_uri):
@@ -81,7 +90,9 @@ def test_runs_json_is_for_scripts(store_uri):
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    runs = json.loads(proc.stdout)
+    listing = json.loads(proc.stdout)
+    assert (listing["namespace"], listing["hint"]) == ("user:alice", None)
+    runs = listing["runs"]
     assert [r["run_id"] for r in runs] == ["r2", "r1"]
     assert runs[0] | {"created_at": None} == {
         "run_id": "r2",
@@ -104,7 +115,7 @@ def test_tag_add_and_remove(store_uri, capsys):
     code, out, _ = _run(capsys, "tag", "remove", "train", "r1", "reviewed")
     assert (code, out) == (0, "r1: nightly, best\n")
     code, out, _ = _run(capsys, "runs", "train", "--tag", "best", "--json")
-    assert [(r["run_id"], r["user_tags"]) for r in json.loads(out)] == [("r1", ["best"])]
+    assert [(r["run_id"], r["user_tags"]) for r in json.loads(out)["runs"]] == [("r1", ["best"])]
     code, _, err = _run(capsys, "tag", "remove", "train", "r1", "nightly")
     assert code == 2
     assert "original tags of run 'r1' (from its trigger) and stay recorded" in err

@@ -11,7 +11,7 @@ from typing import Any
 
 from provider.client.errors import NoResult, NotFound, UnknownRun
 from provider.client.flow import STORE_ENV, Flow
-from provider.client.namespaces import get_namespace
+from provider.client.namespaces import checked_namespace, get_namespace
 from provider.client.run import Run
 from provider.client.task import Task, Try, describe
 
@@ -63,29 +63,40 @@ def _flow(args: argparse.Namespace) -> Flow:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     flow = _flow(args)
-    name = None if args.all_namespaces else (args.namespace or get_namespace())
+    if args.all_namespaces:
+        name = None
+    elif args.namespace is not None:
+        name = checked_namespace(args.namespace, "--namespace")
+    else:
+        name = get_namespace()
     runs = list(flow.runs(tags=args.tag or (), namespace=name))
+    hint = None if runs else _no_runs_hint(flow, args.tag or [], name)
     if args.json:
-        print(json.dumps([run_json(run) for run in runs], indent=2))
-        return 0
-    if runs:
+        listing = {"namespace": name, "runs": [run_json(run) for run in runs], "hint": hint}
+        print(json.dumps(listing, indent=2))
+    elif runs:
         rows = [
             (run.run_id, run.namespace, ", ".join(run.tags), _when(run.created_at), run.status)
             for run in runs
         ]
         print(table(("RUN ID", "NAMESPACE", "TAGS", "STARTED", "STATUS"), rows))
-        return 0
-    where = "in any namespace" if name is None else f"in namespace {name!r}"
-    tagged = f" tagged {', '.join(args.tag)}" if args.tag else ""
-    print(f"no runs of {args.dag_id}{tagged} {where}", file=sys.stderr)
-    if name is not None:
-        others = sorted({r.namespace for r in flow.runs(tags=args.tag or (), namespace=None)})
-        if others:
-            print(
-                f"runs{tagged} are in: {', '.join(others)} (--namespace NS or --all-namespaces)",
-                file=sys.stderr,
-            )
+    else:
+        print(hint, file=sys.stderr)
     return 0
+
+
+def _no_runs_hint(flow: Flow, tags: list[str], name: str | None) -> str:
+    """Why nothing is listed, and where the runs are (the same words for the table and JSON)."""
+    where = "in any namespace" if name is None else f"in namespace {name!r}"
+    tagged = f" tagged {', '.join(tags)}" if tags else ""
+    hint = f"no runs of {flow.dag_id}{tagged} {where}"
+    if name is not None:
+        others = sorted({r.namespace for r in flow.runs(tags=tags, namespace=None)})
+        if others:
+            hint += (
+                f"\nruns{tagged} are in: {', '.join(others)} (--namespace NS or --all-namespaces)"
+            )
+    return hint
 
 
 def _try_row(task: Task, attempt: Try) -> tuple[str, ...]:
