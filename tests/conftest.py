@@ -153,8 +153,13 @@ def dags_test(migrated_db: Path, tmp_path: Path) -> Iterator[DagsTest]:
     """Run ``airflow dags test DAG_ID [-c CONF]`` in a fresh Airflow home."""
 
     def run(
-        dag_id: str, conf: dict | None = None, dags_folder: Path = EXAMPLES, **env: str
+        dag_id: str,
+        conf: dict | None = None,
+        dags_folder: Path = EXAMPLES,
+        preexec_fn: Callable[[], Any] | None = None,
+        **env: str,
     ) -> DagRunResult:
+        """``preexec_fn`` runs in the child before ``airflow`` starts (e.g. to enter a cgroup)."""
         home = tmp_path / "airflow_home"
         home.mkdir(exist_ok=True)
         shutil.copy(migrated_db, home / "airflow.db")
@@ -167,6 +172,7 @@ def dags_test(migrated_db: Path, tmp_path: Path) -> Iterator[DagsTest]:
             capture_output=True,
             text=True,
             timeout=600,
+            preexec_fn=preexec_fn,
         )
         return DagRunResult(proc.returncode, proc.stdout + proc.stderr, home)
 
