@@ -338,6 +338,17 @@ def test_example_flow_foreach_runs_ten_thousand_items_as_one_task(dags_test: Dag
     chunks = sorted((run.artifacts / score["foreach"]["prefix"]).glob("*.json"))
     assert len(chunks) == 20 and all(json.loads(c.read_text())["ran"] == 500 for c in chunks)
     print(f"FOREACH 10000 items: {score['seconds']:.2f}s in the task")
+    # `flowtask usage` says what the .foreach task asked for, beside what it used.
+    proc = subprocess.run(
+        [FLOWTASK, "usage", "flow_foreach", "--json", "--store", run.artifacts.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [r for r in json.loads(proc.stdout) if r["task_id"] == "score"]
+    assert row["requested"] == {"cpu": 1, "memory_mib": 512, "gpu": 0}
+    assert row["used"]["peak_rss_mib"] > 0
 
 
 def test_foreach_retries_only_failed_items_catches_and_composes(dags_test: DagsTest, tmp_path):
