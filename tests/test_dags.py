@@ -13,7 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BUCKET, TEST_DAGS, DagsTest, aws_connection, s3_client
+from conftest import (
+    AIRFLOW,
+    BUCKET,
+    EXAMPLES,
+    TEST_DAGS,
+    DagsTest,
+    airflow_env,
+    aws_connection,
+    s3_client,
+)
 from memory_cgroup import MemoryCgroup
 from reachability import assert_gc_keeps_everything_reachable
 
@@ -230,6 +239,33 @@ def test_a_runtime_the_kernel_kills_for_memory_is_reported_out_of_memory(dags_te
     message = hog["error"]["message"]
     assert "the runtime ran out of memory: the kernel's out-of-memory killer ended it (" in message
     assert "the task asked for 256 MiB" in message
+
+
+def test_with_airflows_examples_on_flowtasks_examples_are_example_dags(
+    dags_test: DagsTest, tmp_path: Path
+):
+    """``[core] load_examples = True`` (Airflow's default): Airflow imports the module named
+    after the distribution, ``airflow_provider_flowtask``, and its ``example_dags`` are a DAG
+    bundle; an example from it runs."""
+    empty = tmp_path / "dags"
+    empty.mkdir()
+    run = dags_test("flow_fanout", dags_folder=empty, AIRFLOW__CORE__LOAD_EXAMPLES="True")
+    assert run.returncode == 0, run.output[-5000:]
+    assert "Could not load provider module" not in run.output
+    assert "ModuleNotFoundError" not in run.output
+    bundle = "airflow-provider-flowtask-example-dags"
+    proc = subprocess.run(
+        [AIRFLOW, "dags", "list", "--local", "-B", bundle, "-o", "json"],
+        env=airflow_env(run.home, empty, AIRFLOW__CORE__LOAD_EXAMPLES="True"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    listed = json.loads(proc.stdout.splitlines()[-1])  # after the warnings Airflow prints
+    examples = {dag["dag_id"]: Path(dag["fileloc"]) for dag in listed}
+    assert set(examples) == {p.stem for p in EXAMPLES.glob("flow_*.py")}
+    assert all(path.parent.name == "example_dags" for path in examples.values()), examples
 
 
 def test_kubernetes_task_runs_locally_with_the_flow_compute_param(dags_test: DagsTest):
