@@ -17,6 +17,7 @@ from conftest import (
     AIRFLOW,
     BUCKET,
     EXAMPLES,
+    REPO,
     TEST_DAGS,
     DagsTest,
     airflow_env,
@@ -266,6 +267,27 @@ def test_with_airflows_examples_on_flowtasks_examples_are_example_dags(
     examples = {dag["dag_id"]: Path(dag["fileloc"]) for dag in listed}
     assert set(examples) == {p.stem for p in EXAMPLES.glob("flow_*.py")}
     assert all(path.parent.name == "example_dags" for path in examples.values()), examples
+
+
+def test_the_readmes_laptop_command_for_flow_kubernetes_works_in_a_fresh_shell(tmp_path: Path):
+    """The command as the README prints it, in a shell with no Airflow settings (only the
+    Airflow home is moved out of the checkout); it ends listing the run it made."""
+    readme = (REPO / "README.md").read_text()
+    (command,) = [
+        line.strip()
+        for line in readme.splitlines()
+        if line.startswith("./dev example flow_kubernetes ")
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FLOWTASK"))}
+    env["AIRFLOW_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run(
+        ["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    header, *rows = proc.stdout.splitlines()[-2:]
+    assert header.split()[:3] == ["RUN", "ID", "NAMESPACE"], proc.stdout[-2000:]
+    (row,) = rows
+    assert row.split()[1] == f"user:{getpass.getuser()}" and row.split()[-1] == "success"
 
 
 def test_kubernetes_task_runs_locally_with_the_flow_compute_param(dags_test: DagsTest):
