@@ -118,8 +118,50 @@ def default_image() -> str:
     return _get("default_image", "") or f"python:{worker_python()}-slim"
 
 
+DEFAULT_KUBERNETES_CONN = "kubernetes_default"
+
+
 def kubernetes_conn_id() -> str:
-    return _get("kubernetes_conn_id", "kubernetes_default")
+    return _get("kubernetes_conn_id", DEFAULT_KUBERNETES_CONN)
+
+
+_IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def kubernetes_unconfigured() -> str | None:
+    """Why pods have no cluster to go to, or None when one is configured.
+
+    The same places ``KubernetesHook.get_conn`` looks, in its order, without importing
+    kubernetes: the connection ``kubernetes_conn_id`` names (its in-cluster flag, kubeconfig
+    path or kubeconfig); ``kubernetes_default`` may be missing, and then, as for an empty
+    connection, the worker's own cluster (in-cluster) or its kubeconfig file.
+    """
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    conn_id, found = kubernetes_conn_id(), "has no cluster in it"
+    try:
+        extras = BaseHook.get_connection(conn_id).extra_dejson
+    except AirflowNotFoundException:
+        found = "does not exist"
+        if conn_id != DEFAULT_KUBERNETES_CONN:
+            return (
+                f"the Airflow connection [{SECTION}] kubernetes_conn_id={conn_id!r} names does "
+                "not exist; create it (a Kubernetes connection to your cluster)"
+            )
+        extras = {}
+    for field in ("in_cluster", "kube_config_path", "kube_config"):
+        if extras.get(field) or extras.get(f"extra__kubernetes__{field}"):
+            return None
+    in_cluster = os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(_IN_CLUSTER_TOKEN)
+    configs = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    if in_cluster or any(os.path.isfile(path) for path in configs.split(os.pathsep) if path):
+        return None
+    return (
+        f"no Kubernetes cluster is configured: set [{SECTION}] kubernetes_conn_id to an Airflow "
+        f"Kubernetes connection (now {conn_id!r}, which {found}), or give the worker a "
+        "kubeconfig (~/.kube/config or $KUBECONFIG)"
+    )
 
 
 _KUBERNETES_JSON = (

@@ -158,8 +158,10 @@ def dags_test(migrated_db: Path, tmp_path: Path) -> Iterator[DagsTest]:
         conf: dict | None = None,
         dags_folder: Path = EXAMPLES,
         home: Path | None = None,
+        preexec_fn: Callable[[], Any] | None = None,
         **env: str,
     ) -> DagRunResult:
+        """``preexec_fn`` runs in the child before ``airflow`` starts (e.g. to enter a cgroup)."""
         home = home or tmp_path / "airflow_home"
         home.mkdir(exist_ok=True)
         shutil.copy(migrated_db, home / "airflow.db")
@@ -172,6 +174,7 @@ def dags_test(migrated_db: Path, tmp_path: Path) -> Iterator[DagsTest]:
             capture_output=True,
             text=True,
             timeout=600,
+            preexec_fn=preexec_fn,
         )
         return DagRunResult(proc.returncode, proc.stdout + proc.stderr, home)
 

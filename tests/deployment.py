@@ -677,6 +677,13 @@ class AirflowAPI:
         )
         return "\n".join(_log_line(entry) for entry in response.json()["content"])
 
+    def xcom_entry(
+        self, dag_id: str, run_id: str, task_id: str, key: str = "return_value"
+    ) -> dict[str, Any]:
+        """An XCom entry as the UI's XCom tab reads it (the row's value as stored)."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        return self.request("GET", path).json()
+
     # -- assets ------------------------------------------------------------------------------
 
     def asset_id(self, uri: str) -> int:

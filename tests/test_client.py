@@ -227,14 +227,20 @@ def test_tags_added_after_the_fact_stay_apart_from_the_original_ones(store):
     assert flow["r1"].tags == ("nightly", "reviewed")
 
 
-def test_a_store_comes_from_the_environment_as_for_gc(tmp_path, monkeypatch):
+def test_a_store_comes_from_the_environment_or_airflow_cfg_as_for_workers(tmp_path, monkeypatch):
     store = open_store(tmp_path.as_uri())
     make_run(store, "d", "r1", tasks={"t": 1})
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE", tmp_path.as_uri())
     assert Flow("d").latest_run["t"].data == 1
     monkeypatch.delenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE")
-    with pytest.raises(Exception, match="AIRFLOW__FLOW_TASK__ARTIFACT_STORE"):
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "home"))  # then the provider's default
+    with pytest.raises(Exception, match=r"home/flow_artifacts \(from the default, \$AIRFLOW_H"):
         Flow("d")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "airflow.cfg").write_text(
+        f"[flow_task]\nartifact_store = {tmp_path.as_uri()}\n"
+    )
+    assert Flow("d").latest_run["t"].data == 1
     with pytest.raises(Exception, match="no artifact store at"):
         Flow("d", store=(tmp_path / "typo").as_uri())
 

@@ -68,8 +68,17 @@ def test_runs_prints_a_table_of_the_current_namespace(store_uri, capsys):
 def test_runs_says_where_the_runs_are_when_a_namespace_has_none(store_uri, capsys):
     code, out, err = _run(capsys, "runs", "train", "--tag", "exp-7")
     assert (code, out) == (0, "")
-    assert "no runs of train tagged exp-7 in namespace 'user:alice'" in err
-    assert "runs tagged exp-7 are in: team:ml (--namespace NS or --all-namespaces)" in err
+    assert err == (
+        "no runs of train tagged exp-7 in namespace 'user:alice'\n"
+        "runs tagged exp-7 are in: team:ml (--namespace NS or --all-namespaces)\n"
+    )
+    # --json says the same, in a field.
+    code, out, _ = _run(capsys, "runs", "train", "--tag", "exp-7", "--json")
+    listing = json.loads(out)
+    assert listing == {"namespace": "user:alice", "runs": [], "hint": err.rstrip("\n")}
+    # A namespace as typed into a form or a shell, with spaces around it, is the same one.
+    code, out, _ = _run(capsys, "runs", "train", "--namespace", " team:ml ", "--json")
+    assert [r["run_id"] for r in json.loads(out)["runs"]] == ["r3"]
 
 
 def test_runs_json_is_for_scripts(store_uri):
@@ -81,7 +90,9 @@ def test_runs_json_is_for_scripts(store_uri):
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    runs = json.loads(proc.stdout)
+    listing = json.loads(proc.stdout)
+    assert (listing["namespace"], listing["hint"]) == ("user:alice", None)
+    runs = listing["runs"]
     assert [r["run_id"] for r in runs] == ["r2", "r1"]
     assert runs[0] | {"created_at": None} == {
         "run_id": "r2",
@@ -104,7 +115,7 @@ def test_tag_add_and_remove(store_uri, capsys):
     code, out, _ = _run(capsys, "tag", "remove", "train", "r1", "reviewed")
     assert (code, out) == (0, "r1: nightly, best\n")
     code, out, _ = _run(capsys, "runs", "train", "--tag", "best", "--json")
-    assert [(r["run_id"], r["user_tags"]) for r in json.loads(out)] == [("r1", ["best"])]
+    assert [(r["run_id"], r["user_tags"]) for r in json.loads(out)["runs"]] == [("r1", ["best"])]
     code, _, err = _run(capsys, "tag", "remove", "train", "r1", "nightly")
     assert code == 2
     assert "original tags of run 'r1' (from its trigger) and stay recorded" in err
@@ -175,7 +186,7 @@ def test_errors_are_one_line_and_exit_2(store_uri, capsys, argv, message):
     assert message in err and len(err.splitlines()) == 1, err
 
 
-def test_the_store_option_and_s3(moto, capsys, monkeypatch):
+def test_the_store_option_and_s3(moto, capsys, monkeypatch, tmp_path):
     prefix = uuid.uuid4().hex
     store = open_store(f"s3://{BUCKET}/{prefix}", s3_client=s3_client(moto.endpoint))
     make_run(store, "train", "r1", namespace="user:bob", tasks={"fit": 42})
@@ -185,10 +196,71 @@ def test_the_store_option_and_s3(moto, capsys, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("FLOWTASK_S3_ADDRESSING_STYLE", "path")
-    with pytest.raises(SystemExit):  # no --store and no default
-        main(["runs", "train"])
-    capsys.readouterr()
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "home"))
+    code, out, err = _run(capsys, "runs", "train")  # no --store: the provider's default
+    assert (code, out) == (2, "")
+    assert f"no artifact store at {tmp_path / 'home' / 'flow_artifacts'}" in err
+    assert "from the default, $AIRFLOW_HOME/flow_artifacts; pass --store" in err
     uri = f"s3://{BUCKET}/{prefix}"
     out = _run(capsys, "runs", "train", "--namespace", "user:bob", "--store", uri)[1]
     assert out.splitlines()[1].split()[:2] == ["r1", "user:bob"]
     assert _run(capsys, "get", "train", "r1", "fit", "--store", uri)[1] == "42\n"
+
+
+def _flowtask(*argv: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    """The installed ``flowtask`` command with ``env`` and no Airflow or flowtask settings."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FLOWTASK"))}
+    return subprocess.run(
+        [FLOWTASK, *argv],
+        capture_output=True,
+        text=True,
+        env={**base, **env},
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def test_without_store_the_cli_opens_the_store_the_provider_uses(tmp_path):
+    """``[flow_task] artifact_store`` in airflow.cfg, else ``$AIRFLOW_HOME/flow_artifacts``,
+    as the provider reads them; a relative ``--store`` is a path from the working directory."""
+    home = tmp_path / "home"
+    make_run(open_store((home / "flow_artifacts").as_uri()), "train", "r1", tasks={"fit": 1})
+    elsewhere = tmp_path / "elsewhere"
+    make_run(open_store(elsewhere.as_uri()), "train", "r9", tasks={"fit": 9})
+    as_alice = {"AIRFLOW_HOME": str(home), "FLOWTASK_USER": "alice"}
+
+    proc = _flowtask("get", "train", "r1", "fit", **as_alice)
+    assert (proc.returncode, proc.stdout) == (0, "1\n"), proc.stderr
+    (home / "airflow.cfg").write_text(
+        f"[core]\nload_examples = True\n\n[flow_task]\nartifact_store = {elsewhere.as_uri()}\n"
+    )
+    proc = _flowtask("runs", "train", **as_alice)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()[1:]] == ["r9"]
+    # The environment variable wins over airflow.cfg, as in Airflow.
+    env = {**as_alice, "AIRFLOW__FLOW_TASK__ARTIFACT_STORE": (home / "flow_artifacts").as_uri()}
+    proc = _flowtask("get", "train", "r1", "fit", **env)
+    assert (proc.returncode, proc.stdout) == (0, "1\n"), proc.stderr
+    proc = _flowtask("get", "train", "r9", "fit", "--store", "elsewhere", cwd=tmp_path, **as_alice)
+    assert (proc.returncode, proc.stdout) == (0, "9\n"), proc.stderr
+    proc = _flowtask("gc", "--store", "elsewhere", cwd=tmp_path, **as_alice)
+    assert proc.returncode == 0 and "would delete" in proc.stdout, proc.stderr
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
+    """``flowtask get ... | head``: no BrokenPipeError traceback, the shell's SIGPIPE code."""
+    store = open_store(tmp_path.as_uri())
+    make_run(store, "train", "r1", tasks={"fit": {"rows": list(range(200_000))}})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FLOWTASK"))}
+    proc = subprocess.Popen(
+        [FLOWTASK, "get", "train", "r1", "fit", "--store", tmp_path.as_uri()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10) == b"{'rows': ["  # what `head -c 10` reads, then it leaves
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert err == "", err

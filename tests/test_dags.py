@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -11,7 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BUCKET, TEST_DAGS, DagsTest, aws_connection, s3_client
+from conftest import (
+    AIRFLOW,
+    BUCKET,
+    EXAMPLES,
+    REPO,
+    TEST_DAGS,
+    DagsTest,
+    airflow_env,
+    aws_connection,
+    s3_client,
+)
+from memory_cgroup import MemoryCgroup
 from reachability import assert_gc_keeps_everything_reachable
 
 from provider.client import Flow
@@ -176,20 +189,26 @@ def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: Da
     (vanish,) = tasks["vanish"]
     assert vanish["exit_code"] == 7 and "exited with code 7" in vanish["error"]["message"]
     assert _xcom_rows(run.home, "flow_fatal")["check[-1]"] == "caught both"
-    # An unpicklable global can never work: one try, not three, and the global is named.
-    assert "locked" not in tasks
+    # An unpicklable global can never work: one try, not three, and the global is named; the
+    # try is on record though it never launched.
+    (locked,) = tasks["locked"]
+    assert (locked["status"], locked["written_by"]) == ("failed", "worker")
+    assert "cannot be sent to where it runs: the global 'LOCK'" in locked["error"]["message"]
     assert _try_numbers(run.home, "flow_fatal")["locked"] == 1
     assert "flow task locked cannot run: it cannot be sent to where it runs: the global 'LOCK'" in (
         run.output
     )
-    # A runtime killed by SIGKILL locally: most likely out of memory, and recorded so.
+    # A runtime killed by SIGKILL by hand: no out-of-memory kill on record, so none is said.
     (killed,) = tasks["sigkilled"]
-    assert killed["failure_kind"] == "oom" and killed["exit_code"] == -9
-    assert (
-        "killed by SIGKILL: most likely the kernel's out-of-memory killer"
-        in (killed["error"]["message"])
-    )
+    assert killed["failure_kind"] is None and killed["exit_code"] == -9
+    assert "the runtime was killed by SIGKILL (" in killed["error"]["message"]
+    assert "ran out of memory" not in killed["error"]["message"]
     assert killed["requested"]["memory_mib"] == 300
+    # A timeout is recorded as one, caught or not.
+    assert sleepy["failure_kind"] == "timeout"
+    (slow,) = tasks["slow"]
+    assert slow["failure_kind"] == "timeout"
+    assert "longer than its timeout" in slow["error"]["message"]
     # Retry(on=(ConnectionError, TimeoutError)): a KeyError is not retried.
     assert _try_numbers(run.home, "flow_fatal")["wrong"] == 1
     assert "builtins.KeyError is not one of retry.on=" in run.output
@@ -210,6 +229,81 @@ def test_a_failing_task_fails_the_run_and_a_timeout_stops_the_task(dags_test: Da
     assert_gc_keeps_everything_reachable(run.artifacts, _xcom_rows(run.home, "flow_fatal"))
 
 
+def test_a_runtime_the_kernel_kills_for_memory_is_reported_out_of_memory(dags_test: DagsTest):
+    """`airflow dags test` in a memory cgroup (as in a container with a memory limit): the
+    flow task's runtime goes over the limit, the kernel's OOM killer ends it, and the try is
+    recorded as out of memory, with the kernel's evidence."""
+    try:
+        cgroup = MemoryCgroup.make(limit_mib=1536)
+    except OSError as exc:
+        pytest.skip(f"cannot make a memory cgroup with a limit here: {exc}")
+    try:
+        run = dags_test(
+            "flow_oom",
+            dags_folder=TEST_DAGS,
+            preexec_fn=cgroup.enter,
+            FLOW_TEST_BALLAST_MIB="4096",
+            # No warm runtime, which would outlive the run in the cgroup for its idle time.
+            AIRFLOW__FLOW_TASK__WARM_RUNTIME_IDLE="0",
+        )
+    finally:
+        cgroup.remove(timeout=30)
+    assert run.returncode != 0
+    (hog,) = _by_task(run.manifests("flow_oom"))["hog"]
+    assert (hog["failure_kind"], hog["exit_code"]) == ("oom", -9), hog["error"]
+    message = hog["error"]["message"]
+    assert "the runtime ran out of memory: the kernel's out-of-memory killer ended it (" in message
+    assert "the task asked for 256 MiB" in message
+
+
+def test_with_airflows_examples_on_flowtasks_examples_are_example_dags(
+    dags_test: DagsTest, tmp_path: Path
+):
+    """``[core] load_examples = True`` (Airflow's default): Airflow imports the module named
+    after the distribution, ``airflow_provider_flowtask``, and its ``example_dags`` are a DAG
+    bundle; an example from it runs."""
+    empty = tmp_path / "dags"
+    empty.mkdir()
+    run = dags_test("flow_fanout", dags_folder=empty, AIRFLOW__CORE__LOAD_EXAMPLES="True")
+    assert run.returncode == 0, run.output[-5000:]
+    assert "Could not load provider module" not in run.output
+    assert "ModuleNotFoundError" not in run.output
+    bundle = "airflow-provider-flowtask-example-dags"
+    proc = subprocess.run(
+        [AIRFLOW, "dags", "list", "--local", "-B", bundle, "-o", "json"],
+        env=airflow_env(run.home, empty, AIRFLOW__CORE__LOAD_EXAMPLES="True"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    listed = json.loads(proc.stdout.splitlines()[-1])  # after the warnings Airflow prints
+    examples = {dag["dag_id"]: Path(dag["fileloc"]) for dag in listed}
+    assert set(examples) == {p.stem for p in EXAMPLES.glob("flow_*.py")}
+    assert all(path.parent.name == "example_dags" for path in examples.values()), examples
+
+
+def test_the_readmes_laptop_command_for_flow_kubernetes_works_in_a_fresh_shell(tmp_path: Path):
+    """The command as the README prints it, in a shell with no Airflow settings (only the
+    Airflow home is moved out of the checkout); it ends listing the run it made."""
+    readme = (REPO / "README.md").read_text()
+    (command,) = [
+        line.strip()
+        for line in readme.splitlines()
+        if line.startswith("./dev example flow_kubernetes ")
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FLOWTASK"))}
+    env["AIRFLOW_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run(
+        ["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    header, *rows = proc.stdout.splitlines()[-2:]
+    assert header.split()[:3] == ["RUN", "ID", "NAMESPACE"], proc.stdout[-2000:]
+    (row,) = rows
+    assert row.split()[1] == f"user:{getpass.getuser()}" and row.split()[-1] == "success"
+
+
 def test_kubernetes_task_runs_locally_with_the_flow_compute_param(dags_test: DagsTest):
     run = dags_test("flow_targets", conf={"flow_compute": "batch"}, dags_folder=TEST_DAGS)
     assert run.returncode != 0
@@ -222,8 +316,37 @@ def test_kubernetes_task_runs_locally_with_the_flow_compute_param(dags_test: Dag
 
     run = dags_test("flow_targets", conf={"flow_compute": "local"}, dags_folder=TEST_DAGS)
     assert run.returncode == 0, run.output[-5000:]
-    (manifest,) = run.manifests("flow_targets")
-    assert manifest["status"] == "succeeded" and manifest["tags"] == ["k8s"]
+    (manifest,) = [m for m in run.manifests("flow_targets") if m["status"] == "succeeded"]
+    assert manifest["tags"] == ["k8s"]
+
+    # compute="kubernetes" where no cluster is configured: one try, one line naming the setting.
+    run = dags_test("flow_targets", dags_folder=TEST_DAGS)
+    assert run.returncode != 0
+    assert (
+        "flow task train cannot run: compute='kubernetes': no Kubernetes cluster is configured: "
+        "set [flow_task] kubernetes_conn_id to an Airflow Kubernetes connection (now "
+        "'kubernetes_default', which does not exist), or give the worker a kubeconfig "
+        "(~/.kube/config or $KUBECONFIG)\n" in run.output
+    )
+    assert "ConfigException" not in run.output
+    assert _try_numbers(run.home, "flow_targets") == {"train": 1}
+
+    # A bare `flowtask runs` in that Airflow home (no --store, no namespace) lists the runs
+    # `airflow dags test` made: they are yours. Their status comes without DAG callbacks (the
+    # DAG has none), the runs that failed before launching included.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FLOWTASK"))}
+    proc = subprocess.run(
+        [FLOWTASK, "runs", "flow_targets", "--json"],
+        env={**env, "AIRFLOW_HOME": str(run.home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    listing = json.loads(proc.stdout)
+    assert listing["namespace"] == f"user:{getpass.getuser()}" and listing["hint"] is None
+    assert [r["status"] for r in listing["runs"]] == ["failed", "success", "failed"]
+    assert all(r["finished"] for r in listing["runs"])
 
 
 def test_secrets_reach_the_task_and_are_kept_nowhere(dags_test: DagsTest):
@@ -285,6 +408,17 @@ def test_example_flow_foreach_runs_ten_thousand_items_as_one_task(dags_test: Dag
     chunks = sorted((run.artifacts / score["foreach"]["prefix"]).glob("*.json"))
     assert len(chunks) == 20 and all(json.loads(c.read_text())["ran"] == 500 for c in chunks)
     print(f"FOREACH 10000 items: {score['seconds']:.2f}s in the task")
+    # `flowtask usage` says what the .foreach task asked for, beside what it used.
+    proc = subprocess.run(
+        [FLOWTASK, "usage", "flow_foreach", "--json", "--store", run.artifacts.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [r for r in json.loads(proc.stdout) if r["task_id"] == "score"]
+    assert row["requested"] == {"cpu": 1, "memory_mib": 512, "gpu": 0}
+    assert row["used"]["peak_rss_mib"] > 0
 
 
 def test_foreach_retries_only_failed_items_catches_and_composes(dags_test: DagsTest, tmp_path):

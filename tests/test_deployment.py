@@ -86,7 +86,12 @@ def ui_tagged_run(deployment: Deployment) -> tuple[str, str]:
     params = api.dag_details(dag_id)["params"]
     for name in ("flow_tags", "flow_namespace", "flow_compute"):
         assert "null" in params[name]["schema"]["type"], params[name]
-    assert params["flow_compute"]["schema"]["values_display"]["null"] == "each task's own"
+    shown = params["flow_compute"]["schema"]["values_display"]
+    assert shown["null"] == "each task's own"
+    # This deployment has no cluster and no Batch queue: the form says what each needs.
+    assert shown["local"] == "local"
+    assert shown["kubernetes"] == "kubernetes (needs [flow_task] kubernetes_conn_id)"
+    assert shown["batch"] == "batch (needs [flow_task] batch_job_queue or BatchOptions(queue=...))"
     # A trailing Enter in the tags field leaves an empty line: the run ignores it.
     form = {"flow_tags": ["ui", "deploy", ""], "flow_namespace": None}
     return run_to_end(deployment, dag_id, form)
@@ -216,6 +221,65 @@ def test_an_asset_triggered_run_gets_the_production_namespace(
         f"run_type={run['run_type']}, triggering_user_name={run['triggering_user_name']}"
     )
     assert manifest["runtime_start"] == "warm"
+
+
+def test_a_caught_failure_is_previewed_in_the_xcom_view_and_logged_once(deployment: Deployment):
+    """A blank namespace typed into the form is no namespace: the run is the user's."""
+    dag_id = "deploy_caught"
+    api = deployment.api
+    run_id, state = run_to_end(deployment, dag_id, {"flow_namespace": "   "})
+    log = api.task_log(dag_id, run_id, "load")
+    assert state == "success", f"{api.task_states(dag_id, run_id)}; load's log:\n{log[-3000:]}"
+    assert api.task_states(dag_id, run_id) == {"load": "success", "report": "success"}
+    value = api.xcom_entry(dag_id, run_id, "load")["value"]
+    value = json.loads(value) if isinstance(value, str) else value
+    assert value["preview"] == "Failure: KeyError 'missing-column'", value
+    caught = [line for line in log.splitlines() if "caught as a Failure" in line]
+    assert len(caught) == 1 and caught[0].startswith("warning "), caught
+    assert "builtins.KeyError: 'missing-column'" in caught[0]
+    manifest = result_manifest(deployment, dag_id, run_id, "load")
+    assert manifest is not None and manifest["namespace"] == f"user:{api.username}"
+
+
+def test_a_target_with_no_cluster_fails_at_once_and_a_spaced_namespace_is_found(
+    deployment: Deployment, ui_tagged_run: tuple[str, str]
+):
+    """The trigger form's compute override set to kubernetes, which this deployment has not
+    configured: the task fails before it launches, saying what to set, and the run is on
+    record in the namespace typed with spaces around it, found without them."""
+    from provider.client import Flow
+
+    dag_id = "deploy_imports_airflow"
+    api = deployment.api
+    form = {"flow_compute": "kubernetes", "flow_namespace": " team:x "}
+    run_id, state = run_to_end(deployment, dag_id, form)
+    assert state == "failed"
+    log = api.task_log(dag_id, run_id, "hook_name")
+    assert (
+        "flow task hook_name cannot run: compute='kubernetes': no Kubernetes cluster is "
+        "configured: set [flow_task] kubernetes_conn_id to an Airflow Kubernetes connection"
+    ) in log, failure_lines(log)
+    assert "ConfigException" not in log
+    assert api.task_instance(dag_id, run_id, "hook_name")["try_number"] == 1
+    manifest = result_manifest(deployment, dag_id, run_id, "hook_name")
+    assert manifest is not None and manifest["namespace"] == "team:x"
+    assert (manifest["status"], manifest["written_by"]) == ("failed", "worker")
+    flow = Flow(dag_id, deployment.artifacts.as_uri())
+    (run,) = flow.runs(namespace="team:x")
+    assert run.run_id == run_id
+    deployment.wait_until(lambda: flow[run_id].status == "failed", "the run's end", timeout=60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FLOWTASK"))}
+    flowtask = str(Path(sys.executable).parent / "flowtask")
+    store = deployment.artifacts.as_uri()
+    proc = subprocess.run(
+        [flowtask, "runs", dag_id, "--namespace", "team:x", "--store", store, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [r["run_id"] for r in json.loads(proc.stdout)["runs"]] == [run_id]
 
 
 def test_stopping_the_deployment_leaves_no_process_behind(deployment: Deployment):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
 from types import SimpleNamespace
 
 import pytest
 
+from provider.client.namespaces import default_namespace as client_namespace
 from provider.operators.run_context import (
     RunParamError,
     default_namespace,
@@ -15,10 +17,16 @@ from provider.operators.run_context import (
 )
 
 
-def test_default_namespace():
+def test_default_namespace(monkeypatch):
+    monkeypatch.delenv("FLOWTASK_USER", raising=False)
     assert default_namespace("etl", "scheduled", None) == "production:etl"
     assert default_namespace("etl", "manual", "alice") == "user:alice"
-    assert default_namespace("etl", "manual", None).startswith("user:")
+    # `airflow dags test` triggers as "dag_test": the run is yours, where the client looks.
+    yours = f"user:{getpass.getuser()}"
+    assert default_namespace("etl", "manual", "dag_test") == yours == client_namespace()
+    assert default_namespace("etl", "manual", None) == yours
+    monkeypatch.setenv("FLOWTASK_USER", "alice")
+    assert default_namespace("etl", "manual", "dag_test") == "user:alice" == client_namespace()
     # Runs the deployment starts by itself are production, whoever the worker's OS user is.
     for run_type in ("asset_triggered", "backfill", "operator_triggered", "asset_materialization"):
         assert default_namespace("etl", run_type, None) == "production:etl"
@@ -66,3 +74,22 @@ def test_run_identity_from_context():
     }
     ident = run_identity({"ti": ti, "dag_run": dag_run, "params": {"flow_namespace": "team:ml"}})
     assert ident["namespace"] == "team:ml"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [(" team:x ", "team:x"), ("   ", "user:bob"), ("", "user:bob"), (None, "user:bob")],
+)
+def test_the_namespace_from_the_form_is_stripped_and_a_blank_one_is_the_default(given, expected):
+    ti = SimpleNamespace(dag_id="d", run_id="manual__1", task_id="t", map_index=-1, try_number=1)
+    dag_run = SimpleNamespace(run_type="manual", triggering_user_name="bob")
+    params = {"flow_namespace": given}
+    assert run_identity({"ti": ti, "dag_run": dag_run, "params": params})["namespace"] == expected
+
+
+@pytest.mark.parametrize("given", ["team\nml", "x" * 501, 7, ["team:ml"]])
+def test_a_namespace_that_cannot_be_one_is_refused(given):
+    ti = SimpleNamespace(dag_id="d", run_id="manual__1", task_id="t", map_index=-1, try_number=1)
+    dag_run = SimpleNamespace(run_type="manual", triggering_user_name="bob")
+    with pytest.raises(RunParamError, match=r"flow_namespace=.* is invalid. Accepted: a name"):
+        run_identity({"ti": ti, "dag_run": dag_run, "params": {"flow_namespace": given}})

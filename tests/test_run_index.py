@@ -27,6 +27,7 @@ from provider.store.index import (
     record_run_end,
     record_run_start,
     record_tags,
+    record_task_end,
 )
 from provider.store.keys import index_prefix
 
@@ -95,6 +96,69 @@ def test_folding_is_order_independent_and_idempotent():
     shuffler = random.Random(7)
     for _ in range(200):
         order = events + shuffler.sample(events, 3)  # some events folded twice
+        shuffler.shuffle(order)
+        state: dict = {}
+        for name, event in order:
+            apply_event(state, name, event)
+        assert state == expected
+
+
+def _task(run_id: str, task_id: str, map_index: int = -1) -> dict:
+    return {**_identity(run_id), "task_id": task_id, "map_index": map_index}
+
+
+def test_without_callbacks_the_flow_tasks_ends_tell_a_runs_status(store):
+    """A DAG without record_run_state: its run is ``success`` once every flow task (each
+    instance of a mapped one) ended well, ``failed`` once one failed with no retry left."""
+    record_run_start(store, _identity("r1"), flow_tasks=["fit", "score", "fit"])
+    run = read_runs(store, "d")["r1"]
+    assert (run.flow_tasks, run.derived, run.reports_end) == (("fit", "score"), None, False)
+    record_task_end(store, _task("r1", "fit"), "success", instances=1)
+    for index in (2, 0):
+        record_task_end(store, _task("r1", "score", index), "success", instances=3)
+    assert read_runs(store, "d")["r1"].derived is None  # score[1] has not ended
+    record_task_end(store, _task("r1", "score", 1), "success", instances=3)
+    run = read_runs(store, "d")["r1"]
+    assert run.derived == "success" and run.state is None
+    assert run.created_at <= run.derived_at <= time.time()
+    # Cleared and run again: the latest end of each instance counts.
+    record_task_end(store, _task("r1", "score", 1), "failed", instances=3)
+    assert read_runs(store, "d")["r1"].derived == "failed"
+    record_task_end(store, _task("r1", "score", 1), "success", instances=3)
+    assert read_runs(store, "d")["r1"].derived == "success"
+    # A mapped task whose instance count is unknown never counts as done.
+    record_run_start(store, _identity("r2"), flow_tasks=["score"])
+    record_task_end(store, _task("r2", "score", 0), "success", instances=None)
+    assert read_runs(store, "d")["r2"].derived is None
+    # A run recorded before flow tasks were: nothing derived but failures.
+    record_run_start(store, _identity("r3"))
+    record_task_end(store, _task("r3", "fit"), "success", instances=1)
+    assert read_runs(store, "d")["r3"].derived is None
+    record_task_end(store, _task("r3", "fit"), "failed", instances=1)
+    assert read_runs(store, "d")["r3"].derived == "failed"
+    with pytest.raises(ValueError, match="'skipped' is invalid"):
+        record_task_end(store, _task("r1", "fit"), "skipped", instances=1)
+
+
+def test_task_ends_fold_in_any_order():
+    start = {"kind": "start", "run_id": "r", "namespace": "n", "tags": [], "at": 1.0}
+    events = [
+        ("01", {**start, "flow_tasks": ["a", "b"]}),
+        ("02", {"kind": "task", "run_id": "r", "task_id": "a", "map_index": -1,
+                "state": "failed", "instances": 1}),
+        ("03", {"kind": "task", "run_id": "r", "task_id": "a", "map_index": -1,
+                "state": "success", "instances": 1}),
+        ("04", {"kind": "task", "run_id": "r", "task_id": "b", "map_index": 0,
+                "state": "success", "instances": 2}),
+        ("05", {"kind": "task", "run_id": "r", "task_id": "b", "map_index": 1,
+                "state": "success", "instances": 2}),
+    ]  # fmt: skip
+    expected: dict = {}
+    for name, event in events:
+        apply_event(expected, name, event)
+    shuffler = random.Random(11)
+    for _ in range(100):
+        order = events + shuffler.sample(events, 2)
         shuffler.shuffle(order)
         state: dict = {}
         for name, event in order:

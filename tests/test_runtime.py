@@ -13,6 +13,7 @@ import pytest
 
 from provider.compute import runtime_command
 from provider.runtime import Failure, Payload
+from provider.runtime.preview import preview
 from provider.store import manifest_key, open_store
 
 # Functions of this test module reach the subprocess by value, as a DAG file's functions do.
@@ -95,6 +96,29 @@ def test_failure_exits_nonzero_with_traceback_and_failure_manifest(store):
     failure = store.get(manifest["failure"])
     assert isinstance(failure, Failure) and not failure
     assert "fails" in failure.traceback
+    # Previewed as a result is, for the task log and the XCom view of a caught failure.
+    assert manifest["failure"]["preview"] == "Failure: ValueError bad input"
+
+
+@pytest.mark.parametrize(
+    ("failure", "shown"),
+    [
+        (
+            Failure("builtins.KeyError", "'missing-column'", ""),
+            "Failure: KeyError 'missing-column'",
+        ),
+        (
+            Failure("etl.errors.BadShard", "shard 3\nis empty", ""),
+            "Failure: etl.errors.BadShard shard 3",
+        ),
+        (
+            Failure("builtins.RuntimeError", "x" * 500, ""),
+            "Failure: RuntimeError " + "x" * 135 + "...",
+        ),
+    ],
+)
+def test_a_failure_previews_as_its_type_and_first_line(failure, shown):
+    assert preview(failure) == shown
 
 
 def test_runtime_does_not_import_airflow(store):

@@ -9,16 +9,18 @@ from datetime import timedelta
 from pathlib import Path
 
 from provider.client import commands
+from provider.client.flow import open_client_store
 from provider.specs import SpecError, parse_duration
-from provider.store import StoreError, open_store
+from provider.store import StoreError
 from provider.store.gc import GcReport, collect_garbage
 from provider.store.store import RENEW_AFTER
 
 STORE_ENV = commands.STORE_ENV
+EXIT_BROKEN_PIPE = 128 + 13  # a shell's code for a command that SIGPIPE ended (`| head`)
 
 
 def _gc(args: argparse.Namespace) -> int:
-    store = open_store(args.store, must_exist=True)
+    store = open_client_store(args.store)
     grace = parse_duration(args.grace, "--grace")
     if grace < RENEW_AFTER:
         print(
@@ -106,12 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flowtask", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     gc = sub.add_parser("gc", help="delete blobs that no run manifest references")
-    gc.add_argument(
-        "--store",
-        default=os.environ.get(STORE_ENV),
-        required=STORE_ENV not in os.environ,
-        help=f"artifact store root (default: ${STORE_ENV})",
-    )
+    commands.store_option(gc)
     gc.add_argument("--grace", default="7d", help="keep unreferenced blobs younger than this")
     gc.add_argument("--delete", action="store_true", help="delete (default: only report)")
     gc.set_defaults(handler=_gc)
@@ -144,13 +141,26 @@ def main(argv: list[str] | None = None) -> int:
         "--dags-folder", type=Path, help="where the DAG file is (default: [core] dags_folder)"
     )
     env.set_defaults(handler=_env)
-    commands.add_commands(sub, dict(os.environ))
+    commands.add_commands(sub)
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # a reader that left (`| head`) is found here, not at exit
+        return code
+    except BrokenPipeError:
+        _stdout_gone()
+        return EXIT_BROKEN_PIPE
     except (SpecError, StoreError, *commands.HANDLED) as exc:
         print(f"flowtask {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def _stdout_gone() -> None:
+    """The reader of stdout is gone: what is still buffered goes nowhere, so the interpreter's
+    flush at exit cannot fail again with a traceback (the recipe in Python's ``signal`` docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

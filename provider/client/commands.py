@@ -11,7 +11,7 @@ from typing import Any
 
 from provider.client.errors import NoResult, NotFound, UnknownRun
 from provider.client.flow import STORE_ENV, Flow
-from provider.client.namespaces import get_namespace
+from provider.client.namespaces import checked_namespace, get_namespace
 from provider.client.run import Run
 from provider.client.task import Task, Try, describe
 
@@ -63,29 +63,40 @@ def _flow(args: argparse.Namespace) -> Flow:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     flow = _flow(args)
-    name = None if args.all_namespaces else (args.namespace or get_namespace())
+    if args.all_namespaces:
+        name = None
+    elif args.namespace is not None:
+        name = checked_namespace(args.namespace, "--namespace")
+    else:
+        name = get_namespace()
     runs = list(flow.runs(tags=args.tag or (), namespace=name))
+    hint = None if runs else _no_runs_hint(flow, args.tag or [], name)
     if args.json:
-        print(json.dumps([run_json(run) for run in runs], indent=2))
-        return 0
-    if runs:
+        listing = {"namespace": name, "runs": [run_json(run) for run in runs], "hint": hint}
+        print(json.dumps(listing, indent=2))
+    elif runs:
         rows = [
             (run.run_id, run.namespace, ", ".join(run.tags), _when(run.created_at), run.status)
             for run in runs
         ]
         print(table(("RUN ID", "NAMESPACE", "TAGS", "STARTED", "STATUS"), rows))
-        return 0
-    where = "in any namespace" if name is None else f"in namespace {name!r}"
-    tagged = f" tagged {', '.join(args.tag)}" if args.tag else ""
-    print(f"no runs of {args.dag_id}{tagged} {where}", file=sys.stderr)
-    if name is not None:
-        others = sorted({r.namespace for r in flow.runs(tags=args.tag or (), namespace=None)})
-        if others:
-            print(
-                f"runs{tagged} are in: {', '.join(others)} (--namespace NS or --all-namespaces)",
-                file=sys.stderr,
-            )
+    else:
+        print(hint, file=sys.stderr)
     return 0
+
+
+def _no_runs_hint(flow: Flow, tags: list[str], name: str | None) -> str:
+    """Why nothing is listed, and where the runs are (the same words for the table and JSON)."""
+    where = "in any namespace" if name is None else f"in namespace {name!r}"
+    tagged = f" tagged {', '.join(tags)}" if tags else ""
+    hint = f"no runs of {flow.dag_id}{tagged} {where}"
+    if name is not None:
+        others = sorted({r.namespace for r in flow.runs(tags=tags, namespace=None)})
+        if others:
+            hint += (
+                f"\nruns{tagged} are in: {', '.join(others)} (--namespace NS or --all-namespaces)"
+            )
+    return hint
 
 
 def _try_row(task: Task, attempt: Try) -> tuple[str, ...]:
@@ -246,16 +257,18 @@ def _mib(value: Any) -> str:
     return "-" if value is None else human_mib(float(value))
 
 
-def _store_option(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
-    parser.add_argument(
-        "--store",
-        default=env.get(STORE_ENV),
-        required=STORE_ENV not in env,
-        help=f"artifact store root (default: ${STORE_ENV})",
-    )
+STORE_HELP = (
+    "artifact store root: s3://bucket/prefix, file:///path or a path (default: the provider's, "
+    f"${STORE_ENV}, else [flow_task] artifact_store in airflow.cfg, else "
+    "$AIRFLOW_HOME/flow_artifacts)"
+)
 
 
-def add_commands(sub: Any, env: dict[str, str]) -> None:
+def store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", help=STORE_HELP)
+
+
+def add_commands(sub: Any) -> None:
     """Register ``runs``, ``show``, ``get`` and ``tag`` on the ``flowtask`` parser."""
     runs = sub.add_parser("runs", help="list a DAG's runs, newest first")
     runs.add_argument("dag_id")
@@ -264,14 +277,14 @@ def add_commands(sub: Any, env: dict[str, str]) -> None:
     group.add_argument("--namespace", help="runs of this namespace (default: user:<you>)")
     group.add_argument("--all-namespaces", action="store_true", help="runs of every namespace")
     runs.add_argument("--json", action="store_true", help="a JSON list, for scripts")
-    _store_option(runs, env)
+    store_option(runs)
     runs.set_defaults(handler=cmd_runs)
 
     show = sub.add_parser("show", help="a run's tasks and tries, with result types and sizes")
     show.add_argument("dag_id")
     show.add_argument("run_id")
     show.add_argument("task_id", nargs="?")
-    _store_option(show, env)
+    store_option(show)
     show.set_defaults(handler=cmd_show)
 
     get = sub.add_parser("get", help="print a task's result, or write it as a pickle")
@@ -280,7 +293,7 @@ def add_commands(sub: Any, env: dict[str, str]) -> None:
     get.add_argument("task_id")
     get.add_argument("--map-index", type=int, help="the instance of a mapped task")
     get.add_argument("-o", "--output", metavar="FILE", help="write the value as a pickle")
-    _store_option(get, env)
+    store_option(get)
     get.set_defaults(handler=cmd_get)
 
     tag = sub.add_parser("tag", help="add or remove tags of a run after the fact")
@@ -288,7 +301,7 @@ def add_commands(sub: Any, env: dict[str, str]) -> None:
     tag.add_argument("dag_id")
     tag.add_argument("run_id")
     tag.add_argument("tags", nargs="+", metavar="TAG")
-    _store_option(tag, env)
+    store_option(tag)
     tag.set_defaults(handler=cmd_tag)
 
     usage = sub.add_parser(
@@ -297,7 +310,7 @@ def add_commands(sub: Any, env: dict[str, str]) -> None:
     usage.add_argument("dag_id")
     usage.add_argument("run_id", nargs="?", help="default: the DAG's latest run")
     usage.add_argument("--json", action="store_true", help="a JSON list, for scripts")
-    _store_option(usage, env)
+    store_option(usage)
     usage.set_defaults(handler=cmd_usage)
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 
 from provider.client.errors import UnknownDag, UnknownRun
+from provider.client.location import STORE_ENV, configured_store, given_store
 from provider.client.namespaces import CURRENT, _Default, resolve
 from provider.client.run import Run
 from provider.store import ArtifactStore, MissingArtifact, StoreError, open_store
@@ -13,19 +13,24 @@ from provider.store.errors import BadManifest
 from provider.store.index import RunRecord, has_runs, indexed_dags, read_runs
 from provider.store.keys import run_manifest_key
 
-STORE_ENV = "AIRFLOW__FLOW_TASK__ARTIFACT_STORE"
+__all__ = ["STORE_ENV", "Flow", "open_client_store"]
 
 
 def open_client_store(store: str | ArtifactStore | None) -> ArtifactStore:
-    """``store`` as a store: a URI (``file:///path``, a path, ``s3://bucket/prefix``), a store,
-    or None for ``$AIRFLOW__FLOW_TASK__ARTIFACT_STORE``. S3 uses the ordinary AWS credential
+    """``store`` as a store: a URI (``file:///path``, a path, relative ones from the working
+    directory, ``s3://bucket/prefix``), a store, or None for the store the provider uses
+    (``$AIRFLOW__FLOW_TASK__ARTIFACT_STORE``, else ``[flow_task] artifact_store`` in
+    ``airflow.cfg``, else ``$AIRFLOW_HOME/flow_artifacts``). S3 uses the ordinary AWS credential
     chain and ``AWS_ENDPOINT_URL_S3``; boto3 is imported only then."""
     if isinstance(store, ArtifactStore):
         return store
-    uri = store or os.environ.get(STORE_ENV)
-    if not uri:
-        raise StoreError(f"no artifact store: pass store='s3://bucket/prefix' or set ${STORE_ENV}")
-    return open_store(uri, must_exist=True)
+    if store:
+        return open_store(given_store(store), must_exist=True)
+    uri, source = configured_store()
+    try:
+        return open_store(uri, must_exist=True)
+    except StoreError as exc:
+        raise StoreError(f"{exc} (from {source}; pass --store or store=URI)") from None
 
 
 class Flow:

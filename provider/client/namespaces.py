@@ -1,4 +1,10 @@
-"""The current namespace, as in Metaflow: runs are listed from ``user:<login>`` unless told."""
+"""Namespaces, as in Metaflow: your own runs land in ``user:<you>`` and are listed from there.
+
+``user:<you>`` is ``user:$FLOWTASK_USER`` (for an Airflow login that differs from the OS one),
+else ``user:<OS login>``. A run you trigger from the UI lands in ``user:<Airflow login>``; a run
+of ``airflow dags test`` in ``user:<you>`` of the shell that ran it (see
+``provider.operators.run_context``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import getpass
 import os
 
 USER_ENV = "FLOWTASK_USER"
+MAX_LENGTH = 500
 
 
 class _Default:
@@ -20,16 +27,33 @@ _current: str | _Default | None = CURRENT
 def default_namespace() -> str:
     """``user:<login>``: ``$FLOWTASK_USER`` (for an Airflow login that differs from the OS
     one), else the OS login."""
-    return f"user:{os.environ.get(USER_ENV) or getpass.getuser()}"
+    return f"user:{os.environ.get(USER_ENV) or _login()}"
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (a container without a passwd entry)
+        return str(os.getuid())
+
+
+def checked_namespace(name: object, field: str = "namespace") -> str:
+    """A namespace a person gave: stripped of surrounding spaces (a form field keeps them);
+    ``ValueError`` naming ``field`` for anything but 1 to 500 printable characters."""
+    text = name.strip() if isinstance(name, str) else None
+    if not text or len(text) > MAX_LENGTH or not text.isprintable():
+        raise ValueError(
+            f"{field}={name!r} is invalid. Accepted: a name of 1 to {MAX_LENGTH} printable "
+            "characters, e.g. 'team:ml' or 'user:alice' (surrounding spaces are dropped)"
+        )
+    return text
 
 
 def namespace(name: str | None) -> str | None:
     """Set the namespace this process lists runs from; ``None`` lists every namespace."""
     global _current
-    if name is not None and (not isinstance(name, str) or not name):
-        raise ValueError(f"namespace {name!r} is invalid. Accepted: None or e.g. 'team:ml'")
-    _current = name
-    return name
+    _current = None if name is None else checked_namespace(name)
+    return _current
 
 
 def get_namespace() -> str | None:
@@ -38,4 +62,6 @@ def get_namespace() -> str | None:
 
 
 def resolve(name: str | _Default | None) -> str | None:
-    return get_namespace() if isinstance(name, _Default) else name
+    if isinstance(name, _Default):
+        return get_namespace()
+    return None if name is None else checked_namespace(name)

@@ -57,24 +57,33 @@ class Run:
 
     @property
     def finished_at(self) -> datetime | None:
-        return _utc(self._record.finished_at)
+        """When the run's end was recorded, or when its status became known (see ``status``)."""
+        if self._record.state is not None:
+            return _utc(self._record.finished_at)
+        return _utc(self._record.derived_at)
 
     @property
     def finished(self) -> bool:
-        """Whether the run's end is recorded (by the ``record_run_state`` DAG callback)."""
-        return self._record.state is not None
+        """Whether the run's end is known (``status`` is ``success`` or ``failed``)."""
+        return self.status in ("success", "failed")
 
     @property
     def successful(self) -> bool:
-        return self._record.state == "success"
+        return self.status == "success"
 
     @property
     def status(self) -> str:
-        """``success``, ``failed``, ``running`` (its DAG records ends; this one not yet), or
-        ``unknown`` (its DAG does not record ends: see ``provider.record_run_state``)."""
-        if self._record.state is not None:
-            return self._record.state
-        return "running" if self._record.reports_end else "unknown"
+        """``success`` or ``failed``: the end the ``record_run_state`` DAG callback recorded,
+        else what the flow tasks' ends say (``failed`` once one failed with no retry left,
+        ``success`` once every flow task of the DAG succeeded). ``running`` until then.
+        ``unknown`` for a run recorded before flowtask recorded its tasks' ends."""
+        record = self._record
+        if record.state is not None:
+            return record.state
+        if record.derived is not None:
+            return record.derived
+        known = record.flow_tasks is not None or record.reports_end
+        return "running" if known else "unknown"
 
     def add_tags(self, *tags: str) -> None:
         """Add tags after the fact; concurrent taggers never lose each other's tags."""

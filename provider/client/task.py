@@ -104,13 +104,20 @@ class Try:
     """One try of one task instance: its status, failure and usage, from its manifests."""
 
     def __init__(
-        self, store: ArtifactStore, task_id: str, map_index: int, number: int, manifest: dict
+        self,
+        store: ArtifactStore,
+        task_id: str,
+        map_index: int,
+        number: int,
+        manifest: dict,
+        launch_key: str | None = None,
     ) -> None:
         self._store = store
         self.task_id = task_id
         self.map_index = map_index
         self.number = number
         self.manifest = manifest
+        self._launch_key = launch_key  # the worker's launch manifest, when the result's differs
 
     @property
     def status(self) -> str:
@@ -148,8 +155,13 @@ class Try:
 
     @property
     def requested(self) -> dict[str, Any]:
-        """What the try asked for: ``cpu`` (cores), ``memory_mib``, ``gpu``."""
-        return dict(self.manifest.get("requested") or {})
+        """What the try asked for: ``cpu`` (cores), ``memory_mib``, ``gpu``. A result manifest
+        that does not say (a ``.foreach``'s, gathered by the worker) leaves it to the launch
+        manifest, which every launched try has."""
+        asked = self.manifest.get("requested")
+        if asked is None and self._launch_key is not None:
+            asked = _read(self._store, self._launch_key).get("requested")
+        return dict(asked or {})
 
     @property
     def result(self) -> Any:
@@ -244,9 +256,19 @@ class Task:
                 for index, number, names in spots
             ]
             manifests = _read_all(self._store, keys)
+            base = f"{self._prefix}/{self._layout.part}"
             self._tries = [
-                Try(self._store, self.task_id, index, number, manifest)
-                for (index, number, _), manifest in zip(spots, manifests, strict=True)
+                Try(
+                    self._store,
+                    self.task_id,
+                    index,
+                    number,
+                    manifest,
+                    f"{base}/{index}/{number}/launch.json"
+                    if {"launch.json", "result.json"} <= names
+                    else None,
+                )
+                for (index, number, names), manifest in zip(spots, manifests, strict=True)
             ]
         return self._tries
 

@@ -19,8 +19,14 @@ def flow_params(
     The trigger form shows them. The namespace and tags are written into every run manifest; a
     run's ``flow_compute``, when set, overrides every flow task's ``compute=`` for that run.
     """
-    if namespace is not None and (not isinstance(namespace, str) or not namespace):
-        raise SpecError("namespace", namespace, "a non-empty string such as 'team:ml'")
+    if namespace is not None:
+        from provider.client.namespaces import MAX_LENGTH, checked_namespace
+
+        try:
+            namespace = checked_namespace(namespace)
+        except ValueError:
+            accepted = f"a name of 1 to {MAX_LENGTH} printable characters such as 'team:ml'"
+            raise SpecError("namespace", namespace, accepted) from None
     if isinstance(tags, str):
         raise SpecError("tags", tags, "a list of strings such as ['nightly']", "a bare string")
     tag_list = list(tags)
@@ -45,12 +51,39 @@ def flow_params(
             title="flowtask tags",
             description="Tags recorded with this run's artifacts, to find them later; one a line.",
         ),
-        "flow_compute": Param(
-            compute,
-            type=["null", "string"],
-            enum=[None, *COMPUTE_TARGETS],
-            values_display={"null": "each task's own", **{c: c for c in COMPUTE_TARGETS}},
-            title="flowtask compute override",
-            description="Run every flow task of this run on this target.",
-        ),
+        "flow_compute": _compute_param(compute),
     }
+
+
+def _compute_param(compute: str | None) -> Param:
+    """The compute override; a target this deployment has not configured says what it needs
+    (a run on it fails at once, saying the same)."""
+    needs = unconfigured_targets()
+    shown = {c: f"{c} (needs {needs[c]})" if c in needs else c for c in COMPUTE_TARGETS}
+    description = "Run every flow task of this run on this target."
+    if needs:
+        listed = "; ".join(f"{c} needs {setting}" for c, setting in needs.items())
+        description += f" Not configured here: {listed}."
+    return Param(
+        compute,
+        type=["null", "string"],
+        enum=[None, *COMPUTE_TARGETS],
+        values_display={"null": "each task's own", **shown},
+        title="flowtask compute override",
+        description=description,
+    )
+
+
+def unconfigured_targets() -> dict[str, str]:
+    """Compute targets with no place to run, each with the setting that gives it one."""
+    from provider import config
+
+    needs = {}
+    try:
+        if config.kubernetes_unconfigured() is not None:
+            needs["kubernetes"] = f"[{config.SECTION}] kubernetes_conn_id"
+        if config.batch_defaults().queue is None:
+            needs["batch"] = f"[{config.SECTION}] batch_job_queue or BatchOptions(queue=...)"
+    except Exception:  # a config the tasks will refuse, with the reason: the form says nothing
+        return {}
+    return needs

@@ -108,6 +108,20 @@ class FlowTaskOperator(DecoratedOperator):
             return super()._render(template, context, dag)
 
     def execute(self, context: Any) -> Any:
+        from airflow.sdk.exceptions import TaskDeferred
+
+        from provider.operators.outcome import record_failure
+
+        self._run: Any = None  # the try, once prepared
+        try:
+            return self._execute(context)
+        except TaskDeferred:
+            raise
+        except BaseException as exc:  # on record, so `flowtask show` never says running forever
+            record_failure(self, context, exc, self._run)
+            raise
+
+    def _execute(self, context: Any) -> Any:
         from airflow.sdk.exceptions import AirflowTaskTimeout, TaskDeferred
 
         from provider.operators.launch import prepare_try
@@ -115,6 +129,7 @@ class FlowTaskOperator(DecoratedOperator):
         from provider.operators.targets import Outcome
 
         run, self._target = prepare_try(self, context)
+        self._run = run
         deferred = False
         try:
             if run.foreach is not None:
@@ -130,6 +145,7 @@ class FlowTaskOperator(DecoratedOperator):
                 run.manifest_key,
                 exit_code=None,
                 failure=f"the task ran longer than its timeout ({self.execution_timeout})",
+                kind="timeout",
             )
             if not self._catches_now(context):
                 record_unreported(run, outcome, outcome.failure or "")
@@ -141,7 +157,7 @@ class FlowTaskOperator(DecoratedOperator):
 
     def execute_complete(self, context: Any, event: Any = None, resume: Any = None) -> Any:
         """Where a try that its compute target deferred resumes, once the trigger fired."""
-        from provider.operators.outcome import settle
+        from provider.operators.outcome import record_failure, settle
         from provider.operators.resume import resumed_try
         from provider.operators.targets import RESUME_KEY
 
@@ -149,10 +165,14 @@ class FlowTaskOperator(DecoratedOperator):
             resume = event.get(RESUME_KEY)
         run, self._target = resumed_try(self, resume)
         try:
-            outcome = self._target.resume(run, context, event, resume["target"])
-        finally:
-            _discard_payload(run)
-        return settle(self, run, outcome, context)
+            try:
+                outcome = self._target.resume(run, context, event, resume["target"])
+            finally:
+                _discard_payload(run)
+            return settle(self, run, outcome, context)
+        except BaseException as exc:
+            record_failure(self, context, exc, run)
+            raise
 
     def _run_foreach(self, run: Any, context: Any) -> Any:
         """Run the chunks without stored results (and, where processes died, their other items

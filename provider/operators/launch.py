@@ -23,7 +23,6 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
     from provider.operators.task_context import ContextCannotCross
     from provider.specs import SpecError
     from provider.store import launch_manifest_key, manifest_key
-    from provider.store.index import record_run_start
 
     try:
         identity = run_identity(context)
@@ -35,8 +34,7 @@ def prepare_try(op: Any, context: Any) -> tuple[TaskRun, ComputeTarget]:
     except (RunParamError, ComputeUnavailable, SpecError) as exc:
         raise AirflowFailException(f"flow task {op.task_id} cannot run: {exc}") from None
     store = config.open_artifact_store()
-    _record_run(store, identity)
-    record_run_start(store, identity, context.get("dag"))  # the run index (flowtask runs)
+    record_run(store, identity, context)
     key = manifest_key(
         identity["dag_id"],
         identity["run_id"],
@@ -136,6 +134,28 @@ def _grown_for_oom(op: Any, store: Any, key: str, identity: dict[str, Any]) -> A
         f", max_memory={spec.retry.max_memory}" if spec.retry.max_memory else "",
     )
     return replace(spec, resources=replace(spec.resources, memory=memory))
+
+
+def record_run(store: Any, identity: dict[str, Any], context: Any) -> None:
+    """The run's manifest and its start in the run index (``flowtask runs``), with its DAG's
+    flow tasks, whose ends tell the run's status: written by its first flow task try, a stat
+    or two for the others."""
+    from provider.store.index import record_run_start
+
+    dag = context.get("dag")
+    _record_run(store, identity)
+    record_run_start(store, identity, dag, flow_task_ids(dag) if dag is not None else None)
+
+
+def flow_task_ids(dag: Any) -> list[str]:
+    """The ids of the DAG's flow tasks, mapped ones included."""
+    from provider.operators.flow_task import FlowTaskOperator
+
+    def is_flow(task: Any) -> bool:
+        kind = getattr(task, "operator_class", type(task))  # a mapped task's operator class
+        return isinstance(kind, type) and issubclass(kind, FlowTaskOperator)
+
+    return [task.task_id for task in dag.tasks if is_flow(task)]
 
 
 def _record_run(store: Any, identity: dict[str, Any]) -> None:

@@ -46,6 +46,7 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
         _log_result(run, manifest["result"])
         target = getattr(op, "_target", None)
         log_usage(run, manifest.get("usage"), local=getattr(target, "name", "") == "local")
+        record_end(run, context, "success")
         return manifest["result"]
     error = manifest.get("error")
     if error:
@@ -57,11 +58,8 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
         )
     caught = None
     if op._catches_now(context):
-        caught = (
-            manifest.get("failure")
-            or store.put(
-                Failure(type=FlowTaskFailed.__qualname__, message=message, traceback="")
-            ).to_json()
+        caught = manifest.get("failure") or _stored_failure(
+            store, Failure(type=FlowTaskFailed.__qualname__, message=message, traceback="")
         )
     if not manifest:
         record_unreported(run, outcome, message, caught)
@@ -71,7 +69,93 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
     run.log.warning("flow task failed on its last try; caught as a Failure: %s", message)
     if isinstance(op.flow_spec.catch, str):
         context["ti"].xcom_push(key=op.flow_spec.catch, value=caught)
+    record_end(run, context, "success")  # the task succeeded: downstream gets the Failure
     return [caught] if op.result_layout(run.identity["map_index"]) == "items" else caught
+
+
+def _stored_failure(store: Any, failure: Any) -> dict[str, Any]:
+    """A Failure the worker stores (its runtime reported nothing), previewed like a result."""
+    from provider.runtime.preview import preview
+
+    return {**store.put(failure).to_json(), "preview": preview(failure)}
+
+
+def record_end(run: TaskRun, context: Any, state: str) -> None:
+    """This task instance's end in the run index, so its run's status is known without DAG
+    callbacks; best effort (the task's own outcome never depends on it)."""
+    from provider.store.index import record_task_end
+
+    try:
+        record_task_end(run.store, run.identity, state, instances=_instances(context, run))
+    except Exception as exc:
+        run.log.warning("could not record the task's end in the run index: %s", exc)
+
+
+def _instances(context: Any, run: TaskRun) -> int | None:
+    """How many instances the task has in this run: 1 unless mapped; None if unknown."""
+    identity = run.identity
+    if identity["map_index"] < 0:
+        return 1
+    try:
+        count = context["ti"].get_ti_count(
+            dag_id=identity["dag_id"], task_ids=[identity["task_id"]], run_ids=[identity["run_id"]]
+        )
+    except Exception as exc:  # an Execution API that does not answer: the status waits
+        run.log.warning("could not count the instances of the mapped task: %s", exc)
+        return None
+    return int(count)
+
+
+def is_final(op: Any, context: Any, error: BaseException) -> bool:
+    """Whether this failure ends the task: no retry is left, or none can help (a try that
+    cannot work, or an error that ``Retry(on=...)`` does not retry)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if isinstance(error, AirflowFailException) or context["ti"].try_number > op.retries:
+        return True
+    on, types = op.flow_spec.retry.on, getattr(error, "error_types", None)
+    return bool(on and types and not any(name in on for name in types))
+
+
+def record_failure(op: Any, context: Any, error: BaseException, run: TaskRun | None) -> None:
+    """Put a try that ended in ``error`` on record, best effort: its manifest (unless its
+    runtime or the worker wrote one) and, when it fails the task, the task's end. A try that
+    failed before it launched (``run`` is None) records its run in the index first, so the
+    run is listed, and failed."""
+    from provider import config
+    from provider.operators.launch import record_run
+    from provider.operators.run_context import run_identity
+    from provider.store import manifest_key
+
+    try:
+        if run is None:
+            identity = run_identity(context, lenient=True)
+            store = config.open_artifact_store()
+            record_run(store, identity, context)
+            key = manifest_key(
+                identity["dag_id"],
+                identity["run_id"],
+                identity["task_id"],
+                identity["map_index"],
+                identity["try_number"],
+            )
+            run = TaskRun(
+                task_id=op.task_id,
+                spec=op.flow_spec,
+                function=op.python_callable,
+                store=store,
+                payload=None,  # type: ignore[arg-type]  # none was stored
+                manifest_key=key,
+                identity=identity,
+                log=op.log,
+            )
+        message = str(error).strip() or type(error).__name__
+        outcome = Outcome(run.manifest_key, exit_code=None)
+        record_unreported(run, outcome, message, error_type=type(error).__name__)
+        if is_final(op, context, error):
+            record_end(run, context, "failed")
+    except Exception as exc:
+        op.log.warning("could not record the failed try in the artifact store: %s", exc)
 
 
 def log_usage(run: TaskRun, used: dict[str, Any] | None, *, local: bool) -> None:
@@ -132,7 +216,11 @@ def _log_result(run: TaskRun, result: Any) -> None:
 
 
 def record_unreported(
-    run: TaskRun, outcome: Outcome, message: str, caught: dict[str, Any] | None = None
+    run: TaskRun,
+    outcome: Outcome,
+    message: str,
+    caught: dict[str, Any] | None = None,
+    error_type: str = FlowTaskFailed.__qualname__,
 ) -> None:
     """Write the manifest of a try whose runtime reported nothing, unless it did after all.
 
@@ -151,7 +239,7 @@ def record_unreported(
         {
             **run.identity,
             "status": "failed",
-            "error": {"type": FlowTaskFailed.__qualname__, "message": message},
+            "error": {"type": error_type, "message": message},
             "exit_code": outcome.exit_code,
             "failure_kind": outcome.kind,
             "requested": requested(run.spec),

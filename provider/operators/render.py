@@ -68,7 +68,12 @@ def render_pod(
     from airflow.sdk.configuration import conf
 
     from provider import config
-    from provider.operators.run_context import default_namespace, resolve_compute, run_tags
+    from provider.operators.run_context import (
+        default_namespace,
+        resolve_compute,
+        run_namespace,
+        run_tags,
+    )
     from provider.operators.targets.code import code_package, code_reference
     from provider.specs import SpecError
     from provider.store import manifest_key
@@ -93,7 +98,7 @@ def render_pod(
         "task_id": task_id,
         "map_index": map_index,
         "try_number": 1,
-        "namespace": params.get("flow_namespace") or default_namespace(dag_id, "manual", None),
+        "namespace": run_namespace(params, default_namespace(dag_id, "manual", None)),
         "tags": run_tags(params),
     }
     store_uri = config.artifact_store_uri()

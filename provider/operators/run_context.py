@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,13 +12,37 @@ class RunParamError(ValueError):
     """A ``flow_*`` run param has a value the run cannot use."""
 
 
+# Airflow's triggering user of the runs `airflow dags test` and `DAG.test()` create
+# (airflow/sdk/definitions/dag.py): no person of that name triggered them.
+DAGS_TEST_USER = "dag_test"
+
+
 def default_namespace(dag_id: str, run_type: str, triggering_user: str | None) -> str:
-    """A run someone triggered by hand belongs to them (``user:<who>``); every run the
-    deployment starts by itself (scheduled, asset-triggered, backfill, triggered by another
-    DAG) is ``production:<dag_id>``."""
-    if run_type == "manual":
-        return f"user:{triggering_user or getpass.getuser()}"
-    return f"production:{dag_id}"
+    """A run someone triggered by hand belongs to them (``user:<who>``): from the UI or the
+    REST API, their Airflow login; from ``airflow dags test``, whoever ran it, the namespace
+    ``flowtask runs`` and ``provider.client`` list by default (``$FLOWTASK_USER``, else the OS
+    login). Every run the deployment starts by itself (scheduled, asset-triggered, backfill,
+    triggered by another DAG) is ``production:<dag_id>``."""
+    from provider.client.namespaces import default_namespace as own_namespace
+
+    if run_type != "manual":
+        return f"production:{dag_id}"
+    if triggering_user in (None, "", DAGS_TEST_USER):
+        return own_namespace()
+    return f"user:{triggering_user}"
+
+
+def run_namespace(params: Mapping[str, Any], default: str) -> str:
+    """``flow_namespace`` as the form sends it: stripped; blank means the default."""
+    from provider.client.namespaces import checked_namespace
+
+    given = params.get("flow_namespace")
+    if given is None or (isinstance(given, str) and not given.strip()):
+        return default
+    try:
+        return checked_namespace(given, "flow_namespace")
+    except ValueError as exc:
+        raise RunParamError(str(exc)) from None
 
 
 def run_tags(params: Mapping[str, Any]) -> list[str]:
@@ -43,20 +66,23 @@ def resolve_compute(task_compute: str | None, params: Mapping[str, Any], default
     return override or task_compute or default
 
 
-def run_identity(context: Mapping[str, Any]) -> dict[str, Any]:
-    """The identity written into every manifest of this task try."""
+def run_identity(context: Mapping[str, Any], *, lenient: bool = False) -> dict[str, Any]:
+    """The identity written into every manifest of this task try. ``lenient``: a run param
+    that cannot be used counts as not given (to put on record a try that it failed)."""
     ti = context["ti"]
     dag_run = context["dag_run"]
     params = context.get("params") or {}
-    namespace = params.get("flow_namespace") or default_namespace(
+    default = default_namespace(
         ti.dag_id,
         str(getattr(dag_run.run_type, "value", dag_run.run_type)),
         getattr(dag_run, "triggering_user_name", None),
     )
-    if not isinstance(namespace, str):
-        raise RunParamError(
-            f"flow_namespace={namespace!r} is invalid. Accepted: a string such as 'user:alice'"
-        )
+    try:
+        namespace, tags = run_namespace(params, default), run_tags(params)
+    except RunParamError:
+        if not lenient:
+            raise
+        namespace, tags = default, []
     return {
         "dag_id": ti.dag_id,
         "run_id": ti.run_id,
@@ -64,5 +90,5 @@ def run_identity(context: Mapping[str, Any]) -> dict[str, Any]:
         "map_index": ti.map_index,
         "try_number": ti.try_number,
         "namespace": namespace,
-        "tags": run_tags(params),
+        "tags": tags,
     }

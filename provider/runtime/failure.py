@@ -24,6 +24,17 @@ class Failure:
             traceback="".join(tb.format_exception(exc)),
         )
 
+    @property
+    def short_type(self) -> str:
+        """The exception's class name without the module of a built-in: ``KeyError``,
+        ``mylib.errors.BadShard``."""
+        return self.type.removeprefix("builtins.")
+
+    @property
+    def first_line(self) -> str:
+        """The message's first line (a message can be a whole report)."""
+        return self.message.strip().split("\n", 1)[0]
+
     def __bool__(self) -> bool:
         """A Failure is falsy, so ``if result:`` reads naturally downstream."""
         return False

@@ -137,7 +137,7 @@ def run_payload(
             # Retry(on=...) matches these, so a subclass of a listed type is retried too.
             "types": [f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__],
         }
-        manifest["failure"] = store.put(failure).to_json()
+        manifest["failure"] = {**store.put(failure).to_json(), "preview": preview(failure)}
         code = 1
     manifest["finished_at"] = time.time()
     manifest["seconds"] = round(manifest["finished_at"] - started, 6)

@@ -3,8 +3,9 @@ every manifest.
 
 Per DAG, under ``index/<dag>/``::
 
-    log/<time_ns>-<random>.json   one immutable event each: a run started, a run ended, tags
-                                  were added or removed after the fact
+    log/<time_ns>-<random>.json   one immutable event each: a run started, a task instance
+                                  ended (succeeded, or failed with no retry left), a run ended,
+                                  tags were added or removed after the fact
     started/<run>.json            the run's start is recorded (what each task try checks)
     snapshot.json                 the events folded so far; replaced only by a conditional write
     compacting.json               a run end's claim to fold the log (while it does)
@@ -73,6 +74,8 @@ class RunRecord:
     added after the fact (in the order they were added; none of them a system tag). ``state``
     is ``success`` or ``failed`` once the run's end is recorded.
     ``reports_end`` says whether the DAG records its end at all (see ``record_run_end``).
+    ``flow_tasks`` are the DAG's flow tasks (None: a run recorded before they were), and
+    ``derived``/``derived_at`` what their recorded ends say of the run (see ``derived_state``).
     """
 
     run_id: str
@@ -84,6 +87,9 @@ class RunRecord:
     state: str | None = None
     finished_at: float | None = None
     reason: str | None = None
+    flow_tasks: tuple[str, ...] | None = None
+    derived: str | None = None
+    derived_at: float | None = None
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -120,12 +126,18 @@ def reports_run_state(dag: Any) -> bool:
     )
 
 
-def record_run_start(store: ArtifactStore, identity: Mapping[str, Any], dag: Any = None) -> bool:
+def record_run_start(
+    store: ArtifactStore,
+    identity: Mapping[str, Any],
+    dag: Any = None,
+    flow_tasks: Iterable[str] | None = None,
+) -> bool:
     """Record a run's start once (each task try calls this; after the first it costs one stat).
 
     ``identity`` holds ``dag_id``, ``run_id``, ``namespace`` and ``tags``; ``dag`` is the run's
-    DAG, asked whether it records its end. Two tries that start at once may both record it:
-    the earliest record wins. Returns whether this call recorded it.
+    DAG, asked whether it records its end; ``flow_tasks`` are the ids of its flow tasks, whose
+    ends tell the run's status (``record_task_end``). Two tries that start at once may both
+    record it: the earliest record wins. Returns whether this call recorded it.
     """
     dag_id, run_id = identity["dag_id"], identity["run_id"]
     marker = _started_key(dag_id, run_id)
@@ -139,9 +151,36 @@ def record_run_start(store: ArtifactStore, identity: Mapping[str, Any], dag: Any
         "at": time.time(),
         "reports_end": reports_run_state(dag),
     }
+    if flow_tasks is not None:
+        event["flow_tasks"] = sorted(set(flow_tasks))
     append_event(store, dag_id, event)
     store.write_manifest(marker, event)
     return True
+
+
+def record_task_end(
+    store: ArtifactStore, identity: Mapping[str, Any], state: str, *, instances: int | None
+) -> None:
+    """Record that a flow task instance ended for good: ``success`` (a caught failure too: the
+    task succeeded) or ``failed`` with no retry left. ``instances`` is how many instances the
+    task has (1 unless mapped; None: unknown). A cleared task that runs again records its new
+    end, and the latest wins. Then, as for a run's end, fold a long log."""
+    if state not in ("success", "failed"):
+        raise ValueError(f"state={state!r} is invalid. Accepted: 'success' or 'failed'")
+    event = {
+        "kind": "task",
+        "run_id": identity["run_id"],
+        "task_id": identity["task_id"],
+        "map_index": identity["map_index"],
+        "state": state,
+        "instances": instances,
+        "at": time.time(),
+    }
+    append_event(store, identity["dag_id"], event)
+    try:
+        _compact_if_long(store, identity["dag_id"])
+    except Exception as error:  # the end is recorded; a reader folds the log later
+        log.warning("run index of %s: could not compact: %s", identity["dag_id"], error)
 
 
 def record_run_end(
@@ -250,6 +289,14 @@ def _valid(event: Any) -> bool:
     if kind == "tags":
         lists = (event.get("add", []), event.get("remove", []))
         return all(isinstance(x, list) and all(isinstance(t, str) for t in x) for x in lists)
+    if kind == "task":
+        instances = event.get("instances")
+        return (
+            isinstance(event.get("task_id"), str)
+            and isinstance(event.get("map_index"), int)
+            and event.get("state") in ("success", "failed")
+            and (instances is None or isinstance(instances, int))
+        )
     return False
 
 
@@ -269,7 +316,16 @@ def apply_event(runs: dict[str, dict[str, Any]], name: str, event: Mapping[str, 
                 tags=list(event["tags"]),
                 created_at=float(event["at"]),
             )
+            if isinstance(event.get("flow_tasks"), list):
+                state["flow_tasks"] = [t for t in event["flow_tasks"] if isinstance(t, str)]
         state["reports_end"] = reports_end
+    elif kind == "task":
+        task = state.setdefault("tasks", {}).setdefault(event["task_id"], {"ends": {}})
+        if event.get("instances") is not None:
+            task["instances"] = max(task.get("instances", 0), event["instances"])
+        index = str(event["map_index"])
+        if name > task["ends"].get(index, ("",))[0]:
+            task["ends"][index] = [name, event["state"]]
     elif kind == "end" and name > state.get("end", ""):
         state.update(end=name, state=event["state"], finished_at=float(event["at"]))
         state["reason"] = event.get("reason")
@@ -281,6 +337,34 @@ def apply_event(runs: dict[str, dict[str, Any]], name: str, event: Mapping[str, 
                     user[tag] = [name, present]
 
 
+def derived_state(state: Mapping[str, Any]) -> tuple[str | None, float | None]:
+    """What the flow tasks' recorded ends say of a run, and when: ``failed`` once a flow task
+    instance failed with no retry left (its latest end); ``success`` once every flow task of
+    the DAG has ended well, every instance of it; else None (still running, or not known)."""
+    tasks = state.get("tasks") or {}
+    ends = [end for task in tasks.values() for end in task["ends"].values()]
+    failed = [name for name, end in ends if end == "failed"]
+    if failed:
+        return "failed", _event_time(max(failed))
+    flow_tasks = state.get("flow_tasks")
+    if not flow_tasks or not all(_all_ended(tasks.get(task_id)) for task_id in flow_tasks):
+        return None, None
+    return "success", _event_time(max(name for name, _ in ends))
+
+
+def _all_ended(task: Mapping[str, Any] | None) -> bool:
+    if task is None or not task.get("instances"):
+        return False
+    ends = task["ends"]
+    if "-1" in ends:  # not mapped
+        return True
+    return all(str(index) in ends for index in range(task["instances"]))
+
+
+def _event_time(name: str) -> float:
+    return int(name[:20]) / 1e9
+
+
 def _record(run_id: str, state: Mapping[str, Any]) -> RunRecord:
     system = tuple(state["tags"])
     user = sorted(
@@ -288,6 +372,7 @@ def _record(run_id: str, state: Mapping[str, Any]) -> RunRecord:
         for tag, entry in state.get("user_tags", {}).items()
         if entry[1] and tag not in system
     )
+    derived = derived_state(state)
     return RunRecord(
         run_id=run_id,
         namespace=state["namespace"],
@@ -298,6 +383,9 @@ def _record(run_id: str, state: Mapping[str, Any]) -> RunRecord:
         state=state.get("state"),
         finished_at=state.get("finished_at"),
         reason=state.get("reason"),
+        flow_tasks=tuple(state["flow_tasks"]) if "flow_tasks" in state else None,
+        derived=derived[0],
+        derived_at=derived[1],
     )
 
 

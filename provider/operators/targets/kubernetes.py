@@ -25,7 +25,13 @@ class KubernetesTarget(ComputeTarget):
         self._envs: Any = None
 
     def check(self, spec: TaskSpec) -> None:
+        from provider import config
+        from provider.operators.targets import ComputeUnavailable
+
         check_secrets_for(self.name, spec.environment.secrets)
+        problem = config.kubernetes_unconfigured()
+        if problem is not None:
+            raise ComputeUnavailable(f"compute='kubernetes': {problem}")
 
     def prepare(self, run: TaskRun) -> dict[str, Reference]:
         from provider.operators.targets.code import stored_code_package

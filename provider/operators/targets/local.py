@@ -11,8 +11,9 @@ from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
 
 if TYPE_CHECKING:
     from provider.compute.local import RuntimeProcess
+    from provider.compute.oom import OomWatch
 
-KILLED_FOR_MEMORY = (-9, 137)  # SIGKILL, as the kernel's OOM killer sends it
+SIGKILLED = (-9, 137)  # SIGKILL: what the kernel's OOM killer sends, and `kill -9`
 
 
 class LocalTarget(ComputeTarget):
@@ -24,6 +25,7 @@ class LocalTarget(ComputeTarget):
         self._pool: Any = None
         self._killed = False
         self._envs: Any = None
+        self._oom: OomWatch | None = None
 
     def prepare(self, run: TaskRun) -> dict[str, Any]:
         from provider.operators.environment import task_environments
@@ -56,20 +58,39 @@ class LocalTarget(ComputeTarget):
                 on_start=self._started,
                 warm_idle_seconds=config.warm_runtime_idle_seconds(),
             )
+            if code in SIGKILLED and not self._killed:
+                return self._sigkilled(run, code)
+            return Outcome(manifest_key=run.manifest_key, exit_code=code)
         except WarmRuntimeLost as lost:  # the exit code is unknown: say what ended the run
             return Outcome(manifest_key=run.manifest_key, exit_code=None, failure=str(lost))
-        if code in KILLED_FOR_MEMORY and not self._killed:
+        finally:
+            if self._oom is not None:
+                self._oom.close()
+
+    def _sigkilled(self, run: TaskRun, code: int) -> Outcome:
+        """Out of memory only where the kernel says so (``provider.compute.oom``)."""
+        evidence = self._oom.evidence() if self._oom is not None else None
+        asked = f"the task asked for {run.spec.resources.memory} MiB"
+        if evidence is None:
+            if self._oom is not None and self._oom.can_tell:
+                who = "not the kernel's out-of-memory killer, which recorded no kill of it"
+            else:  # no cgroup counter and no kernel log to read: say so, claim nothing
+                who = "this machine shows no record that could tell whether it was for memory"
             return Outcome(
                 manifest_key=run.manifest_key,
                 exit_code=code,
-                failure=(
-                    "the runtime was killed by SIGKILL: most likely the kernel's out-of-memory "
-                    f"killer (this machine ran out of memory; the task asked for "
-                    f"{run.spec.resources.memory} MiB)"
-                ),
-                kind="oom",
+                failure=f"the runtime was killed by SIGKILL ({who}; {asked})",
             )
-        return Outcome(manifest_key=run.manifest_key, exit_code=code)
+        return Outcome(
+            manifest_key=run.manifest_key,
+            exit_code=code,
+            failure=(
+                f"the runtime ran out of memory: the kernel's out-of-memory killer ended it "
+                f"({evidence}); {asked}: give it more with Resources(memory=...) or free the "
+                "machine's memory"
+            ),
+            kind="oom",
+        )
 
     def run_foreach(self, run: TaskRun, chunks: list[int], context: Any) -> Outcome:
         """A pool of runtime processes (the CPU count, or ``max_parallel``), each loading the
@@ -133,7 +154,10 @@ class LocalTarget(ComputeTarget):
         )
 
     def _started(self, process: RuntimeProcess) -> None:
+        from provider.compute.oom import OomWatch
+
         self._process = process
+        self._oom = OomWatch.start(process.pid)
 
     def kill(self) -> None:
         from provider.compute.local import terminate_group
