@@ -236,7 +236,10 @@ def describe(value: Any, rows: int = 20, width: int = 200) -> dict[str, Any]:
             **base,
             "kind": "mapping",
             "length": len(value),
-            "items": [[_short(k, width), _short(v, width)] for k, v in pairs],
+            "items": [
+                [_cut(k, width) if isinstance(k, str) else _short(k, width), _short(v, width)]
+                for k, v in pairs
+            ],
         }
     if isinstance(value, (str, int, float, complex, bool)) or value is None:
         text = value if isinstance(value, str) else repr(value)
