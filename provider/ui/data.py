@@ -170,7 +170,7 @@ def _try_view(store: ArtifactStore, attempt: Try, launch: dict[str, Any]) -> dic
         "status": attempt.status,
         "error": attempt.error,
         "failure_kind": manifest.get("failure_kind"),
-        "exit_code": manifest.get("exit_code", 0 if attempt.status == "succeeded" else None),
+        "exit_code": _exit_code(manifest, attempt.status),
         "seconds": manifest.get("seconds"),
         "compute": launch.get("compute") or manifest.get("compute"),
         "where": manifest.get("where") or _where_from(manifest),
@@ -187,6 +187,16 @@ def _try_view(store: ArtifactStore, attempt: Try, launch: dict[str, Any]) -> dic
         "cards": (read_view(store, views.get("cards")) or {}).get("cards", []),
         "foreach": manifest.get("foreach"),
     }
+
+
+def _exit_code(manifest: dict[str, Any], status: str) -> int | None:
+    """The worker records a try's exit code when the runtime reported nothing; the runtime's
+    own manifest means it exited 0 (succeeded) or 1 (the function raised)."""
+    if "exit_code" in manifest:
+        return manifest["exit_code"]
+    if "pid" in manifest and status in ("succeeded", "failed"):
+        return 0 if status == "succeeded" else 1
+    return None
 
 
 def _where_from(manifest: dict[str, Any]) -> dict[str, Any] | None:
