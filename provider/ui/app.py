@@ -130,6 +130,11 @@ def create_app() -> FastAPI:
             view = data.task_view(store, dag_id, run_id, task_id, index, items_from)
         except data.NotStored as error:
             return _render("missing.html", what=f"task {task_id}", reason=str(error))
+        from provider.operators.links import console_links
+
+        for attempt in view["tries"]:
+            found = console_links(attempt["where"] or {})
+            attempt["links"] = [{"name": name, "url": url} for name, url in found.items()]
         return _render("task.html", view=view)
 
     @app.get(
