@@ -69,6 +69,10 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "card":  # provider.card.markdown(...) in a flow task's function
+        import importlib
+
+        return importlib.import_module("provider.card")
     if name in _LAZY:
         import importlib
 

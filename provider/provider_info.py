@@ -175,6 +175,9 @@ def get_provider_info() -> dict[str, Any]:
         ),
         "versions": ["0.1.0"],
         "task-decorators": [{"name": "flow_task", "class-name": "provider.decorators.flow_task"}],
+        # The Flow tabs (provider.ui). Airflow loads providers' plugins only with
+        # [core] lazy_discover_providers = False.
+        "plugins": [{"name": "flowtask", "plugin-class": "provider.ui.plugin.FlowtaskPlugin"}],
         "config": {
             "flow_task": {
                 "description": "flowtask: where artifacts live and where flow tasks run.",
@@ -228,6 +231,13 @@ def get_provider_info() -> dict[str, Any]:
                         "5",
                         "30",
                         kind="float",
+                    ),
+                    "kubernetes_pod_url": _option(
+                        "A link to a pod's page in your cluster's console, shown in a flow "
+                        "task's Flow tab and as its Pod link: {namespace} and {pod} are filled "
+                        "in. Empty: no link.\n",
+                        "",
+                        "https://console.example.com/k8s/ns/{namespace}/pods/{pod}",
                     ),
                     **_kubernetes_options(),
                     **_batch_options(),

@@ -82,7 +82,7 @@ def cluster(tmp_path: Path) -> Iterator[Any]:
 # deployment): under xdist they all go to one worker, so it starts once. The
 # `xdist_group` mark with `--dist loadgroup` would say this, but with pytest 9.2 loadgroup
 # silently stops grouping (pytest-dev/pytest-xdist#1386).
-ONE_WORKER_MODULES = frozenset({"test_deployment.py", "test_celery_deployment.py"})
+ONE_WORKER_MODULES = frozenset({"test_deployment.py", "test_celery_deployment.py", "test_ui.py"})
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)

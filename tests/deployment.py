@@ -115,6 +115,9 @@ def deployment_env(
             "AIRFLOW__DAG_PROCESSOR__BUNDLE_REFRESH_CHECK_INTERVAL": "1",
             "AIRFLOW__DAG_PROCESSOR__PRINT_STATS_INTERVAL": "0",
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+            # Airflow loads providers' plugins (flowtask's Flow tabs) only when providers are
+            # discovered at start.
+            "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",
         }
     )
     env.update(extra)
@@ -188,10 +191,14 @@ class Deployment:
     executor: str = "LocalExecutor"
     database_url: str | None = None
     workers: Sequence[CeleryWorker] = ()
+    # More SimpleAuthManager users, name -> role ("" for none: no access to any DAG); their
+    # passwords are in ``passwords``.
+    users: Mapping[str, str] = field(default_factory=dict)
 
     port: int = field(init=False, default=0)
     marker: str = field(init=False, default_factory=lambda: uuid.uuid4().hex)
     password: str = field(init=False, default_factory=lambda: secrets.token_urlsafe(16))
+    passwords: dict[str, str] = field(init=False, default_factory=dict)
     services: list[Service] = field(init=False, default_factory=list)
     env: dict[str, str] = field(init=False, default_factory=dict)
     strays: list[str] = field(init=False, default_factory=list)
@@ -243,7 +250,9 @@ class Deployment:
             if self.migrated_db is None:
                 raise DeploymentError("a deployment needs migrated_db or database_url")
             shutil.copy(self.migrated_db, self.home / "airflow.db")
-        (self.home / "passwords.json").write_text(json.dumps({USERNAME: self.password}))
+        self.passwords = {USERNAME: self.password}
+        self.passwords.update({name: secrets.token_urlsafe(16) for name in self.users})
+        (self.home / "passwords.json").write_text(json.dumps(self.passwords))
         self.port = free_port()
         self.env = deployment_env(
             self.home,
@@ -254,6 +263,10 @@ class Deployment:
             database_url=self.database_url,
             **dict(self.env_extra),
         )
+        if self.users:
+            self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = ",".join(
+                [f"{USERNAME}:admin", *(f"{name}:{role}" for name, role in self.users.items())]
+            )
         if self.pycache is not None:
             # Each service imports most of Airflow: compiling it again in every process (as
             # PYTHONDONTWRITEBYTECODE=1 makes it) cost the four ~18 s of CPU more here.

@@ -8,6 +8,7 @@ from typing import Any
 
 from airflow.sdk.bases.decorator import DecoratedOperator
 
+from provider.operators.links import BatchJobLink, PodLink
 from provider.operators.outcome import FlowTaskFailed
 from provider.operators.targets import ComputeUnavailable
 from provider.runtime.payload import ResultLayout
@@ -37,6 +38,7 @@ class FlowTaskOperator(DecoratedOperator):
     """Run a Python function where its specs say: locally, on Kubernetes or on AWS Batch."""
 
     custom_operator_name = "@task.flow_task"
+    operator_extra_links = (PodLink(), BatchJobLink())  # where each try ran (provider.ui)
 
     def __init__(
         self,

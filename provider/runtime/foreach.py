@@ -199,6 +199,7 @@ class ChunkRunner:
     def run(self, chunk: int) -> dict[str, Any]:
         """Run one chunk (only its items without a result yet); write and return its manifest."""
         from provider.runtime.usage import cpu_seconds, peak_rss_mib, usage
+        from provider.runtime.views import item_previews
 
         plan, store = self.plan, self.store
         start, stop = plan.bounds(chunk)
@@ -230,6 +231,8 @@ class ChunkRunner:
             "status": "failed" if failed else "succeeded",
             "failed": failed,
             "result": final_results(store, plan.layout, state),
+            # One line per item for the UI's Flow tab (provider.runtime.views).
+            "item_previews": item_previews(store, [state.values[o] for o in range(state.size)]),
             "seconds": seconds,
             "ran": len(todo),
             "started_at": started,

@@ -13,11 +13,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from provider.runtime import cards
 from provider.runtime.context import explain_airflow_access, flow_context_of
 from provider.runtime.failure import Failure
 from provider.runtime.payload import Payload
 from provider.runtime.preview import preview
 from provider.runtime.usage import GpuSampler, cpu_seconds, usage
+from provider.runtime.views import try_views
 from provider.store import ArtifactStore, Reference, is_reference
 
 
@@ -111,6 +113,8 @@ def run_payload(
         manifest["bootstrap_seconds"] = float(os.environ["FLOWTASK_BOOTSTRAP_SECONDS"])
     if os.environ.get("FLOWTASK_ENVIRONMENTS"):  # which archives, from the store or a cache
         manifest["environments"] = json.loads(os.environ["FLOWTASK_ENVIRONMENTS"])
+    shown: Any = None  # what the UI previews: the result, or the Failure
+    added: list[dict[str, Any]] = []  # the cards the function added
     try:
         payload: Payload = store.get(payload_ref)
         manifest.update(payload.identity)
@@ -118,8 +122,8 @@ def run_payload(
         args = resolve_references(payload.args, store)
         kwargs = resolve_references(dict(payload.kwargs), store)
         call_started = manifest["function_started_at"] = time.time()
-        with flow_context_of(payload.context), gpu:
-            result = payload.function(*args, **kwargs)
+        with flow_context_of(payload.context), gpu, cards.collect() as added:
+            result = shown = payload.function(*args, **kwargs)
         manifest["function_seconds"] = round(time.time() - call_started, 6)
         manifest["result"] = store_result(result, payload.layout, store)
         manifest["status"] = "succeeded"
@@ -129,7 +133,7 @@ def run_payload(
 
         explain_airflow_access(exc)
         traceback.print_exc()
-        failure = Failure.from_exception(exc)
+        failure = shown = Failure.from_exception(exc)
         manifest["status"] = "failed"
         manifest["error"] = {
             "type": failure.type,
@@ -143,5 +147,6 @@ def run_payload(
     manifest["seconds"] = round(manifest["finished_at"] - started, 6)
     manifest["usage"] = usage(started, cpu_at_start, gpu)
     manifest["peak_rss_mib"] = manifest["usage"]["peak_rss_mib"]
+    manifest.update(try_views(store, shown, added))  # previews and cards for the UI
     store.write_manifest(manifest_key, manifest)
     return code

@@ -1,0 +1,72 @@
+"""Links on a flow task in Airflow's UI to where its try ran: the pod, the AWS Batch job.
+
+Airflow asks a task's links at the end of each try, on the worker, and keeps the answers
+(XCom ``_link_<class>``) for the UI. Each link reads where the try ran from the try's result
+manifest (``where``, recorded by the runtime), so every target gets them with no code of its
+own; a try that ran elsewhere gets no link (an empty one, which the UI shows disabled).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from airflow.sdk import BaseOperatorLink
+
+BATCH_JOB_URL = "https://console.aws.amazon.com/batch/home?region={region}#jobs/detail/{job_id}"
+
+
+def where_of(ti_key: Any) -> dict[str, Any]:
+    """The ``where`` of the try ``ti_key`` names, from its result manifest; {} if none."""
+    from provider.config import open_artifact_store
+    from provider.store import MissingArtifact, manifest_key
+    from provider.store.errors import BadManifest
+
+    key = manifest_key(
+        ti_key.dag_id, ti_key.run_id, ti_key.task_id, ti_key.map_index, ti_key.try_number
+    )
+    try:
+        manifest = open_artifact_store().read_manifest(key)
+    except (MissingArtifact, BadManifest):
+        return {}
+    where = manifest.get("where")
+    return where if isinstance(where, dict) else {}
+
+
+def console_links(where: dict[str, Any]) -> dict[str, str]:
+    """``{link name: URL}`` for where a try ran, as far as the configuration allows."""
+    from provider.config import _get, aws_region
+
+    links = {}
+    if where.get("platform") == "kubernetes" and where.get("pod"):
+        template = _get("kubernetes_pod_url", "")
+        if template:
+            links[PodLink.name] = template.format(
+                pod=quote(str(where["pod"])), namespace=quote(str(where.get("namespace", "")))
+            )
+    if where.get("platform") == "batch" and where.get("batch_job_id"):
+        region = where.get("region") or aws_region()
+        if region:
+            links[BatchJobLink.name] = BATCH_JOB_URL.format(
+                region=quote(region), job_id=quote(str(where["batch_job_id"]))
+            )
+    return links
+
+
+class _WhereLink(BaseOperatorLink):
+    name: ClassVar[str]
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        return console_links(where_of(ti_key)).get(self.name, "")
+
+
+class PodLink(_WhereLink):
+    """The try's pod in the cluster's console (``[flow_task] kubernetes_pod_url``)."""
+
+    name = "Pod"
+
+
+class BatchJobLink(_WhereLink):
+    """The try's AWS Batch job in the AWS console."""
+
+    name = "Batch job"
