@@ -38,13 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from s3_servers import MotoServer
 from wheels import local_index
 
-from provider.compute import bootstrap_command, build_code_package
-from provider.compute.environment import remote_target
-from provider.operators.environment import ensure_environment
-from provider.operators.environment_cache import EnvironmentCache
-from provider.operators.targets.code import store_code_package
+from provider.core.code import store_code_package
+from provider.core.code_package import build_code_package
+from provider.core.environments.cache import EnvironmentCache
+from provider.core.environments.tasks import ensure_environment
 from provider.runtime import Payload
 from provider.store import ArtifactStore, Reference, open_store
+from provider.translate import bootstrap_command
+from provider.translate.environment import remote_target
 
 LOG = logging.getLogger("benchmark")
 

@@ -25,10 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from s3_servers import MotoServer
 
-from provider.compute import bootstrap_command, build_code_package, runtime_command
-from provider.operators.targets.code import store_code_package
+from provider.core.code import store_code_package
+from provider.core.code_package import build_code_package
 from provider.runtime import Payload
 from provider.store import ArtifactStore, Reference, open_store
+from provider.translate import bootstrap_command, runtime_command
 
 
 def task() -> int:

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from provider.compute.oom import memory_counter_files
+from provider.core.local.oom import memory_counter_files
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Runs written into a store the way a worker and the runtime write them, without Airflow.
 
 ``make_run`` writes ``run.json`` and records the run's start in the index (as
-``provider.operators.launch`` does), then each task try's ``result.json`` as the runtime does
+``provider.core.launch`` does), then each task try's ``result.json`` as the runtime does
 (results stored with ``store_result``, failures as stored ``Failure`` values), and optionally the
 run's end (as the ``record_run_state`` DAG callback does).
 """
@@ -15,7 +15,12 @@ from typing import Any
 from provider.runtime import Failure
 from provider.runtime.run import store_result
 from provider.store import ArtifactStore, manifest_key, run_manifest_key
-from provider.store.index import RUN_STATE_MARKER, record_run_end, record_run_start
+from provider.store.index import (
+    RUN_STATE_MARKER,
+    record_run_end,
+    record_run_start,
+    reports_run_state,
+)
 
 
 def _records_state(context: Any) -> None:
@@ -86,7 +91,7 @@ def make_run(
     means one try each) and one instance per item of each ``mapped`` task."""
     identity = {"dag_id": dag_id, "run_id": run_id, "namespace": namespace, "tags": list(tags)}
     store.write_manifest(run_manifest_key(dag_id, run_id), identity)
-    record_run_start(store, identity, dag)
+    record_run_start(store, identity, reports_end=reports_run_state(dag))
     for task_id, outcomes in (tasks or {}).items():
         tries = outcomes if isinstance(outcomes, list) else [outcomes]
         for number, outcome in enumerate(tries, start=1):

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from provider import BatchOptions, Environment, Resources, SpecError, TaskSpec
-from provider.compute.batch import check_batch
 from provider.specs import secret_variables
+from provider.translate.batch import check_batch
 
 ROLE = "arn:aws:iam::123456789012:role/flow-job"
 SM = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-creds-AbCdEf"

@@ -23,15 +23,16 @@ import pytest
 from batch_cluster import LocalBatch
 
 from provider import Environment, TaskSpec
-from provider.operators.by_value import pickled_by_value
-from provider.operators.targets import Outcome, TaskRun, compute_target
-from provider.operators.targets.batch import batch_operator
-from provider.operators.targets.batch_jobs import (
+from provider.core.by_value import pickled_by_value
+from provider.core.targets.base import Launch
+from provider.core.targets.batch_jobs import (
     STOPPED_TAG,
     forget_job_definitions,
     job_definition_arn,
     running_job,
 )
+from provider.operators.targets import Outcome, TaskRun, compute_target
+from provider.operators.targets.batch import batch_operator
 from provider.store import ArtifactStore, MissingArtifact, manifest_key, open_store, payload_key
 
 BUCKET = "flow-artifacts"
@@ -71,7 +72,7 @@ def task_run(
     run_id: str | None = None,
 ) -> TaskRun:
     """One try of a flow task, its payload stored as the operator stores it."""
-    from provider.operators.by_value import pickled_by_value
+    from provider.core.by_value import pickled_by_value
     from provider.runtime import Payload
 
     run_id = run_id or f"manual__{uuid.uuid4().hex[:8]}"
@@ -116,8 +117,8 @@ def test_what_boto3_gets_is_the_request():
 
     from test_batch_translation import MATRIX, requests
 
-    from provider.compute.batch import operator_kwargs
     from provider.operators.targets.batch import batch_operator
+    from provider.translate.batch import operator_kwargs
 
     spec = TaskSpec.build(
         compute="batch", timeout="2h", batch=MATRIX["fair_share_and_attempts"]["batch"]
@@ -136,23 +137,17 @@ def test_the_submit_request_does_not_grow_with_the_payload(store: ArtifactStore)
     """Only the payload's reference travels in SubmitJob: its size field's digits aside, a
     100-byte and a 20 MB payload (incompressible: the store keeps it as it is) make requests
     of one size."""
-    from provider.compute.batch import overrides_length
+    from provider.core.code import code_package, code_reference
     from provider.operators.targets.batch import batch_requests
-    from provider.operators.targets.code import code_package, code_reference
+    from provider.translate.batch import overrides_length
 
     run = task_run(store, slow, 1)
     code = code_reference(store.root_uri, code_package(None))
     sizes = {}
     for label, value in (("small", b"x" * 100), ("large", random.Random(0).randbytes(20 * 2**20))):
         payload = store.put_at(payload_key(run.manifest_key), value).to_json()
-        definition, request = batch_requests(
-            run.spec,
-            store_uri=store.root_uri,
-            code=code,
-            payload=payload,
-            manifest_key=run.manifest_key,
-            identity=run.identity,
-        )
+        launch = Launch(store.root_uri, code, payload, run.manifest_key, run.identity)
+        definition, request = batch_requests(run.spec, launch)
         sizes[label] = (len(json.dumps(request).encode()), len(str(payload["size"])))
     (small, small_digits), (large, large_digits) = sizes["small"], sizes["large"]
     print(
@@ -214,7 +209,7 @@ def test_a_task_with_40_variables_of_100_characters_runs_as_a_job(
     """Its variables are in the job definition with the bootstrap; the submission's overrides
     are the run's identity, the placeholders' values and the resources: far from the 8,192
     characters ECS takes, as the harness counts them and as flowtask does."""
-    from provider.compute.batch import overrides_length
+    from provider.translate.batch import overrides_length
 
     env = {f"VAR_{i:02d}": f"{uuid.uuid4().hex}" + "x" * (94 - 32) for i in range(40)}
     assert {len(name) + len(value) for name, value in env.items()} == {100}
@@ -449,7 +444,7 @@ def test_only_an_active_unstopped_job_whose_try_never_ended_is_reattached(tmp_pa
 
 
 def test_a_job_that_cannot_be_tagged_is_still_terminated():
-    from provider.operators.targets.batch_jobs import mark_stopped
+    from provider.core.targets.batch_jobs import mark_stopped
 
     client = _Jobs(_job("j", "RUNNING", "m", 1), tagging=RuntimeError("AccessDenied"))
     assert mark_stopped(client, "j", "why") == "RuntimeError: AccessDenied"
@@ -527,8 +522,8 @@ def test_a_foreach_is_one_array_job_whose_children_batch_retries_alone(
     """Four chunks, one array job of the single job's definition and retry strategy: the first
     child to start loses its host (Batch runs it again), the second runs out of memory (no
     manifest: the outcome names Batch's reason)."""
-    from provider.operators.foreach import gather
-    from provider.operators.targets import batch_foreach
+    from provider.core.foreach import gather
+    from provider.core.targets import batch_foreach
     from provider.operators.targets.batch import batch_requests
 
     monkeypatch.setattr(batch_foreach, "PROGRESS_EVERY", 0.0)
@@ -546,7 +541,7 @@ def test_a_foreach_is_one_array_job_whose_children_batch_retries_alone(
     command = batch.history[0].command  # as the harness ran it: the parameters substituted
     assert command[command.index("--") + 1] == "foreach"
     assert command[-4:] == ["--chunk-env", "AWS_BATCH_JOB_ARRAY_INDEX", "--chunks", "0-3"]
-    single, _ = batch_requests(run.spec, **target._launch)
+    single, _ = batch_requests(run.spec, target._launch)
     array = target._definition
     assert request["jobDefinition"] == array["jobDefinitionName"] != single["jobDefinitionName"]
     ours, theirs = (  # the single job's, but for the command's runtime arguments
@@ -631,8 +626,8 @@ def test_a_later_try_reattaches_to_the_array_job_a_dead_worker_left_and_runs_the
 ):
     """Try 1 submitted chunks 0-1 (of 0-2) and died; try 2 watches that array job instead of
     submitting another, and submits only chunk 2."""
-    from provider.compute.batch_array import ChunkJob
     from provider.operators.targets.batch import batch_requests
+    from provider.translate.batch_array import ChunkJob
 
     batch.slots.acquire()  # the compute environment is full until try 2 watches
     batch.slots.acquire()
@@ -641,7 +636,7 @@ def test_a_later_try_reattaches_to_the_array_job_a_dead_worker_left_and_runs_the
         dead = compute_target("batch")
         dead.prepare(first)
         _, request = batch_requests(
-            first.spec, **dead._launch, foreach=ChunkJob(first.foreach.prefix, (0, 1))
+            first.spec, dead._launch, foreach=ChunkJob(first.foreach.prefix, (0, 1))
         )
         op = batch_operator("double", request)
         job_definition_arn(op.hook.client, dead._definition)
@@ -679,7 +674,7 @@ def test_a_later_try_reattaches_to_the_array_job_a_dead_worker_left_and_runs_the
 def test_kill_terminates_every_child_and_no_later_try_reattaches(
     batch: LocalBatch, store: ArtifactStore
 ):
-    from provider.operators.targets.batch_jobs import running_jobs
+    from provider.core.targets.batch_jobs import running_jobs
 
     run = foreach_run(store, slow, [60, 60, 60], chunk_size=1)
     target = compute_target("batch")
@@ -715,7 +710,7 @@ def test_a_foreach_over_no_items_prepares_without_a_job(batch: LocalBatch, store
 def test_a_chunk_counts_as_reported_once_this_try_wrote_its_manifest(tmp_path: Any):
     """A retry's chunk still has the manifest of the try before (with its failed items): it is
     answered only once rewritten, so a child that dies on the retry is not taken for done."""
-    from provider.operators.targets.batch_foreach import ChunkReports
+    from provider.core.targets.batch_foreach import ChunkReports
     from provider.runtime.foreach import ForeachPlan
 
     store = open_store((tmp_path / "store").as_uri())

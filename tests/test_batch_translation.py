@@ -18,7 +18,7 @@ from unittest import mock
 import pytest
 
 from provider import BatchOptions, Environment, Resources, Retry, SpecError, TaskSpec
-from provider.compute.batch import (
+from provider.translate.batch import (
     MAX_CONTAINER_OVERRIDES,
     PARAMETERS,
     batch_job,
@@ -29,15 +29,15 @@ from provider.compute.batch import (
     substituted,
     tag_text,
 )
-from provider.compute.batch_array import ChunkJob, chunk_jobs, describe_lost_chunks
-from provider.compute.batch_status import (
+from provider.translate.batch_array import ChunkJob, chunk_jobs, describe_lost_chunks
+from provider.translate.batch_status import (
     describe_job_failure,
     job_exit_code,
     log_location,
     log_streams,
     short_reason,
 )
-from provider.compute.command import foreach_args
+from provider.translate.command import foreach_args
 
 GOLDEN = Path(__file__).parent / "golden" / "batch"
 IDENTITY = {
@@ -126,7 +126,7 @@ def requests(
         runtime[runtime.index("--python") + 1] = "3.11"
         argv = [*ARGV[: ARGV.index("--") + 1], *runtime]
     with (
-        mock.patch("provider.compute.command.packed_bootstrap", return_value=bootstrap)
+        mock.patch("provider.translate.command.packed_bootstrap", return_value=bootstrap)
         if bootstrap
         else contextlib.nullcontext()
     ):

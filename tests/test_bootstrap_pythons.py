@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from provider.compute import bootstrap_command
-from provider.compute.command import BOOTSTRAP_SOURCE
 from provider.store import Reference
+from provider.translate import bootstrap_command
+from provider.translate.command import BOOTSTRAP_SOURCE
 
-BOOTSTRAP = Path(__file__).parent.parent / "provider" / "compute" / "bootstrap.py"
+BOOTSTRAP = Path(__file__).parent.parent / "provider" / "runtime" / "bootstrap.py"
 CODE = Reference(uri="file:///s/data/ab/ab", sha256="ab" * 32, size=1, type="t", encoding="zip")
 
 

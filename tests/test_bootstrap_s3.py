@@ -22,7 +22,7 @@ import botocore.session
 import pytest
 from botocore.config import Config
 
-from provider.compute import bootstrap
+from provider.runtime import bootstrap
 
 BUCKETS = (
     "flow-artifacts",

@@ -10,10 +10,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from provider.compute import bootstrap_command, build_code_package
-from provider.operators.targets.code import code_reference, store_code_package
+from provider.core.code import code_reference, store_code_package
+from provider.core.code_package import build_code_package
 from provider.runtime import Payload
 from provider.store import ArtifactStore, open_store
+from provider.translate import bootstrap_command
 
 
 def _names(package: bytes) -> list[str]:
@@ -33,7 +34,7 @@ def test_the_package_is_reproducible_and_holds_only_what_a_container_needs():
     ):
         assert needed in names
     assert not [n for n in names if n.startswith(("provider/operators", "provider/xcom"))]
-    assert not [n for n in names if n.startswith(("provider/decorators", "provider/compute"))]
+    assert not [n for n in names if n.startswith(("provider/decorators", "provider/translate"))]
     assert len(package) < 200_000
 
 
@@ -144,7 +145,7 @@ def test_a_damaged_code_package_is_refused_before_it_runs(tmp_path: Path):
 def test_the_bootstrap_runs_the_task_in_its_environment_from_the_store(tmp_path: Path):
     """The environment's archive is fetched (hash checked), unpacked into the cache folder, and
     put in front of sys.path; the next container finds it there. No index, no pip."""
-    from provider.compute.environment_build import pack
+    from provider.core.environments.build import pack
 
     site = tmp_path / "site"
     (site / "flowtask_probe").mkdir(parents=True)
@@ -212,10 +213,10 @@ def test_an_image_with_python_alone_runs_the_task_from_s3(tmp_path: Path, moto: 
 
     from conftest import BUCKET, s3_client
 
-    from provider.compute.environment import remote_target
-    from provider.compute.environment_build import runtime_requirements
-    from provider.operators.environment import ensure_environment
-    from provider.operators.environment_cache import EnvironmentCache
+    from provider.core.environments.build import runtime_requirements
+    from provider.core.environments.cache import EnvironmentCache
+    from provider.core.environments.tasks import ensure_environment
+    from provider.translate.environment import remote_target
 
     store = open_store(f"s3://{BUCKET}/bare", s3_client=s3_client(moto.endpoint))
     cache = EnvironmentCache(tmp_path / "cache", 2**30)
@@ -263,7 +264,7 @@ def test_the_bootstraps_signature_is_botocores():
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    from provider.compute import bootstrap
+    from provider.runtime import bootstrap
 
     now = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
     url = "https://bucket.s3.eu-west-1.amazonaws.com/prefix/data/ab/ab%2Bc"

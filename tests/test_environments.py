@@ -17,8 +17,13 @@ from typing import Any
 import pytest
 from wheels import local_index, make_wheel, no_index, probe_wheels, unreachable_index
 
-from provider.compute import environment_build as uv
-from provider.compute.environment import (
+from provider.core.environments import build as uv
+from provider.core.environments.cache import EnvironmentCache
+from provider.core.environments.tasks import ensure_environment, warn_conflicts
+from provider.specs import SpecError
+from provider.specs.platforms import target_platform
+from provider.store import open_store
+from provider.translate.environment import (
     EnvironmentFailure,
     Locked,
     Target,
@@ -29,11 +34,6 @@ from provider.compute.environment import (
     remote_target,
     worker_target,
 )
-from provider.operators.environment import ensure_environment, warn_conflicts
-from provider.operators.environment_cache import EnvironmentCache
-from provider.specs import SpecError
-from provider.specs.platforms import target_platform
-from provider.store import open_store
 
 X86 = remote_target("x86_64")
 ARM = remote_target("aarch64")
@@ -318,11 +318,11 @@ def _try_of(store, spec) -> Any:
 def test_an_environment_that_cannot_be_built_fails_the_task_before_anything_is_launched(
     compute, wheels, tmp_path, monkeypatch
 ):
-    """What the resolver says, with the requirement and the target, as an AirflowFailException
-    (no retry can fix it) raised by ``prepare``: nothing has been submitted or started."""
-    from airflow.sdk.exceptions import AirflowFailException
-
+    """What the resolver says, with the requirement and the target, as ``CannotRun`` (no retry
+    can fix it: the operator fails the task at once) raised by ``prepare``: nothing has been
+    submitted or started."""
     from provider import Environment, KubernetesOptions, TaskSpec
+    from provider.core.errors import CannotRun
     from provider.operators.targets import compute_target
 
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "home"))
@@ -330,12 +330,12 @@ def test_an_environment_that_cannot_be_built_fails_the_task_before_anything_is_l
 
     def prepare(pip: list[str], **options: Any) -> str:
         spec = TaskSpec(compute=compute, environment=Environment(pip=pip), **options)
-        with pytest.raises(AirflowFailException) as failed:
+        with pytest.raises(CannotRun) as failed:
             compute_target(compute).prepare(_try_of(store, spec))
         return str(failed.value)
 
     said = prepare(["ftpure==3.0"])
-    assert "flow task t cannot run: environment.pip: 'ftpure==3.0' cannot be resolved" in said
+    assert said.startswith("environment.pip: 'ftpure==3.0' cannot be resolved"), said
     assert "there is no version of ftpure==3.0" in said  # the resolver's own words
     if compute == "kubernetes":
         said = prepare(["ftcompiled"], kubernetes=KubernetesOptions(target_platform="aarch64"))

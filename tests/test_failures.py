@@ -11,11 +11,11 @@ import pytest
 from airflow.sdk.definitions.retry_policy import RetryAction
 
 from provider import Retry, SpecError
-from provider.compute.batch_status import job_failure_kind
-from provider.compute.kubernetes import pod_failure_kind
-from provider.operators.outcome import FlowTaskFailed
+from provider.core.outcome import FlowTaskFailed
 from provider.operators.retry_policy import FlowRetryPolicy
 from provider.runtime.usage import GpuSampler, suggested_request
+from provider.translate.batch_status import job_failure_kind
+from provider.translate.kubernetes import pod_failure_kind
 
 
 def test_retry_on_names_exception_types_as_the_runtime_records_them():

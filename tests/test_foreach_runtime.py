@@ -12,7 +12,6 @@ from datetime import timedelta
 import cloudpickle
 import pytest
 
-from provider.compute.command import foreach_command
 from provider.runtime import Failure, Payload
 from provider.runtime.foreach import (
     ChunkRunner,
@@ -23,6 +22,7 @@ from provider.runtime.foreach import (
 )
 from provider.store import manifest_key, open_store, payload_key
 from provider.store.gc import collect_garbage
+from provider.translate.command import foreach_command
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 KEY = manifest_key("d", "r", "t", -1, 1)
@@ -74,8 +74,9 @@ def test_a_chunk_from_an_index_variable_as_an_indexed_job_pod_runs_it(store):
 def test_a_chunk_through_the_bootstrap_as_an_array_child_runs_it(store, tmp_path):
     """The container command of a Batch array job: the bootstrap hands the foreach arguments
     (after ``--``) to the runtime, which picks its chunk by AWS_BATCH_JOB_ARRAY_INDEX."""
-    from provider.compute import bootstrap_command, build_code_package
-    from provider.operators.targets.code import store_code_package
+    from provider.core.code import store_code_package
+    from provider.core.code_package import build_code_package
+    from provider.translate import bootstrap_command
 
     plan = _plan(store)
     ref = store.put_at(
@@ -177,7 +178,7 @@ def test_a_chunk_whose_process_dies_keeps_what_it_did_and_names_the_item_that_ki
 def test_gc_keeps_an_older_try_s_result_after_a_later_try_reran_its_chunk(store):
     """Try 1 caught a Failure; try 2 re-ran that item, which rewrote its chunk. Try 1's result
     names every chunk's results in its manifest, so gc keeps them all."""
-    from provider.operators.foreach import gather, pending_chunks
+    from provider.core.foreach import gather, pending_chunks
 
     plan = _plan(store, n=8, chunk_size=4)
     results = {}

@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("kmock")
 from k8s_cluster import LocalCluster
 
-from provider.compute.kubernetes_job import JobState
 from provider.operators.targets.job_operator import FlowJobOperator
+from provider.translate.kubernetes_job import JobState
 
 
 def sleeping_job(cluster: LocalCluster, **kwargs: Any) -> FlowJobOperator:
@@ -64,8 +64,8 @@ def test_kill_deletes_the_job_and_its_pods(cluster: LocalCluster):
 def test_the_servers_version_decides_backoff_limit_per_index(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, version: str, per_index: bool
 ):
-    from provider.compute.kubernetes_job import supports_backoff_limit_per_index
     from provider.operators.targets.job_operator import server_version
+    from provider.translate.kubernetes_job import supports_backoff_limit_per_index
 
     with LocalCluster(tmp_path, version=version) as cluster:
         monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", cluster.airflow_connection_json())

@@ -452,7 +452,7 @@ def test_a_pod_gets_its_environment_from_the_store_with_the_index_unreachable(
     environment (boto3, zstandard) from the store into the node's cache folder. No pip."""
     from wheels import probe_wheels
 
-    from provider.compute.environment import DEFAULT_PLATFORM
+    from provider.translate.environment import DEFAULT_PLATFORM
 
     _secret(cluster, "flow-test-env", {"UNUSED": "1"})
     run = dags_test(

@@ -21,8 +21,9 @@ from kubernetes.client import models as k8s
 from pods import finished_pod, pending_pod
 
 from provider import KubernetesOptions, Resources, Retry, TaskSpec
-from provider.compute import pod_operator_kwargs
-from provider.compute.kubernetes_job import (
+from provider.operators.targets.job_operator import FlowJobOperator
+from provider.translate import pod_operator_kwargs
+from provider.translate.kubernetes_job import (
     INDEX_ANNOTATION,
     JobStartWatch,
     JobState,
@@ -33,7 +34,6 @@ from provider.compute.kubernetes_job import (
     job_state,
     supports_backoff_limit_per_index,
 )
-from provider.operators.targets.job_operator import FlowJobOperator
 
 GOLDEN = Path(__file__).parent / "golden" / "jobs"
 IDENTITY = {
@@ -260,13 +260,13 @@ def test_a_failed_job_names_each_index_without_a_result_and_its_pods_reasons():
 
 
 def test_foreach_max_parallel_is_a_setting(monkeypatch: pytest.MonkeyPatch):
-    from provider.operators.foreach import max_parallel
+    from provider.operators.targets import compute_target
 
-    spec = TaskSpec.build()
-    assert max_parallel(spec, local=False) == 100
+    target, spec = compute_target("kubernetes"), TaskSpec.build()
+    assert target.chunking(spec, 5000) == (5, 100)  # at most a thousand pods, 100 at once
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__FOREACH_MAX_PARALLEL", "7")
-    assert max_parallel(spec, local=False) == 7
-    assert max_parallel(TaskSpec.build(foreach={"max_parallel": 2}), local=False) == 2
+    assert target.chunking(spec, 10) == (1, 7)
+    assert target.chunking(TaskSpec.build(foreach={"max_parallel": 2}), 10) == (1, 2)
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__FOREACH_MAX_PARALLEL", "0")
     with pytest.raises(ValueError, match=r"foreach_max_parallel='0' is invalid.*1 to 10000"):
-        max_parallel(spec, local=False)
+        target.chunking(spec, 10)

@@ -18,9 +18,9 @@ from kubernetes.client import models as k8s
 from pods import finished_pod
 
 from provider import Environment, KubernetesOptions, Resources, SpecError, TaskSpec
-from provider.compute import describe_pod_failure, pod_operator_kwargs
-from provider.compute.kubernetes import cpu_quantity, pod_name
-from provider.compute.labels import label_value
+from provider.translate import describe_pod_failure, pod_operator_kwargs
+from provider.translate.kubernetes import cpu_quantity, pod_name
+from provider.translate.labels import label_value
 
 GOLDEN = Path(__file__).parent / "golden" / "pods"
 IDENTITY = {
@@ -421,7 +421,7 @@ def test_task_options_lie_over_the_configured_defaults():
 
 
 def test_configured_defaults_are_read_and_checked(monkeypatch: pytest.MonkeyPatch):
-    from provider import config
+    from provider import settings
 
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_NAMESPACE", "ml-jobs")
     monkeypatch.setenv(
@@ -430,18 +430,18 @@ def test_configured_defaults_are_read_and_checked(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_IMAGE_PULL_SECRETS", "a, b")
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_CPU_LIMIT_RATIO", "1")
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_SECRETS", "flow-aws")
-    defaults = config.kubernetes_defaults()
+    defaults = settings.kubernetes_defaults()
     assert defaults.namespace == "ml-jobs" and defaults.image_pull_secrets == ("a", "b")
     assert defaults.toleration_dicts == [{"key": "spot", "operator": "Exists"}]
     assert defaults.cpu_limit_ratio == 1.0
-    assert config.kubernetes_secrets() == ("flow-aws",)
+    assert settings.value("kubernetes_secrets") == ("flow-aws",)
 
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_LABELS", "{not json")
     with pytest.raises(ValueError, match=r"\[flow_task\] kubernetes_labels='\{not json'"):
-        config.kubernetes_defaults()
+        settings.kubernetes_defaults()
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_LABELS", '{"team": "a b"}')
     with pytest.raises(ValueError, match=r"kubernetes_labels=.*not a valid label value"):
-        config.kubernetes_defaults()
+        settings.kubernetes_defaults()
 
 
 def test_default_image_matches_the_worker_python(monkeypatch: pytest.MonkeyPatch):
@@ -558,9 +558,9 @@ def test_a_pod_template_file_lies_under_the_translation(tmp_path: Path):
 
 
 def test_configured_pod_defaults_are_read_and_checked(monkeypatch: pytest.MonkeyPatch):
-    from provider import config
+    from provider import config, settings
 
-    settings = {
+    given = {
         "QOS": "Guaranteed",
         "IMAGE_PULL_POLICY": "IfNotPresent",
         "PERSISTENT_VOLUME_CLAIMS": '{"flow-artifacts": "/artifacts"}',
@@ -570,9 +570,9 @@ def test_configured_pod_defaults_are_read_and_checked(monkeypatch: pytest.Monkey
         "DEFERRABLE": "true",
         "SCHEDULE_TIMEOUT": "90s",
     }
-    for key, value in settings.items():
+    for key, value in given.items():
         monkeypatch.setenv(f"AIRFLOW__FLOW_TASK__KUBERNETES_{key}", value)
-    defaults = config.kubernetes_defaults()
+    defaults = settings.kubernetes_defaults()
     assert defaults.qos == "Guaranteed" and defaults.image_pull_policy == "IfNotPresent"
     assert dict(defaults.persistent_volume_claims) == {"flow-artifacts": "/artifacts"}
     assert defaults.security_context_dict == {"runAsNonRoot": True}
@@ -589,4 +589,4 @@ def test_configured_pod_defaults_are_read_and_checked(monkeypatch: pytest.Monkey
 
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__KUBERNETES_DEFERRABLE", "maybe")
     with pytest.raises(ValueError, match=r"kubernetes_deferrable='maybe' is invalid"):
-        config.kubernetes_defaults()
+        settings.kubernetes_defaults()

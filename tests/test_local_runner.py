@@ -13,11 +13,11 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from provider.compute import run_local, runtime_command
-from provider.compute.local import runtime_environment
+from provider.core.local.runner import run_local, runtime_environment
 from provider.runtime import Payload
 from provider.runtime.lifetime import PARENT_PID_ENV
 from provider.store import manifest_key, open_store, payload_key
+from provider.translate import runtime_command
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 KEY = manifest_key("d", "r", "t", -1, 1)
@@ -83,7 +83,7 @@ def test_a_runtime_whose_worker_is_killed_stops_and_reports_no_success(tmp_path)
     # A stand-in for the Airflow task process: it runs the runtime as LocalTarget does.
     worker = f"""
         import os, sys
-        from provider.compute import run_local
+        from provider.core.local.runner import run_local
         env = dict(os.environ, {PARENT_PID_ENV}=str(os.getpid()))
         run_local({argv!r}, env=env, log_line=print)
     """
@@ -118,7 +118,7 @@ def test_the_runtime_environment_leaves_the_task_supervisor_behind():
 
 
 def test_killing_a_chunk_pool_stops_every_worker_and_what_it_started(tmp_path):
-    from provider.compute.pool import ChunkPool
+    from provider.core.local.pool import ChunkPool
 
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -154,7 +154,7 @@ def test_a_chunk_pool_killed_from_a_signal_handler_returns_its_chunks_as_lost(tm
     thread that runs it, and ``run`` must then return, naming the chunks it lost."""
     import threading
 
-    from provider.compute.pool import ChunkPool
+    from provider.core.local.pool import ChunkPool
 
     started = tmp_path / "started"
     worker = f"""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from memory_cgroup import MemoryCgroup
 
-from provider.compute.oom import OomWatch
+from provider.core.local.oom import OomWatch
 
 ALLOCATE = """
 import sys

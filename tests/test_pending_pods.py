@@ -1,10 +1,10 @@
-"""Pending pods explained: when to stop waiting for a pod, and why (provider.compute.pending)."""
+"""Pending pods explained: when to stop waiting for a pod, and why (provider.translate.pending)."""
 
 from __future__ import annotations
 
 from pods import pending_pod
 
-from provider.compute.pending import StartWatch, placement_hint
+from provider.translate.pending import StartWatch, placement_hint
 
 NO_NODE = (
     "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. preemption: "

@@ -9,8 +9,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 from kubernetes.client import models as k8s
 from pods import finished_pod
 
-from provider.compute.kubernetes import MANIFEST_ANNOTATION
 from provider.operators.targets.kubernetes import run_pod
+from provider.translate.kubernetes import MANIFEST_ANNOTATION
 
 OWN_KEY = "runs/d/r/t/-1/2/result.json"
 

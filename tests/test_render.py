@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLES, TEST_DAGS, airflow_env
 
-from provider.compute.code_package import build_code_package
+from provider.core.code_package import build_code_package
 from provider.operators.render import RenderError, render_pod
 
 FLOWTASK = str(Path(sys.executable).parent / "flowtask")
@@ -244,7 +244,7 @@ def test_render_a_batch_task_with_40_variables_of_100_characters(
     """The variables are the job definition's, with the bootstrap; the submission's overrides
     stay well under the 8,192 characters ECS takes (flowtask counts them as ECS does: the
     definition's command with the parameters substituted, the overrides' variables)."""
-    from provider.compute.batch import overrides_length
+    from provider.translate.batch import overrides_length
 
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__BATCH_JOB_QUEUE", "flow-spot")

@@ -1,4 +1,4 @@
-"""Run identity, namespaces, tags and the compute override (pure functions)."""
+"""Run identity (from Airflow's context), namespaces, tags and the compute override."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 
 from provider.client.namespaces import default_namespace as client_namespace
-from provider.operators.run_context import (
+from provider.core.run_context import (
     RunParamError,
     default_namespace,
     resolve_compute,
-    run_identity,
     run_tags,
 )
+from provider.operators.boundary import run_identity
 
 
 def test_default_namespace(monkeypatch):

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import BUCKET, s3_client
-from run_factory import RECORDING_DAG, make_run
+from run_factory import make_run
 
 from provider.store import open_store, run_manifest_key
 from provider.store.index import (
@@ -49,8 +49,8 @@ def _identity(run_id: str, **extra) -> dict:
 
 
 def test_a_run_start_is_recorded_once_with_its_namespace_and_tags(store):
-    assert record_run_start(store, _identity("r1"), RECORDING_DAG) is True
-    assert record_run_start(store, _identity("r1"), RECORDING_DAG) is False  # a later try
+    assert record_run_start(store, _identity("r1"), reports_end=True) is True
+    assert record_run_start(store, _identity("r1"), reports_end=True) is False  # a later try
     assert record_run_start(store, {**_identity("r2"), "namespace": "team:ml", "tags": []})
     assert len(_log(store, "d")) == 2
     runs = read_runs(store, "d")

@@ -11,10 +11,10 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from provider.compute import runtime_command
 from provider.runtime import Failure, Payload
 from provider.runtime.preview import preview
 from provider.store import manifest_key, open_store
+from provider.translate import runtime_command
 
 # Functions of this test module reach the subprocess by value, as a DAG file's functions do.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from provider.compute import runtime_command
 from provider.runtime import Failure, Payload, cards
 from provider.runtime.views import (
     IMAGE_TYPE,
@@ -28,6 +27,7 @@ from provider.runtime.views import (
 )
 from provider.store import manifest_key, open_store
 from provider.store.gc import collect_garbage
+from provider.translate import runtime_command
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -21,9 +21,8 @@ import cloudpickle
 import psutil
 import pytest
 
-from provider.compute import run_local, runtime_command
-from provider.compute.local import terminate_group
-from provider.compute.warm import (
+from provider.core.local.runner import run_local, terminate_group
+from provider.core.local.warm import (
     SERVER_LOST,
     WarmProcess,
     WarmRuntimeLost,
@@ -36,6 +35,7 @@ from provider.runtime import Payload
 from provider.runtime.lifetime import PARENT_PID_ENV
 from provider.runtime.warm import encode_request, private_folder, socket_address
 from provider.store import manifest_key, open_store, payload_key
+from provider.translate import runtime_command
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="warm runtimes are Linux's (pidfd, PDEATHSIG)"
@@ -231,7 +231,7 @@ def test_a_warm_run_whose_worker_is_killed_stops(warm: Warm, tmp_path: Path):
     argv, key = warm.command(sleeps_with_a_child, str(tmp_path))
     worker = f"""
         import os
-        from provider.compute import run_local
+        from provider.core.local.runner import run_local
         run_local({argv!r}, env={warm.env!r}, log_line=print, warm_idle_seconds={IDLE})
     """
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(worker)])
@@ -439,17 +439,17 @@ def test_the_server_name_follows_what_shapes_an_interpreter():
 
 
 def test_warm_runtimes_can_be_turned_off_and_a_bad_value_is_named(monkeypatch):
-    from provider import config
+    from provider import settings
 
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__WARM_RUNTIME_IDLE", "0")
-    assert config.warm_runtime_idle_seconds() == 0
+    assert settings.value("warm_runtime_idle") == 0
     assert (
         start_warm([sys.executable, "-m", "provider.runtime", "run"], {}, owner=1, idle_seconds=0)
         is None
     )
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__WARM_RUNTIME_IDLE", "soon")
     with pytest.raises(ValueError, match=r"warm_runtime_idle='soon' is invalid. Accepted: seconds"):
-        config.warm_runtime_idle_seconds()
+        settings.value("warm_runtime_idle")
 
 
 NOBODY = 65534

@@ -89,8 +89,8 @@ def _render(args: argparse.Namespace) -> int:
 def _env(args: argparse.Namespace) -> int:
     from contextlib import redirect_stdout
 
-    from provider.compute.environment import EnvironmentFailure
     from provider.operators.render import RenderError, resolve_lock
+    from provider.translate.environment import EnvironmentFailure
 
     try:
         with redirect_stdout(sys.stderr):  # Airflow logs to stdout; stdout is for the lock

@@ -96,9 +96,7 @@ class FlowTaskDecorator(_TaskDecorator):
         return self._foreach(items, None)
 
     def _foreach(self, items: Any, argument: str | None) -> Any:
-        from provider.operators.foreach import check_items
-
-        check_items(self.function.__name__, argument, items)
+        _check_items(self.function.__name__, argument, items)
         kwargs = dict(self.kwargs)
         partial = kwargs.pop("op_kwargs", {})  # from .partial(...)
         one = attr.evolve(self, kwargs={**kwargs, "foreach_items": items})
@@ -145,3 +143,16 @@ def flow_task(
             raise TypeError("flow_task takes keyword arguments only, e.g. @flow_task(retry=3)")
         return decorate(python_callable)
     return decorate  # type: ignore[return-value]
+
+
+def _check_items(task_id: str, argument: str | None, items: Any) -> None:
+    """At parse time: what ``.expand`` maps over (a list, a tuple, a range, a dict, an
+    upstream's result), never text or a one-shot iterator."""
+    from airflow.sdk.definitions._internal.expandinput import is_mappable
+
+    if not is_mappable(items):
+        name = f"{argument}=" if argument else ""
+        raise ValueError(
+            f"{task_id}.foreach({name}...) got an unexpected type {type(items).__name__!r}: "
+            "it runs over a list, a tuple, a range, a dict or an upstream task's result"
+        )

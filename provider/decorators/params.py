@@ -20,7 +20,7 @@ def flow_params(
     run's ``flow_compute``, when set, overrides every flow task's ``compute=`` for that run.
     """
     if namespace is not None:
-        from provider.client.namespaces import MAX_LENGTH, checked_namespace
+        from provider.specs.namespaces import MAX_LENGTH, checked_namespace
 
         try:
             namespace = checked_namespace(namespace)
@@ -76,14 +76,14 @@ def _compute_param(compute: str | None) -> Param:
 
 def unconfigured_targets() -> dict[str, str]:
     """Compute targets with no place to run, each with the setting that gives it one."""
-    from provider import config
+    from provider import config, settings
 
     needs = {}
     try:
         if config.kubernetes_unconfigured() is not None:
-            needs["kubernetes"] = f"[{config.SECTION}] kubernetes_conn_id"
-        if config.batch_defaults().queue is None:
-            needs["batch"] = f"[{config.SECTION}] batch_job_queue or BatchOptions(queue=...)"
+            needs["kubernetes"] = f"[{settings.SECTION}] kubernetes_conn_id"
+        if settings.batch_defaults().queue is None:
+            needs["batch"] = f"[{settings.SECTION}] batch_job_queue or BatchOptions(queue=...)"
     except Exception:  # a config the tasks will refuse, with the reason: the form says nothing
         return {}
     return needs

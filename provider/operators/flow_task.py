@@ -8,8 +8,8 @@ from typing import Any
 
 from airflow.sdk.bases.decorator import DecoratedOperator
 
+from provider.core.outcome import FlowTaskFailed
 from provider.operators.links import BatchJobLink, PodLink
-from provider.operators.outcome import FlowTaskFailed
 from provider.operators.targets import ComputeUnavailable
 from provider.runtime.payload import ResultLayout
 from provider.specs import SpecError, TaskSpec, airflow_retry_kwargs
@@ -112,26 +112,28 @@ class FlowTaskOperator(DecoratedOperator):
     def execute(self, context: Any) -> Any:
         from airflow.sdk.exceptions import TaskDeferred
 
-        from provider.operators.outcome import record_failure
-
         self._run: Any = None  # the try, once prepared
         try:
             return self._execute(context)
         except TaskDeferred:
             raise
         except BaseException as exc:  # on record, so `flowtask show` never says running forever
-            record_failure(self, context, exc, self._run)
+            self._record_failure(context, exc)
             raise
 
     def _execute(self, context: Any) -> Any:
         from airflow.sdk.exceptions import AirflowTaskTimeout, TaskDeferred
 
-        from provider.operators.launch import prepare_try
-        from provider.operators.outcome import record_unreported, settle
-        from provider.operators.targets import Outcome
+        from provider import config
+        from provider.core.launch import prepare_try
+        from provider.core.outcome import record_unreported
+        from provider.operators.boundary import fail_at_once, task_try
+        from provider.operators.targets import Outcome, compute_target
 
-        run, self._target = prepare_try(self, context)
-        self._run = run
+        with fail_at_once(self.task_id):
+            task = task_try(self, context)
+            self._target = compute_target(task.compute)
+            self._run = run = prepare_try(task, self._target, config.open_artifact_store())
         deferred = False
         try:
             if run.foreach is not None:
@@ -155,72 +157,112 @@ class FlowTaskOperator(DecoratedOperator):
         finally:
             if not deferred:
                 _discard_payload(run)
-        return settle(self, run, outcome, context)
+        return self._settled(run, outcome, context)
 
     def execute_complete(self, context: Any, event: Any = None, resume: Any = None) -> Any:
         """Where a try that its compute target deferred resumes, once the trigger fired."""
-        from provider.operators.outcome import record_failure, settle
-        from provider.operators.resume import resumed_try
-        from provider.operators.targets import RESUME_KEY
+        from provider import config
+        from provider.core.resume import resumed_run
+        from provider.operators.targets import RESUME_KEY, compute_target
 
         if resume is None and isinstance(event, dict):  # `airflow dags test` passes the event
             resume = event.get(RESUME_KEY)
-        run, self._target = resumed_try(self, resume)
+        store = config.open_artifact_store()
+        self._run = run = resumed_run(
+            self.task_id, self.flow_spec, self.python_callable, store, resume, self.log
+        )
+        self._target = compute_target(resume["compute"])
         try:
             try:
                 outcome = self._target.resume(run, context, event, resume["target"])
             finally:
                 _discard_payload(run)
-            return settle(self, run, outcome, context)
+            return self._settled(run, outcome, context)
         except BaseException as exc:
-            record_failure(self, context, exc, run)
+            self._record_failure(context, exc)
             raise
+
+    def _settled(self, run: Any, outcome: Any, context: Any) -> Any:
+        """The try's result; a caught failure also under its ``catch="name"`` key."""
+        from provider.core.outcome import Caught, settle
+        from provider.operators.boundary import mapped_instances
+
+        result = settle(
+            run,
+            outcome,
+            catching=self._catches_now(context),
+            local=self._target.is_local,
+            instances=lambda: mapped_instances(context, run.identity, self.log),
+            layout=self.result_layout(run.identity["map_index"]),
+        )
+        if not isinstance(result, Caught):
+            return result
+        if isinstance(self.flow_spec.catch, str):
+            context["ti"].xcom_push(key=self.flow_spec.catch, value=result.failure)
+        return result.value
+
+    def _record_failure(self, context: Any, error: BaseException) -> None:
+        """Put a try that ended in ``error`` on record, best effort: its manifest (unless its
+        runtime or the worker wrote one) and, when it fails the task, the task's end. A try
+        that failed before it launched records its run in the index first, so the run is
+        listed, and failed."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from provider import config
+        from provider.core.launch import record_run
+        from provider.core.outcome import record_end, record_unreported
+        from provider.operators.boundary import mapped_instances, run_identity
+        from provider.operators.targets import Outcome, TaskRun
+        from provider.store import manifest_key
+
+        run = self._run
+        try:
+            if run is None:
+                identity = run_identity(context, lenient=True)
+                store = config.open_artifact_store()
+                record_run(store, identity)
+                key = manifest_key(
+                    identity["dag_id"],
+                    identity["run_id"],
+                    identity["task_id"],
+                    identity["map_index"],
+                    identity["try_number"],
+                )
+                run = TaskRun(
+                    task_id=self.task_id,
+                    spec=self.flow_spec,
+                    function=self.python_callable,
+                    store=store,
+                    payload=None,  # type: ignore[arg-type]  # none was stored
+                    manifest_key=key,
+                    identity=identity,
+                    log=self.log,
+                )
+            message = str(error).strip() or type(error).__name__
+            outcome = Outcome(run.manifest_key, exit_code=None)
+            record_unreported(run, outcome, message, error_type=type(error).__name__)
+            on, types = self.flow_spec.retry.on, getattr(error, "error_types", None)
+            final = (
+                isinstance(error, AirflowFailException)
+                or context["ti"].try_number > self.retries
+                or bool(on and types and not any(name in on for name in types))
+            )
+            if final:
+                record_end(run, "failed", mapped_instances(context, run.identity, self.log))
+        except Exception as exc:
+            self.log.warning("could not record the failed try in the artifact store: %s", exc)
 
     def _run_foreach(self, run: Any, context: Any) -> Any:
         """Run the chunks without stored results (and, where processes died, their other items
         again), then gather every chunk into the result."""
-        import time
+        from provider.core.foreach import run_foreach
 
-        from provider.operators.foreach import gather, pending_chunks, run_to_the_end
-        from provider.operators.targets import Outcome
-
-        started = time.time()
-        plan = run.foreach
-        pending = pending_chunks(run.store, plan)
-        self.log.info(
-            "foreach: %d items in %d chunks of %d; %d chunks to run%s",
-            plan.length,
-            plan.chunks,
-            plan.chunk_size,
-            len(pending),
-            f" ({plan.chunks - len(pending)} done by an earlier try)"
-            if plan.chunks > len(pending)
-            else "",
+        return run_foreach(
+            run,
+            lambda chunks: self._target.run_foreach(run, chunks, context),
+            catching=self._catches_now(context),
+            stopped=lambda: self._target.killed,
         )
-        catching = self._catches_now(context)
-        outcome = Outcome(run.manifest_key, exit_code=0)
-        if pending:
-            outcome = run_to_the_end(
-                run.store,
-                plan,
-                run.identity["try_number"],
-                lambda chunks: self._target.run_foreach(run, chunks, context),
-                pending,
-                self.log,
-                catching=catching,
-                stopped=lambda: self._target.killed,
-            )
-        gather(
-            run.store,
-            plan,
-            run.manifest_key,
-            run.identity,
-            catching=catching,
-            started=started,
-            unreported=outcome.failure,
-            log=self.log,
-        )
-        return Outcome(run.manifest_key, exit_code=0, failure=outcome.failure)
 
     def on_kill(self) -> None:
         target = getattr(self, "_target", None)

@@ -35,17 +35,17 @@ def where_of(ti_key: Any) -> dict[str, Any]:
 
 def console_links(where: dict[str, Any]) -> dict[str, str]:
     """``{link name: URL}`` for where a try ran, as far as the configuration allows."""
-    from provider.config import _get, aws_region
+    from provider import settings
 
     links = {}
     if where.get("platform") == "kubernetes" and where.get("pod"):
-        template = _get("kubernetes_pod_url", "")
+        template = settings.value("kubernetes_pod_url")
         if template:
             links[PodLink.name] = template.format(
                 pod=quote(str(where["pod"])), namespace=quote(str(where.get("namespace", "")))
             )
     if where.get("platform") == "batch" and where.get("batch_job_id"):
-        region = where.get("region") or aws_region()
+        region = where.get("region") or settings.value("aws_region")
         if region:
             links[BatchJobLink.name] = BATCH_JOB_URL.format(
                 region=quote(region), job_id=quote(str(where["batch_job_id"]))

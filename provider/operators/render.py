@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from provider.core.targets.base import Launch
+
 #: The payload is pickled from upstream results when the task runs; a render has none.
 PAYLOAD_AT_RUN_TIME = {"uri": "<stored when the task runs>"}
 #: A foreach's plan is named by its items' content, and an upstream's items come at run time.
@@ -67,14 +69,14 @@ def render_pod(
     """
     from airflow.sdk.configuration import conf
 
-    from provider import config
-    from provider.operators.run_context import (
+    from provider import settings
+    from provider.core.code import code_package, code_reference
+    from provider.core.run_context import (
         default_namespace,
         resolve_compute,
         run_namespace,
         run_tags,
     )
-    from provider.operators.targets.code import code_package, code_reference
     from provider.specs import SpecError
     from provider.store import manifest_key
 
@@ -85,7 +87,7 @@ def render_pod(
     if spec is None:
         raise RenderError(f"{dag_id}.{task_id} is a {type(task).__name__}, not a flow task")
     params = dag.params.dump()
-    target = compute or resolve_compute(spec.compute, params, config.default_compute())
+    target = compute or resolve_compute(spec.compute, params, settings.value("default_compute"))
     if target not in ("kubernetes", "batch"):
         raise RenderError(
             f"{dag_id}.{task_id} runs with compute={target!r}, which submits nothing; "
@@ -101,15 +103,10 @@ def render_pod(
         "namespace": run_namespace(params, default_namespace(dag_id, "manual", None)),
         "tags": run_tags(params),
     }
-    store_uri = config.artifact_store_uri()
+    store_uri = settings.artifact_store_uri()
     key = manifest_key(dag_id, RENDER_RUN_ID, task_id, map_index, 1)
-    launch = {
-        "store_uri": store_uri,
-        "code": code_reference(store_uri, code_package(folder)),
-        "payload": PAYLOAD_AT_RUN_TIME,
-        "manifest_key": key,
-        "identity": identity,
-    }
+    code = code_reference(store_uri, code_package(folder))
+    launch = Launch(store_uri, code, PAYLOAD_AT_RUN_TIME, key, identity)
     if target == "batch":
         try:
             return _batch_requests(task_id, spec, launch, getattr(task, "foreach_items", None))
@@ -132,29 +129,30 @@ def _foreach_length(dag_id: str, task: Any, items: int | None) -> int:
     )
 
 
-def _job(task_id: str, spec: Any, launch: dict[str, Any], length: int) -> dict[str, Any]:
+def _job(task_id: str, spec: Any, launch: Launch, length: int) -> dict[str, Any]:
     """The Indexed Job of a ``.foreach`` over ``length`` items, every chunk pending, as on a
     Kubernetes >= 1.29 (``backoffLimitPerIndex``)."""
     import math
 
     from kubernetes.client import ApiClient
 
-    from provider.operators.foreach import default_chunk_size, max_parallel
+    from provider.operators.targets import compute_target
     from provider.operators.targets.kubernetes import job_operator
 
-    parallel = max_parallel(spec, local=False)
-    chunk_size = spec.foreach.chunk_size or default_chunk_size(length, parallel, local=False)
+    chunk_size, parallel = compute_target("kubernetes").chunking(spec, length)
     chunks = list(range(max(1, math.ceil(length / chunk_size))))
-    job = job_operator(task_id, spec, **launch, chunks=chunks, per_index=True).render_job()
+    job = job_operator(
+        task_id, spec, launch, chunks=chunks, per_index=True, parallel=parallel
+    ).render_job()
     return dict(ApiClient().sanitize_for_serialization(job))
 
 
-def _pod(task_id: str, spec: Any, launch: dict[str, Any]) -> dict[str, Any]:
+def _pod(task_id: str, spec: Any, launch: Launch) -> dict[str, Any]:
     from kubernetes.client import ApiClient
 
     from provider.operators.targets.kubernetes import pod_operator
 
-    pod = pod_operator(task_id, spec, **launch).build_pod_request_obj(dry_run=True)
+    pod = pod_operator(task_id, spec, launch).build_pod_request_obj(dry_run=True)
     return dict(ApiClient().sanitize_for_serialization(pod))
 
 
@@ -169,17 +167,15 @@ class _RecordingClient:
         return {"jobId": "<assigned by Batch>"}
 
 
-def _batch_requests(
-    task_id: str, spec: Any, launch: dict[str, Any], items: Any = None
-) -> dict[str, Any]:
+def _batch_requests(task_id: str, spec: Any, launch: Launch, items: Any = None) -> dict[str, Any]:
     """The requests; of a ``.foreach`` task, its first array job's (the first of several only
     past 10,000 chunks, or under ``max_parallel``)."""
     from types import SimpleNamespace
 
     from provider.operators.targets.batch import batch_operator, batch_requests
 
-    job = None if items is None else _first_job(spec, launch["manifest_key"], items)
-    definition, request = batch_requests(spec, **launch, foreach=job)
+    job = None if items is None else _first_job(spec, launch.manifest_key, items)
+    definition, request = batch_requests(spec, launch, foreach=job)
     op = batch_operator(task_id, request)
     client = _RecordingClient()
     # The operator's own submit_job builds the request; its links need no context here.
@@ -195,16 +191,15 @@ def _first_job(spec: Any, manifest_key: str, items: Any) -> Any:
     """The first Batch job of a foreach over ``items`` (two chunks stand in for an upstream's)."""
     import math
 
-    from provider.compute.batch_array import ChunkJob, chunk_jobs
-    from provider.operators.foreach import default_chunk_size, max_parallel
+    from provider.operators.targets import compute_target
+    from provider.translate.batch_array import ChunkJob, chunk_jobs
 
     prefix = f"{manifest_key.rsplit('/', 2)[0]}/foreach/{PLAN_AT_RUN_TIME}"
     if not isinstance(items, (list, tuple, dict)):
         return ChunkJob(prefix, (0, 1))
     if not items:
         raise RenderError(".foreach over no items submits nothing")
-    parallel = max_parallel(spec, local=False)
-    size = spec.foreach.chunk_size or default_chunk_size(len(items), parallel, local=False)
+    size, _ = compute_target("batch").chunking(spec, len(items))
     chunks = math.ceil(len(items) / size)
     return chunk_jobs(prefix, range(min(chunks, spec.foreach.max_parallel or chunks)))[0]
 
@@ -229,10 +224,11 @@ def resolve_lock(
 
     from airflow.sdk.configuration import conf
 
-    from provider import config
-    from provider.compute.environment import environment_id, remote_target, worker_target
-    from provider.operators.environment import resolve_layer
-    from provider.operators.run_context import resolve_compute
+    from provider import settings
+    from provider.core.environments.tasks import resolve_layer
+    from provider.core.run_context import resolve_compute
+    from provider.operators.targets import compute_target
+    from provider.translate.environment import environment_id, remote_target, worker_target
 
     folder = dags_folder or Path(conf.get("core", "dags_folder"))
     dag, task = _flow_task(folder, dag_id, task_id)
@@ -241,23 +237,14 @@ def resolve_lock(
     if spec is None:
         raise RenderError(f"{dag_id}.{task_id} is a {type(task).__name__}, not a flow task")
     target_name = compute or resolve_compute(
-        spec.compute, dag.params.dump(), config.default_compute()
+        spec.compute, dag.params.dump(), settings.value("default_compute")
     )
     requirements = tuple(spec.environment.pip)
     if not requirements:
         raise RenderError(f"{dag_id}.{task_id} has no Environment(pip=[...]) to resolve")
-    if target_name == "local":
-        target = worker_target()
-        installed = _installed()
-    else:
-        options = spec.kubernetes.over(config.kubernetes_defaults())
-        platform = options.target_platform if target_name == "kubernetes" else None
-        if target_name == "batch":
-            from provider.operators.targets.batch import batch_options
-
-            platform = batch_options(spec).target_platform
-        target = remote_target(platform or config.target_platform())
-        installed = {}
+    platform = compute_target(target_name).platform(spec)
+    target = worker_target() if platform is None else remote_target(platform)
+    installed = _installed() if platform is None else {}
     lock, from_worker = resolve_layer(
         requirements, target, installed, False, logging.getLogger(__name__)
     )
@@ -273,6 +260,6 @@ def resolve_lock(
 
 
 def _installed() -> dict[str, str]:
-    from provider.compute.environment_build import installed_versions
+    from provider.core.environments.build import installed_versions
 
     return installed_versions()

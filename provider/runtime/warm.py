@@ -2,7 +2,7 @@
 
 A local flow task's runtime spends most of its start importing (the runtime, cloudpickle and
 what they import); a fork of a process that already did so starts in a few milliseconds. The
-worker (``provider.compute.warm``) starts this server on first use and connects to it over a
+worker (``provider.core.local.warm``) starts this server on first use and connects to it over a
 Unix socket file in ``$AIRFLOW_HOME/flowtask/runtimes`` (a folder of this user's alone, mode
 0700), named after everything that shapes an interpreter at start (executable, working
 directory, ``PYTHON*``/locale variables, the runtime's sources), so a fork is what a fresh

@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from provider.specs.errors import SpecError
 from provider.specs.platforms import target_platform
 from provider.specs.resources import Resources
+from provider.specs.settings_meta import setting
 
 PLATFORMS = ("EC2", "FARGATE")
 MAX_ATTEMPTS = 10  # Batch's retryStrategy.attempts: 1 to 10
@@ -150,10 +151,37 @@ class BatchOptions:
     for a Graviton queue); else ``[flow_task] target_platform``.
     """
 
-    queue: str | None = None
-    job_role_arn: str | None = None
-    execution_role_arn: str | None = None
-    platform: str | None = None
+    queue: str | None = field(
+        default=None,
+        metadata=setting(
+            "AWS Batch job queue (name or ARN) of flow tasks whose BatchOptions set none. A "
+            "Batch task with no queue anywhere fails at once.",
+            "flow-spot",
+            key="batch_job_queue",
+        ),
+    )
+    job_role_arn: str | None = field(
+        default=None,
+        metadata=setting(
+            "IAM role the job's container runs as (its AWS credentials, e.g. for an s3:// "
+            "artifact store).",
+            "arn:aws:iam::123456789012:role/flow-job",
+            key="batch_job_role_arn",
+        ),
+    )
+    execution_role_arn: str | None = field(
+        default=None,
+        metadata=setting(
+            "IAM role Batch and ECS use to start the job: pull the image, write logs, read "
+            "Environment(secrets=[...]). Needed on Fargate and for secrets.",
+            "arn:aws:iam::123456789012:role/flow-execution",
+            key="batch_execution_role_arn",
+        ),
+    )
+    platform: str | None = field(
+        default=None,
+        metadata=setting("EC2 or FARGATE; empty means EC2.", "FARGATE", key="batch_platform"),
+    )
     share_identifier: str | None = None
     scheduling_priority: int | None = None
     attempts: int | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +13,7 @@ from provider.specs import pod_options
 from provider.specs.errors import SpecError
 from provider.specs.names import is_dns_label, is_dns_subdomain, is_label_value, is_qualified_name
 from provider.specs.platforms import target_platform
+from provider.specs.settings_meta import setting
 from provider.specs.units import parse_duration
 
 _PLATFORM_FIELD = "kubernetes.target_platform"
@@ -209,27 +210,129 @@ class KubernetesOptions:
     (``"aarch64"`` for Arm nodes); else ``[flow_task] target_platform``.
     """
 
-    namespace: str | None = None
-    service_account: str | None = None
-    node_selector: Any = ()
-    tolerations: Any = ()
-    image_pull_secrets: Any = ()
-    labels: Any = ()
-    annotations: Any = ()
-    cpu_limit_ratio: float | None = None
-    gpu_vendor: str | None = None
-    gpu_type_label: str | None = None
+    namespace: str | None = field(
+        default=None,
+        metadata=setting("Namespace of the pods; empty means the connection's.", "ml-jobs"),
+    )
+    service_account: str | None = field(
+        default=None,
+        metadata=setting("Service account the pods run as.", "flow-runner"),
+    )
+    node_selector: Any = field(
+        default=(),
+        metadata=setting("Node selector, a JSON object.", '{"pool": "batch"}', form="json"),
+    )
+    tolerations: Any = field(
+        default=(),
+        metadata=setting(
+            "Tolerations, a JSON list of {key, operator, value, effect, toleration_seconds}.",
+            '[{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]',
+            form="json",
+        ),
+    )
+    image_pull_secrets: Any = field(
+        default=(),
+        metadata=setting("Image pull secrets, comma-separated names.", "regcred", form="list"),
+    )
+    labels: Any = field(
+        default=(),
+        metadata=setting("Extra pod labels, a JSON object.", '{"team": "ml"}', form="json"),
+    )
+    annotations: Any = field(
+        default=(),
+        metadata=setting(
+            "Extra pod annotations, a JSON object.", '{"owner": "ml-team"}', form="json"
+        ),
+    )
+    cpu_limit_ratio: float | None = field(
+        default=None,
+        metadata=setting(
+            "CPU limit as a multiple of the request; empty means no CPU limit.", "2", form="float"
+        ),
+    )
+    gpu_vendor: str | None = field(
+        default=None,
+        metadata=setting(
+            "GPU vendor, for the resource its device plugin advertises: nvidia "
+            "(nvidia.com/gpu), amd (amd.com/gpu) or intel (gpu.intel.com/i915).",
+            "amd",
+        ),
+    )
+    gpu_type_label: str | None = field(
+        default=None,
+        metadata=setting(
+            "Node label that Resources(gpu_type=...) selects on; empty means "
+            "nvidia.com/gpu.product.",
+            "cloud.google.com/gke-accelerator",
+        ),
+    )
     extended_resources: Any = ()
-    schedule_timeout: Any = None
-    deferrable: bool | None = None
-    qos: str | None = None
-    image_pull_policy: str | None = None
-    persistent_volume_claims: Any = ()
+    schedule_timeout: Any = field(
+        default=None,
+        metadata=setting(
+            "How long an unschedulable pod waits for a node (a cluster autoscaler's, or "
+            "capacity that frees up) before its task fails with the scheduler's reason: a "
+            "duration such as '10m', '90s' or seconds. A missing Secret or image fails at once.",
+            "0",
+            default="10m",
+        ),
+    )
+    deferrable: bool | None = field(
+        default=None,
+        metadata=setting(
+            "Whether flow task pods run deferred: the worker slot is released while the pod "
+            "runs and the triggerer watches it (KubernetesOptions(deferrable=...) per task).",
+            "True",
+            form="bool",
+            default="False",
+        ),
+    )
+    qos: str | None = field(
+        default=None,
+        metadata=setting(
+            "Burstable or Guaranteed; empty means Burstable. Both set the memory limit to the "
+            "request; Guaranteed also sets the CPU limit to the request.",
+            "Guaranteed",
+        ),
+    )
+    image_pull_policy: str | None = field(
+        default=None,
+        metadata=setting(
+            "Always, IfNotPresent or Never; empty means Kubernetes' default for the tag.",
+            "IfNotPresent",
+        ),
+    )
+    persistent_volume_claims: Any = field(
+        default=(),
+        metadata=setting(
+            "PersistentVolumeClaims every pod mounts, a JSON object of claim name to path.",
+            '{"shared-datasets": "/data"}',
+            form="json",
+        ),
+    )
     tmpfs: Any = None
-    security_context: Any = None
+    security_context: Any = field(
+        default=None,
+        metadata=setting(
+            "The container securityContext of every pod, a JSON object in Kubernetes' names.",
+            '{"runAsNonRoot": true, "allowPrivilegeEscalation": false}',
+            form="json",
+        ),
+    )
     port: int | None = None
-    termination_message_policy: str | None = None
-    pod_template_file: str | None = None
+    termination_message_policy: str | None = field(
+        default=None,
+        metadata=setting(
+            "File or FallbackToLogsOnError; empty means File.", "FallbackToLogsOnError"
+        ),
+    )
+    pod_template_file: str | None = field(
+        default=None,
+        metadata=setting(
+            "A pod template YAML file every pod is laid over (flowtask's fields win).",
+            "/etc/flowtask/pod-template.yaml",
+        ),
+    )
     full_pod_spec: Any = None
     target_platform: str | None = None  # what Environment(pip=...) is built for
 

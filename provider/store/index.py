@@ -129,13 +129,15 @@ def reports_run_state(dag: Any) -> bool:
 def record_run_start(
     store: ArtifactStore,
     identity: Mapping[str, Any],
-    dag: Any = None,
+    *,
+    reports_end: bool = False,
     flow_tasks: Iterable[str] | None = None,
 ) -> bool:
     """Record a run's start once (each task try calls this; after the first it costs one stat).
 
-    ``identity`` holds ``dag_id``, ``run_id``, ``namespace`` and ``tags``; ``dag`` is the run's
-    DAG, asked whether it records its end; ``flow_tasks`` are the ids of its flow tasks, whose
+    ``identity`` holds ``dag_id``, ``run_id``, ``namespace`` and ``tags``; ``reports_end``
+    whether the run's DAG records its end (:func:`reports_run_state`); ``flow_tasks`` are the
+    ids of its flow tasks, whose
     ends tell the run's status (``record_task_end``). Two tries that start at once may both
     record it: the earliest record wins. Returns whether this call recorded it.
     """
@@ -149,7 +151,7 @@ def record_run_start(
         "namespace": identity["namespace"],
         "tags": list(identity["tags"]),
         "at": time.time(),
-        "reports_end": reports_run_state(dag),
+        "reports_end": reports_end,
     }
     if flow_tasks is not None:
         event["flow_tasks"] = sorted(set(flow_tasks))

@@ -60,7 +60,7 @@ ENVIRONMENTS_PREFIX = "environments"
 
 def environment_index_key(content_key: str) -> str:
     """``environments/<key>.json``: the store's index entry of an environment, by the hash of
-    its requirements and target (see ``provider.operators.environment_index``)."""
+    its requirements and target (see ``provider.core.environments.index``)."""
     return f"{ENVIRONMENTS_PREFIX}/{_part(content_key)}.json"
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk.bases.xcom import BaseXCom
 
-from provider import config
+from provider import config, settings
 from provider.store import ArtifactStore, xcom_manifest_key
 from provider.xcom.references import holds_references, keeping_references, load_references
 
@@ -66,7 +66,7 @@ class FlowXCom(BaseXCom):
     ) -> Any:
         if holds_references(value):
             return value
-        limit = config.xcom_inline_max_bytes()
+        limit = settings.value("xcom_inline_max_bytes")
         if limit and _small_json(value, limit) and len(json.dumps(value)) <= limit:
             return BaseXCom.serialize_value(value)
         store = _store()

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import importlib
 
-from provider.operators.targets.base import RESUME_KEY, ComputeTarget, Outcome, TaskRun
+from provider.core.targets.base import (
+    RESUME_KEY,
+    ComputeTarget,
+    ComputeUnavailable,
+    Outcome,
+    TaskRun,
+)
 
 _TARGETS = {
-    "local": "provider.operators.targets.local:LocalTarget",
+    "local": "provider.core.targets.local:LocalTarget",
     "kubernetes": "provider.operators.targets.kubernetes:KubernetesTarget",
     "batch": "provider.operators.targets.batch:BatchTarget",
 }
-
-
-class ComputeUnavailable(RuntimeError):
-    """The compute target the task resolved to cannot run in this version."""
 
 
 def compute_target(name: str) -> ComputeTarget:

@@ -5,19 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from provider.compute.batch_array import ChunkJob, chunk_jobs
-from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
+from provider.core.targets.base import ComputeTarget, Launch, Outcome, TaskRun
 from provider.specs import BatchOptions, SpecError, TaskSpec
 from provider.store import Reference
+from provider.translate.batch_array import ChunkJob, chunk_jobs
 
 STOP_REASON = "flowtask: stopped by Airflow (the task timed out or was killed)"
 
 
 def batch_options(spec: TaskSpec) -> BatchOptions:
     """The task's Batch options laid over the ``[flow_task] batch_*`` defaults."""
-    from provider import config
+    from provider import settings
 
-    return spec.batch.over(config.batch_defaults())
+    return spec.batch.over(settings.batch_defaults())
 
 
 class BatchTarget(ComputeTarget):
@@ -25,51 +25,48 @@ class BatchTarget(ComputeTarget):
 
     name = "batch"
 
+    def platform(self, spec: TaskSpec) -> str:
+        from provider import settings
+
+        return batch_options(spec).target_platform or settings.value("target_platform")
+
     def __init__(self) -> None:
         self._operator: Any = None
         self._definition: dict[str, Any] = {}
         self._request: dict[str, Any] = {}
-        self._launch: dict[str, Any] = {}
+        self._launch: Launch | None = None
         self._watch: Any = None
         self._arns: set[str] = set()  # job definitions this try has logged
 
     def check(self, spec: TaskSpec) -> None:
-        from provider import config
-        from provider.compute.batch import check_batch
+        from provider import settings
+        from provider.translate.batch import check_batch
 
-        check_batch(spec, batch_options(spec), config.artifact_store_uri())
+        check_batch(spec, batch_options(spec), settings.artifact_store_uri())
 
     def prepare(self, run: TaskRun) -> dict[str, Reference]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from provider.operators.environment import container_environments
-        from provider.operators.targets.code import stored_code_package
+        from provider.core.code import stored_code_package
+        from provider.core.environments.tasks import container_environments
 
         _warn_what_batch_ignores(run)
         code = stored_code_package(run)
-        options = batch_options(run.spec)
-        envs = container_environments(run, self.name, options.target_platform)
-        self._launch = {
-            "store_uri": run.store.root_uri,
-            "code": code,
-            "environments": envs,
-            "payload": run.payload.to_json(),
-            "manifest_key": run.manifest_key,
-            "identity": run.identity,
-        }
+        envs = container_environments(run, self.platform(run.spec))
+        self._launch = Launch.of(run, code, envs)
         plan = run.foreach
         # A foreach's first array job stands for the others (they differ in a few digits).
         jobs = [] if plan is None else chunk_jobs(plan.prefix, range(plan.chunks))
         try:
             self._definition, self._request = batch_requests(
-                run.spec, **self._launch, foreach=jobs[0] if jobs else None
+                run.spec, self._launch, foreach=jobs[0] if jobs else None
             )
         except SpecError as exc:  # too many tags for one job: no retry can fix that
             raise AirflowFailException(f"flow task {run.task_id} cannot run: {exc}") from None
         return {"code_package": code, **envs.records()}
 
     def run(self, run: TaskRun, context: Any) -> Outcome:
-        from provider.operators.targets.batch_jobs import (
+        from provider.core.targets.batch_jobs import (
             discard_payload,
             job_definition_arn,
             running_job,
@@ -100,10 +97,10 @@ class BatchTarget(ComputeTarget):
     def run_foreach(self, run: TaskRun, chunks: list[int], context: Any) -> Outcome:
         """Array jobs of the same job definition and retry strategy as a single job: one per
         10,000 chunks at once, or rolling under ``ForeachOptions(max_parallel=...)``."""
-        from provider import config
-        from provider.compute.batch_array import describe_lost_chunks
-        from provider.operators.targets.batch_foreach import ArrayWatch
-        from provider.operators.targets.batch_jobs import discard_payload, running_jobs
+        from provider import settings
+        from provider.core.targets.batch_foreach import ArrayWatch
+        from provider.core.targets.batch_jobs import discard_payload, running_jobs
+        from provider.translate.batch_array import describe_lost_chunks
 
         plan = run.foreach
         self._operator = op = batch_operator(run.task_id, self._request)
@@ -120,7 +117,7 @@ class BatchTarget(ComputeTarget):
             chunks,
             submit=lambda job: self._submit(run, job, context),
             log=run.log,
-            poll_seconds=config.batch_poll_seconds(),
+            poll_seconds=settings.value("batch_poll_interval"),
             max_parallel=run.spec.foreach.max_parallel,
             follow=lambda child: _follow_log(op, child),
         )
@@ -147,9 +144,10 @@ class BatchTarget(ComputeTarget):
     def _submit(self, run: TaskRun, job: Any, context: Any) -> str:
         """Submit one job of chunks through ``BatchOperator``, its job definition registered
         first if need be (an array's command differs from a job of one chunk's); its id."""
-        from provider.operators.targets.batch_jobs import job_definition_arn
+        from provider.core.targets.batch_jobs import job_definition_arn
 
-        definition, request = batch_requests(run.spec, **self._launch, foreach=job)
+        assert self._launch is not None, "prepare() stores the code package first"
+        definition, request = batch_requests(run.spec, self._launch, foreach=job)
         arn, registered = job_definition_arn(self._operator.hook.client, definition)
         if arn not in self._arns:
             self._arns.add(arn)
@@ -161,7 +159,7 @@ class BatchTarget(ComputeTarget):
         return str(op.job_id)
 
     def kill(self) -> None:
-        from provider.operators.targets.batch_jobs import mark_stopped
+        from provider.core.targets.batch_jobs import mark_stopped
 
         op = self._operator
         if self._watch is not None:
@@ -176,30 +174,22 @@ class BatchTarget(ComputeTarget):
 
 
 def batch_requests(
-    spec: TaskSpec,
-    *,
-    store_uri: str,
-    code: Reference,
-    payload: Mapping[str, Any],
-    manifest_key: str,
-    identity: Mapping[str, Any],
-    foreach: ChunkJob | None = None,
-    environments: Any = None,
+    spec: TaskSpec, launch: Launch, foreach: ChunkJob | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``register_job_definition`` and ``submit_job`` requests of one task try (with
     ``foreach``, of the job that runs those chunks)."""
     from provider import config
-    from provider.compute import bootstrap_command
-    from provider.compute.batch import batch_job, check_batch
-    from provider.compute.command import bootstrap_launcher
+    from provider.translate import bootstrap_command
+    from provider.translate.batch import batch_job, check_batch
+    from provider.translate.command import bootstrap_launcher
 
-    options = batch_options(spec)
-    check_batch(spec, options, store_uri)
+    options, environments = batch_options(spec), launch.environments
+    check_batch(spec, options, launch.store_uri)
     argv = bootstrap_command(
-        store_uri,
-        code,
-        payload,
-        manifest_key,
+        launch.store_uri,
+        launch.code,
+        launch.payload,
+        launch.manifest_key,
         foreach=() if foreach is None else foreach.runtime_mode,
         environments=environments.archives if environments is not None else (),
         arch=environments.arch if environments is not None else None,
@@ -210,9 +200,9 @@ def batch_requests(
         argv=argv,
         image=spec.environment.image or config.default_image(),
         options=options,
-        identity=identity,
-        store_uri=store_uri,
-        manifest_key=manifest_key,
+        identity=launch.identity,
+        store_uri=launch.store_uri,
+        manifest_key=launch.manifest_key,
         env=config.pod_store_env(),
         foreach=foreach,
     )
@@ -220,15 +210,15 @@ def batch_requests(
 
 def batch_operator(task_id: str, request: Mapping[str, Any]) -> Any:
     """A ``BatchOperator`` (not attached to any DAG) that submits exactly ``request``."""
-    from provider import config
-    from provider.compute.batch import operator_kwargs
+    from provider import settings
     from provider.operators.targets.batch_operator import FlowBatchOperator
+    from provider.translate.batch import operator_kwargs
 
     return FlowBatchOperator(
         task_id=task_id,
-        aws_conn_id=config.aws_conn_id(),
-        region_name=config.aws_region(),
-        poll_seconds=config.batch_poll_seconds(),
+        aws_conn_id=settings.value("aws_conn_id"),
+        region_name=settings.value("aws_region"),
+        poll_seconds=settings.value("batch_poll_interval"),
         **operator_kwargs(request),
     )
 
@@ -237,7 +227,7 @@ def watch_job(op: Any, context: Any, manifest_key: str, memory_mib: int) -> Outc
     """Wait for the job to end; a failed job is described, not raised: the manifest decides."""
     from airflow.sdk.exceptions import AirflowException
 
-    from provider.compute.batch_status import (
+    from provider.translate.batch_status import (
         describe_job_failure,
         job_exit_code,
         job_failure_kind,

@@ -19,7 +19,7 @@ from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.providers.amazon.aws.utils.task_log_fetcher import AwsTaskLogFetcher
 
-from provider.compute.batch_status import log_location, log_streams
+from provider.translate.batch_status import log_location, log_streams
 
 #: Status checks are bounded by the task's own timeout, not by a count.
 UNBOUNDED_CHECKS = 10**9

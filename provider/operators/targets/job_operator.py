@@ -19,7 +19,7 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
 from kubernetes.client.rest import ApiException
 
-from provider.compute.kubernetes_job import (
+from provider.translate.kubernetes_job import (
     JOB_NAME_LABEL,
     JobStartWatch,
     JobState,

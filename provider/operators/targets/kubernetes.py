@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
-from provider.operators.targets.base import RESUME_KEY, ComputeTarget, Outcome, TaskRun
+from provider.core.environments.tasks import container_environments
+from provider.core.targets.base import RESUME_KEY, ComputeTarget, Launch, Outcome, TaskRun
 from provider.specs import TaskSpec, check_secrets_for
 from provider.store import Reference
 
@@ -17,6 +18,9 @@ class KubernetesTarget(ComputeTarget):
     """``compute="kubernetes"``: a pod through the official ``KubernetesPodOperator``."""
 
     name = "kubernetes"
+
+    def platform(self, spec: TaskSpec) -> str:
+        return pod_platform(spec)
 
     def __init__(self) -> None:
         self._pod_operator: Any = None
@@ -34,7 +38,7 @@ class KubernetesTarget(ComputeTarget):
             raise ComputeUnavailable(f"compute='kubernetes': {problem}")
 
     def prepare(self, run: TaskRun) -> dict[str, Reference]:
-        from provider.operators.targets.code import stored_code_package
+        from provider.core.code import stored_code_package
 
         if run.store.root_uri.startswith("file://"):
             run.log.warning(
@@ -43,7 +47,7 @@ class KubernetesTarget(ComputeTarget):
                 run.store.root_uri,
             )
         self._code = stored_code_package(run)
-        self._envs = pod_environments(run)
+        self._envs = container_environments(run, self.platform(run.spec))
         return {"code_package": self._code, **self._envs.records()}
 
     def run(self, run: TaskRun, context: Any) -> Outcome:
@@ -61,7 +65,7 @@ class KubernetesTarget(ComputeTarget):
         except TaskDeferred as deferral:
             name = pod_op.pod.metadata.name
             run.log.info("pod %s runs deferred: the worker slot is free until it ends", name)
-            self.defer(deferral, resume)
+            _defer(deferral, resume)
 
     def _run_resubmitting(self, run: TaskRun, context: Any) -> Outcome:
         """Run the pod; one lost to the infrastructure (evicted, preempted, gone with its node)
@@ -87,9 +91,9 @@ class KubernetesTarget(ComputeTarget):
     def resume(self, run: TaskRun, context: Any, event: Any, state: Mapping[str, Any]) -> Outcome:
         from airflow.sdk.exceptions import AirflowException
 
-        from provider.compute import describe_pod_failure
-        from provider.compute.kubernetes import pod_failure_kind
-        from provider.operators.environment import ContainerEnvironments
+        from provider.core.environments.tasks import ContainerEnvironments
+        from provider.translate import describe_pod_failure
+        from provider.translate.kubernetes import pod_failure_kind
 
         self._envs = ContainerEnvironments.from_state(state.get("environments"))
         self._pod_operator = pod_op = self._operator(run, Reference.from_json(state["code"]))
@@ -106,28 +110,19 @@ class KubernetesTarget(ComputeTarget):
         )
 
     def _operator(self, run: TaskRun, code: Reference) -> Any:
-        return pod_operator(
-            run.task_id,
-            run.spec,
-            store_uri=run.store.root_uri,
-            code=code,
-            payload=run.payload.to_json(),
-            manifest_key=run.manifest_key,
-            identity=run.identity,
-            environments=self._envs,
-        )
+        return pod_operator(run.task_id, run.spec, Launch.of(run, code, self._envs))
 
     def run_foreach(self, run: TaskRun, chunks: list[int], context: Any) -> Outcome:
         """One Indexed Job: pod ``i`` runs ``chunks[i]``; progress is logged as it goes."""
-        from provider import config
-        from provider.compute.kubernetes_job import (
+        from provider import settings
+        from provider.operators.targets.job_operator import server_version
+        from provider.translate.kubernetes_job import (
             describe_job_failure,
             supports_backoff_limit_per_index,
         )
-        from provider.operators.targets.job_operator import server_version
 
         assert self._code is not None, "prepare() stores the code package first"
-        major, minor = server_version(config.kubernetes_conn_id())
+        major, minor = server_version(settings.value("kubernetes_conn_id"))
         per_index = supports_backoff_limit_per_index(major, minor)
         if not per_index:
             run.log.warning(
@@ -141,14 +136,10 @@ class KubernetesTarget(ComputeTarget):
         self._job_operator = job_op = job_operator(
             run.task_id,
             run.spec,
-            store_uri=run.store.root_uri,
-            code=self._code,
-            payload=run.payload.to_json(),
-            manifest_key=run.manifest_key,
-            identity=run.identity,
+            Launch.of(run, self._code, self._envs),
             chunks=chunks,
             per_index=per_index,
-            environments=self._envs,
+            parallel=self.chunking(run.spec, run.foreach.length)[1],
         )
         if job_op.deferrable:
             run.log.info("a .foreach Job is watched from the worker (deferrable is for pods)")
@@ -168,7 +159,7 @@ class JobProgress:
     the chunks whose index completed, each read once), and its pods."""
 
     def __init__(self, run: TaskRun, chunks: list[int], every: float = PROGRESS_SECONDS) -> None:
-        from provider.operators.foreach import ForeachProgress
+        from provider.core.foreach import ForeachProgress
 
         self.run, self.chunks, self.every = run, chunks, every
         self.progress = ForeachProgress(run.log, run.foreach, chunks)
@@ -206,105 +197,82 @@ class JobProgress:
         )
 
 
-def _translated(
-    spec: TaskSpec,
-    command: list[str],
-    *,
-    manifest_key: str,
-    identity: Mapping[str, Any],
-    environments: Any = None,
-) -> dict[str, Any]:
+def _translated(spec: TaskSpec, command: list[str], launch: Launch) -> dict[str, Any]:
     """The pod translation, shared by single pods and a Job's pods."""
-    from provider import config
-    from provider.compute import pod_operator_kwargs
-    from provider.compute.kubernetes import DEFAULT_GPU_TYPE_LABEL
-    from provider.compute.pending import placement_hint
+    from provider import config, settings
+    from provider.translate import pod_operator_kwargs
+    from provider.translate.kubernetes import DEFAULT_GPU_TYPE_LABEL
+    from provider.translate.pending import placement_hint
 
-    options = spec.kubernetes.over(config.kubernetes_defaults())
+    options = spec.kubernetes.over(settings.kubernetes_defaults())
     kwargs = pod_operator_kwargs(
         spec,
-        identity=identity,
+        identity=launch.identity,
         command=command,
         image=spec.environment.image or config.default_image(),
-        manifest_key=manifest_key,
+        manifest_key=launch.manifest_key,
         options=options,
         env=config.pod_store_env(),
-        secrets=config.kubernetes_secrets(),
-        conn_id=config.kubernetes_conn_id(),
+        secrets=settings.value("kubernetes_secrets"),
+        conn_id=settings.value("kubernetes_conn_id"),
     )
     kwargs["schedule_timeout"] = config.kubernetes_schedule_timeout(options)
     kwargs["placement_hint"] = placement_hint(
         spec.resources.gpu_type, options.gpu_type_label or DEFAULT_GPU_TYPE_LABEL
     )
     kwargs["deferrable"] = bool(options.deferrable)
-    if environments is not None and environments.archives:
-        from provider.compute.environment import env_cache_volume
+    if launch.environments is not None and launch.environments.archives:
+        from provider.translate.environment import env_cache_volume
 
-        volume, mount = env_cache_volume(config.kubernetes_env_cache_path())
+        volume, mount = env_cache_volume(settings.value("kubernetes_env_cache_path"))
         kwargs["volumes"] = [*kwargs.get("volumes", []), volume]
         kwargs["volume_mounts"] = [*kwargs.get("volume_mounts", []), mount]
     return kwargs
 
 
-def pod_operator(
-    task_id: str,
-    spec: TaskSpec,
-    *,
-    store_uri: str,
-    code: Reference,
-    payload: Mapping[str, Any],
-    manifest_key: str,
-    identity: Mapping[str, Any],
-    environments: Any = None,
-) -> Any:
+def pod_operator(task_id: str, spec: TaskSpec, launch: Launch) -> Any:
     """A ``KubernetesPodOperator`` (not attached to any DAG) that runs the payload."""
-    from provider.compute import bootstrap_command
     from provider.operators.targets.pod_operator import FlowPodOperator
+    from provider.translate import bootstrap_command
 
     command = bootstrap_command(
-        store_uri, code, payload, manifest_key, **_bootstrap_environments(environments)
+        launch.store_uri,
+        launch.code,
+        launch.payload,
+        launch.manifest_key,
+        **_bootstrap_environments(launch.environments),
     )
-    kwargs = _translated(
-        spec, command, manifest_key=manifest_key, identity=identity, environments=environments
-    )
-    return FlowPodOperator(task_id=task_id, **kwargs)
+    return FlowPodOperator(task_id=task_id, **_translated(spec, command, launch))
 
 
 def job_operator(
     task_id: str,
     spec: TaskSpec,
+    launch: Launch,
     *,
-    store_uri: str,
-    code: Reference,
-    payload: Mapping[str, Any],
-    manifest_key: str,
-    identity: Mapping[str, Any],
     chunks: list[int],
     per_index: bool,
-    environments: Any = None,
+    parallel: int,
 ) -> Any:
     """A ``KubernetesJobOperator`` whose Indexed Job runs ``chunks`` of a ``.foreach`` payload,
     its pods translated as single pods are."""
-    from provider.compute import bootstrap_command
-    from provider.compute.kubernetes_job import foreach_mode, indexed_job_kwargs
-    from provider.operators.foreach import max_parallel
     from provider.operators.targets.job_operator import FlowJobOperator
+    from provider.translate import bootstrap_command
+    from provider.translate.kubernetes_job import foreach_mode, indexed_job_kwargs
 
     command = bootstrap_command(
-        store_uri,
-        code,
-        payload,
-        manifest_key,
+        launch.store_uri,
+        launch.code,
+        launch.payload,
+        launch.manifest_key,
         foreach=foreach_mode(chunks),
-        **_bootstrap_environments(environments),
+        **_bootstrap_environments(launch.environments),
     )
-    kwargs = _translated(
-        spec, command, manifest_key=manifest_key, identity=identity, environments=environments
-    )
+    kwargs = _translated(spec, command, launch)
     kwargs |= indexed_job_kwargs(
-        str(identity["task_id"]),
+        str(launch.identity["task_id"]),
         chunks,
-        max_parallel=max_parallel(spec, local=False),
+        max_parallel=parallel,
         retries=spec.retry.infra,
         per_index=per_index,
     )
@@ -312,20 +280,20 @@ def job_operator(
     return FlowJobOperator(task_id=task_id, job_poll_interval=JOB_POLL_SECONDS, **kwargs)
 
 
-def pod_environments(run: TaskRun) -> Any:
-    """The try's environments, built for the pod's platform."""
-    from provider import config
-    from provider.operators.environment import container_environments
+def pod_platform(spec: TaskSpec) -> str:
+    """What a pod's environments are built for: the task's ``target_platform``, else the
+    ``[flow_task]`` one."""
+    from provider import settings
 
-    options = run.spec.kubernetes.over(config.kubernetes_defaults())
-    return container_environments(run, "kubernetes", options.target_platform)
+    options = spec.kubernetes.over(settings.kubernetes_defaults())
+    return options.target_platform or settings.value("target_platform")
 
 
 def _bootstrap_environments(environments: Any) -> dict[str, Any]:
     """The bootstrap's environment arguments: archives, their machine, the cache folder."""
     if environments is None or not environments.archives:
         return {}
-    from provider.compute.environment import POD_ENV_CACHE
+    from provider.translate.environment import POD_ENV_CACHE
 
     return {"environments": environments.archives, "arch": environments.arch,
             "env_cache": POD_ENV_CACHE}  # fmt: skip
@@ -338,8 +306,8 @@ def run_pod(pod_op: Any, context: Any, manifest_key: str, *, deferrable: bool = 
     """
     from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 
-    from provider.compute import describe_pod_failure
-    from provider.compute.kubernetes import MANIFEST_ANNOTATION, pod_failure_kind
+    from provider.translate import describe_pod_failure
+    from provider.translate.kubernetes import MANIFEST_ANNOTATION, pod_failure_kind
 
     failure = None
     context = without_pod_xcoms(context)
@@ -408,3 +376,16 @@ def _exit_code(pod: Any) -> int | None:
         if state.name == "base" and state.state and state.state.terminated:
             return int(state.state.terminated.exit_code)
     return None
+
+
+def _defer(deferral: Any, resume: Mapping[str, Any]) -> NoReturn:
+    """Hand ``deferral`` (the official operator's ``TaskDeferred``) to Airflow, resuming in the
+    flow task operator's ``execute_complete`` and then in ``KubernetesTarget.resume``."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    raise TaskDeferred(
+        trigger=deferral.trigger,
+        method_name="execute_complete",
+        kwargs={"resume": dict(resume)},
+        timeout=deferral.timeout,
+    )

@@ -1,5 +1,5 @@
 """``KubernetesPodOperator`` with a start that explains itself: a pod that cannot start fails in
-seconds with the reason (``provider.compute.pending``), not after the startup timeout."""
+seconds with the reason (``provider.translate.pending``), not after the startup timeout."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from airflow.providers.cncf.kubernetes.utils.pod_manager import (
     PodLaunchTimeoutException,
 )
 
-from provider.compute.pending import StartWatch, unschedulable_message
+from provider.translate.pending import StartWatch, unschedulable_message
 
 
 class FlowPodOperator(KubernetesPodOperator):

@@ -3,21 +3,27 @@
 The operator builds a :class:`TaskRun` (the stored payload and where the result manifest goes),
 asks the target named by the task's ``compute`` for it, and reads the outcome; it never
 branches on the target. A target is one small class: the Airflow-side delegation to the
-official provider's operator lives here, the pure translation in ``provider.compute``.
+official provider's operator lives here, the pure translation in ``provider.translate``.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar
 
+from provider.core.errors import CannotRun
 from provider.specs import TaskSpec
 from provider.store import ArtifactStore, Reference
 
 RESUME_KEY = "flowtask_resume"
+
+
+class ComputeUnavailable(CannotRun):
+    """The compute target the task resolved to cannot run in this version, or here."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,33 @@ class TaskRun:
     log: Any
     dag_folder: Path | None = None  # its modules travel in the code package
     foreach: Any = None  # a ``ForeachPlan`` for ``.foreach``: the chunks to run
+    # Variables a local runtime needs to reach the store (the worker's S3 connection's).
+    runtime_env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a container needs to run a try: the store, the code package, the payload, where the
+    result manifest goes, the try's identity and its environments (archives and their machine).
+    ``with_payload`` stands for what is known only when the try runs (``flowtask render``)."""
+
+    store_uri: str
+    code: Reference
+    payload: Mapping[str, Any]
+    manifest_key: str
+    identity: Mapping[str, Any]
+    environments: Any = None
+
+    @classmethod
+    def of(cls, run: TaskRun, code: Reference, environments: Any = None) -> Launch:
+        return cls(
+            run.store.root_uri,
+            code,
+            run.payload.to_json(),
+            run.manifest_key,
+            run.identity,
+            environments,
+        )
 
 
 @dataclass(frozen=True)
@@ -59,10 +92,24 @@ class ComputeTarget(ABC):
     """Where a flow task runs: ``local``, ``kubernetes`` or ``batch``."""
 
     name: ClassVar[str]
+    is_local: ClassVar[bool] = False  # runs on this worker (its Python, its platform)
     killed = False  # set when Airflow kills the task: nothing more is launched
 
     def check(self, spec: TaskSpec) -> None:  # noqa: B027 - most targets accept every spec
         """Refuse, before anything is stored, a spec this target cannot run (a SpecError)."""
+
+    def platform(self, spec: TaskSpec) -> str | None:
+        """The platform ``Environment(pip=...)`` is built for; None: this worker's own."""
+        return None
+
+    def chunking(self, spec: TaskSpec, length: int) -> tuple[int, int]:
+        """A ``.foreach`` of ``length`` items: its chunk size and how many chunks run at once.
+        On a cluster: at most a thousand pods or jobs, each doing real work; ``[flow_task]
+        foreach_max_parallel`` at once unless the task says."""
+        from provider import settings
+
+        parallel = spec.foreach.max_parallel or settings.value("foreach_max_parallel")
+        return spec.foreach.chunk_size or max(1, math.ceil(length / 1000)), parallel
 
     def prepare(self, run: TaskRun) -> dict[str, Any]:
         """Store what the target needs besides the payload (a code package, environments).
@@ -86,7 +133,7 @@ class ComputeTarget(ABC):
 
     def resume(self, run: TaskRun, context: Any, event: Any, state: Mapping[str, Any]) -> Outcome:
         """Observe to its end what :meth:`run` deferred, once the trigger fired with ``event``;
-        ``state`` is what :meth:`defer` was given."""
+        ``state`` is what the target deferred with (see :meth:`resume_state`)."""
         raise NotImplementedError(f"compute={self.name!r} does not defer")
 
     def resume_state(self, run: TaskRun, state: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,15 +150,3 @@ class ComputeTarget(ABC):
             "identity": dict(run.identity),
             "target": dict(state),
         }
-
-    def defer(self, deferral: Any, resume: Mapping[str, Any]) -> NoReturn:
-        """Hand ``deferral`` (the official operator's ``TaskDeferred``) to Airflow, resuming in
-        the flow task operator's ``execute_complete`` and then in :meth:`resume`."""
-        from airflow.sdk.exceptions import TaskDeferred
-
-        raise TaskDeferred(
-            trigger=deferral.trigger,
-            method_name="execute_complete",
-            kwargs={"resume": dict(resume)},
-            timeout=deferral.timeout,
-        )

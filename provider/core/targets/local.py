@@ -3,21 +3,34 @@ with the task's own (``Environment(pip=[...])``, built once and cached) laid in 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from provider.operators.targets.base import ComputeTarget, Outcome, TaskRun
+from provider.core.targets.base import ComputeTarget, Outcome, TaskRun
+from provider.specs import TaskSpec
+
+CHUNKS_PER_PROCESS = 4
+MAX_CHUNK = 1000
 
 if TYPE_CHECKING:
-    from provider.compute.local import RuntimeProcess
-    from provider.compute.oom import OomWatch
+    from provider.core.local.oom import OomWatch
+    from provider.core.local.runner import RuntimeProcess
 
 SIGKILLED = (-9, 137)  # SIGKILL: what the kernel's OOM killer sends, and `kill -9`
 
 
 class LocalTarget(ComputeTarget):
     name = "local"
+    is_local = True
+
+    def chunking(self, spec: TaskSpec, length: int) -> tuple[int, int]:
+        """A few chunks per local process (they balance load), each at most a thousand items;
+        one process per CPU unless the task says."""
+        parallel = spec.foreach.max_parallel or os.cpu_count() or 1
+        per_chunk = math.ceil(length / (parallel * CHUNKS_PER_PROCESS))
+        return spec.foreach.chunk_size or max(1, min(per_chunk, MAX_CHUNK)), parallel
 
     def __init__(self) -> None:
         self._process: RuntimeProcess | None = None
@@ -28,19 +41,20 @@ class LocalTarget(ComputeTarget):
         self._oom: OomWatch | None = None
 
     def prepare(self, run: TaskRun) -> dict[str, Any]:
-        from provider.operators.environment import task_environments
-        from provider.operators.targets.code import local_code_package
+        from provider.core.code import local_code_package
+        from provider.core.environments.tasks import task_environments
 
-        self._envs = task_environments(run, self.name)
+        self._envs = task_environments(run, local=True)
         # The DAG folder's modules import from the code package, as in a pod or a job.
         ref, path = local_code_package(run)
         self._code_path = str(path)
         return {"code_package": ref, **self._envs.records()}
 
     def run(self, run: TaskRun, context: Any) -> Outcome:
-        from provider import config
-        from provider.compute import run_local, runtime_command
-        from provider.compute.warm import WarmRuntimeLost
+        from provider import settings
+        from provider.core.local.runner import run_local
+        from provider.core.local.warm import WarmRuntimeLost
+        from provider.translate import runtime_command
 
         argv = runtime_command(
             run.store.root_uri,
@@ -56,7 +70,7 @@ class LocalTarget(ComputeTarget):
                 log_line=lambda line: run.log.info("%s", line),
                 log_error=lambda line: run.log.warning("%s", line),
                 on_start=self._started,
-                warm_idle_seconds=config.warm_runtime_idle_seconds(),
+                warm_idle_seconds=settings.value("warm_runtime_idle"),
             )
             if code in SIGKILLED and not self._killed:
                 return self._sigkilled(run, code)
@@ -68,7 +82,7 @@ class LocalTarget(ComputeTarget):
                 self._oom.close()
 
     def _sigkilled(self, run: TaskRun, code: int) -> Outcome:
-        """Out of memory only where the kernel says so (``provider.compute.oom``)."""
+        """Out of memory only where the kernel says so (``provider.core.local.oom``)."""
         evidence = self._oom.evidence() if self._oom is not None else None
         asked = f"the task asked for {run.spec.resources.memory} MiB"
         if evidence is None:
@@ -95,12 +109,12 @@ class LocalTarget(ComputeTarget):
     def run_foreach(self, run: TaskRun, chunks: list[int], context: Any) -> Outcome:
         """A pool of runtime processes (the CPU count, or ``max_parallel``), each loading the
         payload and the items once and running chunk after chunk."""
-        from provider.compute.command import foreach_command
-        from provider.compute.pool import ChunkPool
-        from provider.operators.foreach import ForeachProgress, max_parallel
+        from provider.core.foreach import ForeachProgress
+        from provider.core.local.pool import ChunkPool
+        from provider.translate.command import foreach_command
 
         plan = run.foreach
-        size = min(max_parallel(run.spec, local=True), len(chunks))
+        size = min(self.chunking(run.spec, run.foreach.length)[1], len(chunks))
 
         def argv(reply_fd: int) -> list[str]:
             mode = ["--serve-fd", str(reply_fd)]
@@ -133,8 +147,7 @@ class LocalTarget(ComputeTarget):
         return Outcome(run.manifest_key, exit_code=1 if lost else 0, failure=failure, lost=lost)
 
     def _environment(self, run: TaskRun) -> dict[str, str]:
-        from provider import config
-        from provider.compute.local import runtime_environment
+        from provider.core.local.runner import runtime_environment
         from provider.runtime.lifetime import PARENT_PID_ENV
 
         if run.spec.environment.secrets:
@@ -145,7 +158,7 @@ class LocalTarget(ComputeTarget):
         return runtime_environment(
             os.environ,
             {
-                **config.runtime_aws_env(),
+                **run.runtime_env,
                 **run.spec.environment.env_dict,
                 "PYTHONUNBUFFERED": "1",
                 PARENT_PID_ENV: str(os.getpid()),
@@ -154,13 +167,13 @@ class LocalTarget(ComputeTarget):
         )
 
     def _started(self, process: RuntimeProcess) -> None:
-        from provider.compute.oom import OomWatch
+        from provider.core.local.oom import OomWatch
 
         self._process = process
         self._oom = OomWatch.start(process.pid)
 
     def kill(self) -> None:
-        from provider.compute.local import terminate_group
+        from provider.core.local.runner import terminate_group
 
         self._killed = True
         if self._process is not None:

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from provider.compute.kubernetes import describe_pod_failure, pod_name
-from provider.compute.pending import StartWatch, Verdict, unschedulable_message
 from provider.runtime.foreach import format_chunks, parse_chunks
+from provider.translate.kubernetes import describe_pod_failure, pod_name
+from provider.translate.pending import StartWatch, Verdict, unschedulable_message
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -131,7 +131,7 @@ class JobStartWatch:
     """Follows the pods of a Job that has not started: ``see`` each listing of them.
 
     A missing Secret or an image the registry refuses fails the Job at once, as for a single
-    pod (:class:`provider.compute.pending.StartWatch`). An unschedulable pod fails it only while
+    pod (:class:`provider.translate.pending.StartWatch`). An unschedulable pod fails it only while
     none of its pods has run: once one has, the others wait for capacity, as a Job's pods do.
     """
 

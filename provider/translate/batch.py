@@ -20,7 +20,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from provider.compute.batch_array import ChunkJob
 from provider.specs import (
     BatchOptions,
     Resources,
@@ -32,6 +31,7 @@ from provider.specs import (
     secret_variables,
 )
 from provider.specs.batch import MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS
+from provider.translate.batch_array import ChunkJob
 
 JOB_DEFINITION_PREFIX = "flowtask-"
 # Every submission overrides these; Fargate needs a pair it offers even in the definition.
@@ -185,7 +185,7 @@ def definition_environment(
 ) -> dict[str, str]:
     """``env`` (the store's endpoint and region), the task's variables, then the store, and the
     compressed bootstrap the definition's command runs: the same for every submission."""
-    from provider.compute.command import BOOTSTRAP_ENV, packed_bootstrap
+    from provider.translate.command import BOOTSTRAP_ENV, packed_bootstrap
 
     return {
         **(env or {}),
@@ -324,7 +324,7 @@ def batch_job(
     foreach: ChunkJob | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The job definition and the submission that run ``argv`` (the container's command, its
-    ``-c`` program :func:`~provider.compute.command.bootstrap_launcher`), checked against what
+    ``-c`` program :func:`~provider.translate.command.bootstrap_launcher`), checked against what
     Batch and ECS take."""
     command, parameters = parameterized(argv)
     definition = job_definition_request(

@@ -8,9 +8,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from provider.compute.labels import label_key_name, label_value
 from provider.specs import KubernetesOptions, Resources, SpecError, TaskSpec, check_secrets_for
 from provider.specs.kubernetes import GPU_RESOURCES
+from provider.translate.labels import label_key_name, label_value
 
 LABEL_PREFIX = "flowtask.io"
 TAG_LABEL_PREFIX = f"tag.{LABEL_PREFIX}/"

@@ -12,7 +12,7 @@ from typing import Any
 from provider.store import Reference
 from provider.store.keys import blob_key
 
-BOOTSTRAP_SOURCE = Path(__file__).with_name("bootstrap.py").read_text()
+BOOTSTRAP_SOURCE = (Path(__file__).parent.parent / "runtime" / "bootstrap.py").read_text()
 
 
 #: Where a Batch job definition keeps the compressed bootstrap (its command reads it there).
@@ -43,7 +43,7 @@ def packed_bootstrap(source: str = BOOTSTRAP_SOURCE) -> str:
 def bootstrap_program() -> str:
     """The bootstrap as a ``-c`` program, compressed (a pod's command carries it whole)."""
     return (
-        "# flowtask bootstrap (provider/compute/bootstrap.py, compressed)\n"
+        "# flowtask bootstrap (provider/runtime/bootstrap.py, compressed)\n"
         f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed_bootstrap()}')))"
     )
 
@@ -53,7 +53,7 @@ def bootstrap_launcher() -> str:
     definition's variable: ECS takes 8,192 characters of overrides per job, the command
     included), and removes it from the environment the task sees."""
     return (
-        f"# flowtask bootstrap (provider/compute/bootstrap.py, compressed in ${BOOTSTRAP_ENV})\n"
+        f"# flowtask bootstrap (provider/runtime/bootstrap.py, compressed in ${BOOTSTRAP_ENV})\n"
         f"import base64,os,zlib;exec(zlib.decompress(base64.b64decode(os.environ.pop("
         f"'{BOOTSTRAP_ENV}'))))"
     )

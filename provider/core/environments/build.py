@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from provider.compute.environment import (
+from provider.translate.environment import (
     RUNTIME_REQUIREMENTS,
     EnvironmentFailure,
     Target,

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from provider.core.errors import CannotRun
 from provider.specs import COMPUTE_TARGETS
+from provider.specs.namespaces import checked_namespace
+from provider.specs.namespaces import default_namespace as own_namespace
 
 
-class RunParamError(ValueError):
+class RunParamError(CannotRun):
     """A ``flow_*`` run param has a value the run cannot use."""
 
 
@@ -23,8 +26,6 @@ def default_namespace(dag_id: str, run_type: str, triggering_user: str | None) -
     ``flowtask runs`` and ``provider.client`` list by default (``$FLOWTASK_USER``, else the OS
     login). Every run the deployment starts by itself (scheduled, asset-triggered, backfill,
     triggered by another DAG) is ``production:<dag_id>``."""
-    from provider.client.namespaces import default_namespace as own_namespace
-
     if run_type != "manual":
         return f"production:{dag_id}"
     if triggering_user in (None, "", DAGS_TEST_USER):
@@ -34,8 +35,6 @@ def default_namespace(dag_id: str, run_type: str, triggering_user: str | None) -
 
 def run_namespace(params: Mapping[str, Any], default: str) -> str:
     """``flow_namespace`` as the form sends it: stripped; blank means the default."""
-    from provider.client.namespaces import checked_namespace
-
     given = params.get("flow_namespace")
     if given is None or (isinstance(given, str) and not given.strip()):
         return default
@@ -64,31 +63,3 @@ def resolve_compute(task_compute: str | None, params: Mapping[str, Any], default
             f"flow_compute={override!r} is invalid. Accepted: one of {COMPUTE_TARGETS} or null"
         )
     return override or task_compute or default
-
-
-def run_identity(context: Mapping[str, Any], *, lenient: bool = False) -> dict[str, Any]:
-    """The identity written into every manifest of this task try. ``lenient``: a run param
-    that cannot be used counts as not given (to put on record a try that it failed)."""
-    ti = context["ti"]
-    dag_run = context["dag_run"]
-    params = context.get("params") or {}
-    default = default_namespace(
-        ti.dag_id,
-        str(getattr(dag_run.run_type, "value", dag_run.run_type)),
-        getattr(dag_run, "triggering_user_name", None),
-    )
-    try:
-        namespace, tags = run_namespace(params, default), run_tags(params)
-    except RunParamError:
-        if not lenient:
-            raise
-        namespace, tags = default, []
-    return {
-        "dag_id": ti.dag_id,
-        "run_id": ti.run_id,
-        "task_id": ti.task_id,
-        "map_index": ti.map_index,
-        "try_number": ti.try_number,
-        "namespace": namespace,
-        "tags": tags,
-    }

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from provider.compute.batch import TAG_PREFIX
-from provider.compute.batch_status import ACTIVE
 from provider.store import ArtifactStore, MissingArtifact, Reference
+from provider.translate.batch import TAG_PREFIX
+from provider.translate.batch_status import ACTIVE
 
 STOPPED_TAG = f"{TAG_PREFIX}stopped"
 

@@ -24,7 +24,7 @@ MAX_LINE = 1024 * 1024  # a line longer than this is logged in pieces
 
 class RuntimeProcess(Protocol):
     """What the runner needs of a process: a ``subprocess.Popen``, or a fork of the warm
-    runtime (``provider.compute.warm.WarmProcess``). It leads its own process group."""
+    runtime (``provider.core.local.warm.WarmProcess``). It leads its own process group."""
 
     @property
     def pid(self) -> int: ...
@@ -77,12 +77,12 @@ def run_local(
     ``on_start`` receives the process (so a kill from elsewhere can reach it with
     :func:`terminate_group`). If the caller is interrupted (a task timeout, a kill), the whole
     group is terminated before the interruption goes on. With ``warm_idle_seconds``, a runtime
-    command is forked from a warm runtime when one serves (``provider.compute.warm``); a warm
+    command is forked from a warm runtime when one serves (``provider.core.local.warm``); a warm
     runtime that ends without reporting the run raises ``WarmRuntimeLost``, naming it.
     """
     proc: RuntimeProcess | None = None
     if warm_idle_seconds > 0:
-        from provider.compute.warm import start_warm
+        from provider.core.local.warm import start_warm
 
         proc = start_warm(argv, env, owner=os.getppid(), idle_seconds=warm_idle_seconds)
     if proc is None:
@@ -108,7 +108,7 @@ def run_local(
                 pipe.close()
     lost = getattr(proc, "lost", None)  # a warm runtime that died under the run
     if lost:
-        from provider.compute.warm import WarmRuntimeLost
+        from provider.core.local.warm import WarmRuntimeLost
 
         raise WarmRuntimeLost(lost)
     return code

@@ -1,7 +1,7 @@
 """The worker's side of the warm runtime (``provider/runtime/warm.py``): a local task's runtime
 forked from a server that has already imported it, instead of a new interpreter.
 
-:func:`start_warm` returns a process object that :func:`provider.compute.local.run_local`
+:func:`start_warm` returns a process object that :func:`provider.core.local.runner.run_local`
 streams, waits for and kills as it does a ``Popen`` — or ``None`` when the run should start
 cold: warm runtimes are off, this is not Linux, the command is not the runtime's, the socket
 folder is not this user's alone, or no server answers yet (then one is started in the
@@ -49,7 +49,7 @@ def server_environment(env: Mapping[str, str]) -> dict[str, str]:
 def _code_stamp() -> list[tuple[str, int, int]]:
     """The interpreter's binary and the runtime's sources as they are on disk now: a server
     started before an upgrade is not the one a new interpreter would be."""
-    package = Path(__file__).resolve().parent.parent
+    package = Path(__file__).resolve().parents[2]  # provider/
     paths = [Path(os.path.realpath(sys.executable)), package / "__init__.py"]
     for folder in RUNTIME_SOURCES:
         paths += sorted((package / folder).glob("*.py"))
@@ -63,7 +63,9 @@ def _code_stamp() -> list[tuple[str, int, int]]:
 def server_name(server_env: Mapping[str, str], cwd: str) -> str:
     """The name of the server whose forks are what ``python -m provider.runtime`` started
     with this environment in ``cwd`` would be, for this user, interpreter and runtime code."""
-    pickler = getattr(sys.modules.get("cloudpickle"), "__version__", "")
+    import cloudpickle  # the server's: a worker that has not imported it yet names it too
+
+    pickler = cloudpickle.__version__
     shape = (os.getuid(), sys.executable, sys.version, pickler, cwd, sorted(server_env.items()))
     digest = hashlib.sha256(repr((shape, _code_stamp())).encode())
     return "flowtask-runtime-" + digest.hexdigest()[:32]

@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from provider.compute.batch_array import ChunkJob, chunk_jobs
-from provider.operators.foreach import ForeachProgress
-from provider.operators.targets.batch_jobs import listed_jobs
+from provider.core.foreach import ForeachProgress
+from provider.core.targets.batch_jobs import listed_jobs
 from provider.runtime.foreach import ForeachPlan, is_final
 from provider.store import ArtifactStore, MissingArtifact
+from provider.translate.batch_array import ChunkJob, chunk_jobs
 
 FINAL = ("SUCCEEDED", "FAILED")
 STARTED = ("RUNNING", *FINAL)

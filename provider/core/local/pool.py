@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from provider.compute.local import _Lines, terminate_group
+from provider.core.local.runner import _Lines, terminate_group
 
 LogLine = Callable[[str], None]
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from provider.compute.environment import Target, environment_id
 from provider.store import ArtifactStore, MissingArtifact, Reference, StoreError
 from provider.store.errors import BadManifest
 from provider.store.keys import environment_index_key
+from provider.translate.environment import Target, environment_id
 
 log = logging.getLogger("provider.environments")
 

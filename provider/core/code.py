@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from provider.operators.targets.base import TaskRun
+from provider.core.targets.base import TaskRun
 from provider.store import ArtifactStore, Reference, bytes_reference
 
 CODE_PACKAGE_TYPE = "flowtask.code_package"
@@ -21,7 +21,7 @@ def stored_code_package(run: TaskRun) -> Reference:
 
 def code_package(dag_folder: Path | None) -> bytes:
     """The runtime, cloudpickle and the modules of the DAG folder, as one zip."""
-    from provider.compute import build_code_package
+    from provider.core.code_package import build_code_package
 
     return build_code_package(dag_folder)
 
@@ -41,11 +41,11 @@ def code_reference(store_uri: str, package: bytes) -> Reference:
 def local_code_package(run: TaskRun) -> tuple[Reference, Path]:
     """Store the code package, and keep a copy on this worker for local runtimes to import
     from (``$AIRFLOW_HOME/flowtask/code/<sha256>.zip``, written once per content)."""
-    from provider import config
+    from provider import settings
 
     package = code_package(run.dag_folder)
     ref = store_code_package(run.store, package)
-    path = config.airflow_home() / "flowtask" / "code" / f"{ref.sha256}.zip"
+    path = settings.airflow_home() / "flowtask" / "code" / f"{ref.sha256}.zip"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -13,8 +11,6 @@ from typing import Any
 from provider.runtime.foreach import ChunkLayout, ForeachPlan, is_final
 from provider.store import ArtifactStore, is_reference
 
-LOCAL_CHUNKS_PER_WORKER = 4
-MAX_LOCAL_CHUNK = 1000
 FAILED_SHOWN = 5
 # After its processes died this many times on the items they were running, a chunk's other
 # items are not run again in this try (every item crashing is not worth a process per item).
@@ -26,27 +22,11 @@ class ForeachInputError(ValueError):
     """The items of a ``.foreach`` are not a list it can run over."""
 
 
-def check_items(task_id: str, argument: str | None, items: Any) -> None:
-    """At parse time: what ``.expand`` maps over (a list, a tuple, a range, a dict, an
-    upstream's result), never text or a one-shot iterator."""
-    from airflow.sdk.definitions._internal.expandinput import is_mappable
-
-    if not is_mappable(items):
-        name = f"{argument}=" if argument else ""
-        raise ValueError(
-            f"{task_id}.foreach({name}...) got an unexpected type {type(items).__name__!r}: "
-            "it runs over a list, a tuple, a range, a dict or an upstream task's result"
-        )
-
-
 def store_items(store: ArtifactStore, items: Any) -> tuple[dict[str, Any], int, str]:
     """The items as one stored artifact, its length and its content's identity; an upstream's
     stored list or dict is used where it is, never loaded here."""
     from provider.store.fingerprint import fingerprint
-    from provider.xcom.mapping import StoredSequence
 
-    if isinstance(items, StoredSequence):
-        items = items.reference
     if is_reference(items):
         length = items.get("length")
         if items.get("type") not in ITEM_TYPES or not isinstance(length, int):
@@ -87,53 +67,33 @@ def _unpicklable_item(items: list[Any], exc: Exception) -> Exception:
 
 
 def plan_foreach(
-    op: Any,
+    task: Any,
     store: ArtifactStore,
     manifest_key: str,
     code_identity: str,
+    target: Any,
     *,
-    local: bool,
     layout: ChunkLayout,
 ) -> ForeachPlan:
-    """Split the items into chunks. The plan's identity is content (the code, the arguments,
-    the items, the chunking), so a retry or a cleared task in any process, on any worker,
-    finds the chunks already done."""
-    from provider import config
+    """Split the items into chunks as the target would (``ComputeTarget.chunking``). The
+    plan's identity is content (the code, the arguments, the items, the chunking), so a retry
+    or a cleared task in any process, on any worker, finds the chunks already done."""
+    from provider import settings
 
-    items, length, items_identity = store_items(store, op.foreach_items)
-    parallel = max_parallel(op.flow_spec, local=local)
-    chunk_size = op.flow_spec.foreach.chunk_size or default_chunk_size(length, parallel, local)
-    key = json.dumps([code_identity, items_identity, chunk_size, layout, op.foreach_argument])
+    items, length, items_identity = store_items(store, task.foreach_items)
+    chunk_size, _ = target.chunking(task.spec, length)
+    key = json.dumps([code_identity, items_identity, chunk_size, layout, task.foreach_argument])
     plan_id = hashlib.sha256(key.encode()).hexdigest()[:16]
     task_prefix = manifest_key.rsplit("/", 2)[0]  # runs/<dag>/<run>/<task>/<map_index>
     return ForeachPlan(
-        argument=op.foreach_argument,
+        argument=task.foreach_argument,
         items=items,
         length=length,
         chunk_size=chunk_size,
         prefix=f"{task_prefix}/foreach/{plan_id}",
         layout=layout,
-        checkpoint_seconds=config.foreach_checkpoint_seconds(),
+        checkpoint_seconds=settings.value("foreach_checkpoint_seconds"),
     )
-
-
-def max_parallel(spec: Any, *, local: bool) -> int:
-    """The task's ``max_parallel``; else the CPU count locally, ``[flow_task]
-    foreach_max_parallel`` on Kubernetes."""
-    from provider import config
-
-    if spec.foreach.max_parallel is not None:
-        return int(spec.foreach.max_parallel)
-    return os.cpu_count() or 1 if local else config.foreach_max_parallel()
-
-
-def default_chunk_size(length: int, parallel: int, local: bool) -> int:
-    """Locally a few chunks per worker (they balance load); on a cluster, at most a thousand
-    pods or jobs, each doing real work."""
-    if local:
-        per_chunk = math.ceil(length / (parallel * LOCAL_CHUNKS_PER_WORKER))
-        return max(1, min(per_chunk, MAX_LOCAL_CHUNK))
-    return max(1, math.ceil(length / 1000))
 
 
 def _manifests(
@@ -159,6 +119,54 @@ def unfinished_chunks(store: ArtifactStore, plan: ForeachPlan, chunks: Sequence[
     """Of ``chunks``, those with no last manifest: their processes died (or never started)."""
     found = _manifests(store, plan, chunks)
     return [chunk for chunk in chunks if not is_final(found.get(chunk, {}))]
+
+
+def run_foreach(
+    run: Any,
+    launch: Callable[[list[int]], Any],
+    *,
+    catching: bool,
+    stopped: Callable[[], bool] = lambda: False,
+) -> Any:
+    """A ``.foreach`` try: launch the chunks without stored results (:func:`run_to_the_end`),
+    then gather every chunk into the try's result manifest. Returns the outcome to settle."""
+    from provider.core.targets.base import Outcome
+
+    started = time.time()
+    plan, log = run.foreach, run.log
+    pending = pending_chunks(run.store, plan)
+    done = plan.chunks - len(pending)
+    log.info(
+        "foreach: %d items in %d chunks of %d; %d chunks to run%s",
+        plan.length,
+        plan.chunks,
+        plan.chunk_size,
+        len(pending),
+        f" ({done} done by an earlier try)" if done else "",
+    )
+    outcome = Outcome(run.manifest_key, exit_code=0)
+    if pending:
+        outcome = run_to_the_end(
+            run.store,
+            plan,
+            run.identity["try_number"],
+            launch,
+            pending,
+            log,
+            catching=catching,
+            stopped=stopped,
+        )
+    gather(
+        run.store,
+        plan,
+        run.manifest_key,
+        run.identity,
+        catching=catching,
+        started=started,
+        unreported=outcome.failure,
+        log=log,
+    )
+    return Outcome(run.manifest_key, exit_code=0, failure=outcome.failure)
 
 
 def run_to_the_end(

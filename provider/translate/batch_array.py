@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from provider.compute.batch_status import describe_job_failure, short_reason
 from provider.runtime.foreach import format_chunks
+from provider.translate.batch_status import describe_job_failure, short_reason
 
 ARRAY_INDEX_ENV = "AWS_BATCH_JOB_ARRAY_INDEX"
 MAX_ARRAY_SIZE = 10_000  # Batch's largest array; its smallest is 2

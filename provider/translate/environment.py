@@ -4,7 +4,7 @@ An environment is resolved once on the worker with ``uv`` for the **target** the
 (a Python major.minor and a platform), built into a folder with ``uv pip install --target``,
 packed as one archive and stored content-addressed. Its identity is the hash of its lock (uv's
 ``pylock.toml``), the Python and the platform. Nothing here runs uv or touches a disk: see
-``provider.compute.environment_build``.
+``provider.core.environments.build``.
 """
 
 from __future__ import annotations

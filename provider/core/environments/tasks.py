@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provider.compute.environment import (
+from provider.core.environments import index as store_index
+from provider.core.environments.cache import ARCHIVE, SITE, EnvironmentCache
+from provider.store import ArtifactStore, Reference
+from provider.translate.environment import (
     ARCHIVE_ENCODING,
     ARCHIVE_TYPE,
     LOCK_ENCODING,
@@ -30,9 +33,6 @@ from provider.compute.environment import (
     lock_subset,
     locked_packages,
 )
-from provider.operators import environment_index as store_index
-from provider.operators.environment_cache import ARCHIVE, SITE, EnvironmentCache
-from provider.store import ArtifactStore, Reference
 
 
 @dataclass
@@ -84,9 +84,11 @@ class BuiltEnvironment:
 
 
 def default_cache() -> EnvironmentCache:
-    from provider import config
+    from provider import settings
 
-    return EnvironmentCache(config.environment_cache_root(), config.environment_cache_bytes())
+    return EnvironmentCache(
+        settings.environment_cache_root(), settings.value("environment_cache_size")
+    )
 
 
 def ensure_environment(
@@ -106,7 +108,7 @@ def ensure_environment(
     (:meth:`ArtifactStore.reuse`). ``runtime`` builds the runtime's own environment (from the
     worker's installed copies when they fit the target). Raises :class:`EnvironmentFailure`.
     """
-    from provider.compute import environment_build as uv
+    from provider.core.environments import build as uv
 
     started = time.monotonic()
     requirements = tuple(requirements)
@@ -227,7 +229,7 @@ def resolve_layer(
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    from provider.compute import environment_build as uv
+    from provider.core.environments import build as uv
 
     if runtime and not target.local:
         described = uv.runtime_layer(target)
@@ -264,7 +266,7 @@ def _build(
     runtime: bool,
 ) -> None:
     """Install the lock into a staged entry, pack it, and move it into place."""
-    from provider.compute import environment_build as uv
+    from provider.core.environments import build as uv
 
     staging = cache.staging(env_id)
     try:
@@ -284,7 +286,7 @@ def _fetch(
     store: ArtifactStore, ref: Reference, cache: EnvironmentCache, env_id: str, *, site: bool
 ) -> None:
     """Fetch a stored archive (hash checked) into a staged entry, unpack it, move it in place."""
-    from provider.compute import environment_build as uv
+    from provider.core.environments import build as uv
 
     staging = cache.staging(env_id)
     try:
@@ -399,28 +401,27 @@ class TaskEnvironments:
         return None if folder is None else str(folder)
 
 
-def task_environments(run: Any, compute: str, platform: str | None = None) -> TaskEnvironments:
-    """Resolve, build and store what a try of ``run`` needs on ``compute``; fail the task at
-    once (``AirflowFailException``) when that cannot work, before anything is launched."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from provider.compute.environment import remote_target, worker_target
-    from provider.compute.environment_build import runtime_requirements
+def task_environments(run: Any, *, local: bool, platform: str | None = None) -> TaskEnvironments:
+    """Resolve, build and store what a try of ``run`` needs (on this worker, ``local``, or in
+    a container of ``platform``); ``CannotRun`` when that cannot work, before anything is
+    launched."""
+    from provider import settings
+    from provider.core.environments.build import runtime_requirements
+    from provider.core.errors import CannotRun
+    from provider.translate.environment import remote_target, worker_target
 
     requirements = tuple(run.spec.environment.pip)
     cache = default_cache()
     found = TaskEnvironments()
     try:
-        if compute == "local":
+        if local:
             if requirements:
                 warn_conflicts(requirements, run.log)
                 found.task = ensure_environment(
                     run.store, requirements, worker_target(), cache=cache, log=run.log
                 )
         else:
-            from provider import config
-
-            target = remote_target(platform or config.target_platform())
+            target = remote_target(platform or settings.value("target_platform"))
             if requirements:
                 found.task = ensure_environment(
                     run.store, requirements, target, cache=cache, log=run.log
@@ -435,7 +436,7 @@ def task_environments(run: Any, compute: str, platform: str | None = None) -> Ta
                     runtime=True,
                 )
     except EnvironmentFailure as exc:
-        raise AirflowFailException(f"flow task {run.task_id} cannot run: {exc}") from None
+        raise CannotRun(str(exc)) from None
     for name, built in (("environment", found.task), ("runtime environment", found.runtime)):
         if built is not None:
             run.log.info("%s: %s", name, built.describe())
@@ -472,7 +473,7 @@ class ContainerEnvironments:
         return cls(archives, state.get("arch"))
 
 
-def container_environments(run: Any, compute: str, platform: str | None) -> ContainerEnvironments:
+def container_environments(run: Any, platform: str | None) -> ContainerEnvironments:
     """Build and store a container try's environments (see :func:`task_environments`)."""
-    found = task_environments(run, compute, platform)
+    found = task_environments(run, local=False, platform=platform)
     return ContainerEnvironments(found.archives, found.arch, found)

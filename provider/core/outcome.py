@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
-from provider.operators.targets import Outcome, TaskRun
+from provider.core.targets.base import Outcome, TaskRun
 
 
 class FlowTaskFailed(RuntimeError):
@@ -21,11 +22,21 @@ class FlowTaskFailed(RuntimeError):
         self.error_types = error_types
 
 
-def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
-    """The result reference, a caught ``Failure``, or ``FlowTaskFailed`` with the reason.
+def settle(
+    run: TaskRun,
+    outcome: Outcome,
+    *,
+    catching: bool,
+    local: bool,
+    instances: Callable[[], int | None],
+    layout: str = "value",
+) -> Any:
+    """The result reference, a caught ``Failure`` (``catching``: ``catch=`` on the last try),
+    or ``FlowTaskFailed`` with the reason.
 
     A try whose runtime wrote no manifest (it died, was killed, timed out, or never started)
     gets one written here, so every try is on record and whatever it stored stays reachable.
+    ``instances`` says how many instances the task has in the run (for the run index).
     """
     from provider.runtime import Failure
     from provider.store import MissingArtifact
@@ -44,9 +55,8 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
             manifest["peak_rss_mib"],
         )
         _log_result(run, manifest["result"])
-        target = getattr(op, "_target", None)
-        log_usage(run, manifest.get("usage"), local=getattr(target, "name", "") == "local")
-        record_end(run, context, "success")
+        log_usage(run, manifest.get("usage"), local=local)
+        record_end(run, "success", instances())
         return manifest["result"]
     error = manifest.get("error")
     if error:
@@ -57,7 +67,7 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
             f"{outcome.manifest_key} (see its output above)"
         )
     caught = None
-    if op._catches_now(context):
+    if catching:
         caught = manifest.get("failure") or _stored_failure(
             store, Failure(type=FlowTaskFailed.__qualname__, message=message, traceback="")
         )
@@ -65,12 +75,18 @@ def settle(op: Any, run: TaskRun, outcome: Outcome, context: Any) -> Any:
         record_unreported(run, outcome, message, caught)
     if caught is None:
         types = (error or {}).get("types")
-        raise FlowTaskFailed(f"flow task {op.task_id} failed: {message}", types)
+        raise FlowTaskFailed(f"flow task {run.task_id} failed: {message}", types)
     run.log.warning("flow task failed on its last try; caught as a Failure: %s", message)
-    if isinstance(op.flow_spec.catch, str):
-        context["ti"].xcom_push(key=op.flow_spec.catch, value=caught)
-    record_end(run, context, "success")  # the task succeeded: downstream gets the Failure
-    return [caught] if op.result_layout(run.identity["map_index"]) == "items" else caught
+    record_end(run, "success", instances())  # the task succeeded: downstream gets the Failure
+    return Caught([caught] if layout == "items" else caught, caught)
+
+
+class Caught:
+    """A caught failure: ``value`` is what the task returns, ``failure`` the stored
+    ``Failure``'s reference (pushed under ``catch="name"`` too)."""
+
+    def __init__(self, value: Any, failure: Any) -> None:
+        self.value, self.failure = value, failure
 
 
 def _stored_failure(store: Any, failure: Any) -> dict[str, Any]:
@@ -80,82 +96,15 @@ def _stored_failure(store: Any, failure: Any) -> dict[str, Any]:
     return {**store.put(failure).to_json(), "preview": preview(failure)}
 
 
-def record_end(run: TaskRun, context: Any, state: str) -> None:
+def record_end(run: TaskRun, state: str, instances: int | None) -> None:
     """This task instance's end in the run index, so its run's status is known without DAG
     callbacks; best effort (the task's own outcome never depends on it)."""
     from provider.store.index import record_task_end
 
     try:
-        record_task_end(run.store, run.identity, state, instances=_instances(context, run))
+        record_task_end(run.store, run.identity, state, instances=instances)
     except Exception as exc:
         run.log.warning("could not record the task's end in the run index: %s", exc)
-
-
-def _instances(context: Any, run: TaskRun) -> int | None:
-    """How many instances the task has in this run: 1 unless mapped; None if unknown."""
-    identity = run.identity
-    if identity["map_index"] < 0:
-        return 1
-    try:
-        count = context["ti"].get_ti_count(
-            dag_id=identity["dag_id"], task_ids=[identity["task_id"]], run_ids=[identity["run_id"]]
-        )
-    except Exception as exc:  # an Execution API that does not answer: the status waits
-        run.log.warning("could not count the instances of the mapped task: %s", exc)
-        return None
-    return int(count)
-
-
-def is_final(op: Any, context: Any, error: BaseException) -> bool:
-    """Whether this failure ends the task: no retry is left, or none can help (a try that
-    cannot work, or an error that ``Retry(on=...)`` does not retry)."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    if isinstance(error, AirflowFailException) or context["ti"].try_number > op.retries:
-        return True
-    on, types = op.flow_spec.retry.on, getattr(error, "error_types", None)
-    return bool(on and types and not any(name in on for name in types))
-
-
-def record_failure(op: Any, context: Any, error: BaseException, run: TaskRun | None) -> None:
-    """Put a try that ended in ``error`` on record, best effort: its manifest (unless its
-    runtime or the worker wrote one) and, when it fails the task, the task's end. A try that
-    failed before it launched (``run`` is None) records its run in the index first, so the
-    run is listed, and failed."""
-    from provider import config
-    from provider.operators.launch import record_run
-    from provider.operators.run_context import run_identity
-    from provider.store import manifest_key
-
-    try:
-        if run is None:
-            identity = run_identity(context, lenient=True)
-            store = config.open_artifact_store()
-            record_run(store, identity, context)
-            key = manifest_key(
-                identity["dag_id"],
-                identity["run_id"],
-                identity["task_id"],
-                identity["map_index"],
-                identity["try_number"],
-            )
-            run = TaskRun(
-                task_id=op.task_id,
-                spec=op.flow_spec,
-                function=op.python_callable,
-                store=store,
-                payload=None,  # type: ignore[arg-type]  # none was stored
-                manifest_key=key,
-                identity=identity,
-                log=op.log,
-            )
-        message = str(error).strip() or type(error).__name__
-        outcome = Outcome(run.manifest_key, exit_code=None)
-        record_unreported(run, outcome, message, error_type=type(error).__name__)
-        if is_final(op, context, error):
-            record_end(run, context, "failed")
-    except Exception as exc:
-        op.log.warning("could not record the failed try in the artifact store: %s", exc)
 
 
 def log_usage(run: TaskRun, used: dict[str, Any] | None, *, local: bool) -> None:
@@ -226,7 +175,7 @@ def record_unreported(
 
     It names what the try left behind (a caught Failure), so ``flowtask gc`` keeps it.
     """
-    from provider.operators.launch import requested
+    from provider.core.launch import requested
     from provider.store import MissingArtifact
 
     try:
