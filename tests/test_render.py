@@ -68,9 +68,10 @@ def test_render_explains_what_it_cannot_render(monkeypatch: pytest.MonkeyPatch, 
         render_pod("flow_failures", "flaky", compute="batch", dags_folder=TEST_DAGS)
     assert str(refused.value) == (
         f"flow_failures.flaky cannot run on Batch: [flow_task] artifact_store='{store}' is "
-        "invalid: it must be an s3:// store for Batch: flowtask's job definitions mount no "
-        "volume, so no Batch container can read it. Accepted: s3://bucket/prefix in "
-        "[flow_task] artifact_store (AIRFLOW__FLOW_TASK__ARTIFACT_STORE)"
+        f"invalid: it must be an s3:// store for Batch (the artifact store {store} is a folder "
+        "of the worker: a container reads it only where it mounts the same path; set "
+        "[flow_task] artifact_store to an s3:// URI; Batch jobs mount no folder). Accepted: "
+        "s3://bucket/prefix in [flow_task] artifact_store (AIRFLOW__FLOW_TASK__ARTIFACT_STORE)"
     )
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE", S3_STORE)
     with pytest.raises(RenderError, match=r"environment.secrets='db-creds' is invalid"):

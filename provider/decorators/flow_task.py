@@ -9,18 +9,12 @@ from typing import Any
 import attr
 from airflow.sdk.bases.decorator import DecoratedMappedOperator, TaskDecorator, _TaskDecorator
 
-from provider.operators.flow_task import FlowTaskOperator, retry_kwargs_given
-from provider.specs import SpecError, TaskSpec
+from provider.operators.flow_task import FlowTaskOperator
+from provider.specs import SpecError, TaskSpec, airflow_retry_kwargs
+from provider.specs.task import AIRFLOW_KWARGS
 from provider.xcom.references import references_kept
 
 SPEC_FIELDS = tuple(f.name for f in fields(TaskSpec))
-_AIRFLOW_RETRY_KWARGS = {
-    "retries": "retry",
-    "retry_delay": "retry",
-    "retry_exponential_backoff": "retry",
-    "max_retry_delay": "retry",
-    "execution_timeout": "timeout",
-}
 
 
 def fold_specs(spec: TaskSpec, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -30,22 +24,23 @@ def fold_specs(spec: TaskSpec, kwargs: dict[str, Any]) -> dict[str, Any]:
     argument means something else; ``retry`` and ``timeout`` become Airflow's own arguments.
     """
     given = {name: kwargs.pop(name) for name in SPEC_FIELDS if name in kwargs}
-    for name, spec_field in _AIRFLOW_RETRY_KWARGS.items():
-        if name in kwargs and given.get(spec_field) is not None:
-            raise SpecError(
-                name,
-                kwargs[name],
-                f"either {spec_field}= or {name}=, not both",
-                f"{spec_field}= already sets it",
-            )
+    for spec_field, names in AIRFLOW_KWARGS.items():
+        for name in names:
+            if name in kwargs and given.get(spec_field) is not None:
+                raise SpecError(
+                    name,
+                    kwargs[name],
+                    f"either {spec_field}= or {name}=, not both",
+                    f"{spec_field}= already sets it",
+                )
     folded = spec.with_overrides(**given)
-    retry_given = given.get("retry") is not None
-    timeout_given = given.get("timeout") is not None
-    return {
-        **kwargs,
-        **retry_kwargs_given(folded, retry=retry_given, timeout=timeout_given),
-        "flow_spec": folded,
-    }
+    set_here = [name for name in AIRFLOW_KWARGS if given.get(name) is not None]
+    airflow = airflow_retry_kwargs(folded, set_here)
+    if "retry" in set_here and folded.retry.on:
+        from provider.operators.retry_policy import FlowRetryPolicy
+
+        airflow["retry_policy"] = FlowRetryPolicy(folded.retry.on)
+    return {**kwargs, **airflow, "flow_spec": folded}
 
 
 @attr.define(kw_only=True, repr=False)

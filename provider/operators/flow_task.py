@@ -12,26 +12,10 @@ from provider.core.outcome import FlowTaskFailed
 from provider.operators.links import BatchJobLink, PodLink
 from provider.operators.targets import ComputeUnavailable
 from provider.runtime.payload import ResultLayout
-from provider.specs import SpecError, TaskSpec, airflow_retry_kwargs
+from provider.specs import SpecError, TaskSpec
 from provider.xcom.references import references_kept, references_loaded
 
-__all__ = ["ComputeUnavailable", "FlowTaskFailed", "FlowTaskOperator", "retry_kwargs_given"]
-
-
-def retry_kwargs_given(spec: TaskSpec, *, retry: bool, timeout: bool) -> dict[str, Any]:
-    """Airflow's retry / timeout keyword arguments for the spec fields the user actually set."""
-    mapped = airflow_retry_kwargs(spec)
-    keep = set()
-    if retry:
-        keep |= {"retries", "retry_delay", "retry_exponential_backoff", "max_retry_delay"}
-        if spec.retry.on:
-            from provider.operators.retry_policy import FlowRetryPolicy
-
-            mapped["retry_policy"] = FlowRetryPolicy(spec.retry.on)
-            keep.add("retry_policy")
-    if timeout:
-        keep.add("execution_timeout")
-    return {key: value for key, value in mapped.items() if key in keep}
+__all__ = ["ComputeUnavailable", "FlowTaskFailed", "FlowTaskOperator"]
 
 
 class FlowTaskOperator(DecoratedOperator):
@@ -47,31 +31,11 @@ class FlowTaskOperator(DecoratedOperator):
         op_args: Collection[Any] | None = None,
         op_kwargs: Mapping[str, Any] | None = None,
         flow_spec: TaskSpec | None = None,
-        resources: Any = None,
-        retry: Any = None,
-        timeout: Any = None,
-        catch: Any = None,
-        environment: Any = None,
-        compute: Any = None,
-        kubernetes: Any = None,
-        batch: Any = None,
         foreach_items: Any = None,
         foreach_argument: str | None = None,
         **kwargs: Any,
     ) -> None:
-        spec = (flow_spec or TaskSpec()).with_overrides(
-            resources=resources,
-            retry=retry,
-            timeout=timeout,
-            catch=catch,
-            environment=environment,
-            compute=compute,
-            kubernetes=kubernetes,
-            batch=batch,
-        )
-        kwargs.update(
-            retry_kwargs_given(spec, retry=retry is not None, timeout=timeout is not None)
-        )
+        spec = flow_spec or TaskSpec()  # folded when the DAG file is parsed (``flow_task``)
         if spec.catch and kwargs.get("multiple_outputs"):
             raise SpecError(
                 "catch",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import keyword
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
@@ -180,8 +180,17 @@ def check_batch_env(environment: Environment) -> None:
             )
 
 
-def airflow_retry_kwargs(spec: TaskSpec) -> dict[str, Any]:
-    """The spec's retry and timeout as Airflow ``BaseOperator`` keyword arguments."""
+# The Airflow ``BaseOperator`` arguments each spec field sets: ``retry=`` and ``timeout=`` are
+# those arguments, so a task gives one or the other, never both.
+AIRFLOW_KWARGS: dict[str, tuple[str, ...]] = {
+    "retry": ("retries", "retry_delay", "retry_exponential_backoff", "max_retry_delay"),
+    "timeout": ("execution_timeout",),
+}
+
+
+def airflow_retry_kwargs(spec: TaskSpec, given: Iterable[str] = AIRFLOW_KWARGS) -> dict[str, Any]:
+    """The spec's retry and timeout as Airflow ``BaseOperator`` keyword arguments, for the spec
+    fields ``given`` (those the task set; unset ones leave Airflow's defaults alone)."""
     retry = spec.retry
     kwargs: dict[str, Any] = {
         "retries": retry.times,
@@ -192,4 +201,5 @@ def airflow_retry_kwargs(spec: TaskSpec) -> dict[str, Any]:
         kwargs["max_retry_delay"] = retry.max_delay
     if spec.timeout is not None:
         kwargs["execution_timeout"] = spec.timeout
-    return kwargs
+    keep = {name for field in given for name in AIRFLOW_KWARGS[field]}
+    return {name: value for name, value in kwargs.items() if name in keep}

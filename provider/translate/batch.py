@@ -32,6 +32,7 @@ from provider.specs import (
 )
 from provider.specs.batch import MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS
 from provider.translate.batch_array import ChunkJob
+from provider.translate.command import store_out_of_reach
 
 JOB_DEFINITION_PREFIX = "flowtask-"
 # Every submission overrides these; Fargate needs a pair it offers even in the definition.
@@ -77,14 +78,13 @@ def check_batch(spec: TaskSpec, options: BatchOptions, store_uri: str) -> None:
             "BatchOptions(queue='flow-spot') on the task, or [flow_task] batch_job_queue",
             "no job queue is set anywhere",
         )
-    if not store_uri.startswith("s3://"):
-        # flowtask's job definitions mount no volume: no container could read a folder.
+    out_of_reach = store_out_of_reach(store_uri)
+    if out_of_reach is not None:  # flowtask's job definitions mount no volume
         raise SpecError(
             "[flow_task] artifact_store",
             store_uri,
             "s3://bucket/prefix in [flow_task] artifact_store (AIRFLOW__FLOW_TASK__ARTIFACT_STORE)",
-            "it must be an s3:// store for Batch: flowtask's job definitions mount no volume, "
-            "so no Batch container can read it",
+            f"it must be an s3:// store for Batch ({out_of_reach}; Batch jobs mount no folder)",
         )
     if options.fargate:
         check_fargate(spec.resources)

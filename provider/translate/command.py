@@ -59,6 +59,16 @@ def bootstrap_launcher() -> str:
     )
 
 
+def store_out_of_reach(store_uri: str) -> str | None:
+    """Why a container may not reach the store at ``store_uri``; None for an S3 store."""
+    if store_uri.startswith("s3://"):
+        return None
+    return (
+        f"the artifact store {store_uri} is a folder of the worker: a container reads it only "
+        "where it mounts the same path; set [flow_task] artifact_store to an s3:// URI"
+    )
+
+
 def worker_python() -> str:
     """The worker's Python as major.minor; the runtime refuses to unpickle under another one."""
     return f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -39,13 +39,11 @@ class KubernetesTarget(ComputeTarget):
 
     def prepare(self, run: TaskRun) -> dict[str, Reference]:
         from provider.core.code import stored_code_package
+        from provider.translate.command import store_out_of_reach
 
-        if run.store.root_uri.startswith("file://"):
-            run.log.warning(
-                "the artifact store %s is a local folder: pods can only use it where they "
-                "mount the same path; set [flow_task] artifact_store to an s3:// URI",
-                run.store.root_uri,
-            )
+        out_of_reach = store_out_of_reach(run.store.root_uri)
+        if out_of_reach is not None:  # a pod may mount the folder (a volume at the same path)
+            run.log.warning("%s", out_of_reach)
         self._code = stored_code_package(run)
         self._envs = container_environments(run, self.platform(run.spec))
         return {"code_package": self._code, **self._envs.records()}
