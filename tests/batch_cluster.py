@@ -17,9 +17,10 @@ would be over 8,192 characters (it fails as ECS fails it, never started).
 A test session shares one LocalBatch (moto's lazy start-up costs seconds); ``reset()`` between
 tests stops every job, checks that no process outlived it, and forgets jobs, history and faults.
 
-The moto internals this relies on (moto 5.2.5): ``ThreadedMotoServer``; ``BatchResponse.submitjob``
-(patched while the harness runs, so the whole request is read, ``retryStrategy`` included) and
-``registerjobdefinition`` (wrapped, to refuse what is too large);
+The moto internals this relies on (moto 5.2.5 and 5.2.6): ``ThreadedMotoServer``;
+``BatchResponse.submit_job`` (``submitjob`` before 5.2.6; patched while the harness runs, so the
+whole request is read, ``retryStrategy`` included) and ``register_job_definition``
+(``registerjobdefinition``; wrapped, to refuse what is too large);
 ``BatchBackend._jobs`` (the harness stores its own job objects there: moto's DescribeJobs,
 TerminateJob and ``reset()`` call their ``describe``/``terminate``/``status``/``is_alive``/
 ``join``), ``get_job_definition``, ``get_job_queue``, ``get_job_by_id``, and ``list_jobs``/
@@ -540,7 +541,22 @@ _SUMMARY_KEYS = {  # the JobDetail fields that a ListJobs JobSummary has too
 }
 
 
-_REGISTER = BatchResponse.registerjobdefinition
+def _handler(*names: str) -> str:
+    """The name moto's release gives a request handler (5.2.6 renamed them to snake_case)."""
+    import moto
+
+    for name in names:
+        if hasattr(BatchResponse, name):
+            return name
+    raise RuntimeError(
+        f"moto {moto.__version__}: BatchResponse has none of {names}; the Batch harness patches "
+        "that handler and needs to learn its new name"
+    )
+
+
+_SUBMIT = _handler("submit_job", "submitjob")
+_REGISTER_NAME = _handler("register_job_definition", "registerjobdefinition")
+_REGISTER = getattr(BatchResponse, _REGISTER_NAME)
 
 
 def _registerjobdefinition(response: BatchResponse) -> str:
@@ -615,7 +631,7 @@ class LocalBatch:
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
         self._patch = mock.patch.multiple(
-            BatchResponse, submitjob=_submitjob, registerjobdefinition=_registerjobdefinition
+            BatchResponse, **{_SUBMIT: _submitjob, _REGISTER_NAME: _registerjobdefinition}
         )
         self._patch.start()
         LocalBatch._active = self

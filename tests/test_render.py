@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLES, TEST_DAGS, airflow_env
 
+from provider.client.render import RenderError, render_pod
 from provider.core.code_package import build_code_package
-from provider.operators.render import RenderError, render_pod
 
 FLOWTASK = str(Path(sys.executable).parent / "flowtask")
 S3_STORE = "s3://flow-artifacts/render"  # Batch containers read only an s3:// store

@@ -311,7 +311,7 @@ def hashed(monkeypatch) -> list[tuple[int, int]]:
     written = [0]
     chunks: list[tuple[int, int]] = []
     write, update = BufferSink.write, store_module._BackgroundSha256.update
-    socket_readinto = s3._socket_readinto
+    socket_readinto = s3.socket_readinto
 
     def counting_write(self, data):
         n = write(self, data)
@@ -333,7 +333,7 @@ def hashed(monkeypatch) -> list[tuple[int, int]]:
         update(self, chunk)
 
     monkeypatch.setattr(BufferSink, "write", counting_write)
-    monkeypatch.setattr(s3, "_socket_readinto", counting_socket_readinto)
+    monkeypatch.setattr(s3, "socket_readinto", counting_socket_readinto)
     monkeypatch.setattr(store_module._BackgroundSha256, "update", recording_update)
     return chunks
 
@@ -364,12 +364,12 @@ def test_a_single_get_reads_from_the_socket_and_keeps_its_connection(store):
     copies in between), and the connection goes back to the pool for the next request."""
     import http.client
 
-    from provider.store.s3 import _socket_readinto
+    from provider.compat.botocore import socket_readinto
 
     refs = [store.put(_incompressible(6 * MiB)) for _ in range(3)]
     client = store.backend.client  # type: ignore[attr-defined]
     body = client.get_object(Bucket=BUCKET, Key=_blob_key(store, refs[0]))["Body"]
-    assert isinstance(_socket_readinto(body).__self__, http.client.HTTPResponse)
+    assert isinstance(socket_readinto(body).__self__, http.client.HTTPResponse)
     body.close()
     before = _connections_made(client)
     for ref in refs:

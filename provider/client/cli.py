@@ -68,7 +68,7 @@ def _render(args: argparse.Namespace) -> int:
     import json
     from contextlib import redirect_stdout
 
-    from provider.operators.render import RenderError, render_pod
+    from provider.client.render import RenderError, render_pod
 
     try:
         with redirect_stdout(sys.stderr):  # Airflow logs to stdout; stdout is for the JSON
@@ -89,7 +89,7 @@ def _render(args: argparse.Namespace) -> int:
 def _env(args: argparse.Namespace) -> int:
     from contextlib import redirect_stdout
 
-    from provider.operators.render import RenderError, resolve_lock
+    from provider.client.render import RenderError, resolve_lock
     from provider.translate.environment import EnvironmentFailure
 
     try:

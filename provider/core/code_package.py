@@ -17,7 +17,16 @@ import cloudpickle
 
 import provider
 
-RUNTIME_PARTS = ("__init__.py", "specs", "store", "runtime")
+# What runs where the work runs: the runtime, the store, the specs, and the one compat module
+# the store uses (botocore's; the others are the worker's).
+RUNTIME_PARTS = (
+    "__init__.py",
+    "specs",
+    "store",
+    "runtime",
+    "compat/__init__.py",
+    "compat/botocore.py",
+)
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _SKIPPED = {"__pycache__", "site-packages", "node_modules"}
 

@@ -22,6 +22,20 @@ class ForeachInputError(ValueError):
     """The items of a ``.foreach`` are not a list it can run over."""
 
 
+def check_argument(
+    function: Callable[..., Any], op_kwargs: Mapping[str, Any], argument: str | None
+) -> None:
+    """The function takes the argument each item is passed as."""
+    import inspect
+
+    if argument is None:
+        return
+    try:
+        inspect.signature(function).bind_partial(**{**op_kwargs, argument: None})
+    except TypeError as exc:
+        raise TypeError(f".foreach({argument}=...): {function.__name__} {exc}") from None
+
+
 def store_items(store: ArtifactStore, items: Any) -> tuple[dict[str, Any], int, str]:
     """The items as one stored artifact, its length and its content's identity; an upstream's
     stored list or dict is used where it is, never loaded here."""
@@ -357,4 +371,46 @@ class ForeachProgress:
             failed_items,
             rate,
             left,
+        )
+
+
+class ChunkProgress:
+    """Logs a cluster fan-out's progress every ``every`` seconds: items done and failed (from
+    the manifests of the chunks whose index completed, each read once), and its pods (an
+    Indexed Job's state: its ``completed`` indexes and its pod counts)."""
+
+    def __init__(self, run: Any, chunks: list[int], every: float) -> None:
+        self.run, self.chunks, self.every = run, chunks, every
+        self.progress = ForeachProgress(run.log, run.foreach, chunks)
+        self.done: set[int] = set()
+        self.failed_items = 0
+        self.logged = self.progress.started
+
+    def see(self, state: Any) -> None:
+        import time
+
+        from provider.store import MissingArtifact
+
+        for index in state.completed:
+            chunk = self.chunks[index]
+            if chunk in self.done:
+                continue
+            self.done.add(chunk)
+            try:
+                manifest = self.run.store.read_manifest(self.run.foreach.chunk_key(chunk))
+                self.failed_items += len(manifest["failed"])
+            except MissingArtifact:
+                pass
+        now = time.monotonic()
+        if now - self.logged < self.every and not state.finished:
+            return
+        self.logged = now
+        self.progress.log_line(self.done, self.failed_items)
+        self.run.log.info(
+            "job %s: %d pods active (%d running), %d succeeded, %d failed",
+            state.name,
+            state.active,
+            state.ready,
+            state.succeeded,
+            state.failed,
         )

@@ -209,3 +209,43 @@ def _exit_reason(code: int | None) -> str:
             name = f"signal {-code}"
         return f"the runtime was killed by {name}"
     return f"the runtime exited with code {code}"
+
+
+def record_failure(
+    run: TaskRun | None,
+    error: BaseException,
+    *,
+    final: bool,
+    identity: Callable[[], dict[str, Any]],
+    store: Callable[[], Any],
+    instances: Callable[[Any], int | None],
+    task: tuple[str, Any, Callable[..., Any], Any],
+) -> None:
+    """Put a try that ended in ``error`` on record, best effort: its manifest (unless its
+    runtime or the worker wrote one) and, when it ends the task (``final``), the task's end.
+    A try that failed before it launched (``run`` is None: ``identity`` and ``store`` make
+    one; ``task`` is its id, spec, function and log) records its run in the index first, so
+    the run is listed, and failed."""
+    from provider.core.launch import record_run
+    from provider.store import manifest_key
+
+    task_id, spec, function, log = task
+    try:
+        if run is None:
+            ident, opened = identity(), store()
+            record_run(opened, ident)
+            key = manifest_key(
+                ident["dag_id"],
+                ident["run_id"],
+                ident["task_id"],
+                ident["map_index"],
+                ident["try_number"],
+            )
+            run = TaskRun(task_id, spec, function, opened, None, key, ident, log)  # type: ignore[arg-type]
+        message = str(error).strip() or type(error).__name__
+        outcome = Outcome(run.manifest_key, exit_code=None)
+        record_unreported(run, outcome, message, error_type=type(error).__name__)
+        if final:
+            record_end(run, "failed", instances(run.identity))
+    except Exception as exc:
+        log.warning("could not record the failed try in the artifact store: %s", exc)

@@ -7,8 +7,15 @@ from dataclasses import fields
 from typing import Any
 
 import attr
-from airflow.sdk.bases.decorator import DecoratedMappedOperator, TaskDecorator, _TaskDecorator
+from airflow.sdk.bases.decorator import TaskDecorator
 
+from provider.compat.airflow_sdk import (
+    DecoratedMappedOperator,
+    TaskDecoratorBase,
+    expand_input_of,
+    is_mappable,
+    use_mapped_class,
+)
 from provider.operators.flow_task import FlowTaskOperator
 from provider.specs import SpecError, TaskSpec, airflow_retry_kwargs
 from provider.specs.task import AIRFLOW_KWARGS
@@ -60,13 +67,13 @@ class FlowMappedOperator(DecoratedMappedOperator):
         from provider.xcom.mapping import viewed_expand_input
 
         with references_kept():
-            expand_input = viewed_expand_input(self._get_specified_expand_input())
+            expand_input = viewed_expand_input(expand_input_of(self))
             op_kwargs, resolved_oids = expand_input.resolve(context)
         return {"op_kwargs": op_kwargs}, resolved_oids
 
 
 @attr.define(slots=False)
-class FlowTaskDecorator(_TaskDecorator):
+class FlowTaskDecorator(TaskDecoratorBase):
     """``_TaskDecorator`` whose ``.override`` takes specs and whose mapped tasks keep
     references."""
 
@@ -99,10 +106,8 @@ class FlowTaskDecorator(_TaskDecorator):
         return one(**partial)
 
     def _expand(self, expand_input: Any, *, strict: bool) -> Any:
-        xcom_arg: Any = super()._expand(expand_input, strict=strict)
         # Same fields, same slots: only the expansion behaviour above differs.
-        xcom_arg.operator.__class__ = FlowMappedOperator
-        return xcom_arg
+        return use_mapped_class(super()._expand(expand_input, strict=strict), FlowMappedOperator)
 
 
 def flow_task(
@@ -143,8 +148,6 @@ def flow_task(
 def _check_items(task_id: str, argument: str | None, items: Any) -> None:
     """At parse time: what ``.expand`` maps over (a list, a tuple, a range, a dict, an
     upstream's result), never text or a one-shot iterator."""
-    from airflow.sdk.definitions._internal.expandinput import is_mappable
-
     if not is_mappable(items):
         name = f"{argument}=" if argument else ""
         raise ValueError(

@@ -45,9 +45,13 @@ class FlowTaskOperator(DecoratedOperator):
             )
         self.flow_spec = spec
         if foreach_items is not None:  # the items arrive when the task runs: bind what is known
-            kwargs["_airflow_mapped_validation_only"] = True
+            from provider.compat.airflow_sdk import MAPPED_VALIDATION_ONLY
+
+            kwargs[MAPPED_VALIDATION_ONLY] = True
             kwargs["multiple_outputs"] = False  # a foreach returns the list of its results
-            _check_foreach_argument(python_callable, op_kwargs or {}, foreach_argument)
+            from provider.core.foreach import check_argument
+
+            check_argument(python_callable, op_kwargs or {}, foreach_argument)
         super().__init__(
             python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs, **kwargs
         )
@@ -55,7 +59,7 @@ class FlowTaskOperator(DecoratedOperator):
         self.foreach_items = foreach_items
         self.foreach_argument = foreach_argument
         if foreach_items is not None:
-            from airflow.sdk.definitions.xcom_arg import XComArg
+            from provider.compat.airflow_sdk import XComArg
 
             XComArg.apply_upstream_relationship(self, foreach_items)
 
@@ -166,55 +170,28 @@ class FlowTaskOperator(DecoratedOperator):
         return result.value
 
     def _record_failure(self, context: Any, error: BaseException) -> None:
-        """Put a try that ended in ``error`` on record, best effort: its manifest (unless its
-        runtime or the worker wrote one) and, when it fails the task, the task's end. A try
-        that failed before it launched records its run in the index first, so the run is
-        listed, and failed."""
+        """Put a try that ended in ``error`` on record (best effort; see ``record_failure``)."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from provider import config
-        from provider.core.launch import record_run
-        from provider.core.outcome import record_end, record_unreported
+        from provider.core.outcome import record_failure
         from provider.operators.boundary import mapped_instances, run_identity
-        from provider.operators.targets import Outcome, TaskRun
-        from provider.store import manifest_key
 
-        run = self._run
-        try:
-            if run is None:
-                identity = run_identity(context, lenient=True)
-                store = config.open_artifact_store()
-                record_run(store, identity)
-                key = manifest_key(
-                    identity["dag_id"],
-                    identity["run_id"],
-                    identity["task_id"],
-                    identity["map_index"],
-                    identity["try_number"],
-                )
-                run = TaskRun(
-                    task_id=self.task_id,
-                    spec=self.flow_spec,
-                    function=self.python_callable,
-                    store=store,
-                    payload=None,  # type: ignore[arg-type]  # none was stored
-                    manifest_key=key,
-                    identity=identity,
-                    log=self.log,
-                )
-            message = str(error).strip() or type(error).__name__
-            outcome = Outcome(run.manifest_key, exit_code=None)
-            record_unreported(run, outcome, message, error_type=type(error).__name__)
-            on, types = self.flow_spec.retry.on, getattr(error, "error_types", None)
-            final = (
-                isinstance(error, AirflowFailException)
-                or context["ti"].try_number > self.retries
-                or bool(on and types and not any(name in on for name in types))
-            )
-            if final:
-                record_end(run, "failed", mapped_instances(context, run.identity, self.log))
-        except Exception as exc:
-            self.log.warning("could not record the failed try in the artifact store: %s", exc)
+        on, types = self.flow_spec.retry.on, getattr(error, "error_types", None)
+        final = (
+            isinstance(error, AirflowFailException)
+            or context["ti"].try_number > self.retries
+            or bool(on and types and not any(name in on for name in types))
+        )
+        record_failure(
+            self._run,
+            error,
+            final=final,
+            identity=lambda: run_identity(context, lenient=True),
+            store=config.open_artifact_store,
+            instances=lambda identity: mapped_instances(context, identity, self.log),
+            task=(self.task_id, self.flow_spec, self.python_callable, self.log),
+        )
 
     def _run_foreach(self, run: Any, context: Any) -> Any:
         """Run the chunks without stored results (and, where processes died, their other items
@@ -249,20 +226,6 @@ class FlowTaskOperator(DecoratedOperator):
         if map_index < 0 and next(self.iter_mapped_dependants(), None) is not None:
             return "items"
         return "value"
-
-
-def _check_foreach_argument(
-    function: Callable[..., Any], op_kwargs: Mapping[str, Any], argument: str | None
-) -> None:
-    """The function takes the argument each item is passed as."""
-    import inspect
-
-    if argument is None:
-        return
-    try:
-        inspect.signature(function).bind_partial(**{**op_kwargs, argument: None})
-    except TypeError as exc:
-        raise TypeError(f".foreach({argument}=...): {function.__name__} {exc}") from None
 
 
 def _discard_payload(run: Any) -> None:

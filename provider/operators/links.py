@@ -9,11 +9,10 @@ own; a try that ran elsewhere gets no link (an empty one, which the UI shows dis
 from __future__ import annotations
 
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink
 
-BATCH_JOB_URL = "https://console.aws.amazon.com/batch/home?region={region}#jobs/detail/{job_id}"
+from provider.translate.links import BATCH_JOB, POD, console_links
 
 
 def where_of(ti_key: Any) -> dict[str, Any]:
@@ -33,26 +32,6 @@ def where_of(ti_key: Any) -> dict[str, Any]:
     return where if isinstance(where, dict) else {}
 
 
-def console_links(where: dict[str, Any]) -> dict[str, str]:
-    """``{link name: URL}`` for where a try ran, as far as the configuration allows."""
-    from provider import settings
-
-    links = {}
-    if where.get("platform") == "kubernetes" and where.get("pod"):
-        template = settings.value("kubernetes_pod_url")
-        if template:
-            links[PodLink.name] = template.format(
-                pod=quote(str(where["pod"])), namespace=quote(str(where.get("namespace", "")))
-            )
-    if where.get("platform") == "batch" and where.get("batch_job_id"):
-        region = where.get("region") or settings.value("aws_region")
-        if region:
-            links[BatchJobLink.name] = BATCH_JOB_URL.format(
-                region=quote(region), job_id=quote(str(where["batch_job_id"]))
-            )
-    return links
-
-
 class _WhereLink(BaseOperatorLink):
     name: ClassVar[str]
 
@@ -63,10 +42,10 @@ class _WhereLink(BaseOperatorLink):
 class PodLink(_WhereLink):
     """The try's pod in the cluster's console (``[flow_task] kubernetes_pod_url``)."""
 
-    name = "Pod"
+    name = POD
 
 
 class BatchJobLink(_WhereLink):
     """The try's AWS Batch job in the AWS console."""
 
-    name = "Batch job"
+    name = BATCH_JOB

@@ -3,7 +3,7 @@
 Uploads are single PUTs or multipart uploads that S3 makes visible only on completion, so a
 reader never sees a partial blob; a failed multipart upload is aborted by the transfer manager.
 A blob below the part size is one GET read straight from the socket into a preallocated
-buffer (http.client's ``readinto`` under botocore's body, see ``_socket_readinto``): its
+buffer (http.client's ``readinto`` under botocore's body, see ``provider.compat.botocore``): its
 Content-Length is checked against the reference's claimed size before anything is allocated,
 the store hashes the bytes while they arrive, and an interrupted stream resumes with a ranged
 GET from the first missing byte. A larger blob is fetched in parallel ranges into one buffer,
@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from provider.compat.botocore import finish, socket_readinto
 from provider.store.backend import BlobStat, InterruptedWrite
 from provider.store.errors import MissingArtifact, StoreError, size_mismatch
 from provider.store.keys import check_key
@@ -47,33 +48,6 @@ MAX_ATTEMPTS = 10
 # 2 MiB measured best of 1, 2 and 4 in benchmarks/store_vs_raw.py (8, 15 and 64 MiB blobs).
 SINGLE_GET_IO_CHUNK = 2 * MiB
 STREAM_ATTEMPTS = 5  # an interrupted single GET resumes this many times, as s3transfer does
-
-
-def _http_response(body: Any) -> http.client.HTTPResponse | None:
-    """The HTTP response under botocore's body and urllib3's, when they are the pair that
-    ``_socket_readinto`` and ``_finish`` rely on (other releases: None)."""
-    stream = getattr(body, "_raw_stream", None)
-    raw = getattr(stream, "_fp", None)
-    if isinstance(raw, http.client.HTTPResponse) and callable(getattr(stream, "release_conn", 0)):
-        return raw
-    return None
-
-
-def _socket_readinto(body: Any) -> Callable[[memoryview], int]:
-    """urllib3's readinto reads into a new bytes object (which http.client copies once more)
-    and copies that into the buffer; http.client's receives from the socket straight into it.
-    botocore's own when the response is not reachable."""
-    raw = _http_response(body)
-    return body.readinto if raw is None else raw.readinto
-
-
-def _finish(body: Any) -> None:
-    """Hand the connection back to the pool once the response is read to its end (urllib3
-    does this itself only for what it read); otherwise close it."""
-    raw = _http_response(body)
-    if raw is not None and raw.isclosed():
-        body._raw_stream.release_conn()
-    body.close()
 
 
 def _positive_int_env(name: str, default: int) -> int:
@@ -292,7 +266,7 @@ class S3Backend:
         buffer = bytearray(size)
         view = memoryview(buffer)
         done = handed = resumed = 0
-        readinto = _socket_readinto(body)
+        readinto = socket_readinto(body)
         while done < size:
             try:
                 n = readinto(view[done : done + SINGLE_GET_IO_CHUNK])
@@ -304,7 +278,7 @@ class S3Backend:
                     raise
                 body.close()
                 body = self._get(key, Range=f"bytes={done}-")["Body"]
-                readinto = _socket_readinto(body)
+                readinto = socket_readinto(body)
                 continue
             done += n
             if progress is not None:
@@ -312,7 +286,7 @@ class S3Backend:
             if on_chunk is not None and done - handed >= SINGLE_GET_IO_CHUNK:
                 on_chunk(view[handed:done])
                 handed = done
-        _finish(body)
+        finish(body)
         if on_chunk is not None and handed < size:
             on_chunk(view[handed:size])
         return buffer

@@ -424,3 +424,29 @@ def operator_kwargs(request: Mapping[str, Any]) -> dict[str, Any]:
     if "timeout" in request:
         kwargs["submit_job_timeout"] = request["timeout"]["attemptDurationSeconds"]
     return kwargs
+
+
+def ignored_by_batch(spec: TaskSpec) -> list[str]:
+    """What the task asks for that a Batch job does not set, each in a sentence that says how
+    to get it instead."""
+    resources, said = spec.resources, []
+    if resources.disk is not None:
+        said.append(
+            f"resources.disk={resources.disk} MiB is not set per job on EC2: the compute "
+            "environment's launch template sizes the disk; route the task to a queue whose "
+            "instances have enough"
+        )
+    if resources.gpu_type is not None:
+        said.append(
+            f"resources.gpu_type={resources.gpu_type!r} is not set per job on Batch: the "
+            "instance types of the queue's compute environment decide; choose the queue with "
+            "BatchOptions(queue=...)"
+        )
+    return said
+
+
+def batch_options(spec: TaskSpec) -> BatchOptions:
+    """The task's Batch options laid over the ``[flow_task] batch_*`` defaults."""
+    from provider import settings
+
+    return spec.batch.over(settings.batch_defaults())

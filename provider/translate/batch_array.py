@@ -104,3 +104,13 @@ def describe_lost_chunks(
         parts.append(f"and {len(lost) - shown} more ({counted})")
     noun = "child" if len(lost) == 1 else "children"
     return f"{len(lost)} Batch {noun} wrote no result: " + "; ".join(parts)
+
+
+def chunk_label(plan: Any, chunk: int) -> str:
+    """``chunk 3 (items 30-39)``, or ``chunk 3 (item 30)`` for a chunk of one."""
+    start, stop = plan.bounds(chunk)
+    return (
+        f"chunk {chunk} (item {start})"
+        if stop == start + 1
+        else (f"chunk {chunk} (items {start}-{stop - 1})")
+    )

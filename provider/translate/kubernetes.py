@@ -291,3 +291,31 @@ def _memory_limit(pod: Any, container: str) -> str:
         if spec.name == container and spec.resources and spec.resources.limits:
             return str(spec.resources.limits.get("memory", "none"))
     return "unknown"
+
+
+def pod_exit_code(pod: Any) -> int | None:
+    """The exit code of the pod's task container, once it terminated."""
+    statuses = (pod.status.container_statuses if pod and pod.status else None) or []
+    for state in statuses:
+        if state.name == "base" and state.state and state.state.terminated:
+            return int(state.state.terminated.exit_code)
+    return None
+
+
+def bootstrap_environments(environments: Any) -> dict[str, Any]:
+    """The bootstrap's environment arguments: archives, their machine, the cache folder."""
+    if environments is None or not environments.archives:
+        return {}
+    from provider.translate.environment import POD_ENV_CACHE
+
+    return {"environments": environments.archives, "arch": environments.arch,
+            "env_cache": POD_ENV_CACHE}  # fmt: skip
+
+
+def pod_platform(spec: TaskSpec) -> str:
+    """What a pod's environments are built for: the task's ``target_platform``, else the
+    ``[flow_task]`` one."""
+    from provider import settings
+
+    options = spec.kubernetes.over(settings.kubernetes_defaults())
+    return options.target_platform or settings.value("target_platform")

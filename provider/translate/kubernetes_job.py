@@ -9,6 +9,7 @@ a lost node) retries that index only, with ``backoffLimitPerIndex`` (Kubernetes 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -189,3 +190,20 @@ def describe_job_failure(
     return f"{job}; {len(unreported)} of {len(chunks)} indexes did not succeed: " + (
         "; ".join(parts) + more
     )
+
+
+@dataclass
+class JobReport:
+    """How the Job ended: its last state, its pods then, or why it could not start."""
+
+    state: JobState
+    pods: list[Any] = field(default_factory=list)
+    start_failure: str | None = None
+
+
+def api_message(exc: Any) -> str:
+    """The API server's own words from an error response (its Status ``message``)."""
+    try:
+        return str(json.loads(exc.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"

@@ -130,7 +130,7 @@ def create_app() -> FastAPI:
             view = data.task_view(store, dag_id, run_id, task_id, index, items_from)
         except data.NotStored as error:
             return _render("missing.html", what=f"task {task_id}", reason=str(error))
-        from provider.operators.links import console_links
+        from provider.translate.links import console_links
 
         for attempt in view["tries"]:
             found = console_links(attempt["where"] or {})

@@ -22,18 +22,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
-from airflow.sdk.definitions._internal.expandinput import (
+
+from provider.compat.airflow_sdk import (
+    ConcatXComArg,
     DictOfListsExpandInput,
     ListOfDictsExpandInput,
-)
-from airflow.sdk.definitions.xcom_arg import (
-    ConcatXComArg,
     MapXComArg,
     PlainXComArg,
     XComArg,
     ZipXComArg,
 )
-
 from provider.store import is_reference, item_reference
 from provider.xcom.references import references_kept
 

@@ -26,7 +26,7 @@ from provider.runtime.warm import encode_request, peer, private_folder, socket_a
 CONNECT_SECONDS = 5.0
 SERVER_LOST = 255  # the server ended without reporting the run's exit code (``lost`` says how)
 ENDED_SECONDS = 1.0  # how long a lost server's end is waited for, to tell how it ended
-RUNTIME_SOURCES = ("runtime", "store")  # what a server has imported of this package
+RUNTIME_SOURCES = ("runtime", "store", "compat")  # what a server has imported of this package
 _STARTED: list[subprocess.Popen[bytes]] = []  # servers this process started (reaped here)
 
 

@@ -5,19 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from provider.core.errors import CannotRun
 from provider.core.targets.base import ComputeTarget, Launch, Outcome, TaskRun
-from provider.specs import BatchOptions, SpecError, TaskSpec
+from provider.specs import SpecError, TaskSpec
 from provider.store import Reference
-from provider.translate.batch_array import ChunkJob, chunk_jobs
+from provider.translate.batch import batch_options, ignored_by_batch
+from provider.translate.batch_array import ChunkJob, chunk_jobs, chunk_label
 
 STOP_REASON = "flowtask: stopped by Airflow (the task timed out or was killed)"
-
-
-def batch_options(spec: TaskSpec) -> BatchOptions:
-    """The task's Batch options laid over the ``[flow_task] batch_*`` defaults."""
-    from provider import settings
-
-    return spec.batch.over(settings.batch_defaults())
 
 
 class BatchTarget(ComputeTarget):
@@ -45,12 +40,11 @@ class BatchTarget(ComputeTarget):
         check_batch(spec, batch_options(spec), settings.artifact_store_uri())
 
     def prepare(self, run: TaskRun) -> dict[str, Reference]:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from provider.core.code import stored_code_package
         from provider.core.environments.tasks import container_environments
 
-        _warn_what_batch_ignores(run)
+        for ignored in ignored_by_batch(run.spec):
+            run.log.warning("%s", ignored)
         code = stored_code_package(run)
         envs = container_environments(run, self.platform(run.spec))
         self._launch = Launch.of(run, code, envs)
@@ -62,7 +56,7 @@ class BatchTarget(ComputeTarget):
                 run.spec, self._launch, foreach=jobs[0] if jobs else None
             )
         except SpecError as exc:  # too many tags for one job: no retry can fix that
-            raise AirflowFailException(f"flow task {run.task_id} cannot run: {exc}") from None
+            raise CannotRun(str(exc)) from None
         return {"code_package": code, **envs.records()}
 
     def run(self, run: TaskRun, context: Any) -> Outcome:
@@ -132,7 +126,7 @@ class BatchTarget(ComputeTarget):
         watch.run()
         lost = watch.lost()
         _log_tails(op, lost[:3], run.log)
-        labelled = [(_chunk_label(plan, chunk), job) for chunk, job in lost]
+        labelled = [(chunk_label(plan, chunk), job) for chunk, job in lost]
         failure = describe_lost_chunks(labelled, int(run.spec.resources.memory))
         if failure:
             run.log.warning("%s", failure)
@@ -144,6 +138,7 @@ class BatchTarget(ComputeTarget):
     def _submit(self, run: TaskRun, job: Any, context: Any) -> str:
         """Submit one job of chunks through ``BatchOperator``, its job definition registered
         first if need be (an array's command differs from a job of one chunk's); its id."""
+        from provider.compat.amazon import share_hook
         from provider.core.targets.batch_jobs import job_definition_arn
 
         assert self._launch is not None, "prepare() stores the code package first"
@@ -153,7 +148,7 @@ class BatchTarget(ComputeTarget):
             self._arns.add(arn)
             run.log.info("job definition %s (%s)", arn, "registered" if registered else "found")
         op = batch_operator(run.task_id, request)
-        op.__dict__["hook"] = self._operator.hook  # one client for every submission
+        share_hook(op, self._operator.hook)  # one client for every submission
         op.log_overrides = not self._watch.jobs  # the first submission logs its command
         op.submit_job(context)
         return str(op.job_id)
@@ -250,18 +245,11 @@ def watch_job(op: Any, context: Any, manifest_key: str, memory_mib: int) -> Outc
     )
 
 
-def _chunk_label(plan: Any, chunk: int) -> str:
-    start, stop = plan.bounds(chunk)
-    return (
-        f"chunk {chunk} (item {start})"
-        if stop == start + 1
-        else (f"chunk {chunk} (items {start}-{stop - 1})")
-    )
-
-
 def _follow_log(op: Any, child_id: str) -> Any:
     """Stream one child's CloudWatch log (every attempt) into the task log; what stops it."""
-    fetcher = op._get_batch_log_fetcher(child_id)
+    from provider.compat.amazon import batch_log_fetcher
+
+    fetcher = batch_log_fetcher(op, child_id)
     if fetcher is None:
         return None
     op.log.info("the log of Batch child %s follows (the others' are in CloudWatch)", child_id)
@@ -287,19 +275,3 @@ def _log_tails(op: Any, lost: Any, log: Any) -> None:
                 chunk,
                 "\n".join(lines),
             )
-
-
-def _warn_what_batch_ignores(run: TaskRun) -> None:
-    resources = run.spec.resources
-    if resources.disk is not None:
-        run.log.warning(
-            "resources.disk=%d MiB is not set per job on EC2: the compute environment's launch "
-            "template sizes the disk; route the task to a queue whose instances have enough",
-            resources.disk,
-        )
-    if resources.gpu_type is not None:
-        run.log.warning(
-            "resources.gpu_type=%r is not set per job on Batch: the instance types of the "
-            "queue's compute environment decide; choose the queue with BatchOptions(queue=...)",
-            resources.gpu_type,
-        )

@@ -19,6 +19,7 @@ from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.providers.amazon.aws.utils.task_log_fetcher import AwsTaskLogFetcher
 
+from provider.compat.amazon import stopped
 from provider.translate.batch_status import log_location, log_streams
 
 #: Status checks are bounded by the task's own timeout, not by a count.
@@ -50,7 +51,7 @@ class AttemptsLogFetcher(AwsTaskLogFetcher):
 
     def run(self) -> None:
         token = AwsLogsHook.ContinuationToken()
-        while not self._event.wait(self.fetch_interval.total_seconds()):
+        while not stopped(self, self.fetch_interval.total_seconds()):
             token = self._forward(token)
         self._forward(token)  # what the last attempts wrote before the job ended
 

@@ -10,19 +10,20 @@ fails the Job in seconds, with the reason), then now and then, and the logs of p
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
 from kubernetes.client.rest import ApiException
 
+from provider.compat.kubernetes import with_hook
 from provider.translate.kubernetes_job import (
     JOB_NAME_LABEL,
+    JobReport,
     JobStartWatch,
     JobState,
+    api_message,
     job_state,
     pod_index,
 )
@@ -31,15 +32,6 @@ IN_CLUSTER_LABEL = "airflow_kpo_in_cluster"
 PODS_EVERY = 10  # status polls between listings of a started Job's pods
 LOGGED_PODS = 5  # failed pods whose log tail is shown
 LOG_TAIL = 20
-
-
-@dataclass
-class JobReport:
-    """How the Job ended: its last state, its pods then, or why it could not start."""
-
-    state: JobState
-    pods: list[Any] = field(default_factory=list)
-    start_failure: str | None = None
 
 
 class FlowJobOperator(KubernetesJobOperator):
@@ -69,12 +61,8 @@ class FlowJobOperator(KubernetesJobOperator):
     def render_job(self) -> Any:
         """The ``V1Job`` without a cluster: as ``build_pod_request_obj(dry_run=True)`` does for a
         pod, nothing asks the API whether the worker runs in the cluster."""
-        hook = self.hook
-        self.__dict__["hook"] = _OfflineHook(hook)  # a cached_property: the instance's wins
-        try:
+        with with_hook(self, _OfflineHook(self.hook)):
             job = self.build_job_request_obj(None)
-        finally:
-            self.__dict__["hook"] = hook
         job.spec.template.metadata.labels.pop(IN_CLUSTER_LABEL, None)
         return job
 
@@ -87,7 +75,7 @@ class FlowJobOperator(KubernetesJobOperator):
         except ApiException as exc:
             if not 400 <= (exc.status or 0) < 500:
                 raise
-            refused = f"the API server refused job {request.metadata.name}: {_message(exc)}"
+            refused = f"the API server refused job {request.metadata.name}: {api_message(exc)}"
             self.log.error("%s", refused)
             return JobReport(JobState(request.metadata.name), start_failure=refused)
         name = request.metadata.name
@@ -192,14 +180,6 @@ class FlowJobOperator(KubernetesJobOperator):
         except ApiException as exc:
             if exc.status != 404:
                 raise
-
-
-def _message(exc: ApiException) -> str:
-    """The API server's own words from an error response (its Status ``message``)."""
-    try:
-        return str(json.loads(exc.body)["message"])
-    except (TypeError, ValueError, KeyError):
-        return f"{exc.status} {exc.reason}"
 
 
 class _OfflineHook:

@@ -6,9 +6,11 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from provider.core.environments.tasks import container_environments
+from provider.core.foreach import ChunkProgress
 from provider.core.targets.base import RESUME_KEY, ComputeTarget, Launch, Outcome, TaskRun
 from provider.specs import TaskSpec, check_secrets_for
 from provider.store import Reference
+from provider.translate.kubernetes import bootstrap_environments, pod_exit_code, pod_platform
 
 JOB_POLL_SECONDS = 1.0  # between reads of a .foreach Job's status
 PROGRESS_SECONDS = 5.0  # between progress lines of a .foreach Job
@@ -102,7 +104,7 @@ class KubernetesTarget(ComputeTarget):
             failure = describe_pod_failure(pod_op.pod) or str(exc).splitlines()[0]
         return Outcome(
             manifest_key=run.manifest_key,
-            exit_code=_exit_code(pod_op.pod),
+            exit_code=pod_exit_code(pod_op.pod),
             failure=failure,
             kind=pod_failure_kind(pod_op.pod) if failure else None,
         )
@@ -141,7 +143,7 @@ class KubernetesTarget(ComputeTarget):
         )
         if job_op.deferrable:
             run.log.info("a .foreach Job is watched from the worker (deferrable is for pods)")
-        report = job_op.run_indexed(context, JobProgress(run, chunks).see)
+        report = job_op.run_indexed(context, ChunkProgress(run, chunks, PROGRESS_SECONDS).see)
         failure = report.start_failure or describe_job_failure(report.state, report.pods, chunks)
         return Outcome(run.manifest_key, exit_code=0 if failure is None else 1, failure=failure)
 
@@ -150,49 +152,6 @@ class KubernetesTarget(ComputeTarget):
             self._pod_operator.on_kill()
         if self._job_operator is not None:
             self._job_operator.on_kill()
-
-
-class JobProgress:
-    """Logs a Job's progress every few seconds: items done and failed (from the manifests of
-    the chunks whose index completed, each read once), and its pods."""
-
-    def __init__(self, run: TaskRun, chunks: list[int], every: float = PROGRESS_SECONDS) -> None:
-        from provider.core.foreach import ForeachProgress
-
-        self.run, self.chunks, self.every = run, chunks, every
-        self.progress = ForeachProgress(run.log, run.foreach, chunks)
-        self.done: set[int] = set()
-        self.failed_items = 0
-        self.logged = self.progress.started
-
-    def see(self, state: Any) -> None:
-        import time
-
-        from provider.store import MissingArtifact
-
-        for index in state.completed:
-            chunk = self.chunks[index]
-            if chunk in self.done:
-                continue
-            self.done.add(chunk)
-            try:
-                manifest = self.run.store.read_manifest(self.run.foreach.chunk_key(chunk))
-                self.failed_items += len(manifest["failed"])
-            except MissingArtifact:
-                pass
-        now = time.monotonic()
-        if now - self.logged < self.every and not state.finished:
-            return
-        self.logged = now
-        self.progress.log_line(self.done, self.failed_items)
-        self.run.log.info(
-            "job %s: %d pods active (%d running), %d succeeded, %d failed",
-            state.name,
-            state.active,
-            state.ready,
-            state.succeeded,
-            state.failed,
-        )
 
 
 def _translated(spec: TaskSpec, command: list[str], launch: Launch) -> dict[str, Any]:
@@ -238,7 +197,7 @@ def pod_operator(task_id: str, spec: TaskSpec, launch: Launch) -> Any:
         launch.code,
         launch.payload,
         launch.manifest_key,
-        **_bootstrap_environments(launch.environments),
+        **bootstrap_environments(launch.environments),
     )
     return FlowPodOperator(task_id=task_id, **_translated(spec, command, launch))
 
@@ -264,7 +223,7 @@ def job_operator(
         launch.payload,
         launch.manifest_key,
         foreach=foreach_mode(chunks),
-        **_bootstrap_environments(launch.environments),
+        **bootstrap_environments(launch.environments),
     )
     kwargs = _translated(spec, command, launch)
     kwargs |= indexed_job_kwargs(
@@ -276,25 +235,6 @@ def job_operator(
     )
     # ``deferrable`` is kept for the target to read: the Job is watched from the worker.
     return FlowJobOperator(task_id=task_id, job_poll_interval=JOB_POLL_SECONDS, **kwargs)
-
-
-def pod_platform(spec: TaskSpec) -> str:
-    """What a pod's environments are built for: the task's ``target_platform``, else the
-    ``[flow_task]`` one."""
-    from provider import settings
-
-    options = spec.kubernetes.over(settings.kubernetes_defaults())
-    return options.target_platform or settings.value("target_platform")
-
-
-def _bootstrap_environments(environments: Any) -> dict[str, Any]:
-    """The bootstrap's environment arguments: archives, their machine, the cache folder."""
-    if environments is None or not environments.archives:
-        return {}
-    from provider.translate.environment import POD_ENV_CACHE
-
-    return {"environments": environments.archives, "arch": environments.arch,
-            "env_cache": POD_ENV_CACHE}  # fmt: skip
 
 
 def run_pod(pod_op: Any, context: Any, manifest_key: str, *, deferrable: bool = False) -> Outcome:
@@ -329,7 +269,7 @@ def run_pod(pod_op: Any, context: Any, manifest_key: str, *, deferrable: bool = 
     annotations = (pod_op.pod.metadata.annotations if pod_op.pod else None) or {}
     return Outcome(
         manifest_key=annotations.get(MANIFEST_ANNOTATION, manifest_key),
-        exit_code=_exit_code(pod_op.remote_pod),
+        exit_code=pod_exit_code(pod_op.remote_pod),
         failure=failure,
         kind=pod_failure_kind(pod_op.remote_pod or pod_op.pod) if failure else None,
     )
@@ -366,14 +306,6 @@ def without_pod_xcoms(context: Any) -> Any:
 def _reported(run: TaskRun, outcome: Outcome) -> bool:
     """Whether the runtime wrote its manifest (then the try has its outcome: no new pod)."""
     return run.store.backend.stat(outcome.manifest_key) is not None
-
-
-def _exit_code(pod: Any) -> int | None:
-    statuses = (pod.status.container_statuses if pod and pod.status else None) or []
-    for state in statuses:
-        if state.name == "base" and state.state and state.state.terminated:
-            return int(state.state.terminated.exit_code)
-    return None
 
 
 def _defer(deferral: Any, resume: Mapping[str, Any]) -> NoReturn:

@@ -14,6 +14,7 @@ from airflow.providers.cncf.kubernetes.utils.pod_manager import (
     PodLaunchTimeoutException,
 )
 
+from provider.compat.kubernetes import watch_pod_events
 from provider.translate.pending import StartWatch, unschedulable_message
 
 
@@ -43,7 +44,7 @@ class FlowPodOperator(KubernetesPodOperator):
         events = None
         if self.log_events_on_startup:
             interval = self.startup_check_interval_seconds
-            events = asyncio.create_task(manager.watch_pod_events(pod, interval))
+            events = asyncio.create_task(watch_pod_events(manager, pod, interval))
         try:
             await self._watch_start(pod)
         finally:

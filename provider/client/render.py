@@ -172,6 +172,7 @@ def _batch_requests(task_id: str, spec: Any, launch: Launch, items: Any = None) 
     past 10,000 chunks, or under ``max_parallel``)."""
     from types import SimpleNamespace
 
+    from provider.compat.amazon import share_hook
     from provider.operators.targets.batch import batch_operator, batch_requests
 
     job = None if items is None else _first_job(spec, launch.manifest_key, items)
@@ -179,7 +180,7 @@ def _batch_requests(task_id: str, spec: Any, launch: Launch, items: Any = None) 
     op = batch_operator(task_id, request)
     client = _RecordingClient()
     # The operator's own submit_job builds the request; its links need no context here.
-    op.__dict__["hook"] = SimpleNamespace(client=client, conn_region_name="", conn_partition="")
+    share_hook(op, SimpleNamespace(client=client, conn_region_name="", conn_partition=""))
     op.submit_job(None)
     submitted = client.submitted
     if items is not None and not isinstance(items, (list, tuple, dict)):
