@@ -310,7 +310,7 @@ def test_runs_triggered_with_tags_are_found_by_the_client_and_the_cli(
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert cli.returncode == 0, cli.stderr
-    (listed,) = json.loads(cli.stdout)
+    (listed,) = json.loads(cli.stdout)["runs"]  # `runs --json`: {namespace, runs, hint}
     assert (listed["run_id"], listed["tags"], listed["status"]) == (run_id, TAGS, "success")
     shown = subprocess.run(
         [FLOWTASK, "show", "celery_warm", run_id],
