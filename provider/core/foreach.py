@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from provider.core.errors import CannotRun
 from provider.runtime.foreach import ChunkLayout, ForeachPlan, is_final
 from provider.store import ArtifactStore, is_reference
 
@@ -18,7 +19,7 @@ MAX_CRASHED_ITEMS = 10
 ITEM_TYPES = ("builtins.list", "builtins.tuple", "builtins.dict")
 
 
-class ForeachInputError(ValueError):
+class ForeachInputError(CannotRun):
     """The items of a ``.foreach`` are not a list it can run over."""
 
 
@@ -275,6 +276,7 @@ def gather(
             "prefix": plan.prefix,
             "failed": len(failed),
             "failed_items": failed[:FAILED_LISTED],
+            "chunk_rows": [_chunk_row(m) for m in manifests],  # the Flow tab reads these
         },
         "written_by": "worker",
         "started_at": started,
@@ -308,6 +310,18 @@ def gather(
 
 
 FAILED_LISTED = 100  # failed items the result manifest lists (each with its first error line)
+
+
+def _chunk_row(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A chunk as the try's result manifest lists it: its items, status, seconds, failed items
+    and where its items' previews are (one manifest to read for a fan-out's tab)."""
+    started, finished = manifest.get("started_at"), manifest.get("finished_at")
+    row = {key: manifest.get(key) for key in ("chunk", "start", "stop", "status", "try_number")}
+    row["failed"] = len(manifest.get("failed") or [])
+    row["seconds"] = round(finished - started, 3) if started and finished else None
+    if manifest.get("item_previews"):
+        row["item_previews"] = manifest["item_previews"]
+    return row
 
 
 def _preview(plan: ForeachPlan, failed: list[dict[str, Any]]) -> str:

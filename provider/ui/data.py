@@ -262,17 +262,20 @@ def foreach_view(store: ArtifactStore, foreach: dict[str, Any], items_from: int)
     """Items done and failed, the failed items' first error lines, each chunk's duration and a
     page of the items' previews from ``items_from``."""
     prefix, size = foreach["prefix"], int(foreach["chunk_size"])
-    keys = list(store.list_manifests(prefix))
-    manifests = [m for m in _read_all(store, keys) if "chunk" in m]
-    manifests.sort(key=lambda m: int(m["chunk"]))
+    manifests = foreach.get("chunk_rows")  # the try's result manifest lists its chunks
+    if manifests is None:  # a try that ended before its chunks were gathered: read them
+        keys = list(store.list_manifests(prefix))
+        found = [m for m in _read_all(store, keys) if "chunk" in m]
+        manifests = [{**m, "seconds": _duration(m), "failed": m.get("failed") or []} for m in found]
+    manifests = sorted(manifests, key=lambda m: int(m["chunk"]))
     chunks: list[dict[str, Any]] = [
         {
             "chunk": int(m["chunk"]),
             "start": m.get("start"),
             "stop": m.get("stop"),
             "status": m.get("status"),
-            "seconds": _duration(m),
-            "failed": len(m.get("failed") or []),
+            "seconds": m.get("seconds"),
+            "failed": m["failed"] if isinstance(m["failed"], int) else len(m["failed"]),
             "try_number": m.get("try_number"),
         }
         for m in manifests
