@@ -8,6 +8,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from provider.runtime.preload import DEFAULT_BUDGET_MIB as DEFAULT_PRELOAD_MIB
+from provider.runtime.preload import PreloadSettings
+from provider.runtime.preload import parse_settings as parse_preload
 from provider.specs import COMPUTE_TARGETS, BatchOptions, KubernetesOptions, SpecError
 from provider.store import ArtifactStore, open_store
 
@@ -109,6 +112,15 @@ def warm_runtime_idle_seconds() -> float:
             "non-negative number (0 turns warm runtimes off)"
         )
     return value
+
+
+def warm_runtime_preload() -> PreloadSettings:
+    """``[flow_task] warm_runtime_preload`` (``auto``, ``off`` or ``numpy,pandas``) and
+    ``warm_runtime_preload_mib``: what a warm runtime imports for its tasks before forking."""
+    return parse_preload(
+        _get("warm_runtime_preload", "auto"),
+        _get("warm_runtime_preload_mib", str(DEFAULT_PRELOAD_MIB)),
+    )
 
 
 def default_image() -> str:

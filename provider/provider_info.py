@@ -147,6 +147,21 @@ def _batch_options() -> dict[str, dict[str, Any]]:
             "120",
             "0",
         ),
+        "warm_runtime_preload": (
+            "What a warm runtime imports before it forks a task, so tasks find it loaded: "
+            "auto (the top-level modules recent tasks of the same interpreter shape imported, "
+            "learnt from the tasks), off, or module names separated by commas "
+            "(numpy,pandas). Modules that start threads, initialise devices or set the "
+            "environment at import are never preloaded.",
+            "auto",
+            "numpy,pandas",
+        ),
+        "warm_runtime_preload_mib": (
+            "How much resident memory a warm runtime may grow by preloading (MiB); 0 "
+            "preloads nothing.",
+            "512",
+            "1024",
+        ),
         "environment_cache_size": (
             "How much of built environments the worker keeps under "
             "$AIRFLOW_HOME/flowtask/environments (least recently used out).",

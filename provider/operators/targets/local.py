@@ -57,6 +57,7 @@ class LocalTarget(ComputeTarget):
                 log_error=lambda line: run.log.warning("%s", line),
                 on_start=self._started,
                 warm_idle_seconds=config.warm_runtime_idle_seconds(),
+                warm_preload=config.warm_runtime_preload(),
             )
             if code in SIGKILLED and not self._killed:
                 return self._sigkilled(run, code)
