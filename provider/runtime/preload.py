@@ -144,8 +144,10 @@ def plan(content: Mapping[str, Any], settings: PreloadSettings) -> list[str]:
     verdicts = content.get("verdicts", {})
     recent = content.get("recent", [])
     refused = Counter(name for event in recent for name in event.get("refused", ()))
-    if settings.mode == "listed":
-        counts: Counter[str] = Counter({name: RECENT for name in settings.modules})
+    if settings.mode == "listed":  # in the order listed
+        counts: Counter[str] = Counter(
+            {name: RECENT + len(settings.modules) - i for i, name in enumerate(settings.modules)}
+        )
     else:
         counts = Counter(name for event in recent for name in event.get("imported", ()))
 

@@ -275,7 +275,10 @@ class Server:
             if not released:  # its worker was never told of it: it must not run
                 os._exit(0)
             preloading.reseed_after_fork()
-            _REPORTING.update(fd=reporting, before=before, modules=self.preloaded.modules)
+            roots = preloading.import_roots(os.getcwd())  # the server's path, not the task's
+            _REPORTING.update(
+                fd=reporting, before=before, roots=roots, modules=self.preloaded.modules
+            )
             return request
         os.close(gate)
         os.close(reporting)
@@ -453,8 +456,7 @@ def _report_imports() -> None:
     fd = _REPORTING.pop("fd", None)
     if fd is None:
         return
-    roots = preloading.import_roots(_REPORTING["cwd"])
-    found = preloading.imported_since(_REPORTING["before"], roots)
+    found = preloading.imported_since(_REPORTING["before"], _REPORTING["roots"])
     imported = sorted({*found, *_REPORTING.get("used", ())})
     with contextlib.suppress(OSError):
         os.write(fd, json.dumps({"imported": imported}).encode()[:REPORT_BYTES])
@@ -494,7 +496,6 @@ def become(request: Request) -> list[str]:
     os.environ[START_ENV] = "warm"
     os.environ[PRELOADED_ENV] = ",".join(_REPORTING.get("modules", ()))
     time.tzset()
-    _REPORTING["cwd"] = request.cwd
     _REPORTING["used"] = preloading.note_imports(_REPORTING.get("modules", ()))
     atexit.register(_report_imports)  # the first registered, the last to run
     sys.argv[1:] = request.args
