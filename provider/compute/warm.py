@@ -251,37 +251,36 @@ class _Shape:
     def record(self) -> Record:
         return Record(record_path(str(self.path)))
 
-    def start(self, replace: bool = False) -> None:
-        """Start a server (``replace``: the next generation) unless one is being started."""
+    def start(self) -> None:
+        """No server answers: start one, unless one is being started."""
         try:
             with self.record.edit() as content:
-                if _starting(content.get("starting"), self.path):
-                    return
-                modules = plan(content, self.preload)
-                server = _start_server(self, modules, replace)
-                content["starting"] = {"pid": server.pid, "preload": modules}
+                self._launch(content, replace=False)
         except OSError:
             return
 
     def learn(self, report: Mapping[str, Any]) -> None:
         """A fork's imports: into the record; the next generation once what recent tasks
-        import is not what the server preloaded."""
+        import is not what the serving server preloaded (or it preloaded what failed since)."""
         if self.preload.mode == "off":
             return
         serving = [str(name) for name in report.get("preloaded", [])]
         try:
             with self.record.edit() as content:
                 remember(content, {"imported": [str(n) for n in report["imported"]]})
+                if _running(content.get("serving"), self.path):  # perhaps a newer one
+                    serving = [str(name) for name in content["serving"]["preloaded"]]
                 missing = set(plan(content, self.preload)) - set(serving)
-                if not missing and not excluded_for_cause(content, serving):
-                    return
-                if _starting(content.get("starting"), self.path):
-                    return
-                modules = plan(content, self.preload)
-                server = _start_server(self, modules, replace=True)
-                content["starting"] = {"pid": server.pid, "preload": modules}
+                if missing or excluded_for_cause(content, serving):
+                    self._launch(content, replace=True)
         except OSError:
             return
+
+    def _launch(self, content: dict[str, Any], replace: bool) -> None:
+        if not _running(content.get("starting"), self.path):
+            modules = plan(content, self.preload)
+            server = _start_server(self, modules, replace)
+            content["starting"] = {"pid": server.pid, "preload": modules}
 
     def refused(self, modules: Sequence[str]) -> None:
         """A server answered "cold" because of what ``modules`` read at import."""
@@ -290,8 +289,8 @@ class _Shape:
                 remember(content, {"refused": list(modules)})
 
 
-def _starting(mark: Any, path: Path) -> bool:
-    """A server of ``path`` that a worker started is still preloading (or serving)."""
+def _running(mark: Any, path: Path) -> bool:
+    """The server of ``path`` that ``mark`` names (``{"pid": N}``) still runs."""
     if not isinstance(mark, dict) or not isinstance(mark.get("pid"), int):
         return False
     try:

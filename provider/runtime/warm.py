@@ -521,7 +521,7 @@ def _preload_modules(args: argparse.Namespace) -> preloading.Preloaded:
     try:
         preloading.preload(modules, args.preload_mib, preloading.import_roots(os.getcwd()), done)
     except preloading.Refused as refused:
-        with record.edit() as content:
+        with contextlib.suppress(OSError), record.edit() as content:
             if refused.verdict is not None:
                 content.setdefault("verdicts", {})[refused.module] = refused.verdict
             if refused.cost_mib:
@@ -532,17 +532,20 @@ def _preload_modules(args: argparse.Namespace) -> preloading.Preloaded:
         argv += [",".join(order), "--preload-mib", str(args.preload_mib)]
         os.execv(sys.executable, argv + (["--replace"] if args.replace else []))
     if done.costs:
-        with record.edit() as content:
+        with contextlib.suppress(OSError), record.edit() as content:
             content.setdefault("costs", {}).update(done.costs)
             content.setdefault("pools", {}).update(done.pools)
     return done
 
 
-def _ready(args: argparse.Namespace) -> None:
-    """Clear this server's "starting" mark in the record: the name is its (or another's)."""
+def _ready(args: argparse.Namespace, serving: preloading.Preloaded | None) -> None:
+    """Clear this server's "starting" mark in the record (the name is its, or another's);
+    when it serves, say what it preloaded."""
     with contextlib.suppress(OSError), preloading.Record(record_path(args.socket)).edit() as found:
         if found.get("starting", {}).get("pid") == os.getpid():
             del found["starting"]
+        if serving is not None:
+            found["serving"] = {"pid": os.getpid(), "preloaded": serving.modules}
 
 
 def serve(argv: list[str]) -> list[str] | None:
@@ -566,9 +569,9 @@ def serve(argv: list[str]) -> list[str] | None:
     try:
         server = Server(args.socket, args.owner, args.idle, preloaded, args.replace)
     except OSError:  # another server listens, the folder is not ours, or the owner is gone
+        _ready(args, None)
         return None
-    finally:
-        _ready(args)
+    _ready(args, preloaded)
     gc.freeze()  # what is loaded now stays shared with the forks (no copy on collection)
     request = server.serve()
     return None if request is None else become(request)
