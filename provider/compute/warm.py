@@ -54,8 +54,9 @@ _STARTED: list[subprocess.Popen[bytes]] = []  # servers this process started (re
 
 
 #: Variables native libraries read as they load (a preloaded numpy's OpenBLAS sizes its
-#: thread pool from them): a server preloads under the task's own values, or does not serve it.
-THREAD_VARIABLES = ("OMP_", "OPENBLAS_", "MKL_", "GOTO_", "KMP_", "BLIS_", "NUMEXPR_")
+#: thread pool from them, pyarrow picks its allocator): a server preloads under the task's
+#: own values, or does not serve it. (What Python code reads at import, the server notes.)
+THREAD_VARIABLES = ("OMP_", "OPENBLAS_", "MKL_", "GOTO_", "KMP_", "BLIS_", "NUMEXPR_", "ARROW_")
 
 
 def _shapes_interpreter(name: str) -> bool:

@@ -277,7 +277,11 @@ class Server:
             preloading.reseed_after_fork()
             roots = preloading.import_roots(os.getcwd())  # the server's path, not the task's
             _REPORTING.update(
-                fd=reporting, before=before, roots=roots, modules=self.preloaded.modules
+                fd=reporting,
+                pid=os.getpid(),
+                before=before,
+                roots=roots,
+                modules=self.preloaded.modules,
             )
             return request
         os.close(gate)
@@ -454,7 +458,7 @@ _REPORTING: dict[str, Any] = {}  # in a fork: where it reports its imports, and 
 def _report_imports() -> None:
     """At a fork's exit (its last ``atexit`` handler): the modules it imported."""
     fd = _REPORTING.pop("fd", None)
-    if fd is None:
+    if fd is None or _REPORTING.get("pid") != os.getpid():  # a child the task forked
         return
     found = preloading.imported_since(_REPORTING["before"], _REPORTING["roots"])
     imported = sorted({*found, *_REPORTING.get("used", ())})
