@@ -29,6 +29,7 @@ from provider.runtime.preload import (
     plan,
 )
 from provider.runtime.warm import encode_request, record_path
+from provider.store import open_store
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="warm runtimes are Linux's (pidfd, PDEATHSIG)"
@@ -460,3 +461,29 @@ def test_the_record_is_a_file_of_this_users_private_folder(listed: Preloading):
     path = Path(record_path(str(listed.socket)))
     assert path.parent == listed.socket.parent and (path.stat().st_mode & 0o777) == 0o600
     assert json.loads(path.read_text())["recent"]
+
+
+@pytest.mark.dags_test
+def test_a_tasks_environment_sizes_numpys_pool_as_in_a_new_interpreter(dags_test: Any):
+    """`Environment(env={"OMP_NUM_THREADS": "1"})` with warm runtimes that preload numpy:
+    that task's numpy has one BLAS thread, warm or cold; the others have the default."""
+    from conftest import TEST_DAGS
+
+    run = dags_test(
+        "flow_preload", dags_folder=TEST_DAGS, AIRFLOW__FLOW_TASK__WARM_RUNTIME_PRELOAD="numpy"
+    )
+    assert run.returncode == 0, run.output[-3000:]
+    manifests = {m["task_id"]: m for m in run.manifests("flow_preload")}
+    starts = {task: (m["runtime_start"], m["preloaded"]) for task, m in manifests.items()}
+    assert starts == {
+        "default_0": ("cold", []),
+        "default_1": ("warm", ["numpy"]),
+        "one_0": ("cold", []),  # a shape of its own: its warm runtime starts now
+        "one_1": ("warm", ["numpy"]),
+    }
+    store = open_store(run.artifacts.as_uri())
+    threads = {task: store.get(m["result"]) for task, m in manifests.items()}
+    assert threads["one_0"] == threads["one_1"] == [1]
+    assert threads["default_0"] == threads["default_1"]
+    if (os.cpu_count() or 1) > 1:
+        assert threads["default_1"] != [1]
