@@ -153,15 +153,23 @@ def computes() -> dict[str, Any]:
     import numpy
     import pyarrow
     import pyarrow.compute
+    import scipy.linalg
+    from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_info
 
     ones = numpy.ones((600, 600))
     product = ones @ ones  # large enough for OpenBLAS to use its threads
+    system = numpy.eye(400) * 2 + numpy.tri(400) * 0.001
+    solved = scipy.linalg.solve(system, system @ numpy.arange(400.0))  # scipy's OpenBLAS
+    points = numpy.concatenate([numpy.zeros((200, 2)), numpy.full((200, 2), 10.0)])
+    labels = KMeans(n_clusters=2, n_init=2, random_state=0).fit_predict(points)  # OpenMP
     table = pyarrow.table({"x": pyarrow.array(numpy.arange(2_000_000) % 7)})
     blobs = [numpy.full(2**20, i, dtype="int64") for i in range(50)]  # jemalloc and back
     return {
         "product": bool((product == 600).all()),
-        "blas_threads": [pool["num_threads"] for pool in threadpool_info()],
+        "solved": bool(numpy.allclose(solved, numpy.arange(400.0))),
+        "clusters": sorted(numpy.bincount(labels).tolist()),
+        "pools": sorted((p["internal_api"], p["num_threads"]) for p in threadpool_info()),
         "arrow_sum": pyarrow.compute.sum(table["x"]).as_py(),
         "arrow_sorted": pyarrow.compute.sort_indices(table["x"])[-1].as_py() >= 0,
         "blobs": sum(int(blob[0]) for blob in blobs),
@@ -169,12 +177,15 @@ def computes() -> dict[str, Any]:
 
 
 def test_forks_compute_with_the_thread_pools_preloaded_libraries_started(tmp_path: Path):
-    """OpenBLAS (numpy) and jemalloc (pyarrow) start native threads as they load; they are
-    preloaded because their libraries make them anew in a fork: a fork computes correctly."""
-    runs = Preloading(tmp_path, PreloadSettings("listed", ("numpy", "pyarrow")))
+    """OpenBLAS (numpy's, and scipy's that scikit-learn loads) and jemalloc (pyarrow) start
+    native threads as they load; they are preloaded because their libraries make them anew in a
+    fork: a fork computes correctly with them (and with scikit-learn's OpenMP)."""
+    listed = ("numpy", "pyarrow", "sklearn")
+    runs = Preloading(tmp_path, PreloadSettings("listed", listed))
     try:
         runs.started()
-        assert runs.preloaded() == ["numpy", "pyarrow"]
+        assert set(listed) <= set(runs.preloaded())
+        assert "verdicts" not in runs.record
         server = runs.server()
         assert server.num_threads() > 1  # the pools are running in the server
         cold = run_cold(runs, computes)
@@ -187,7 +198,8 @@ def test_forks_compute_with_the_thread_pools_preloaded_libraries_started(tmp_pat
             assert proc.wait(timeout=120) == 0  # no deadlock in the fork
             manifest = runs.store.read_manifest(key)
             assert runs.store.get(manifest["result"]) == cold
-        assert cold["product"] and cold["arrow_sum"] == sum(i % 7 for i in range(2_000_000))
+        assert cold["product"] and cold["solved"] and cold["clusters"] == [200, 200]
+        assert cold["arrow_sum"] == sum(i % 7 for i in range(2_000_000))
     finally:
         runs.stop()
 
@@ -247,6 +259,29 @@ def mode() -> str | None:
     return reads_mode.MODE  # type: ignore[no-any-return]
 
 
+def probe_set() -> str | None:
+    import sets_env  # type: ignore[import-not-found]  # noqa: F401
+
+    return os.environ.get("FLOWTASK_PROBE_SET")
+
+
+def test_what_a_preloaded_import_set_in_the_environment_a_fork_has_too(tmp_path: Path):
+    """``os.environ.setdefault(...)`` at import (scikit-learn does it): a fork sees what a new
+    interpreter importing it with the task's environment would."""
+    runs = Preloading(tmp_path, PreloadSettings("listed", ("sets_env",)))
+    try:
+        assert run_cold(runs, probe_set) == "1"
+        assert run_cold(runs, probe_set, FLOWTASK_PROBE_SET="2") == "2"
+        runs.started()
+        code, manifest, _ = runs.run(probe_set)
+        assert manifest["preloaded"] == ["sets_env"] and runs.store.get(manifest["result"]) == "1"
+        code, manifest, _ = runs.run(probe_set, FLOWTASK_PROBE_SET="2")
+        assert manifest["runtime_start"] == "cold" and runs.store.get(manifest["result"]) == "2"
+        assert code == 0
+    finally:
+        runs.stop()
+
+
 def test_a_task_that_sets_a_variable_a_preloaded_import_read_starts_cold(tmp_path: Path):
     runs = Preloading(tmp_path, PreloadSettings("listed", ("reads_mode",)))
     try:
@@ -267,7 +302,7 @@ def test_a_task_that_sets_a_variable_a_preloaded_import_read_starts_cold(tmp_pat
         runs.stop()
 
 
-UNFIT = ["grpc", "starts_thread", "starts_native", "sets_env", "reads_all", "broken"]
+UNFIT = ["grpc", "starts_thread", "starts_native", "reads_all", "broken"]
 
 
 def test_what_a_fork_cannot_inherit_unchanged_is_not_preloaded(tmp_path: Path):
@@ -286,7 +321,6 @@ def test_what_a_fork_cannot_inherit_unchanged_is_not_preloaded(tmp_path: Path):
         assert verdicts == {  # and grpc is left out of every plan, as denied
             "starts_thread": "started a Python thread at import",
             "starts_native": "started native threads at import",
-            "sets_env": "sets environment variables at import (FLOWTASK_PROBE_SET)",
             "reads_all": "reads the whole environment at import",
             "broken": "failed to import: RuntimeError: cannot be imported here",
         }
@@ -411,23 +445,23 @@ def test_settings_name_the_option_the_value_and_the_accepted_form(monkeypatch):
         parse_settings("auto", "lots")
 
 
-def test_the_plan_puts_fork_safe_pools_first_and_leaves_out_what_failed():
-    imported = {"imported": ["pandas", "numpy", "pyarrow", "requests", "once"]}
+def test_the_plan_follows_recent_imports_and_leaves_out_what_failed():
+    imported = {"imported": ["pandas", "numpy", "requests", "once"]}
     content: dict[str, Any] = {
         "recent": [imported, imported, {"imported": ["requests"]}],
         "verdicts": {"once": "started a Python thread at import"},
-        "pools": {"pandas": ["numpy", "pyarrow"]},
+        "costs": {"pandas": 90.0, "numpy": 15.0},
     }
     auto = PreloadSettings()
-    assert plan(content, auto) == ["numpy", "pyarrow", "requests", "pandas"]
+    assert plan(content, auto) == ["requests", "numpy", "pandas"]
     assert plan({"recent": [imported]}, auto) == []  # one task is not "recent tasks"
+    assert plan(content, PreloadSettings(budget_mib=100)) == ["requests", "numpy"]
     content["recent"] += [{"refused": ["requests"]}, {"refused": ["requests"]}]
-    assert plan(content, auto) == ["numpy", "pyarrow", "pandas"]
+    assert plan(content, auto) == ["numpy", "pandas"]
     assert plan(content, PreloadSettings("off")) == []
     assert plan(content, PreloadSettings(budget_mib=0)) == []
-    # what the pandas import needs of the pools comes first, even when no task asked for it
-    content = {"recent": [{"imported": ["pandas"]}] * 2, "pools": {"pandas": ["numpy"]}}
-    assert plan(content, auto) == ["numpy", "pandas"]
+    listed = PreloadSettings("listed", ("pandas", "once", "airflow", "numpy"))
+    assert plan(content, listed) == ["pandas", "numpy"]
 
 
 def test_a_fork_reports_only_installed_modules(tmp_path: Path):

@@ -7,10 +7,10 @@ them with :func:`preload`, one at a time, and keeps only what a fork can inherit
 
 - no module of :data:`DENY` (they initialise devices or runtimes that do not survive a fork);
 - no module whose import started a Python thread, nor native threads, except the thread pools
-  of :data:`FORK_SAFE_POOLS` (libraries that re-initialise them after a fork);
-- no module that sets environment variables at import or reads the whole environment; the
-  variables a module reads at import are kept (:attr:`Preloaded.reads`): a task whose own value
-  of one differs runs in a new interpreter instead;
+  of :data:`FORK_SAFE_POOLS` (native libraries that make them anew after a fork);
+- no module that reads the whole environment at import; the variables a module reads (or
+  sets) at import are kept (:attr:`Preloaded.reads`): a task whose own value of one differs
+  runs in a new interpreter instead, and what an import set is set again in each fork;
 - within a memory budget (the server's resident memory grown by preloading).
 
 A module that fails a check taints the server (it is imported already): :func:`preload` says
@@ -43,14 +43,15 @@ DENY: dict[str, str] = {
     "airflow": "reads its configuration and the task's environment at import",
     "provider": "the runtime's own package",
 }
-#: Libraries whose import starts native threads that are safe in a fork: the pool is made
-#: anew in the child (OpenBLAS shuts its pool down before a fork, ``pthread_atfork``, and
-#: starts it again on first use; jemalloc, which pyarrow bundles, turns its background thread
-#: off in the child). tests/test_warm_preload.py computes with each in a fork.
+#: Native libraries that start a thread pool as they load and make it anew in a forked child,
+#: by the name of their file: OpenBLAS (numpy's, scipy's) shuts its pool down before a fork
+#: (``pthread_atfork``) and starts it again on first use; jemalloc, inside pyarrow's libarrow,
+#: turns its background thread off in the child. An import that starts native threads is
+#: preloaded only when it loaded one of these. tests/test_warm_preload.py computes with each
+#: in a fork.
 FORK_SAFE_POOLS: dict[str, str] = {
-    "numpy": "OpenBLAS",
-    "scipy": "OpenBLAS",
-    "pyarrow": "jemalloc",
+    "openblas": "OpenBLAS",
+    "libarrow.so": "jemalloc",
 }
 DEFAULT_BUDGET_MIB = 512
 WANTED_AFTER = 2  # a module imported by this many of the recent tasks is preloaded
@@ -136,9 +137,9 @@ def remember(content: dict[str, Any], event: dict[str, list[str]]) -> None:
 
 
 def plan(content: Mapping[str, Any], settings: PreloadSettings) -> list[str]:
-    """What the next server of this shape preloads, in order: libraries with fork-safe pools
-    first (so what imports them finds them loaded), then by how many recent tasks imported
-    them; none that failed a check, and within the budget by each module's known cost."""
+    """What the next server of this shape preloads, in order: by how many recent tasks
+    imported them (listed ones in their order); none that failed a check, and within the
+    budget by each module's known cost."""
     if settings.mode == "off" or settings.budget_mib <= 0:
         return []
     verdicts = content.get("verdicts", {})
@@ -154,16 +155,10 @@ def plan(content: Mapping[str, Any], settings: PreloadSettings) -> list[str]:
     def fit(name: str) -> bool:
         return name not in DENY and name not in verdicts and refused[name] < WANTED_AFTER
 
-    wanted = sorted(
+    names = sorted(
         (name for name, count in counts.items() if count >= WANTED_AFTER and fit(name)),
         key=lambda name: (-counts[name], name),
     )
-    pulled = content.get("pools", {})
-    names: list[str] = []
-    for name in wanted:  # the fork-safe pools it imports go first (see preload)
-        pools = [pool for pool in pulled.get(name, ()) if pool in FORK_SAFE_POOLS and fit(pool)]
-        names += [module for module in (*pools, name) if module not in names]
-    names.sort(key=lambda name: name not in FORK_SAFE_POOLS)
     costs = content.get("costs", {})
     chosen, spent = [], 0.0
     for name in names:
@@ -281,7 +276,7 @@ _WATCH = _Watch()
 
 @contextlib.contextmanager
 def watching_environment() -> Iterator[_Watch]:
-    """Note the environment variables read and written (through ``os.environ``) meanwhile."""
+    """Note the environment variables read and set (through ``os.environ``) meanwhile."""
     global _WATCH
     _WATCH = _Watch()
     kind = os.environ.__class__
@@ -290,6 +285,12 @@ def watching_environment() -> Iterator[_Watch]:
         yield _WATCH
     finally:
         os.environ.__class__ = kind
+
+
+def native_libraries() -> set[str]:
+    """The shared libraries mapped into this process."""
+    with open("/proc/self/maps") as maps:
+        return {line.split()[-1] for line in maps if ".so" in line.rpartition("/")[2]}
 
 
 def os_threads() -> int:
@@ -312,17 +313,15 @@ class Preloaded:
     readers: dict[str, list[str]] = field(default_factory=dict)
     stamps: dict[str, tuple[int, int]] = field(default_factory=dict)
     costs: dict[str, float] = field(default_factory=dict)
-    pools: dict[str, list[str]] = field(default_factory=dict)  # fork-safe pools it imported
+    writes: dict[str, str | None] = field(default_factory=dict)  # what imports set (None: unset)
 
 
 @dataclass
 class Refused(Exception):
-    """``module`` failed a check and is loaded already: start again without it (``verdict``),
-    or in the order ``reorder`` (a fork-safe pool it imported, first)."""
+    """``module`` failed a check (``verdict``) and is loaded already: start again without it."""
 
     module: str
-    verdict: str | None
-    reorder: list[str] = field(default_factory=list)
+    verdict: str
     cost_mib: float = 0.0
 
 
@@ -348,11 +347,9 @@ def preload(
                 done.modules.append(name)
             continue
         before = top_level(list(sys.modules))
-        python_threads, native_threads, resident = (
-            threading.active_count(),
-            os_threads(),
-            resident_mib(),
-        )
+        environment, libraries = dict(os.environ), native_libraries()
+        python_threads, native_threads = threading.active_count(), os_threads()
+        resident = resident_mib()
         with watching_environment() as watch:
             try:
                 importlib.import_module(name)
@@ -361,27 +358,27 @@ def preload(
         cost = resident_mib() - resident
         new = top_level(list(sys.modules)) - before
         if threading.active_count() > python_threads:
-            raise Refused(name, "started a Python thread at import", cost_mib=cost)
-        if os_threads() > native_threads and name not in FORK_SAFE_POOLS:
-            pools = sorted(new & FORK_SAFE_POOLS.keys())
-            if pools:  # perhaps theirs: load them first, and see what is left
-                rest = [m for m in modules if m not in pools]
-                raise Refused(name, None, reorder=[*pools, *rest])
-            raise Refused(name, "started native threads at import", cost_mib=cost)
+            raise Refused(name, "started a Python thread at import", cost)
+        pools = {
+            pool
+            for path in native_libraries() - libraries
+            for key, pool in FORK_SAFE_POOLS.items()
+            if key in os.path.basename(path)
+        }
+        if os_threads() > native_threads and not pools:
+            raise Refused(name, "started native threads at import", cost)
         if watch.whole:
-            raise Refused(name, "reads the whole environment at import", cost_mib=cost)
-        if watch.writes:
-            written = ", ".join(sorted(watch.writes))
-            verdict = f"sets environment variables at import ({written})"
-            raise Refused(name, verdict, cost_mib=cost)
+            raise Refused(name, "reads the whole environment at import", cost)
         if resident_mib() - base > budget_mib:
-            raise Refused(name, f"over the preload budget of {budget_mib:g} MiB", cost_mib=cost)
+            raise Refused(name, f"over the preload budget of {budget_mib:g} MiB", cost)
         origin = _origin(sys.modules.get(name))
         if origin is None or not origin.startswith(roots):
             raise Refused(name, "not an installed module (found in the working directory)")
-        for variable in sorted(watch.reads):
-            done.reads.setdefault(variable, os.environ.get(variable))
+        for variable in sorted(watch.reads | watch.writes):  # as they were before it
+            done.reads.setdefault(variable, environment.get(variable))
             done.readers.setdefault(variable, []).append(name)
+        for variable in sorted(watch.writes):
+            done.writes[variable] = os.environ.get(variable)
         for top in sorted(new):
             path = _origin(sys.modules.get(top))
             found = stamp(path) if path else None
@@ -389,7 +386,6 @@ def preload(
                 done.stamps[path] = found
         done.modules.append(name)
         done.costs[name] = round(cost, 1)
-        done.pools[name] = sorted((new - {name}) & FORK_SAFE_POOLS.keys())
     return done
 
 

@@ -282,6 +282,7 @@ class Server:
                 before=before,
                 roots=roots,
                 modules=self.preloaded.modules,
+                writes=self.preloaded.writes,
             )
             return request
         os.close(gate)
@@ -496,6 +497,11 @@ def become(request: Request) -> list[str]:
     os.chdir(request.cwd)
     os.environ.clear()
     os.environ.update(request.env)
+    for name, value in _REPORTING.get("writes", {}).items():  # as the preloaded imports did
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     os.environ[PARENT_PID_ENV] = str(os.getppid())  # the server: its death ends this run
     os.environ[START_ENV] = "warm"
     os.environ[PRELOADED_ENV] = ",".join(_REPORTING.get("modules", ()))
@@ -526,11 +532,10 @@ def _preload_modules(args: argparse.Namespace) -> preloading.Preloaded:
         preloading.preload(modules, args.preload_mib, preloading.import_roots(os.getcwd()), done)
     except preloading.Refused as refused:
         with contextlib.suppress(OSError), record.edit() as content:
-            if refused.verdict is not None:
-                content.setdefault("verdicts", {})[refused.module] = refused.verdict
+            content.setdefault("verdicts", {})[refused.module] = refused.verdict
             if refused.cost_mib:
                 content.setdefault("costs", {})[refused.module] = round(refused.cost_mib, 1)
-        order = refused.reorder or [name for name in modules if name != refused.module]
+        order = [name for name in modules if name != refused.module]
         argv = [sys.executable, "-m", "provider.runtime", "serve", "--socket", args.socket]
         argv += ["--owner", str(args.owner), "--idle", str(args.idle), "--preload"]
         argv += [",".join(order), "--preload-mib", str(args.preload_mib)]
@@ -538,7 +543,6 @@ def _preload_modules(args: argparse.Namespace) -> preloading.Preloaded:
     if done.costs:
         with contextlib.suppress(OSError), record.edit() as content:
             content.setdefault("costs", {}).update(done.costs)
-            content.setdefault("pools", {}).update(done.pools)
     return done
 
 
