@@ -151,8 +151,9 @@ def _batch_options() -> dict[str, dict[str, Any]]:
             "What a warm runtime imports before it forks a task, so tasks find it loaded: "
             "auto (the top-level modules recent tasks of the same interpreter shape imported, "
             "learnt from the tasks), off, or module names separated by commas "
-            "(numpy,pandas). Modules that start threads, initialise devices or set the "
-            "environment at import are never preloaded.",
+            "(numpy,pandas). Modules whose import starts threads (other than thread pools "
+            "made anew in a fork, OpenBLAS's and jemalloc's), initialises devices or reads "
+            "the whole environment are never preloaded.",
             "auto",
             "numpy,pandas",
         ),
