@@ -17,6 +17,7 @@ the current one serves until the new one has imported everything and takes the n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -257,7 +258,7 @@ class _Shape:
         try:
             with self.record.edit() as content:
                 self._launch(content, replace=False)
-        except OSError:
+        except (OSError, ValueError, KeyError, TypeError):  # learning never fails a task
             return
 
     def learn(self, report: Mapping[str, Any]) -> None:
@@ -274,7 +275,7 @@ class _Shape:
                 missing = set(plan(content, self.preload)) - set(serving)
                 if missing or excluded_for_cause(content, serving):
                     self._launch(content, replace=True)
-        except OSError:
+        except (OSError, ValueError, KeyError, TypeError):  # learning never fails a task
             return
 
     def _launch(self, content: dict[str, Any], replace: bool) -> None:
@@ -286,7 +287,7 @@ class _Shape:
     def refused(self, modules: Sequence[str]) -> None:
         """A server answered "cold" because of what ``modules`` read at import."""
         if modules:
-            with self.record.edit() as content:
+            with contextlib.suppress(OSError), self.record.edit() as content:
                 remember(content, {"refused": list(modules)})
 
 
