@@ -299,6 +299,27 @@ _DECLARED = (
         kind="float",
     ),
     Setting(
+        "warm_runtime_preload",
+        "auto",
+        "What a warm runtime imports before it forks a task, so tasks find it loaded: auto "
+        "(the top-level modules recent tasks of the same interpreter shape imported, learnt "
+        "from the tasks), off, or module names separated by commas (numpy,pandas). Modules "
+        "whose import starts threads (other than thread pools made anew in a fork, OpenBLAS's "
+        "and jemalloc's), initialises devices or reads the whole environment are never "
+        "preloaded.",
+        "numpy,pandas",
+        _text,  # read with provider.runtime.preload.parse_settings, which says what it accepts
+    ),
+    Setting(
+        "warm_runtime_preload_mib",
+        "512",
+        "How much resident memory a warm runtime may grow by preloading (MiB); 0 preloads nothing.",
+        "1024",
+        _number(int, 0, float("inf")),
+        accepted="a non-negative int of MiB (0 preloads nothing)",
+        kind="integer",
+    ),
+    Setting(
         "environment_cache_size",
         "10Gi",
         "How much of built environments the worker keeps under "

@@ -22,6 +22,10 @@ TEST_DAGS = Path(__file__).resolve().parent / "dags"
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
 
+#: ``FLOWTASK_TEST_PRELOAD=numpy,pandas`` runs the DAG tests with warm runtimes preloading those
+PRELOAD_OVERRIDE = "FLOWTASK_TEST_PRELOAD"
+
+
 def airflow_env(home: Path, dags_folder: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(
@@ -31,6 +35,8 @@ def airflow_env(home: Path, dags_folder: Path, **extra: str) -> dict[str, str]:
         AIRFLOW__CORE__XCOM_BACKEND="provider.xcom.FlowXCom",
         AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
     )
+    if os.environ.get(PRELOAD_OVERRIDE):  # the suite with preloading forced (see README)
+        env["AIRFLOW__FLOW_TASK__WARM_RUNTIME_PRELOAD"] = os.environ[PRELOAD_OVERRIDE]
     env.update(extra)
     return env
 

@@ -120,6 +120,8 @@ def deployment_env(
             "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",
         }
     )
+    if os.environ.get("FLOWTASK_TEST_PRELOAD"):  # as conftest.airflow_env
+        env["AIRFLOW__FLOW_TASK__WARM_RUNTIME_PRELOAD"] = os.environ["FLOWTASK_TEST_PRELOAD"]
     env.update(extra)
     return env
 

@@ -33,6 +33,7 @@ from provider.core.local.warm import (
 )
 from provider.runtime import Payload
 from provider.runtime.lifetime import PARENT_PID_ENV
+from provider.runtime.preload import PreloadSettings
 from provider.runtime.warm import encode_request, private_folder, socket_address
 from provider.store import manifest_key, open_store, payload_key
 from provider.translate import runtime_command
@@ -92,7 +93,14 @@ class Warm:
     environment carries a variable of its own, so the server is this test's alone, and an
     Airflow home of its own, where the server's socket file is."""
 
-    def __init__(self, tmp_path: Path, home: str = "home", shape: str = "") -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        home: str = "home",
+        shape: str = "",
+        preload: PreloadSettings | None = None,
+    ) -> None:
+        self.preload = preload or PreloadSettings("off")
         self.store = open_store((tmp_path / "store").as_uri())
         self.env = {
             **os.environ,
@@ -122,6 +130,7 @@ class Warm:
             log_line=lines.append,
             log_error=lambda line: lines.append(f"stderr: {line}"),
             warm_idle_seconds=IDLE,
+            warm_preload=self.preload,
         )
         return code, self.store.read_manifest(key), lines
 
@@ -140,9 +149,14 @@ class Warm:
             server.kill()
 
 
-@pytest.fixture
-def warm(tmp_path: Path) -> Iterator[Warm]:
-    runs = Warm(tmp_path)
+#: Every test of a warm runtime runs with preloading off and on (the server imports these
+#: before it forks; the tasks' results must not change).
+PRELOADS = {"off": PreloadSettings("off"), "on": PreloadSettings("listed", ("numpy", "pandas"))}
+
+
+@pytest.fixture(params=sorted(PRELOADS))
+def warm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Warm]:
+    runs = Warm(tmp_path, preload=PRELOADS[request.param])
     yield runs
     runs.stop()
 
@@ -193,7 +207,7 @@ def test_exit_codes_and_signals_reach_the_worker(warm: Warm):
     assert code == 1 and manifest["status"] == "failed" and manifest["runtime_start"] == "warm"
     assert any("KeyError: 'missing'" in line for line in lines)
     argv, _ = warm.command(killed)
-    proc = start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE)
+    proc = start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE, preload=warm.preload)
     assert proc is not None
     assert proc.wait(timeout=30) == -signal.SIGKILL  # as Popen says it: the OOM killer's mark
 
@@ -210,7 +224,7 @@ def _sleeping_warm_run(warm: Warm, folder: Path) -> tuple[WarmProcess, str, int]
     the pid of the child it started)."""
     warm.started()
     argv, key = warm.command(sleeps_with_a_child, str(folder))
-    proc = start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE)
+    proc = start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE, preload=warm.preload)
     assert proc is not None
     assert _wait_for((folder / "runtime.pid").exists, 30)
     assert int((folder / "runtime.pid").read_text()) == proc.pid
@@ -500,7 +514,10 @@ def test_a_socket_held_by_another_user_is_never_told_the_task(warm: Warm):
     bound.close()
     assert squatter.stdout is not None and squatter.stdout.readline() == "listening\n"
     argv, _ = warm.command(_nothing)
-    assert start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE) is None
+    assert (
+        start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE, preload=warm.preload)
+        is None
+    )
     assert squatter.communicate(timeout=30)[0] == "told 0\n"
 
 
@@ -512,7 +529,10 @@ def test_a_socket_folder_of_another_user_is_never_used(warm: Warm):
     warm.socket.parent.mkdir(parents=True)
     os.chown(warm.socket.parent, NOBODY, NOBODY)
     argv, _ = warm.command(_nothing)
-    assert start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE) is None
+    assert (
+        start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE, preload=warm.preload)
+        is None
+    )
     assert list(warm.socket.parent.iterdir()) == [] and _servers(warm.socket) == []
     os.chown(warm.socket.parent, os.getuid(), os.getgid())
     warm.socket.parent.chmod(0o755)
@@ -583,7 +603,9 @@ def test_a_run_that_ends_before_its_pid_is_read_is_not_run_again(warm: Warm):
     server.start()
     try:
         argv, _ = warm.command(_nothing)
-        proc = start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE)
+        proc = start_warm(
+            argv, warm.env, owner=os.getpid(), idle_seconds=IDLE, preload=warm.preload
+        )
         assert proc is not None and proc.pid == 4242
         assert proc.wait(timeout=10) == 3
     finally:

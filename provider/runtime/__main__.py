@@ -9,7 +9,12 @@ import os
 import sys
 from typing import Any
 
-from provider.runtime.lifetime import START_ENV, end_with_parent, stop_group_on_sigterm
+from provider.runtime.lifetime import (
+    PRELOADED_ENV,
+    START_ENV,
+    end_with_parent,
+    stop_group_on_sigterm,
+)
 from provider.runtime.run import PythonVersionMismatch, check_python, run_payload
 from provider.store import Reference, open_store
 
@@ -75,10 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     except PythonVersionMismatch as exc:
         print(f"flowtask runtime: {exc}", file=sys.stderr)
         return 2
+    start = os.environ.pop(START_ENV, "cold")
+    preloaded = [name for name in os.environ.pop(PRELOADED_ENV, "").split(",") if name]
+    if preloaded:  # a fork of a warm runtime that had imported these for its tasks
+        logging.getLogger("provider.runtime").info(
+            "started warm (a fork of the warm runtime %s) with %s preloaded",
+            os.getppid(),
+            ", ".join(preloaded),
+        )
     store = open_store(args.store)
     payload = Reference.from_json(json.loads(args.payload))
     if args.command == "run":
-        return run_payload(store, payload, args.manifest, os.environ.pop(START_ENV, "cold"))
+        return run_payload(store, payload, args.manifest, start, preloaded)
     return _foreach(store, payload, args)
 
 

@@ -19,6 +19,7 @@ from types import FrameType
 
 PARENT_PID_ENV = "FLOWTASK_PARENT_PID"
 START_ENV = "FLOWTASK_RUNTIME_START"  # "warm" in a fork of the warm runtime (runtime/warm.py)
+PRELOADED_ENV = "FLOWTASK_RUNTIME_PRELOADED"  # in a fork: what its server preloaded, "a,b"
 _PR_SET_PDEATHSIG = 1
 
 

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from provider.runtime import cards
@@ -94,11 +94,16 @@ def _with_preview(store: ArtifactStore, value: Any) -> dict[str, Any]:
 
 
 def run_payload(
-    store: ArtifactStore, payload_ref: Reference, manifest_key: str, start: str = "cold"
+    store: ArtifactStore,
+    payload_ref: Reference,
+    manifest_key: str,
+    start: str = "cold",
+    preloaded: Sequence[str] = (),
 ) -> int:
     """Run one payload end to end; always write the result manifest. Returns the exit code.
 
-    ``start`` says how the runtime started: "cold" (a new interpreter), "warm" (a fork)."""
+    ``start`` says how the runtime started: "cold" (a new interpreter), "warm" (a fork);
+    ``preloaded``, which modules a warm one's server had imported for it."""
     started = time.time()
     cpu_at_start = cpu_seconds()
     gpu = GpuSampler()
@@ -108,6 +113,7 @@ def run_payload(
         "python": "{}.{}.{}".format(*sys.version_info[:3]),
         "started_at": started,
         "runtime_start": start,
+        "preloaded": list(preloaded),
     }
     if "FLOWTASK_BOOTSTRAP_SECONDS" in os.environ:  # set by a container's bootstrap
         manifest["bootstrap_seconds"] = float(os.environ["FLOWTASK_BOOTSTRAP_SECONDS"])

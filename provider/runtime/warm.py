@@ -10,6 +10,8 @@ directory, ``PYTHON*``/locale variables, the runtime's sources), so a fork is wh
 
     worker -> server   length-prefixed JSON {args, env, cwd} + its stdout and stderr pipes
     server -> worker   "pid N"    the forked runtime runs, leading its own process group
+                       or "cold {why, refused}": no fork; the task starts as a new interpreter
+    server -> worker   "report {imported, preloaded}"  what the fork imported (at its exit)
     server -> worker   "exit C"   its exit code (negative: the signal that ended it)
 
 The fork leads its own process group before its pid is sent, and starts the run only once the
@@ -25,11 +27,19 @@ interpreter finalizes (threads joined, ``atexit``). Lifetimes:
   socket file first, and serves the requests already queued.
 
 Only processes of the server's own user are served (``SO_PEERCRED``).
+
+Generations (``provider.runtime.preload``): a server imports what it is told to preload
+(``--preload``) before it listens, on a socket file of its own that it then renames over the
+name; with ``--replace`` it then tells the server it replaced to retire (``{"retire": true}``):
+that one stops accepting and ends once its forks have. A server answers "cold" to a request
+whose environment differs in a variable a preloaded import read, and to every request once a
+preloaded file changed on disk (then it stops accepting).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -44,14 +54,17 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from provider.runtime.lifetime import PARENT_PID_ENV, START_ENV, signal_group
+from provider.runtime import preload as preloading
+from provider.runtime.lifetime import PARENT_PID_ENV, PRELOADED_ENV, START_ENV, signal_group
 
 HEADER = struct.Struct(">I")
 MAX_REQUEST = 64 * 2**20
 KILL_GRACE_SECONDS = 10.0
 RECEIVE_SECONDS = 5.0
 FOLDER_MODE = 0o700
+REPORT_BYTES = 65536
 
 
 @dataclass
@@ -60,6 +73,7 @@ class Request:
     env: dict[str, str]
     cwd: str
     fds: list[int] = field(default_factory=list)  # the worker's stdout and stderr pipes
+    retire: bool = False  # from the next generation: stop accepting
 
 
 @dataclass
@@ -67,12 +81,18 @@ class _Fork:
     pid: int
     pidfd: int
     conn: socket.socket | None
+    report: int  # the read end of the pipe the fork reports its imports on
     kill_at: float | None = None
 
 
 def encode_request(args: list[str], env: dict[str, str], cwd: str) -> bytes:
     body = json.dumps({"args": args, "env": env, "cwd": cwd}).encode()
     return HEADER.pack(len(body)) + body
+
+
+def record_path(socket_path: str) -> str:
+    """The record of the interpreter shape whose servers listen at ``socket_path``."""
+    return socket_path.removesuffix(".sock") + ".json"
 
 
 def receive_request(conn: socket.socket) -> Request:
@@ -94,6 +114,8 @@ def receive_request(conn: socket.socket) -> Request:
                 raise ValueError("the request ended early")
             body += chunk
         fields = json.loads(body)
+        if fields.get("retire") is True and not fds:
+            return Request([], {}, "", retire=True)
         if len(fds) != 2:
             raise ValueError(f"{len(fds)} pipes instead of 2")
         return Request([str(a) for a in fields["args"]], dict(fields["env"]), fields["cwd"], fds)
@@ -167,12 +189,20 @@ def _preload_for(request: Request) -> None:
 
 
 class Server:
-    def __init__(self, path: str, owner: int, idle_seconds: float) -> None:
+    def __init__(
+        self,
+        path: str,
+        owner: int,
+        idle_seconds: float,
+        preloaded: preloading.Preloaded | None = None,
+        replace: bool = False,
+    ) -> None:
         self.idle_seconds = idle_seconds
+        self.preloaded = preloaded or preloading.Preloaded()
         self.owner_fd = os.pidfd_open(owner)  # ProcessLookupError: the owner is gone
         folder, self.name = os.path.split(path)
         self.folder = private_folder(folder)  # OSError: not a folder of this user's alone
-        self.listener: socket.socket | None = _listen(self.folder, self.name)
+        self.listener: socket.socket | None = _listen(self.folder, self.name, replace)
         self.inode = os.stat(self.name, dir_fd=self.folder).st_ino
         self.closing = False  # the socket file is gone: serve what is queued, then stop
         self.selector = selectors.DefaultSelector()
@@ -226,24 +256,43 @@ class Server:
         except (OSError, ValueError, KeyError, TypeError):
             conn.close()
             return None
+        if request.retire or self._refused(conn, request):
+            if request.retire and self._replaced():
+                self._stop_accepting()
+            conn.close()
+            return None
         gate, release = os.pipe()  # the fork starts the run once its worker knows its pid
+        report, reporting = os.pipe()  # and reports what it imported as it ends
+        before = preloading.top_level(list(sys.modules))
         pid = os.fork()
         if pid == 0:
             os.setpgid(0, 0)
             os.close(release)
+            os.close(report)
             self._leave(conn)
             released = os.read(gate, 1)
             os.close(gate)
             if not released:  # its worker was never told of it: it must not run
                 os._exit(0)
+            preloading.reseed_after_fork()
+            roots = preloading.import_roots(os.getcwd())  # the server's path, not the task's
+            _REPORTING.update(
+                fd=reporting,
+                pid=os.getpid(),
+                before=before,
+                roots=roots,
+                modules=self.preloaded.modules,
+                writes=self.preloaded.writes,
+            )
             return request
         os.close(gate)
+        os.close(reporting)
         for fd in request.fds:
             os.close(fd)
         try:
             with contextlib.suppress(ProcessLookupError):  # killed already: its exit tells
                 os.setpgid(pid, pid)  # the group exists before anyone is told to signal it
-            fork = _Fork(pid, os.pidfd_open(pid), conn)
+            fork = _Fork(pid, os.pidfd_open(pid), conn, report)
             self.forks[pid] = fork
             self.selector.register(fork.pidfd, selectors.EVENT_READ, ("exit", fork))
             try:
@@ -259,14 +308,47 @@ class Server:
         _preload_for(request)
         return None
 
+    def _refused(self, conn: socket.socket, request: Request) -> bool:
+        """Answer "cold" when a fork would not be what a new interpreter would: a preloaded
+        file changed on disk (then stop accepting: the next server imports the new one), or
+        the request's environment differs in a variable a preloaded import read."""
+        refused: dict[str, list[str]] = {}
+        upgraded = preloading.changed(self.preloaded.stamps)
+        if upgraded is not None:
+            why = f"{upgraded} changed on disk since the warm runtime imported it"
+            self._stop_accepting()
+        else:
+            refused = preloading.differing(self.preloaded, request.env)
+            shown = ", ".join(f"{name} (read by {', '.join(refused[name])})" for name in refused)
+            why = f"the task sets {shown} at import otherwise than the warm runtime"
+        if upgraded is None and not refused:
+            return False
+        modules = sorted({module for readers in refused.values() for module in readers})
+        answer = json.dumps({"why": why, "refused": modules})
+        with contextlib.suppress(OSError):
+            conn.sendall(f"cold {answer}\n".encode())
+        for fd in request.fds:
+            os.close(fd)
+        return True
+
+    def _replaced(self) -> bool:
+        """The socket file is no longer this server's (a new generation took the name)."""
+        try:
+            return os.stat(self.name, dir_fd=self.folder).st_ino != self.inode
+        except OSError:
+            return True
+
     def _exited(self, fork: _Fork) -> None:
         _, status = os.waitpid(fork.pid, 0)
         self.selector.unregister(fork.pidfd)
         os.close(fork.pidfd)
+        report = {"preloaded": self.preloaded.modules, **_read_report(fork.report)}
+        os.close(fork.report)
         if fork.conn is not None:
             self.selector.unregister(fork.conn)
             try:
                 fork.conn.setblocking(True)
+                fork.conn.sendall(f"report {json.dumps(report)}\n".encode())
                 fork.conn.sendall(f"exit {os.waitstatus_to_exitcode(status)}\n".encode())
             except OSError:
                 pass
@@ -322,6 +404,7 @@ class Server:
             self.listener.close()
         for fork in self.forks.values():
             os.close(fork.pidfd)
+            os.close(fork.report)
             if fork.conn is not None:
                 fork.conn.close()
         self.selector.close()
@@ -329,33 +412,77 @@ class Server:
         os.close(self.folder)
 
 
-def _listen(folder: int, name: str) -> socket.socket:
-    """A listening socket file ``name`` in ``folder``, mode 0700. OSError when a server
-    already listens there; a file that a killed server left behind is replaced. Servers of a
-    folder take its lock to bind, so two never replace each other's file."""
+def _listen(folder: int, name: str, replace: bool = False) -> socket.socket:
+    """A listening socket file ``name`` in ``folder``, mode 0700, bound under a name of its
+    own and renamed over ``name``. When a server already answers at ``name``: OSError, or with
+    ``replace`` that server is told to retire once the name is this one's. A file that a killed
+    server left behind is replaced. Servers of a folder take its lock to bind, so two never
+    replace each other's file unknowingly."""
     address = socket_address(folder, name)
+    own = f"{name}.{os.getpid()}.new"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old: socket.socket | None = None
     fcntl.flock(folder, fcntl.LOCK_EX)
     umask = os.umask(0o077)
     try:
-        try:
-            listener.bind(address)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                if probe.connect_ex(address) == 0:
-                    raise  # another server answers: it serves this name
-            os.unlink(name, dir_fd=folder)
-            listener.bind(address)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(own, dir_fd=folder)
+        listener.bind(socket_address(folder, own))
         listener.listen(64)
+        old = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if old.connect_ex(address) != 0:
+            old.close()
+            old = None
+        elif not replace:
+            raise OSError(errno.EADDRINUSE, "another server answers: it serves this name", name)
+        os.rename(own, name, src_dir_fd=folder, dst_dir_fd=folder)
+        if old is not None:  # it stops accepting once it sees that the name is no longer its
+            body = json.dumps({"retire": True}).encode()
+            with contextlib.suppress(OSError):
+                old.sendall(HEADER.pack(len(body)) + body)
     except BaseException:
         listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(own, dir_fd=folder)
         raise
     finally:
+        if old is not None:
+            old.close()
         os.umask(umask)
         fcntl.flock(folder, fcntl.LOCK_UN)
     return listener
+
+
+_REPORTING: dict[str, Any] = {}  # in a fork: where it reports its imports, and from what
+
+
+def _report_imports() -> None:
+    """At a fork's exit (its last ``atexit`` handler): the modules it imported."""
+    fd = _REPORTING.pop("fd", None)
+    if fd is None or _REPORTING.get("pid") != os.getpid():  # a child the task forked
+        return
+    found = preloading.imported_since(_REPORTING["before"], _REPORTING["roots"])
+    imported = sorted({*found, *_REPORTING.get("used", ())})
+    with contextlib.suppress(OSError):
+        os.write(fd, json.dumps({"imported": imported}).encode()[:REPORT_BYTES])
+    os.close(fd)
+
+
+def _read_report(fd: int) -> dict[str, Any]:
+    """What the fork that ended wrote on its report pipe (nothing when it was killed)."""
+    os.set_blocking(fd, False)
+    data = b""
+    with contextlib.suppress(OSError):
+        while len(data) < REPORT_BYTES and (chunk := os.read(fd, REPORT_BYTES)):
+            data += chunk
+    try:
+        found = json.loads(data)
+    except ValueError:
+        return {}
+    imported = found.get("imported") if isinstance(found, dict) else None
+    if not isinstance(imported, list) or not all(isinstance(n, str) for n in imported):
+        return {}
+    return {"imported": imported}
 
 
 def become(request: Request) -> list[str]:
@@ -370,9 +497,17 @@ def become(request: Request) -> list[str]:
     os.chdir(request.cwd)
     os.environ.clear()
     os.environ.update(request.env)
+    for name, value in _REPORTING.get("writes", {}).items():  # as the preloaded imports did
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     os.environ[PARENT_PID_ENV] = str(os.getppid())  # the server: its death ends this run
     os.environ[START_ENV] = "warm"
+    os.environ[PRELOADED_ENV] = ",".join(_REPORTING.get("modules", ()))
     time.tzset()
+    _REPORTING["used"] = preloading.note_imports(_REPORTING.get("modules", ()))
+    atexit.register(_report_imports)  # the first registered, the last to run
     sys.argv[1:] = request.args
     _retitle(f"{sys.executable} -m provider.runtime {request.args[0]} (a fork of {os.getppid()})")
     return request.args
@@ -387,19 +522,64 @@ def _retitle(title: str) -> None:
     setproctitle(title)
 
 
+def _preload_modules(args: argparse.Namespace) -> preloading.Preloaded:
+    """Import ``--preload``; a module that fails a check is recorded (its verdict and cost)
+    and this server starts again without it (it is loaded here already)."""
+    modules = [name for name in args.preload.split(",") if name]
+    record = preloading.Record(record_path(args.socket))
+    done = preloading.Preloaded()
+    try:
+        preloading.preload(modules, args.preload_mib, preloading.import_roots(os.getcwd()), done)
+    except preloading.Refused as refused:
+        with contextlib.suppress(OSError), record.edit() as content:
+            content.setdefault("verdicts", {})[refused.module] = refused.verdict
+            if refused.cost_mib:
+                content.setdefault("costs", {})[refused.module] = round(refused.cost_mib, 1)
+        order = [name for name in modules if name != refused.module]
+        argv = [sys.executable, "-m", "provider.runtime", "serve", "--socket", args.socket]
+        argv += ["--owner", str(args.owner), "--idle", str(args.idle), "--preload"]
+        argv += [",".join(order), "--preload-mib", str(args.preload_mib)]
+        os.execv(sys.executable, argv + (["--replace"] if args.replace else []))
+    if done.costs:
+        with contextlib.suppress(OSError), record.edit() as content:
+            content.setdefault("costs", {}).update(done.costs)
+    return done
+
+
+def _ready(args: argparse.Namespace, serving: preloading.Preloaded | None) -> None:
+    """Clear this server's "starting" mark in the record (the name is its, or another's);
+    when it serves, say what it preloaded."""
+    with contextlib.suppress(OSError), preloading.Record(record_path(args.socket)).edit() as found:
+        if found.get("starting", {}).get("pid") == os.getpid():
+            del found["starting"]
+        if serving is not None:
+            found["serving"] = {"pid": os.getpid(), "preloaded": serving.modules}
+
+
 def serve(argv: list[str]) -> list[str] | None:
-    """``serve --socket PATH --owner PID --idle S``: None when the server ends; in a fork,
-    the runtime arguments to run."""
+    """``serve --socket PATH --owner PID --idle S [--preload M,N --preload-mib B --replace]``:
+    None when the server ends; in a fork, the runtime arguments to run."""
     parser = argparse.ArgumentParser(prog="python -m provider.runtime serve")
     parser.add_argument("--socket", required=True, help="the socket file, in a 0700 folder")
     parser.add_argument("--owner", type=int, required=True, help="end once this pid is gone")
     parser.add_argument("--idle", type=float, required=True, help="end after this many idle s")
+    parser.add_argument("--preload", default="", help="modules to import before forking")
+    parser.add_argument("--preload-mib", type=float, default=preloading.DEFAULT_BUDGET_MIB)
+    parser.add_argument("--replace", action="store_true", help="retire the server answering")
     args = parser.parse_args(argv)
     try:
-        server = Server(args.socket, args.owner, args.idle)
-    except OSError:  # another server listens, the folder is not ours, or the owner is gone
+        os.close(os.pidfd_open(args.owner))  # before importing anything: is there a point
+        os.close(private_folder(os.path.dirname(args.socket)))
+    except OSError:  # the owner is gone, or the folder is not ours
         return None
     _preload()
+    preloaded = _preload_modules(args)
+    try:
+        server = Server(args.socket, args.owner, args.idle, preloaded, args.replace)
+    except OSError:  # another server listens, the folder is not ours, or the owner is gone
+        _ready(args, None)
+        return None
+    _ready(args, preloaded)
     gc.freeze()  # what is loaded now stays shared with the forks (no copy on collection)
     request = server.serve()
     return None if request is None else become(request)

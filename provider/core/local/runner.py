@@ -14,9 +14,12 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from provider.runtime.lifetime import signal_group
+
+if TYPE_CHECKING:
+    from provider.runtime.preload import PreloadSettings
 
 LogLine = Callable[[str], None]
 MAX_LINE = 1024 * 1024  # a line longer than this is logged in pieces
@@ -70,6 +73,7 @@ def run_local(
     on_start: Callable[[RuntimeProcess], None] | None = None,
     grace_seconds: float = 5.0,
     warm_idle_seconds: float = 0.0,
+    warm_preload: PreloadSettings | None = None,
 ) -> int:
     """Run ``argv`` with ``env``; hand stdout lines to ``log_line`` and stderr lines to
     ``log_error`` (default: ``log_line``); return the exit code.
@@ -78,13 +82,22 @@ def run_local(
     :func:`terminate_group`). If the caller is interrupted (a task timeout, a kill), the whole
     group is terminated before the interruption goes on. With ``warm_idle_seconds``, a runtime
     command is forked from a warm runtime when one serves (``provider.core.local.warm``); a warm
-    runtime that ends without reporting the run raises ``WarmRuntimeLost``, naming it.
+    runtime that ends without reporting the run raises ``WarmRuntimeLost``, naming it;
+    ``warm_preload`` says what warm runtimes import before forking (default: learn it).
     """
     proc: RuntimeProcess | None = None
     if warm_idle_seconds > 0:
         from provider.core.local.warm import start_warm
+        from provider.runtime.preload import PreloadSettings
 
-        proc = start_warm(argv, env, owner=os.getppid(), idle_seconds=warm_idle_seconds)
+        proc = start_warm(
+            argv,
+            env,
+            owner=os.getppid(),
+            idle_seconds=warm_idle_seconds,
+            preload=warm_preload or PreloadSettings(),
+            note=log_line,
+        )
     if proc is None:
         proc = subprocess.Popen(
             list(argv),

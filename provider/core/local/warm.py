@@ -6,39 +6,73 @@ streams, waits for and kills as it does a ``Popen`` — or ``None`` when the run
 cold: warm runtimes are off, this is not Linux, the command is not the runtime's, the socket
 folder is not this user's alone, or no server answers yet (then one is started in the
 background for the tasks that follow). Once a server has the whole request, the run never
-starts cold: a server that ends before reporting the run raises :class:`WarmRuntimeLost`.
+starts cold (unless the server answers "cold" before forking anything): a server that ends
+before reporting the run raises :class:`WarmRuntimeLost`.
+
+Each fork reports the top-level modules it imported; the worker adds them to the record of the
+interpreter shape (``provider.runtime.preload``) and, once recent tasks import a module the
+server has not preloaded, starts the next generation of the server with it (in the background:
+the current one serves until the new one has imported everything and takes the name).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import select
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from provider.runtime.warm import encode_request, peer, private_folder, socket_address
+from provider.runtime.preload import (
+    PreloadSettings,
+    Record,
+    excluded_for_cause,
+    plan,
+    remember,
+)
+from provider.runtime.warm import (
+    encode_request,
+    peer,
+    private_folder,
+    record_path,
+    socket_address,
+)
 
 CONNECT_SECONDS = 5.0
 SERVER_LOST = 255  # the server ended without reporting the run's exit code (``lost`` says how)
 ENDED_SECONDS = 1.0  # how long a lost server's end is waited for, to tell how it ended
+LEARN = PreloadSettings()  # preload what recent tasks imported
 RUNTIME_SOURCES = ("runtime", "store", "compat")  # what a server has imported of this package
 _STARTED: list[subprocess.Popen[bytes]] = []  # servers this process started (reaped here)
+
+
+#: Variables native libraries read as they load (a preloaded numpy's OpenBLAS sizes its
+#: thread pool from them, pyarrow picks its allocator): a server preloads under the task's
+#: own values, or does not serve it. (What Python code reads at import, the server notes.)
+THREAD_VARIABLES = ("OMP_", "OPENBLAS_", "MKL_", "GOTO_", "KMP_", "BLIS_", "NUMEXPR_", "ARROW_")
 
 
 def _shapes_interpreter(name: str) -> bool:
     """Variables that a process reads as it starts (and so a fork cannot take later): Python's,
     the locale's, and the dynamic loader's and C library's (``LD_LIBRARY_PATH`` decides where
-    a CUDA library that the task imports later is found)."""
-    return name.startswith(("PYTHON", "LC_", "LD_", "GLIBC_", "MALLOC_")) or name in (
+    a CUDA library that the task imports later is found), and those native libraries read as
+    they load (:data:`THREAD_VARIABLES`)."""
+    prefixes = ("PYTHON", "LC_", "LD_", "GLIBC_", "MALLOC_", *THREAD_VARIABLES)
+    return name.startswith(prefixes) or name in (
         "LANG",
         "LANGUAGE",
         "PATH",
         "HOME",
+        "VECLIB_MAXIMUM_THREADS",
+        "CUDA_VISIBLE_DEVICES",
     )
 
 
@@ -96,15 +130,18 @@ class WarmProcess:
         stderr: int,
         server: int,
         pending: bytes = b"",
+        learn: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._conn: socket.socket | None = conn
         self._pending = pending  # what the server said after the pid
         self._server = server  # the server's pid
+        self._learn = learn
         self.pid = pid
         self.stdout = os.fdopen(stdout, "rb", buffering=0)
         self.stderr = os.fdopen(stderr, "rb", buffering=0)
         self.returncode: int | None = None
         self.lost: str | None = None
+        self.report: dict[str, Any] | None = None  # what the fork imported, what was preloaded
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -121,24 +158,39 @@ class WarmProcess:
     def _read(self, timeout: float | None) -> None:
         assert self._conn is not None
         self._conn.settimeout(timeout)
+        while True:
+            try:
+                while b"\n" not in self._pending:
+                    chunk = self._conn.recv(4096)
+                    if not chunk:
+                        self._lose(None)
+                        return
+                    self._pending += chunk
+            except (BlockingIOError, TimeoutError):
+                return
+            except OSError:
+                self._lose(None)
+                return
+            line, _, self._pending = self._pending.partition(b"\n")
+            word, _, value = line.partition(b" ")
+            if word == b"report":
+                self._reported(value)
+            elif word == b"exit" and value.removeprefix(b"-").isdigit():
+                self._done(int(value))
+                return
+            else:
+                self._lose(line)
+                return
+
+    def _reported(self, value: bytes) -> None:
         try:
-            while b"\n" not in self._pending:
-                chunk = self._conn.recv(64)
-                if not chunk:
-                    self._lose(None)
-                    return
-                self._pending += chunk
-        except (BlockingIOError, TimeoutError):
+            report = json.loads(value)
+        except ValueError:
             return
-        except OSError:
-            self._lose(None)
-            return
-        line = self._pending.partition(b"\n")[0]
-        word, _, value = line.partition(b" ")
-        if word == b"exit" and value.removeprefix(b"-").isdigit():
-            self._done(int(value))
-        else:
-            self._lose(line)
+        if isinstance(report, dict):
+            self.report = report
+            if self._learn is not None and isinstance(report.get("imported"), list):
+                self._learn(report)
 
     def _lose(self, answer: bytes | None) -> None:
         if answer is None:
@@ -188,20 +240,92 @@ def _exit_words(code: int) -> str:
         return f"killed by signal {-code}"
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """One interpreter shape's servers: where they listen, how they start, what they learn."""
+
+    path: Path  # the socket file
+    env: dict[str, str]  # what the server is started with (``server_environment``)
+    cwd: str
+    owner: int
+    idle_seconds: float
+    preload: PreloadSettings
+
+    @property
+    def record(self) -> Record:
+        return Record(record_path(str(self.path)))
+
+    def start(self) -> None:
+        """No server answers: start one, unless one is being started."""
+        try:
+            with self.record.edit() as content:
+                self._launch(content, replace=False)
+        except (OSError, ValueError, KeyError, TypeError):  # learning never fails a task
+            return
+
+    def learn(self, report: Mapping[str, Any]) -> None:
+        """A fork's imports: into the record; the next generation once what recent tasks
+        import is not what the serving server preloaded (or it preloaded what failed since)."""
+        if self.preload.mode == "off":
+            return
+        serving = [str(name) for name in report.get("preloaded", [])]
+        try:
+            with self.record.edit() as content:
+                remember(content, {"imported": [str(n) for n in report["imported"]]})
+                if _running(content.get("serving"), self.path):  # perhaps a newer one
+                    serving = [str(name) for name in content["serving"]["preloaded"]]
+                missing = set(plan(content, self.preload)) - set(serving)
+                if missing or excluded_for_cause(content, serving):
+                    self._launch(content, replace=True)
+        except (OSError, ValueError, KeyError, TypeError):  # learning never fails a task
+            return
+
+    def _launch(self, content: dict[str, Any], replace: bool) -> None:
+        if not _running(content.get("starting"), self.path):
+            modules = plan(content, self.preload)
+            server = _start_server(self, modules, replace)
+            content["starting"] = {"pid": server.pid, "preload": modules}
+
+    def refused(self, modules: Sequence[str]) -> None:
+        """A server answered "cold" because of what ``modules`` read at import."""
+        if modules:
+            with contextlib.suppress(OSError), self.record.edit() as content:
+                remember(content, {"refused": list(modules)})
+
+
+def _running(mark: Any, path: Path) -> bool:
+    """The server of ``path`` that ``mark`` names (``{"pid": N}``) still runs."""
+    if not isinstance(mark, dict) or not isinstance(mark.get("pid"), int):
+        return False
+    try:
+        with open(f"/proc/{mark['pid']}/cmdline", "rb") as cmdline:
+            return str(path).encode() in cmdline.read().split(b"\0")
+    except OSError:
+        return False
+
+
 def start_warm(
-    argv: Sequence[str], env: Mapping[str, str], *, owner: int, idle_seconds: float
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    owner: int,
+    idle_seconds: float,
+    preload: PreloadSettings = LEARN,
+    note: Callable[[str], None] | None = None,
 ) -> WarmProcess | None:
     """Fork ``argv`` (a ``python -m provider.runtime`` command) from a warm runtime; None:
-    start it cold. Raises :class:`WarmRuntimeLost` when a server took the request and ended
-    before reporting the run (starting it cold then could run the task twice)."""
+    start it cold (``note`` hears why, when a server said). Raises :class:`WarmRuntimeLost`
+    when a server took the request and ended before reporting the run (starting it cold then
+    could run the task twice)."""
     if idle_seconds <= 0 or not sys.platform.startswith("linux"):
         return None
     if list(argv[:3]) != [sys.executable, "-m", "provider.runtime"] or argv[3:4] == ["serve"]:
         return None
     _STARTED[:] = [server for server in _STARTED if server.poll() is None]
     cwd = os.getcwd()
-    shape = server_environment(env)
-    path = runtime_folder(env) / f"{server_name(shape, cwd)}.sock"
+    server_env = server_environment(env)
+    path = runtime_folder(env) / f"{server_name(server_env, cwd)}.sock"
+    shape = _Shape(path, server_env, cwd, owner, idle_seconds, preload)
     try:
         folder = private_folder(str(path.parent))
     except OSError:  # not a folder of this user's alone: no server there is told a task
@@ -213,14 +337,14 @@ def start_warm(
         server, uid = peer(conn)
     except OSError:  # none yet (no file, or one a killed server left), or one that cannot answer
         conn.close()
-        _start_server(path, shape, cwd, owner, idle_seconds)
+        shape.start()
         return None
     finally:
         os.close(folder)
     if uid != os.getuid():  # another user's process listens: never tell it the task
         conn.close()
         return None
-    return _request(conn, server, argv, env, cwd)
+    return _request(conn, server, argv, env, shape, note)
 
 
 def _request(
@@ -228,10 +352,13 @@ def _request(
     server: int,
     argv: Sequence[str],
     env: Mapping[str, str],
-    cwd: str,
+    shape: _Shape,
+    note: Callable[[str], None] | None = None,
 ) -> WarmProcess | None:
     """Send the request with the pipes; read the fork's pid. None when the request did not
-    all go out (no fork can begin); WarmRuntimeLost when it did and no pid came back."""
+    all go out (no fork can begin) or the server answered "cold" (it forked nothing);
+    WarmRuntimeLost when it did go out and no pid came back."""
+    cwd = shape.cwd
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     ours = [out_read, err_read]
@@ -263,13 +390,28 @@ def _request(
         _close(conn, ours)
         raise
     word, _, pid = line.partition(b" ")
+    if word == b"cold":  # it forked nothing: the task starts as a new interpreter
+        _close(conn, ours)
+        _answered_cold(pid, shape, note)
+        return None
     if word != b"pid" or not pid.isdigit():
         _close(conn, ours)
         raise WarmRuntimeLost(
             f"the warm runtime (pid {server}) answered {line!r} to the task's request: "
             "the try fails rather than risk running the task twice"
         )
-    return WarmProcess(conn, int(pid), out_read, err_read, server, after)
+    return WarmProcess(conn, int(pid), out_read, err_read, server, after, shape.learn)
+
+
+def _answered_cold(answer: bytes, shape: _Shape, note: Callable[[str], None] | None) -> None:
+    try:
+        found = json.loads(answer)
+        why, refused = str(found["why"]), [str(name) for name in found["refused"]]
+    except (ValueError, KeyError, TypeError):
+        why, refused = answer.decode(errors="replace"), []
+    if note is not None:
+        note(f"flowtask: started as a new interpreter, not a fork of the warm runtime: {why}")
+    shape.refused(refused)
 
 
 def _first_line(conn: socket.socket) -> tuple[bytes, bytes]:
@@ -290,20 +432,20 @@ def _close(conn: socket.socket, fds: Sequence[int]) -> None:
         os.close(fd)
 
 
-def _start_server(
-    path: Path, env: Mapping[str, str], cwd: str, owner: int, idle_seconds: float
-) -> None:
-    """In the background: the first task on a worker starts cold, the next ones warm."""
-    argv = [sys.executable, "-m", "provider.runtime", "serve", "--socket", str(path)]
-    argv += ["--owner", str(owner), "--idle", str(idle_seconds)]
-    _STARTED.append(
-        subprocess.Popen(
-            argv,
-            env=dict(env),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # out of the task's process group: it serves later tasks
-        )
+def _start_server(shape: _Shape, modules: Sequence[str], replace: bool) -> subprocess.Popen[bytes]:
+    """In the background: the first task on a worker starts cold, the next ones warm; with
+    ``replace``, the next generation, which takes the name once it has imported ``modules``."""
+    argv = [sys.executable, "-m", "provider.runtime", "serve", "--socket", str(shape.path)]
+    argv += ["--owner", str(shape.owner), "--idle", str(shape.idle_seconds)]
+    argv += ["--preload", ",".join(modules), "--preload-mib", str(shape.preload.budget_mib)]
+    server = subprocess.Popen(
+        argv + (["--replace"] if replace else []),
+        env=dict(shape.env),
+        cwd=shape.cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # out of the task's process group: it serves later tasks
     )
+    _STARTED.append(server)
+    return server

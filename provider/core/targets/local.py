@@ -71,6 +71,7 @@ class LocalTarget(ComputeTarget):
                 log_error=lambda line: run.log.warning("%s", line),
                 on_start=self._started,
                 warm_idle_seconds=settings.value("warm_runtime_idle"),
+                warm_preload=preload_settings(),
             )
             if code in SIGKILLED and not self._killed:
                 return self._sigkilled(run, code)
@@ -190,3 +191,14 @@ def _in_front(envs: Any) -> dict[str, str]:
     found = {"PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))}
     found["PATH"] = os.pathsep.join(filter(None, [f"{path}/bin", os.environ.get("PATH")]))
     return found
+
+
+def preload_settings() -> Any:
+    """``[flow_task] warm_runtime_preload`` and ``warm_runtime_preload_mib``: what a warm
+    runtime imports for its tasks before forking (a ``PreloadSettings``)."""
+    from provider import settings
+    from provider.runtime.preload import parse_settings
+
+    return parse_settings(
+        settings.value("warm_runtime_preload"), str(settings.value("warm_runtime_preload_mib"))
+    )
