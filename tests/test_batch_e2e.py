@@ -91,6 +91,21 @@ def test_example_dag_runs_as_batch_jobs_through_a_lost_host_and_an_oom(
     )
     oom = tasks["fit_in_memory"][0]
     assert oom["written_by"] == "worker" and "ran out of memory" in oom["error"]["message"]
+    # Where each try ran, with the CloudWatch log stream Batch gave its last attempt: the
+    # task's "CloudWatch log" link (and its Flow tab's) opens it.
+    from provider.translate.links import console_links
+
+    for manifest in (tasks["make_batches"][0], oom):
+        where = manifest["where"]
+        assert where["log_group"] == "/aws/batch/job" and where["log_stream"], where
+        assert (
+            "#logsV2:log-groups/log-group/%2Faws%2Fbatch%2Fjob/log-events/"
+            in (
+                console_links({"platform": "batch", "region": "us-east-1", **where})[
+                    "CloudWatch log"
+                ]
+            )
+        )
 
     jobs = {run.job_id: run for run in batch.history}
     assert len(jobs) == 6

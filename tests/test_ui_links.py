@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from provider.operators.links import BatchJobLink, PodLink, console_links
+from provider.operators.links import BatchJobLink, BatchLogLink, PodLink, console_links
 from provider.store import manifest_key, open_store
 
 
@@ -22,10 +22,15 @@ def test_a_pod_links_to_the_configured_console_and_a_batch_job_to_aws(monkeypatc
         "Batch job": "https://console.aws.amazon.com/batch/home?region=eu-west-1"
         "#jobs/detail/8f1e-aa"
     }
+    logged = {**job, "log_group": "/aws/batch/job", "log_stream": "flowtask-x/default/ab12"}
+    assert console_links(logged)["CloudWatch log"] == (
+        "https://console.aws.amazon.com/cloudwatch/home?region=eu-west-1#logsV2:log-groups/"
+        "log-group/%2Faws%2Fbatch%2Fjob/log-events/flowtask-x%2Fdefault%2Fab12"
+    )
     assert console_links({"platform": "local", "host": "vm", "pid": 1}) == {}
 
 
-@pytest.mark.parametrize("link", [PodLink(), BatchJobLink()])
+@pytest.mark.parametrize("link", [PodLink(), BatchJobLink(), BatchLogLink()])
 def test_operator_links_read_where_the_try_ran(monkeypatch, tmp_path, link):
     store = open_store(tmp_path.as_uri())
     monkeypatch.setenv("AIRFLOW__FLOW_TASK__ARTIFACT_STORE", tmp_path.as_uri())
@@ -35,7 +40,13 @@ def test_operator_links_read_where_the_try_ran(monkeypatch, tmp_path, link):
     where = (
         {"platform": "kubernetes", "pod": "p", "namespace": "n"}
         if isinstance(link, PodLink)
-        else {"platform": "batch", "batch_job_id": "j", "region": "us-east-1"}
+        else {
+            "platform": "batch",
+            "batch_job_id": "j",
+            "region": "us-east-1",
+            "log_group": "/aws/batch/job",
+            "log_stream": "def/default/task",
+        }
     )
     store.write_manifest(manifest_key("d", "r", "t", -1, 2), {"status": "failed", "where": where})
     assert link.get_link(None, ti_key=ti).startswith("https://")

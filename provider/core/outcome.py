@@ -47,6 +47,9 @@ def settle(
     except MissingArtifact:
         manifest = {}
     code = outcome.exit_code
+    if manifest and outcome.where:  # what the platform knows of where it ran, on record too
+        manifest["where"] = {**(manifest.get("where") or {}), **outcome.where}
+        store.write_manifest(outcome.manifest_key, manifest)
     if manifest.get("status") == "succeeded" and code == 0:
         run.log.info(
             "flow task finished in %.3fs (function %.3fs), peak RSS %.1f MiB",
@@ -191,6 +194,7 @@ def record_unreported(
             "error": {"type": error_type, "message": message},
             "exit_code": outcome.exit_code,
             "failure_kind": outcome.kind,
+            **({"where": dict(outcome.where)} if outcome.where else {}),
             "requested": requested(run.spec),
             "written_by": "worker",
             "finished_at": time.time(),

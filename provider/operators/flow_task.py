@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk.bases.decorator import DecoratedOperator
 
 from provider.core.outcome import FlowTaskFailed
-from provider.operators.links import BatchJobLink, PodLink
+from provider.operators.links import BatchJobLink, BatchLogLink, PodLink
 from provider.operators.targets import ComputeUnavailable
 from provider.runtime.payload import ResultLayout
 from provider.specs import SpecError, TaskSpec
@@ -22,7 +22,11 @@ class FlowTaskOperator(DecoratedOperator):
     """Run a Python function where its specs say: locally, on Kubernetes or on AWS Batch."""
 
     custom_operator_name = "@task.flow_task"
-    operator_extra_links = (PodLink(), BatchJobLink())  # where each try ran (provider.ui)
+    operator_extra_links = (
+        PodLink(),
+        BatchJobLink(),
+        BatchLogLink(),
+    )  # where each try ran (provider.ui)
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperatorLink
 
-from provider.translate.links import BATCH_JOB, POD, console_links
+from provider.translate.links import BATCH_JOB, BATCH_LOG, POD, console_links
 
 
 def where_of(ti_key: Any) -> dict[str, Any]:
@@ -49,3 +49,9 @@ class BatchJobLink(_WhereLink):
     """The try's AWS Batch job in the AWS console."""
 
     name = BATCH_JOB
+
+
+class BatchLogLink(_WhereLink):
+    """The try's Batch job's CloudWatch log stream in the AWS console (its last attempt's)."""
+
+    name = BATCH_LOG

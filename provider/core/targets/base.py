@@ -86,6 +86,9 @@ class Outcome:
     kind: str | None = None
     # For ``.foreach``: why each chunk that wrote no last manifest ended, where known.
     lost: Mapping[int, str] | None = None
+    # What the platform knows of where the try ran that the runtime could not (a Batch job's
+    # CloudWatch log group and stream): added to the ``where`` of the try's manifest.
+    where: Mapping[str, Any] | None = None
 
 
 class ComputeTarget(ABC):

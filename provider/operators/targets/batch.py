@@ -226,6 +226,7 @@ def watch_job(op: Any, context: Any, manifest_key: str, memory_mib: int) -> Outc
         describe_job_failure,
         job_exit_code,
         job_failure_kind,
+        log_location,
     )
 
     error = None
@@ -237,11 +238,17 @@ def watch_job(op: Any, context: Any, manifest_key: str, memory_mib: int) -> Outc
     failure = describe_job_failure(job, memory_mib)
     if failure is None and job.get("status") != "SUCCEEDED":
         failure = f"Batch job {op.job_id} ended {job.get('status')}: {error}"
+    where = {"platform": "batch", "batch_job_id": op.job_id}
+    region = getattr(op.hook, "conn_region_name", None)
+    location = log_location(job)
+    where |= {"region": region} if region else {}
+    where |= {"log_group": location[0], "log_stream": location[1]} if location else {}
     return Outcome(
         manifest_key=manifest_key,
         exit_code=job_exit_code(job),
         failure=failure,
         kind=job_failure_kind(job),
+        where=where,
     )
 
 
