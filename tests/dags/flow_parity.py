@@ -58,7 +58,7 @@ def _list(size: str) -> list[Any]:
     return make_items(size)
 
 
-def _dict(size: str) -> dict[str, Any]:
+def _dict(size: str):  # no return annotation: one dict value, not multiple_outputs
     return {f"k{i}": item for i, item in enumerate(make_items(size))}
 
 
