@@ -1,4 +1,12 @@
-"""Test servers on loopback: moto's S3 server, and a proxy that injects S3-style faults."""
+"""Test servers on loopback: moto's S3 server, and a proxy in front of it that injects S3-style
+faults or models S3's latency.
+
+The S3 model (``S3Model``, what the benchmarks mean by "on the S3 model"): every request waits
+``first_byte_seconds`` (default 20 ms, what S3 costs in-region to the first byte of an answer)
+before its answer starts, and each connection moves bytes, both ways, at ``mib_per_second``
+(default 90 MiB/s, what one connection to S3 carries). Deterministic: no jitter, no faults;
+connections run in parallel, each at its own pace, as S3's do.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +19,11 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+_PACE_CHUNK = 256 * 1024
 FAULTS = ("500", "503", "reset_before", "reset_after", "truncate")
 _ERROR_BODY = (
     '<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
@@ -62,12 +72,22 @@ class FaultProxy:
     short.
     """
 
-    def __init__(self, upstream_port: int, failure_rate: float, seed: int = 0) -> None:
+    def __init__(
+        self,
+        upstream_port: int,
+        failure_rate: float,
+        seed: int = 0,
+        first_byte_seconds: float = 0.0,
+        mib_per_second: float | None = None,
+    ) -> None:
         self.upstream_port = upstream_port
         self.failure_rate = failure_rate
         self.random = random.Random(seed)
+        self.first_byte_seconds = first_byte_seconds
+        self.bytes_per_second = mib_per_second * 2**20 if mib_per_second else None
         self.lock = threading.Lock()
         self.injected: Counter[str] = Counter()
+        self.by_method: Counter[str] = Counter()
         self.requests = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -75,9 +95,10 @@ class FaultProxy:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def choose(self) -> str | None:
+    def choose(self, method: str) -> str | None:
         with self.lock:
             self.requests += 1
+            self.by_method[method] += 1
             if self.random.random() >= self.failure_rate:
                 return None
             fault = self.random.choice(FAULTS)
@@ -116,14 +137,33 @@ class FaultProxy:
                     if name.lower() not in ("content-length", "transfer-encoding", "connection"):
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body) if declared is None else declared))
+                if proxy.first_byte_seconds:
+                    time.sleep(proxy.first_byte_seconds)
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(body)
+                    self._paced(self.wfile.write, body)
+
+            def _paced(self, move: Callable[[bytes], object], data: bytes) -> None:
+                """Move ``data`` at the connection's bandwidth (all at once without a model)."""
+                if not proxy.bytes_per_second:
+                    move(data)
+                    return
+                started = time.monotonic()
+                for at in range(0, len(data), _PACE_CHUNK):
+                    move(data[at : at + _PACE_CHUNK])
+                    due = started + (at + _PACE_CHUNK) / proxy.bytes_per_second
+                    time.sleep(max(0.0, due - time.monotonic()))
+
+            def _receive(self, length: int) -> bytes:
+                if not proxy.bytes_per_second or not length:
+                    return self.rfile.read(length) if length else b""
+                parts: list[bytes] = []
+                self._paced(parts.append, self.rfile.read(length))
+                return b"".join(parts)
 
             def handle_one(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                fault = proxy.choose()
+                body = self._receive(int(self.headers.get("Content-Length") or 0))
+                fault = proxy.choose(self.command)
                 if fault == "reset_before":
                     return self._reset()
                 if fault in ("500", "503"):
@@ -158,3 +198,17 @@ class FaultProxy:
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = handle_one
 
         return Handler
+
+
+class S3Model(FaultProxy):
+    """S3's latency in front of ``upstream_port`` (see the module's docstring); no faults."""
+
+    def __init__(
+        self, upstream_port: int, first_byte_ms: float = 20.0, mib_per_second: float = 90.0
+    ) -> None:
+        super().__init__(
+            upstream_port,
+            failure_rate=0.0,
+            first_byte_seconds=first_byte_ms / 1000,
+            mib_per_second=mib_per_second,
+        )
