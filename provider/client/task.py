@@ -48,6 +48,31 @@ def scan_run(store: ArtifactStore, prefix: str) -> dict[str, TaskLayout]:
     return tasks
 
 
+def scan_instance(store: ArtifactStore, prefix: str, part: str, map_index: int) -> TaskLayout:
+    """One task instance of the run under ``prefix``, from listings of its own folder only: its
+    try folders (one delimited listing), then each try's files (in parallel). A ``.foreach``'s
+    chunk manifests, kept beside the tries, are never listed."""
+    layout = TaskLayout(part)
+    base = f"{prefix}/{part}/{map_index}"
+    folders = [name for name in store.backend.children(base) if name.isdigit() or name == "xcom"]
+    if not folders:
+        return layout
+
+    def files(name: str) -> list[str]:
+        folder = f"{base}/{name}/"
+        found = (key[len(folder) :] for key in store.backend.list(folder.rstrip("/")))
+        return [rest for rest in found if "/" not in rest]
+
+    with ThreadPoolExecutor(min(_READ_THREADS, len(folders))) as pool:
+        listed = list(pool.map(files, folders))
+    for name, names in zip(folders, listed, strict=True):
+        if name == "xcom":
+            layout.xcom[map_index] = set(names)
+        elif names:
+            layout.tries.setdefault(map_index, {})[int(name)] = set(names)
+    return layout
+
+
 def task_id_of(store: ArtifactStore, prefix: str, layout: TaskLayout) -> str:
     """The task id a key segment stands for; a shortened (hashed) one is read from a manifest."""
     if "~" not in layout.part:

@@ -339,6 +339,16 @@ class S3Backend:
             for item in page.get("Contents", ()):
                 yield item["Key"][strip:], int(item["Size"]), item["LastModified"].timestamp()
 
+    def versions(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """(key, ETag) of every object under ``prefix``, from the listing alone: a reader that
+        cached an object by its key and ETag knows without a request whether it changed."""
+        base = self._key(prefix).rstrip("/") + "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+            for item in page.get("Contents", ()):
+                yield item["Key"][strip:], str(item["ETag"])
+
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 

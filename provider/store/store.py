@@ -308,7 +308,10 @@ class ArtifactStore:
 
     def read_manifest(self, key: str) -> dict[str, Any]:
         """A manifest; ``BadManifest`` names it when it is not a JSON object."""
-        body = self.backend.read_bytes(key)
+        return self.parse_manifest(key, self.backend.read_bytes(key))
+
+    def parse_manifest(self, key: str, body: bytes) -> dict[str, Any]:
+        """The manifest at ``key`` from its stored bytes (see ``read_manifest``)."""
         try:
             document = json.loads(body)
         except ValueError as error:  # JSONDecodeError, UnicodeDecodeError

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from provider.store import Reference, StoreError
 from provider.ui import data
+from provider.ui.cache import cached
 
 TEMPLATES = Path(__file__).parent / "templates"
 PREFIX = "/flowtask"
@@ -144,7 +145,7 @@ def create_app() -> FastAPI:
     def picture(
         dag_id: str, run_id: str, task_id: str, try_number: int, sha256: str, map_index: int = -1
     ) -> Response:
-        store = _store()
+        store = cached(_store())  # a picture is content-addressed: kept once read
         try:
             ref = data.image_ref(store, dag_id, run_id, task_id, map_index, try_number, sha256)
             body = bytes(store.get_bytes(ref))

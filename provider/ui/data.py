@@ -14,11 +14,13 @@ from typing import Any
 
 from provider.client import Flow, NotFound, Run, Task, Try
 from provider.client.task import describe as describe_result
+from provider.client.task import scan_instance
 from provider.runtime.usage import suggested_request
 from provider.runtime.views import IMAGE_ENCODINGS, MAX_IMAGE_BYTES, MAX_VIEW_BYTES
 from provider.store import ArtifactStore, MissingArtifact, is_reference
 from provider.store.errors import BadManifest, StoreError
-from provider.store.keys import manifest_key
+from provider.store.keys import key_part, manifest_key, run_prefix
+from provider.ui.cache import CACHE, cached
 
 RUN_ROWS = 500  # task instances a run's tab lists; the rest are counted
 ITEMS_PAGE = 50  # .foreach items shown per page
@@ -28,6 +30,11 @@ _THREADS = 16
 
 class NotStored(LookupError):
     """The store has nothing of that DAG, run, task or try."""
+
+
+def clear_cache() -> None:
+    """Forget what the API server kept between pages (``provider.ui.cache``)."""
+    CACHE.clear()
 
 
 def find_run(store: ArtifactStore, dag_id: str, run_id: str) -> Run:
@@ -58,11 +65,10 @@ def read_view(store: ArtifactStore, ref: Any) -> Any:
         return None
 
 
-def _usage_row(attempt: Try, launch: dict[str, Any] | None = None) -> dict[str, Any]:
+def _usage_row(attempt: Try, asked: dict[str, Any]) -> dict[str, Any]:
     """What the try asked for (its result manifest says, else its launch manifest: a
     ``.foreach``'s is the worker's) and used, with the request that would fit."""
     used = attempt.usage
-    asked = attempt.requested or dict((launch or {}).get("requested") or {})
     row: dict[str, Any] = {"requested": asked, "used": used, "suggested": None}
     if {"peak_rss_mib", "cpu_seconds", "wall_seconds"} <= set(used):
         row["suggested"] = suggested_request(
@@ -118,8 +124,9 @@ def task_view(
     items_from: int = 0,
 ) -> dict[str, Any]:
     """Every try of one task instance, the latest one's result view and cards, its .foreach."""
+    store = cached(store)
     run = find_run(store, dag_id, run_id)
-    task = _task(run, task_id, map_index)
+    task = _task(store, run, task_id, map_index)
     tries = task.tries
     launches = _read_all(
         store,
@@ -144,12 +151,15 @@ def task_view(
     return view
 
 
-def _task(run: Run, task_id: str, map_index: int) -> Task:
-    try:
-        task = run[task_id]
-        return task[map_index] if task.mapped else task
-    except NotFound as error:
-        raise NotStored(str(error)) from None
+def _task(store: ArtifactStore, run: Run, task_id: str, map_index: int) -> Task:
+    """The task instance, from listings of its own folder (never the whole run's)."""
+    prefix, part = run_prefix(run.dag_id, run.run_id), key_part(task_id)
+    layout = scan_instance(store, prefix, part, map_index)
+    if not layout.tries and not layout.xcom:
+        index = f"[{map_index}]" if map_index >= 0 else ""
+        raise NotStored(f"run {run.run_id!r} stored nothing for task {task_id}{index}")
+    task = Task(store, prefix, task_id, layout)
+    return task[map_index] if task.mapped else task
 
 
 def _read_all(store: ArtifactStore, keys: list[str]) -> list[dict[str, Any]]:
@@ -162,7 +172,8 @@ def _read_all(store: ArtifactStore, keys: list[str]) -> list[dict[str, Any]]:
 def _try_view(store: ArtifactStore, attempt: Try, launch: dict[str, Any]) -> dict[str, Any]:
     manifest = attempt.manifest
     views = manifest.get("views") or {}
-    usage = _usage_row(attempt, launch)
+    asked = manifest.get("requested") or launch.get("requested") or {}
+    usage = _usage_row(attempt, dict(asked))
     result = attempt.result
     summary, size = describe_result(result) if result is not None else ("", 0)
     return {
@@ -288,10 +299,10 @@ def foreach_view(store: ArtifactStore, foreach: dict[str, Any], items_from: int)
     stop = min(total, start + ITEMS_PAGE)
     by_chunk = {int(m["chunk"]): m for m in manifests}
     lines: dict[int, str] = {}
-    for number in sorted({index // size for index in range(start, stop)}):
-        manifest = by_chunk.get(number) or {}
-        found = read_view(store, manifest.get("item_previews")) or []
-        for offset, line in enumerate(found):
+    numbers = sorted({index // size for index in range(start, stop)})
+    refs = [(by_chunk.get(number) or {}).get("item_previews") for number in numbers]
+    for number, found in zip(numbers, _read_views(store, refs), strict=True):
+        for offset, line in enumerate(found or []):
             lines[number * size + offset] = line
     failed = {int(f["index"]): f for f in foreach.get("failed_items") or []}
     ended = [c for c in chunks if c["status"] in ("succeeded", "failed")]
@@ -319,6 +330,14 @@ def foreach_view(store: ArtifactStore, foreach: dict[str, Any], items_from: int)
     }
 
 
+def _read_views(store: ArtifactStore, refs: list[Any]) -> list[Any]:
+    """View documents read in parallel (a page of items spans several chunks)."""
+    if len(refs) < 2:
+        return [read_view(store, ref) for ref in refs]
+    with ThreadPoolExecutor(min(_THREADS, len(refs))) as pool:
+        return list(pool.map(lambda ref: read_view(store, ref), refs))
+
+
 def _duration(manifest: dict[str, Any]) -> float | None:
     started, finished = manifest.get("started_at"), manifest.get("finished_at")
     if isinstance(started, (int, float)) and isinstance(finished, (int, float)):
@@ -333,38 +352,23 @@ def run_view(store: ArtifactStore, dag_id: str, run_id: str) -> dict[str, Any]:
     """Namespace and tags, every flow task instance's latest try with its result's size and
     preview, the run's requested against used, and the right-sizing table of ``flowtask
     usage``."""
+    store = cached(store)
     run = find_run(store, dag_id, run_id)
     tasks = list(run)
     with ThreadPoolExecutor(min(_THREADS, max(len(tasks), 1))) as pool:
         tried = list(pool.map(lambda task: task.tries, tasks))
-    unasked = [
-        (t.task_id, a)
-        for t, tries in zip(tasks, tried, strict=True)
-        for a in tries
-        if not a.requested
-    ]
-    launches = dict(
-        zip(
-            [(task_id, a.map_index, a.number) for task_id, a in unasked],
-            _read_all(
-                store,
-                [
-                    manifest_key(dag_id, run_id, task_id, a.map_index, a.number, "launch")
-                    for task_id, a in unasked
-                ],
-            ),
-            strict=True,
-        )
-    )
+    # What each try asked for: its result manifest says, else (a .foreach's, gathered by the
+    # worker) its launch manifest, read only where the listing found one.
+    attempts = [a for tries in tried for a in tries]
+    with ThreadPoolExecutor(min(_THREADS, max(len(attempts), 1))) as pool:
+        asked = dict(zip(map(id, attempts), pool.map(lambda a: a.requested, attempts), strict=True))
     rows, usage_rows = [], []
     totals = {"cpu": 0.0, "memory_mib": 0.0, "cpu_seconds": 0.0, "peak_rss_mib": 0.0, "tries": 0}
     for task, tries in zip(tasks, tried, strict=True):
         latest: dict[int, Try] = {}
         for attempt in tries:
             latest[attempt.map_index] = attempt
-            row = _usage_row(
-                attempt, launches.get((task.task_id, attempt.map_index, attempt.number))
-            )
+            row = _usage_row(attempt, asked[id(attempt)])
             if row["suggested"] is None:
                 continue
             usage_rows.append(
@@ -431,6 +435,7 @@ def dag_view(
     """The DAG's runs newest first, in ``namespace`` (None: all) carrying every one of ``tags``,
     as ``flowtask runs`` lists them."""
     wanted = [t for t in tags if t]
+    store = cached(store)
     try:
         flow = Flow(dag_id, store)
     except NotFound:
