@@ -17,7 +17,7 @@ from s3_servers import S3Model
 
 from provider.runtime.views import record
 from provider.store import ArtifactStore, IntegrityError, open_store
-from provider.store.keys import blob_key
+from provider.store.keys import blob_key, launch_manifest_key, manifest_key
 from provider.ui import data
 from provider.ui.cache import ByteCache, CachedStore
 
@@ -133,3 +133,27 @@ def test_the_run_tab_reads_each_manifest_once_until_it_changes(counted):
     assert model.by_method["GET"] - after >= 20
     assert [r["preview"] for r in changed["rows"]] == ["int: 1"] * 20
     assert [r["preview"] for r in first["rows"]] == [f"int: {i}" for i in range(20)]
+
+
+def test_the_run_tab_takes_a_request_from_the_launch_manifest_only_where_listed(counted):
+    store, model = counted
+    data.clear_cache()
+    identity = make_run(store, "dag", "run2", mapped={"fit": [1, 2]})
+    usage = {"peak_rss_mib": 100.0, "cpu_seconds": 1.0, "wall_seconds": 2.0}
+    for task_id, requested_in in (("asks", "result"), ("gathered", "launch")):
+        ident = {**identity, "task_id": task_id, "map_index": -1, "try_number": 1}
+        key = manifest_key("dag", "run2", task_id, -1, 1)
+        asked = {"cpu": 2.0, "memory_mib": 1024, "gpu": 0}
+        store.write_manifest(launch_manifest_key(key), {**ident, "requested": asked})
+        manifest = {**ident, "status": "succeeded", "usage": usage}
+        if requested_in == "result":
+            manifest["requested"] = asked
+        store.write_manifest(key, manifest)
+    before = model.by_method["GET"]
+    view = data.run_view(store, "dag", "run2")
+    reads = model.by_method["GET"] - before
+    rows = {row["task_id"]: row for row in view["usage"]}
+    assert rows["asks"]["requested"] == rows["gathered"]["requested"] == asked
+    assert view["totals"]["cpu"] == 4.0 and view["totals"]["tries"] == 2
+    # The index (snapshot, events), one listing, 4 result manifests, 1 launch manifest.
+    assert reads <= 5 + 1 + 4 + 1, model.by_method

@@ -361,14 +361,15 @@ def run_view(store: ArtifactStore, dag_id: str, run_id: str) -> dict[str, Any]:
     # worker) its launch manifest, read only where the listing found one.
     attempts = [a for tries in tried for a in tries]
     with ThreadPoolExecutor(min(_THREADS, max(len(attempts), 1))) as pool:
-        asked = dict(zip(map(id, attempts), pool.map(lambda a: a.requested, attempts), strict=True))
+        asks = list(pool.map(lambda a: a.requested, attempts))
+    wanted = dict(zip(map(id, attempts), asks, strict=True))
     rows, usage_rows = [], []
     totals = {"cpu": 0.0, "memory_mib": 0.0, "cpu_seconds": 0.0, "peak_rss_mib": 0.0, "tries": 0}
     for task, tries in zip(tasks, tried, strict=True):
         latest: dict[int, Try] = {}
         for attempt in tries:
             latest[attempt.map_index] = attempt
-            row = _usage_row(attempt, asked[id(attempt)])
+            row = _usage_row(attempt, wanted[id(attempt)])
             if row["suggested"] is None:
                 continue
             usage_rows.append(
