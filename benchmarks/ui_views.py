@@ -11,8 +11,11 @@ manifest by the worker's own ``gather``. Each tab's page is built as the API ser
 ``file://`` folder, moto's S3 server on 127.0.0.1, and moto behind ``S3Model`` (20 ms to the
 first byte, 90 MiB/s a connection: "the S3 model").
 
-Each tab is timed cold (the API server's cache emptied first: a run nobody opened since the
-server started) and warm (opened again), medians of ``--repeat``; the store requests one
+The run has ended as ``record_run_state`` records an end, which also writes the run's rollup
+(``provider.store.rollup``: its try manifests in one object, on S3). Each tab is timed cold
+(the API server's cache emptied first: a run nobody opened since the server started) and warm
+(opened again), medians of ``--repeat``; the run tab also on its first opening ever without a
+rollup (a run still running, or whose DAG does not record its end). The store requests one
 opening makes are counted (HTTP requests by method for S3, LIST for listing pages; backend
 calls for a folder). The anchor is one listing of the run's prefix, the least any view of the
 run must read.
@@ -38,13 +41,14 @@ from run_factory import make_run
 from provider.core.foreach import gather, store_items
 from provider.runtime.foreach import ForeachPlan
 from provider.runtime.views import item_previews, record
-from provider.store import ArtifactStore, manifest_key, open_store
+from provider.store import ArtifactStore, manifest_key, open_store, rollup
 from provider.store.keys import launch_manifest_key, run_prefix
 from provider.ui import app, data
 
 DAG, RUN = "bench_ui", "manual__2026-01-01T00:00:00+00:00"
 MAPPED, ITEMS, CHUNK = 1000, 10_000, 10
 ANCHOR = "list the run's prefix (anchor)"
+FIRST = "run tab, first opening, no rollup"
 
 
 def build(store: ArtifactStore) -> None:
@@ -113,6 +117,7 @@ def build(store: ArtifactStore) -> None:
     launch = {**ident, "compute": "kubernetes", "requested": requested, "foreach_items": items}
     store.write_manifest(launch_manifest_key(key), launch, durable=False)
     gather(store, plan, key, ident, catching=False, started=1.0)
+    rollup.build(store, run_prefix(DAG, RUN))  # as record_run_state does at the run's end
 
 
 def tabs(store: ArtifactStore) -> dict[str, Callable[[], Any]]:
@@ -122,6 +127,7 @@ def tabs(store: ArtifactStore) -> dict[str, Callable[[], Any]]:
         "run tab (1,000 mapped + .foreach)": lambda: app._render(
             "run.html", view=data.run_view(store, DAG, RUN), can_edit=True
         ),
+        FIRST: lambda: app._render("run.html", view=data.run_view(store, DAG, RUN), can_edit=True),
         "task tab (fit[500])": lambda: app._render(
             "task.html", view=data.task_view(store, DAG, RUN, "fit", 500)
         ),
@@ -148,6 +154,8 @@ def measure(
         warm_requests: Counter[str] = Counter()
         for _ in range(repeat):
             clear_cache()
+            if what == FIRST:  # no rollup (the opening writes one, which the next one uses)
+                store.backend.delete(rollup.rollup_key(run_prefix(DAG, RUN)))
             counted.clear()
             started = time.perf_counter()
             step()

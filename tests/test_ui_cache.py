@@ -155,5 +155,6 @@ def test_the_run_tab_takes_a_request_from_the_launch_manifest_only_where_listed(
     rows = {row["task_id"]: row for row in view["usage"]}
     assert rows["asks"]["requested"] == rows["gathered"]["requested"] == asked
     assert view["totals"]["cpu"] == 4.0 and view["totals"]["tries"] == 2
-    # The index (snapshot, events), one listing, 4 result manifests, 1 launch manifest.
-    assert reads <= 5 + 1 + 4 + 1, model.by_method
+    # The index (snapshot, events), one listing, the rollup (none: a small run), 4 result
+    # manifests, 1 launch manifest.
+    assert reads <= 5 + 1 + 1 + 4 + 1, model.by_method

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from provider.store.index import RUN_STATE_MARKER
@@ -19,17 +20,19 @@ def record_run_state(context: Any) -> None:
     ``unknown``.
     """
     from provider import config
+    from provider.store import rollup
     from provider.store.index import record_run_end
+    from provider.store.keys import run_prefix
 
     reason = context.get("reason")
     state = "success" if reason == "success" else "failed"
-    record_run_end(
-        config.open_artifact_store(),
-        context["dag"].dag_id,
-        context["run_id"],
-        state,
-        reason=reason,
-    )
+    store = config.open_artifact_store()
+    dag_id, run_id = context["dag"].dag_id, context["run_id"]
+    record_run_end(store, dag_id, run_id, state, reason=reason)
+    try:  # the run's manifests in one object, for the UI's run tab (a big run's only)
+        rollup.build(store, run_prefix(dag_id, run_id))
+    except Exception as error:  # the end is recorded; the tab reads the manifests
+        logging.getLogger("provider").warning("could not roll up run %s: %s", run_id, error)
 
 
 setattr(record_run_state, RUN_STATE_MARKER, True)

@@ -7,19 +7,24 @@ Two kinds, both safe to keep because what they name cannot change:
 - a manifest, by its key and its version (S3's ETag), used only when a listing made for the same
   page named that very version: a manifest rewritten since is read again.
 
-The cache is bounded (``MAX_CACHE_BYTES``, least recently used first out) and holds bytes, never
+The cache is bounded (``log = logging.getLogger("provider.ui")
+
+MAX_CACHE_BYTES``, least recently used first out) and holds bytes, never
 decoded values: each page parses what it uses, so no page sees another's changes. Nothing is
 unpickled: blobs are JSON or pictures, checked by the store as on any read.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from provider.store import ArtifactStore, Reference
+from provider.store import ArtifactStore, Reference, rollup
+
+log = logging.getLogger("provider.ui")
 
 MAX_CACHE_BYTES = 64 * 1024 * 1024
 MAX_ENTRY_BYTES = 1024 * 1024
@@ -94,6 +99,29 @@ class CachedStore(ArtifactStore):
         self._listing = _ListingBackend(store.backend)
         super().__init__(self._listing, store.root_uri, clock=store.clock, compress=store.compress)
         self.cache = cache
+        self.seen: rollup.Entries = {}  # manifests this page used, by key: (version, body)
+        self.misses = 0  # manifests it had to read
+
+    @property
+    def lists_versions(self) -> bool:
+        return getattr(self._listing.inner, "versions", None) is not None
+
+    def preload(self, prefix: str) -> None:
+        """Take the run's rollup (``provider.store.rollup``) into the cache: its entries are
+        used for the manifests a listing of this page names at the same version."""
+        if self.lists_versions:
+            for key, (version, body) in rollup.read(self, prefix).items():
+                self.cache.put(("manifest", key, version), body)
+
+    def keep(self, prefix: str, *, after_misses: int = 20) -> None:
+        """Replace the run's rollup by what this page read, when it had to read many manifests
+        the rollup lacked (best effort: a store this server cannot write to is only read)."""
+        if self.misses < after_misses or len(self.seen) < rollup.MIN_MANIFESTS:
+            return
+        try:
+            rollup.write(self, prefix, self.seen)
+        except Exception as error:
+            log.debug("could not keep the rollup of %s: %s", prefix, error)
 
     def get_bytes(self, ref: Reference | Mapping[str, Any]) -> bytearray:
         ref = Reference.from_json(ref)
@@ -110,14 +138,16 @@ class CachedStore(ArtifactStore):
         listed = self._listing.listed.get(key)
         if listed is None:  # no listing of this page named its version: read it
             return super().read_manifest(key)
-        body = self.cache.get(("manifest", key, listed))
+        version, body = listed, self.cache.get(("manifest", key, listed))
         if body is None:
             raw, version = self._listing.inner.read_versioned(key)
             body = bytes(raw)
             self.cache.put(("manifest", key, version), body)  # the version read, not listed
+            self.misses += 1
+        self.seen[key] = (version, body)
         return self.parse_manifest(key, body)
 
 
-def cached(store: ArtifactStore) -> ArtifactStore:
+def cached(store: ArtifactStore) -> CachedStore:
     """``store`` read through the API server's cache (a store already so read: itself)."""
     return store if isinstance(store, CachedStore) else CachedStore(store)

@@ -352,9 +352,13 @@ def run_view(store: ArtifactStore, dag_id: str, run_id: str) -> dict[str, Any]:
     """Namespace and tags, every flow task instance's latest try with its result's size and
     preview, the run's requested against used, and the right-sizing table of ``flowtask
     usage``."""
-    store = cached(store)
-    run = find_run(store, dag_id, run_id)
-    tasks = list(run)
+    store = reading = cached(store)
+    prefix = run_prefix(dag_id, run_id)
+    with ThreadPoolExecutor(1) as side:  # the rollup is read while the index and run are
+        preloading = side.submit(reading.preload, prefix)
+        run = find_run(store, dag_id, run_id)
+        tasks = list(run)
+        preloading.result()
     with ThreadPoolExecutor(min(_THREADS, max(len(tasks), 1))) as pool:
         tried = list(pool.map(lambda task: task.tries, tasks))
     # What each try asked for: its result manifest says, else (a .foreach's, gathered by the
@@ -400,6 +404,7 @@ def run_view(store: ArtifactStore, dag_id: str, run_id: str) -> dict[str, Any]:
                     "size": size,
                 }
             )
+    reading.keep(prefix)
     suggested = [u["suggested"] for u in usage_rows]
     totals["cpus_used"] = sum(u["cpus_used"] for u in usage_rows)
     bars = [
