@@ -6,18 +6,23 @@ and on a folder store.
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import BUCKET, s3_client
-from run_factory import make_run
+from run_factory import make_run, write_try
 from s3_servers import S3Model
 
 from provider.runtime.views import record
-from provider.store import ArtifactStore, IntegrityError, open_store
-from provider.store.keys import blob_key, launch_manifest_key, manifest_key
+from provider.store import ArtifactStore, IntegrityError, open_store, rollup
+from provider.store.index import read_runs
+from provider.store.keys import blob_key, launch_manifest_key, manifest_key, run_prefix
 from provider.ui import data
 from provider.ui.cache import ByteCache, CachedStore
 
@@ -158,3 +163,70 @@ def test_the_run_tab_takes_a_request_from_the_launch_manifest_only_where_listed(
     # The index (snapshot, events), one listing, the rollup (none: a small run), 4 result
     # manifests, 1 launch manifest.
     assert reads <= 5 + 1 + 1 + 4 + 1, model.by_method
+
+
+def requests_of(store: ArtifactStore) -> Counter[str]:
+    """The HTTP requests the store's client sends from now on, by method (a listing as LIST)."""
+    counted: Counter[str] = Counter()
+
+    def before_send(request: Any, **kwargs: Any) -> None:
+        listing = request.method == "GET" and "list-type=2" in request.url
+        counted["LIST" if listing else request.method] += 1
+
+    store.backend.client.meta.events.register("before-send.s3", before_send)
+    return counted
+
+
+def test_a_rollup_replaces_the_manifest_reads_of_the_run_tab(counted, monkeypatch):
+    store, _ = counted
+    monkeypatch.setattr(rollup, "MIN_MANIFESTS", 4)
+    make_run(store, "dag", "run3", mapped={"fit": list(range(8))})
+    prefix = run_prefix("dag", "run3")
+    assert rollup.build(store, prefix) == 8
+    read_runs(store, "dag")  # the index folds its log once
+    data.clear_cache()
+    sent = requests_of(store)
+    view = data.run_view(store, "dag", "run3")
+    assert sent["GET"] == 2, sent  # the index's snapshot and the rollup: no manifest one by one
+    assert [r["preview"] for r in view["rows"]] == [f"int: {i}" for i in range(8)]
+    # One try rewritten: its entry names a version the listing no longer does.
+    write_try(store, {"dag_id": "dag", "run_id": "run3"}, "fit", 42, map_index=3)
+    data.clear_cache()
+    sent.clear()
+    view = data.run_view(store, "dag", "run3")
+    assert view["rows"][3]["preview"] == "int: 42"
+    assert sent["GET"] == 3, sent
+
+
+def test_a_rollup_entry_is_used_only_at_the_version_listed(counted, monkeypatch):
+    store, _ = counted
+    monkeypatch.setattr(rollup, "MIN_MANIFESTS", 1)
+    make_run(store, "dag", "run4", mapped={"fit": [1, 2]})
+    prefix = run_prefix("dag", "run4")
+    key = manifest_key("dag", "run4", "fit", 0, 1)
+    real = store.read_manifest(key)
+    forged = json.dumps({**real, "result": {**real["result"], "preview": "forged"}}).encode()
+    versions = rollup.listed_versions(store, prefix)
+    assert versions is not None
+    rollup.write(store, prefix, {key: ('"not-its-etag"', forged)})
+    data.clear_cache()
+    assert data.run_view(store, "dag", "run4")["rows"][0]["preview"] == "int: 1"
+    rollup.write(store, prefix, {key: (versions[key], forged)})  # what the listing names
+    data.clear_cache()
+    assert data.run_view(store, "dag", "run4")["rows"][0]["preview"] == "forged"
+
+
+def test_gc_finds_no_reference_in_a_rollup(tmp_path: Path, monkeypatch):
+    from datetime import timedelta
+
+    from provider.store.gc import collect_garbage
+
+    store = open_store(tmp_path.as_uri())
+    identity = make_run(store, "dag", "run5", tasks={"t": "old result"})
+    prefix = run_prefix("dag", "run5")
+    key = manifest_key("dag", "run5", "t", -1, 1)
+    old = store.read_manifest(key)["result"]
+    rollup.write(store, prefix, {key: ('"v"', json.dumps(store.read_manifest(key)).encode())})
+    write_try(store, identity, "t", "new result")  # the old result is referenced no more
+    report = collect_garbage(store, grace=timedelta(0), delete=True, now=time.time() + 60)
+    assert blob_key(old["sha256"]) in [k for k, _ in report.unreferenced]
