@@ -78,11 +78,19 @@ class _ListingBackend:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.listed: dict[str, str] = {}
+        self.listings: dict[str, list[str]] = {}  # made ahead for this page, by prefix
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    def list_ahead(self, prefix: str) -> None:
+        """List ``prefix`` now; this page's next listing of it is this one."""
+        self.listings[prefix] = list(self.list(prefix))
+
     def list(self, prefix: str) -> Iterator[str]:
+        if prefix in self.listings:
+            yield from self.listings.pop(prefix)
+            return
         versions = getattr(self.inner, "versions", None)
         if versions is None:
             yield from self.inner.list(prefix)
@@ -105,6 +113,11 @@ class CachedStore(ArtifactStore):
     @property
     def lists_versions(self) -> bool:
         return getattr(self._listing.inner, "versions", None) is not None
+
+    def list_ahead(self, prefix: str) -> None:
+        """List ``prefix`` now (while something else is read); the page's next listing of it
+        is this one."""
+        self._listing.list_ahead(prefix)
 
     def preload(self, prefix: str) -> None:
         """Take the run's rollup (``provider.store.rollup``) into the cache: its entries are

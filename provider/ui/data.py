@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from provider.client import Flow, NotFound, Run, Task, Try
+from provider.client.task import TaskLayout, scan_instance
 from provider.client.task import describe as describe_result
-from provider.client.task import scan_instance
 from provider.runtime.usage import suggested_request
 from provider.runtime.views import IMAGE_ENCODINGS, MAX_IMAGE_BYTES, MAX_VIEW_BYTES
 from provider.store import ArtifactStore, MissingArtifact, is_reference
@@ -125,16 +125,21 @@ def task_view(
 ) -> dict[str, Any]:
     """Every try of one task instance, the latest one's result view and cards, its .foreach."""
     store = cached(store)
-    run = find_run(store, dag_id, run_id)
-    task = _task(store, run, task_id, map_index)
-    tries = task.tries
-    launches = _read_all(
-        store,
-        [manifest_key(dag_id, run_id, task_id, t.map_index, t.number, "launch") for t in tries],
-    )
-    shown = [
-        _try_view(store, attempt, launch) for attempt, launch in zip(tries, launches, strict=True)
-    ]
+    prefix, part = run_prefix(dag_id, run_id), key_part(task_id)
+    with ThreadPoolExecutor(_THREADS) as pool:
+        # The instance's folder is listed while the index is read, then its tries' result and
+        # launch manifests are read together, then each try's views.
+        listing = pool.submit(scan_instance, store, prefix, part, map_index)
+        run = find_run(store, dag_id, run_id)
+        task = _task(store, run, task_id, map_index, listing.result())
+        numbers = sorted(listing.result().tries.get(map_index, {}))
+        launching = pool.map(
+            lambda n: _read(store, manifest_key(dag_id, run_id, task_id, map_index, n, "launch")),
+            numbers,
+        )
+        tries = task.tries
+        launches = dict(zip(numbers, launching, strict=True))
+        shown = list(pool.map(lambda t: _try_view(store, t, launches.get(t.number, {})), tries))
     latest = shown[-1] if shown else None
     view: dict[str, Any] = {
         "dag_id": dag_id,
@@ -151,10 +156,9 @@ def task_view(
     return view
 
 
-def _task(store: ArtifactStore, run: Run, task_id: str, map_index: int) -> Task:
+def _task(store: ArtifactStore, run: Run, task_id: str, map_index: int, layout: TaskLayout) -> Task:
     """The task instance, from listings of its own folder (never the whole run's)."""
-    prefix, part = run_prefix(run.dag_id, run.run_id), key_part(task_id)
-    layout = scan_instance(store, prefix, part, map_index)
+    prefix = run_prefix(run.dag_id, run.run_id)
     if not layout.tries and not layout.xcom:
         index = f"[{map_index}]" if map_index >= 0 else ""
         raise NotStored(f"run {run.run_id!r} stored nothing for task {task_id}{index}")
@@ -354,11 +358,13 @@ def run_view(store: ArtifactStore, dag_id: str, run_id: str) -> dict[str, Any]:
     usage``."""
     store = reading = cached(store)
     prefix = run_prefix(dag_id, run_id)
-    with ThreadPoolExecutor(1) as side:  # the rollup is read while the index and run are
+    with ThreadPoolExecutor(2) as side:  # the run's listing and rollup, while the index is read
+        listing = side.submit(reading.list_ahead, prefix)
         preloading = side.submit(reading.preload, prefix)
         run = find_run(store, dag_id, run_id)
-        tasks = list(run)
+        listing.result()
         preloading.result()
+        tasks = list(run)
     with ThreadPoolExecutor(min(_THREADS, max(len(tasks), 1))) as pool:
         tried = list(pool.map(lambda task: task.tries, tasks))
     # What each try asked for: its result manifest says, else (a .foreach's, gathered by the
