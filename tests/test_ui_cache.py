@@ -230,3 +230,26 @@ def test_gc_finds_no_reference_in_a_rollup(tmp_path: Path, monkeypatch):
     write_try(store, identity, "t", "new result")  # the old result is referenced no more
     report = collect_garbage(store, grace=timedelta(0), delete=True, now=time.time() + 60)
     assert blob_key(old["sha256"]) in [k for k, _ in report.unreferenced]
+
+
+def test_a_runs_listing_leaves_out_foreach_chunks_but_not_a_task_named_foreach(counted):
+    store, _ = counted
+    make_run(store, "dag", "run6", tasks={"foreach": 1, "score": 2})
+    chunks = run_prefix("dag", "run6") + "/score/-1/foreach/0123456789abcdef"
+    for chunk in range(3):
+        store.write_manifest(
+            f"{chunks}/{chunk:06d}.json",
+            {"chunk": chunk, "start": chunk, "stop": chunk + 1, "status": "succeeded"},
+        )
+    view = CachedStore(store, ByteCache())
+    listed = list(view.backend.list(run_prefix("dag", "run6")))
+    assert not [key for key in listed if key.startswith(chunks)]
+    assert manifest_key("dag", "run6", "foreach", -1, 1) in listed
+    assert len(list(view.backend.list(chunks))) == 3  # a .foreach's own folder: whole
+    rows = data.run_view(store, "dag", "run6")["rows"]
+    shown_rows = [(r["task_id"], r["preview"]) for r in rows]
+    assert shown_rows == [("foreach", "int: 1"), ("score", "int: 2")]
+    # A try that ended before its chunks were gathered: they are read from their folder.
+    foreach = {"items": 3, "chunks": 3, "chunk_size": 1, "prefix": chunks}
+    shown = data.foreach_view(view, foreach, 0)
+    assert [c["chunk"] for c in shown["chunk_rows"]] == [0, 1, 2] and shown["done"] == 3

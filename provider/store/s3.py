@@ -339,13 +339,18 @@ class S3Backend:
             for item in page.get("Contents", ()):
                 yield item["Key"][strip:], int(item["Size"]), item["LastModified"].timestamp()
 
-    def versions(self, prefix: str) -> Iterator[tuple[str, str]]:
+    def versions(self, prefix: str, leave_out: str | None = None) -> Iterator[tuple[str, str]]:
         """(key, ETag) of every object under ``prefix``, from the listing alone: a reader that
-        cached an object by its key and ETag knows without a request whether it changed."""
+        cached an object by its key and ETag knows without a request whether it changed.
+
+        ``leave_out``: keys holding it after ``prefix`` are not listed (S3's delimiter: one
+        common prefix stands for them all), e.g. ``"/foreach/"`` for a run's tries without
+        its ``.foreach`` chunks."""
         base = self._key(prefix).rstrip("/") + "/"
         strip = len(self.prefix) + 1 if self.prefix else 0
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+        extra = {"Delimiter": leave_out} if leave_out else {}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=base, **extra):
             for item in page.get("Contents", ()):
                 yield item["Key"][strip:], str(item["ETag"])
 

@@ -71,6 +71,12 @@ class ByteCache:
 CACHE = ByteCache()
 
 
+# A listing of a run or a task leaves out its .foreach chunk manifests (a third of a big run's
+# keys): the pages read a .foreach's chunks from the try's manifest, or list its own folder
+# (which this leaves whole: nothing in it holds "/foreach/" after the folder).
+LEFT_OUT = "/foreach/"
+
+
 class _ListingBackend:
     """The store's backend, remembering the version of every key its listings named (where the
     backend's listing tells versions: S3's ETags); everything else passes through."""
@@ -95,7 +101,7 @@ class _ListingBackend:
         if versions is None:
             yield from self.inner.list(prefix)
             return
-        for key, version in versions(prefix):
+        for key, version in versions(prefix, leave_out=LEFT_OUT):
             self.listed[key] = version
             yield key
 
