@@ -253,3 +253,68 @@ def test_a_runs_listing_leaves_out_foreach_chunks_but_not_a_task_named_foreach(c
     foreach = {"items": 3, "chunks": 3, "chunk_size": 1, "prefix": chunks}
     shown = data.foreach_view(view, foreach, 0)
     assert [c["chunk"] for c in shown["chunk_rows"]] == [0, 1, 2] and shown["done"] == 3
+
+
+def test_a_fan_outs_tries_keep_the_rollup_current_reading_only_what_it_lacks(counted, monkeypatch):
+    store, _ = counted
+    monkeypatch.setattr(rollup, "MIN_MANIFESTS", 4)
+    identity = make_run(store, "dag", "run7", mapped={"fit": list(range(8))})
+    prefix = run_prefix("dag", "run7")
+    assert rollup.refresh(store, prefix) == 8
+    sent = requests_of(store)
+    assert rollup.refresh(store, prefix) == 0  # younger than REFRESH_SECONDS: one HEAD
+    assert sent == Counter({"HEAD": 1})
+    write_try(store, identity, "fit", 42, map_index=3)
+    write_try(store, identity, "fit", 43, map_index=8)  # a new instance
+    sent.clear()
+    assert rollup.refresh(store, prefix, older_than=0) == 9
+    assert sent["GET"] == 2 + 1  # the two manifests it lacked, and the rollup itself
+    entries = rollup.read(store, prefix)
+    assert (
+        json.loads(entries[manifest_key("dag", "run7", "fit", 3, 1)][1])["result"]["preview"]
+        == "int: 42"
+    )
+    assert not store.backend.stat(f"{prefix}/{rollup.CLAIM}")  # the claim is let go
+
+
+def test_one_writer_at_a_time_refreshes_a_rollup(counted, monkeypatch):
+    store, _ = counted
+    monkeypatch.setattr(rollup, "MIN_MANIFESTS", 4)
+    make_run(store, "dag", "run8", mapped={"fit": list(range(8))})
+    prefix = run_prefix("dag", "run8")
+    store.backend.write_bytes(f"{prefix}/{rollup.CLAIM}", b"{}")  # another writer is at it
+    assert rollup.refresh(store, prefix) == 0
+    assert rollup.read(store, prefix) == {}
+    later = time.time() + rollup.CLAIM_SECONDS + 60  # that writer died long ago
+    monkeypatch.setattr(store, "clock", lambda: later)
+    assert rollup.refresh(store, prefix) == 8
+    assert not store.backend.stat(f"{prefix}/{rollup.CLAIM}")
+
+
+def test_a_folder_store_keeps_no_rollup(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(rollup, "MIN_MANIFESTS", 1)
+    store = open_store(tmp_path.as_uri())
+    make_run(store, "dag", "run9", mapped={"fit": [1, 2]})
+    prefix = run_prefix("dag", "run9")
+    assert rollup.build(store, prefix) == rollup.refresh(store, prefix) == 0
+    assert not (tmp_path / rollup.rollup_key(prefix)).exists()
+
+
+@pytest.mark.parametrize(
+    ("map_index", "instances", "kept"), [(3, 60, True), (3, 10, False), (-1, 60, False)]
+)
+def test_the_end_of_a_big_fan_outs_try_refreshes_its_runs_rollup(
+    counted, monkeypatch, map_index, instances, kept
+):
+    import logging
+    from types import SimpleNamespace
+
+    from provider.core.outcome import record_end
+
+    store, _ = counted
+    monkeypatch.setattr(rollup, "MIN_MANIFESTS", 4)
+    identity = make_run(store, "dag", "run10", mapped={"fit": list(range(8))})
+    ident = {**identity, "task_id": "fit", "map_index": map_index, "try_number": 1}
+    run = SimpleNamespace(store=store, identity=ident, log=logging.getLogger("test"))
+    record_end(run, "success", instances)  # type: ignore[arg-type]
+    assert bool(rollup.read(store, run_prefix("dag", "run10"))) is kept

@@ -108,6 +108,24 @@ def record_end(run: TaskRun, state: str, instances: int | None) -> None:
         record_task_end(run.store, run.identity, state, instances=instances)
     except Exception as exc:
         run.log.warning("could not record the task's end in the run index: %s", exc)
+    if run.identity.get("map_index", -1) >= 0 and (instances or 0) >= FANOUT_ROLLUP:
+        refresh_rollup(run)
+
+
+FANOUT_ROLLUP = 50  # a mapped task of this many instances keeps its run's rollup current
+
+
+def refresh_rollup(run: TaskRun) -> None:
+    """Bring the run's rollup (its try manifests in one object, for the UI's run tab) up to
+    date: one HEAD, and at most once every 30 s a run, reading only what it lacks; best
+    effort."""
+    from provider.store import rollup
+    from provider.store.keys import run_prefix
+
+    try:
+        rollup.refresh(run.store, run_prefix(run.identity["dag_id"], run.identity["run_id"]))
+    except Exception as exc:
+        run.log.warning("could not bring the run's rollup up to date: %s", exc)
 
 
 def log_usage(run: TaskRun, used: dict[str, Any] | None, *, local: bool) -> None:

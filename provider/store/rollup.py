@@ -11,8 +11,10 @@ two writers racing lose nothing but entries, read again by the next reader. The 
 kept as text, so ``gc`` (which reads every manifest under ``runs/``) finds no references in it:
 what keeps a blob is the try's own manifest.
 
-Written at the run's end (``record_run_state`` calls :func:`build`) and by a reader that had
-to read many manifests the rollup lacked.
+Written at the end of a big fan-out's tries (:func:`refresh`: at most once per
+``REFRESH_SECONDS`` a run, by one writer at a time, reading only the manifests it lacks), at the
+run's end (``record_run_state`` calls :func:`build`), and by a reader that had to read many
+manifests the rollup lacked.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ log = logging.getLogger("provider.store")
 
 NAME = "rollup.json"
 MIN_MANIFESTS = 100  # a run with fewer is read in a few parallel rounds: no rollup
+REFRESH_SECONDS = 30.0  # a try's end brings a rollup older than this up to date
+CLAIM_SECONDS = 300.0  # a refresher's claim older than this (its writer died) is taken over
+CLAIM = "rollup-claim.json"
 _THREADS = 16
 
 Entries = dict[str, tuple[str, bytes]]  # key -> (version, body)
@@ -82,14 +87,45 @@ def write(store: ArtifactStore, prefix: str, entries: Mapping[str, tuple[str, by
 
 
 def build(store: ArtifactStore, prefix: str) -> int:
-    """Write the rollup of the run under ``prefix`` from its manifests as they are now; returns
-    how many it holds (0: none written: the store lists no versions, or the run is small)."""
+    """Write the rollup of the run under ``prefix`` from its manifests as they are now (those
+    the rollup holds at their listed version are not read again); returns how many it holds
+    (0: none written: the store lists no versions, or the run is small)."""
+    if getattr(store.backend, "versions", None) is None:
+        return 0
+    return _build(store, prefix, read(store, prefix))
+
+
+def refresh(store: ArtifactStore, prefix: str, *, older_than: float = REFRESH_SECONDS) -> int:
+    """At a try's end: bring the run's rollup up to date unless it is younger than
+    ``older_than`` (one HEAD), or another writer is at it (a claim written conditionally, as
+    the run index's compaction claims its log). Returns how many it holds (0: not written)."""
+    if getattr(store.backend, "versions", None) is None:
+        return 0
+    found = store.backend.stat(rollup_key(prefix))
+    if found is not None and store.clock() - found.modified < older_than:
+        return 0
+    claim = f"{prefix}/{CLAIM}"
+    held = store.backend.stat(claim)
+    if held is not None and store.clock() - held.modified < CLAIM_SECONDS:
+        return 0
+    version = None if held is None else store.backend.version(claim)
+    if not store.backend.write_if_version(claim, b"{}", version):
+        return 0
+    try:
+        return _build(store, prefix, read(store, prefix))
+    finally:
+        store.backend.delete(claim)
+
+
+def _build(store: ArtifactStore, prefix: str, known: Entries) -> int:
     versions = listed_versions(store, prefix)
     if versions is None:
         return 0
     keys = [key for key in versions if is_try_manifest(prefix, key)]
     if len(keys) < MIN_MANIFESTS:
         return 0
+    current = {key: known[key] for key in keys if key in known and known[key][0] == versions[key]}
+    keys = [key for key in keys if key not in current]
 
     def fetch(key: str) -> tuple[str, tuple[str, bytes]] | None:
         try:
@@ -100,5 +136,6 @@ def build(store: ArtifactStore, prefix: str) -> int:
 
     with ThreadPoolExecutor(_THREADS) as pool:
         found = [entry for entry in pool.map(fetch, keys) if entry is not None]
-    write(store, prefix, dict(found))
-    return len(found)
+    current.update(found)
+    write(store, prefix, current)
+    return len(current)
