@@ -92,7 +92,7 @@ def build(store: ArtifactStore, prefix: str) -> int:
     (0: none written: the store lists no versions, or the run is small)."""
     if getattr(store.backend, "versions", None) is None:
         return 0
-    return _build(store, prefix, read(store, prefix))
+    return _build(store, prefix)
 
 
 def refresh(store: ArtifactStore, prefix: str, *, older_than: float = REFRESH_SECONDS) -> int:
@@ -112,18 +112,19 @@ def refresh(store: ArtifactStore, prefix: str, *, older_than: float = REFRESH_SE
     if not store.backend.write_if_version(claim, b"{}", version):
         return 0
     try:
-        return _build(store, prefix, read(store, prefix))
+        return _build(store, prefix)
     finally:
         store.backend.delete(claim)
 
 
-def _build(store: ArtifactStore, prefix: str, known: Entries) -> int:
+def _build(store: ArtifactStore, prefix: str) -> int:
     versions = listed_versions(store, prefix)
     if versions is None:
         return 0
     keys = [key for key in versions if is_try_manifest(prefix, key)]
     if len(keys) < MIN_MANIFESTS:
         return 0
+    known = read(store, prefix)
     current = {key: known[key] for key in keys if key in known and known[key][0] == versions[key]}
     keys = [key for key in keys if key not in current]
 
