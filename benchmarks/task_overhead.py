@@ -26,7 +26,6 @@ Medians over the chain's tasks and the repeats; the ratio is printed last.
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import statistics
 import subprocess
@@ -38,8 +37,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import itertools
+from collections import Counter
+from typing import Any
 
-from conftest import airflow_env
+from conftest import BUCKET, airflow_env, aws_connection, s3_client
 
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 DAG = """
@@ -71,9 +72,9 @@ def _ts(stamp: str) -> float:
 
 
 def one_run(
-    home: Path, dags: Path, chain: int, **extra: str
+    home: Path, dags: Path, chain: int, store: Store, **extra: str
 ) -> tuple[list[float], list[float], dict, list[str]]:
-    env = airflow_env(home, dags, **extra)
+    env = airflow_env(home, dags, **store.env, **extra)
     subprocess.run(
         [AIRFLOW, "dags", "test", "bench_overhead"], env=env, check=True, capture_output=True
     )
@@ -87,11 +88,13 @@ def one_run(
     flow = [spans[f"flow_{i}"][1] - spans[f"flow_{i}"][0] for i in range(1, chain)]
     parts: dict[str, list[float]] = {part: [] for part in PARTS}
     starts = []
-    runs = home / "flow_artifacts" / "runs" / "bench_overhead"
+    opened = store.open(home)
+    runs = "runs/bench_overhead"
+    keys = [k for k in opened.list_manifests(runs) if "/flow_" in k]
     for i in range(1, chain):
-        folder = next(runs.glob(f"*/flow_{i}/-1/1"))
-        launch = json.loads((folder / "launch.json").read_text())
-        result = json.loads((folder / "result.json").read_text())
+        folder = next(k for k in keys if f"/flow_{i}/-1/1/" in k).rsplit("/", 1)[0]
+        launch = opened.read_manifest(f"{folder}/launch.json")
+        result = opened.read_manifest(f"{folder}/result.json")
         starts.append(result["runtime_start"])
         start, end = spans[f"flow_{i}"]
         called = result["function_started_at"]
@@ -108,6 +111,54 @@ def one_run(
         for part, (a, b) in zip(PARTS, itertools.pairwise(marks), strict=True):
             parts[part].append(b - a)
     return plain, flow, parts, starts
+
+
+class Store:
+    """Where a run's artifact store is: a folder, moto, or moto behind the S3 model; on S3,
+    a counting proxy in front of moto (without a model it adds no latency)."""
+
+    def __init__(self, name: str, moto: Any = None) -> None:
+        self.name, self.env, self.proxy, self.moto = name, {}, None, moto
+        if name == "folder":
+            return
+        from s3_servers import FaultProxy, S3Model
+
+        if name == "model":
+            self.proxy = S3Model(moto.port)
+        else:
+            self.proxy = FaultProxy(moto.port, failure_rate=0.0)
+        self.env = {
+            "AIRFLOW__FLOW_TASK__ARTIFACT_STORE": f"s3://{BUCKET}/{name}",
+            "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(self.proxy.endpoint),
+        }
+
+    def open(self, home: Path) -> Any:
+        from provider.store import open_store
+
+        if self.proxy is None:
+            return open_store((home / "flow_artifacts").as_uri())
+        return open_store(
+            self.env["AIRFLOW__FLOW_TASK__ARTIFACT_STORE"], s3_client=s3_client(self.moto.endpoint)
+        )
+
+    def reset(self) -> None:
+        if self.proxy is not None:
+            self.proxy.reset_counts()
+
+    def counted(self) -> tuple[Counter[str], int]:
+        """The requests since the last reset, by method, and how many rounds they made: a
+        round is requests that were in flight together (one after another: one round each)."""
+        if self.proxy is None:
+            return Counter(), 0
+        with self.proxy.lock:
+            spans = sorted(self.proxy.spans, key=lambda span: span[1])
+            methods = Counter(self.proxy.by_method)
+        rounds, until = 0, float("-inf")
+        for _, arrived, answered in spans:
+            if arrived > until:
+                rounds += 1
+            until = max(until, answered)
+        return methods, rounds
 
 
 def runtime_start(python: str, runs: int = 21) -> tuple[float, float]:
@@ -133,51 +184,93 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--chain", type=int, default=15)
+    parser.add_argument("--stores", default="folder,moto,model", help="folder, moto, model")
+    parser.add_argument("--cold", action="store_true", help="also every runtime cold (folder)")
+    parser.add_argument("--no-start", action="store_true", help="skip the interpreter starts")
     args = parser.parse_args()
-    plain: list[float] = []
-    flow: dict[str, list[float]] = {"warm": [], "cold": []}
-    parts = {mode: {part: [] for part in PARTS} for mode in flow}
-    starts: dict[str, list[str]] = {mode: [] for mode in flow}
-    with tempfile.TemporaryDirectory() as tmp:
-        dags = Path(tmp) / "dags"
-        dags.mkdir()
-        (dags / "bench_overhead.py").write_text(DAG.replace("{chain}", str(args.chain)))
-        template = Path(tmp) / "template"
-        subprocess.run(
-            [AIRFLOW, "db", "migrate"],
-            env=airflow_env(template, dags),
-            check=True,
-            capture_output=True,
+    names = args.stores.split(",")
+    moto = None
+    if any(name != "folder" for name in names):
+        from s3_servers import MotoServer
+
+        moto = MotoServer()
+        s3_client(moto.endpoint).create_bucket(Bucket=BUCKET)
+    stores = {name: Store(name, moto) for name in names}
+    modes = [(name, "warm") for name in names] + ([("folder", "cold")] if args.cold else [])
+    plain: dict[str, list[float]] = {name: [] for name in names}
+    flow: dict[tuple[str, str], list[float]] = {mode: [] for mode in modes}
+    parts = {mode: {part: [] for part in PARTS} for mode in modes}
+    starts: dict[tuple[str, str], list[str]] = {mode: [] for mode in modes}
+    requests: dict[str, list[tuple[Counter[str], int]]] = {name: [] for name in names}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            dags = Path(tmp) / "dags"
+            dags.mkdir()
+            (dags / "bench_overhead.py").write_text(DAG.replace("{chain}", str(args.chain)))
+            template = Path(tmp) / "template"
+            subprocess.run(
+                [AIRFLOW, "db", "migrate"],
+                env=airflow_env(template, dags),
+                check=True,
+                capture_output=True,
+            )
+            for number in range(args.repeat):
+                for mode in modes:  # interleaved: all see the same machine
+                    name, start = mode
+                    home = Path(tmp) / f"home{number}-{name}-{start}"
+                    home.mkdir()
+                    (home / "airflow.db").write_bytes((template / "airflow.db").read_bytes())
+                    extra = COLD if start == "cold" else {}
+                    stores[name].reset()
+                    p, f, run_parts, run_starts = one_run(
+                        home, dags, args.chain, stores[name], **extra
+                    )
+                    if start == "warm":
+                        plain[name] += p
+                        requests[name].append(stores[name].counted())
+                    flow[mode] += f
+                    starts[mode] += run_starts
+                    for part in PARTS:
+                        parts[mode][part] += run_parts[part]
+    finally:
+        for store in stores.values():
+            if store.proxy is not None:
+                store.proxy.stop()
+        if moto is not None:
+            moto.stop()
+    if not args.no_start:
+        bare, runtime = runtime_start(sys.executable)
+        print(f"bare interpreter start:  {bare * 1000:7.1f} ms (median of 21)")
+        print(
+            f"runtime start (imports): {runtime * 1000:7.1f} ms (median of 21), "
+            f"+{(runtime - bare) * 1000:.1f} ms"
         )
-        for number in range(args.repeat):
-            for mode in flow:  # interleaved: both see the same machine
-                home = Path(tmp) / f"home{number}-{mode}"
-                home.mkdir()
-                (home / "airflow.db").write_bytes((template / "airflow.db").read_bytes())
-                extra = COLD if mode == "cold" else {}
-                p, f, run_parts, run_starts = one_run(home, dags, args.chain, **extra)
-                plain += p
-                flow[mode] += f
-                starts[mode] += run_starts
-                for part in PARTS:
-                    parts[mode][part] += run_parts[part]
-    bare, runtime = runtime_start(sys.executable)
-    print(f"bare interpreter start:  {bare * 1000:7.1f} ms (median of 21)")
-    print(
-        f"runtime start (imports): {runtime * 1000:7.1f} ms (median of 21), "
-        f"+{(runtime - bare) * 1000:.1f} ms"
-    )
-    for mode in flow:
+    for mode in modes:
         counted = ", ".join(f"{starts[mode].count(s)} {s}" for s in sorted(set(starts[mode])))
-        print(f"flow task parts, {mode} (medians of {len(flow[mode])} tasks; runtimes: {counted}):")
+        print(
+            f"flow task parts, {mode[0]} store, runtime {mode[1]} "
+            f"(medians of {len(flow[mode])} tasks; runtimes: {counted}):"
+        )
         for part in PARTS:
             print(f"  {part:9s} {statistics.median(parts[mode][part]) * 1000:7.1f} ms")
-    p = statistics.median(plain)
-    cold, warm = statistics.median(flow["cold"]), statistics.median(flow["warm"])
-    print(f"plain @task:                {p * 1000:7.1f} ms per task (median of {len(plain)})")
-    print(f"flow task, runtime cold:    {cold * 1000:7.1f} ms per task ({cold / p:.2f}x plain)")
-    print(f"flow task, runtime warm:    {warm * 1000:7.1f} ms per task (the default)")
-    print(f"ratio flow / plain: {warm / p:.2f}x")
+    print(f"{'store':8s} {'plain s':>8s} {'flow s':>8s} {'ratio':>6s}  requests per flow task")
+    for name in names:
+        p, f = statistics.median(plain[name]), statistics.median(flow[(name, "warm")])
+        shown = "-"
+        if requests[name]:
+            runs = len(requests[name])
+            total: Counter[str] = Counter()
+            for methods, _ in requests[name]:
+                total.update(methods)
+            per = sum(total.values()) / runs / args.chain
+            rounds = statistics.median(r for _, r in requests[name]) / args.chain
+            by = ", ".join(f"{m} {n / runs / args.chain:.1f}" for m, n in sorted(total.items()))
+            shown = f"{per:.1f} ({by}); {rounds:.1f} sequential rounds"
+        print(f"{name:8s} {p:8.3f} {f:8.3f} {f / p:5.2f}x  {shown}")
+    if ("folder", "cold") in flow:
+        cold = statistics.median(flow[("folder", "cold")])
+        ratio = cold / statistics.median(plain["folder"])
+        print(f"folder, runtime cold: {cold:.3f} s ({ratio:.2f}x plain)")
 
 
 if __name__ == "__main__":
