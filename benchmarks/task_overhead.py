@@ -26,6 +26,7 @@ Medians over the chain's tasks and the repeats; the ratio is printed last.
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -74,10 +75,12 @@ def _ts(stamp: str) -> float:
 def one_run(
     home: Path, dags: Path, chain: int, store: Store, **extra: str
 ) -> tuple[list[float], list[float], dict, list[str]]:
-    env = airflow_env(home, dags, **store.env, **extra)
-    subprocess.run(
-        [AIRFLOW, "dags", "test", "bench_overhead"], env=env, check=True, capture_output=True
+    env = airflow_env(home, dags, **store.env_for(home), **extra)
+    done = subprocess.run(
+        [AIRFLOW, "dags", "test", "bench_overhead"], env=env, capture_output=True, text=True
     )
+    if done.returncode:
+        raise SystemExit(f"airflow dags test failed:\n{(done.stdout + done.stderr)[-60000:]}")
     with sqlite3.connect(home / "airflow.db") as db:
         rows = db.execute(
             "SELECT task_id, start_date, end_date FROM task_instance WHERE dag_id=?",
@@ -118,7 +121,7 @@ class Store:
     a counting proxy in front of moto (without a model it adds no latency)."""
 
     def __init__(self, name: str, moto: Any = None) -> None:
-        self.name, self.env, self.proxy, self.moto = name, {}, None, moto
+        self.name, self.proxy, self.moto = name, None, moto
         if name == "folder":
             return
         from s3_servers import FaultProxy, S3Model
@@ -127,19 +130,26 @@ class Store:
             self.proxy = S3Model(moto.port)
         else:
             self.proxy = FaultProxy(moto.port, failure_rate=0.0)
-        self.env = {
-            "AIRFLOW__FLOW_TASK__ARTIFACT_STORE": f"s3://{BUCKET}/{name}",
+
+    def root(self, home: Path) -> str:
+        """The store of the run in ``home``: its own, so its manifests are its own."""
+        if self.proxy is None:
+            return (home / "flow_artifacts").as_uri()
+        return f"s3://{BUCKET}/{home.name}"
+
+    def env_for(self, home: Path) -> dict[str, str]:
+        if self.proxy is None:
+            return {}
+        return {
+            "AIRFLOW__FLOW_TASK__ARTIFACT_STORE": self.root(home),
             "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(self.proxy.endpoint),
         }
 
     def open(self, home: Path) -> Any:
         from provider.store import open_store
 
-        if self.proxy is None:
-            return open_store((home / "flow_artifacts").as_uri())
-        return open_store(
-            self.env["AIRFLOW__FLOW_TASK__ARTIFACT_STORE"], s3_client=s3_client(self.moto.endpoint)
-        )
+        client = None if self.proxy is None else s3_client(self.moto.endpoint)
+        return open_store(self.root(home), s3_client=client)
 
     def reset(self) -> None:
         if self.proxy is not None:
@@ -151,10 +161,13 @@ class Store:
         if self.proxy is None:
             return Counter(), 0
         with self.proxy.lock:
-            spans = sorted(self.proxy.spans, key=lambda span: span[1])
+            spans = sorted(self.proxy.spans, key=lambda span: span[2])
             methods = Counter(self.proxy.by_method)
         rounds, until = 0, float("-inf")
-        for _, arrived, answered in spans:
+        if os.environ.get("TASK_OVERHEAD_REQUESTS"):  # every request, to see where they go
+            for method, path, arrived, answered in spans:
+                print(f"{arrived:.3f} {answered - arrived:.3f} {method} {path}")
+        for _, _, arrived, answered in spans:
             if arrived > until:
                 rounds += 1
             until = max(until, answered)

@@ -89,8 +89,8 @@ class FaultProxy:
         self.injected: Counter[str] = Counter()
         self.by_method: Counter[str] = Counter()
         self.requests = 0
-        # (method, arrived, answered) of every request, monotonic seconds: which overlapped
-        self.spans: list[tuple[str, float, float]] = []
+        # (method, path, arrived, answered) of every request, monotonic seconds: which overlapped
+        self.spans: list[tuple[str, str, float, float]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -176,7 +176,7 @@ class FaultProxy:
                     self._forward()
                 finally:
                     with proxy.lock:
-                        proxy.spans.append((self.command, arrived, time.monotonic()))
+                        proxy.spans.append((self.command, self.path, arrived, time.monotonic()))
 
             def _forward(self) -> None:
                 body = self._receive(int(self.headers.get("Content-Length") or 0))

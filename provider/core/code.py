@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from provider.core.targets.base import TaskRun
 from provider.store import ArtifactStore, Reference, bytes_reference
@@ -38,13 +39,18 @@ def code_reference(store_uri: str, package: bytes) -> Reference:
     )
 
 
-def local_code_package(run: TaskRun) -> tuple[Reference, Path]:
-    """Store the code package, and keep a copy on this worker for local runtimes to import
-    from (``$AIRFLOW_HOME/flowtask/code/<sha256>.zip``, written once per content)."""
+def local_code_package(run: TaskRun, later: Any = None) -> tuple[Reference, Path]:
+    """Store the code package (with ``later``, a ``provider.core.records.Background``, while
+    the try runs), and keep a copy on this worker for local runtimes to import from
+    (``$AIRFLOW_HOME/flowtask/code/<sha256>.zip``, written once per content)."""
     from provider import settings
 
     package = code_package(run.dag_folder)
-    ref = store_code_package(run.store, package)
+    if later is not None:
+        ref = code_reference(run.store.root_uri, package)
+        later.submit(store_code_package, run.store, package)
+    else:
+        ref = store_code_package(run.store, package)
     path = settings.airflow_home() / "flowtask" / "code" / f"{ref.sha256}.zip"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -161,7 +161,12 @@ def record_run_start(
 
 
 def record_task_end(
-    store: ArtifactStore, identity: Mapping[str, Any], state: str, *, instances: int | None
+    store: ArtifactStore,
+    identity: Mapping[str, Any],
+    state: str,
+    *,
+    instances: int | None,
+    compact: bool = True,
 ) -> None:
     """Record that a flow task instance ended for good: ``success`` (a caught failure too: the
     task succeeded) or ``failed`` with no retry left. ``instances`` is how many instances the
@@ -179,10 +184,16 @@ def record_task_end(
         "at": time.time(),
     }
     append_event(store, identity["dag_id"], event)
+    if compact:  # else the caller folds a long log (``compact_if_long``), perhaps meanwhile
+        compact_if_long(store, identity["dag_id"])
+
+
+def compact_if_long(store: ArtifactStore, dag_id: str) -> None:
+    """Fold the log of ``dag_id`` when it is long (see ``_compact_if_long``); never raises."""
     try:
-        _compact_if_long(store, identity["dag_id"])
+        _compact_if_long(store, dag_id)
     except Exception as error:  # the end is recorded; a reader folds the log later
-        log.warning("run index of %s: could not compact: %s", identity["dag_id"], error)
+        log.warning("run index of %s: could not compact: %s", dag_id, error)
 
 
 def record_run_end(
