@@ -59,7 +59,8 @@ def settle(
                 f"({type(records).__name__}: {records})"
             ) from records
         if succeeded:
-            return _succeeded(run, manifest, local)
+            result = _succeeded(run, manifest, local)
+            return outcome.report.get("value", result)  # inline: the value itself
     else:
         try:
             manifest = store.read_manifest(outcome.manifest_key)
@@ -102,10 +103,7 @@ def _succeeded(run: TaskRun, manifest: dict[str, Any], local: bool) -> Any:
         manifest["function_seconds"],
         manifest["peak_rss_mib"],
     )
-    if manifest.get("result_inline"):
-        run.log.info("Returned %r (inline)", manifest["result"])
-    else:
-        _log_result(run, manifest["result"])
+    _log_result(run, manifest["result"])
     log_usage(run, manifest.get("usage"), local=local)
     return manifest["result"]
 

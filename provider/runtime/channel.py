@@ -9,8 +9,10 @@ once. Neither goes through the store on the way: on S3 that is a round trip each
 task's critical path. Each message is a pickle behind its length (8 bytes, big-endian); both
 ends are the same user's processes on one machine, started for each other.
 
-Values up to ``inline_max`` bytes of JSON travel inline in the manifest (as ``FlowXCom`` keeps
-them in the XCom row); larger ones are stored and travel by reference, as without a channel.
+A result up to ``inline_max`` bytes of JSON travels inline too (``value``), which the task
+returns, so ``FlowXCom`` keeps it in the XCom row and a downstream flow task gets it in its
+payload; its blob goes with the report, and the manifest names it as for any result. Larger
+results are stored by the runtime and travel by reference, as without a channel.
 """
 
 from __future__ import annotations
@@ -111,6 +113,14 @@ class DeferredBlobs:
         self._store = store
         self.blobs: list[tuple[bytes, str, str]] = []
 
+    def put(self, value: Any, *, by_value: bool = False) -> Reference:
+        """A small value's reference; its bytes go with the outcome (``put_bytes`` stores
+        them as the store would have: the same bytes, the same key)."""
+        encoded = self._store.encode(value, by_value)
+        data = b"".join(encoded.frames)
+        self.blobs.append((data, "builtins.bytes", encoded.encoding))
+        return encoded.reference
+
     def put_bytes(self, data: bytes, *, type_name: str, encoding: str) -> Reference:
         self.blobs.append((bytes(data), type_name, encoding))
         return bytes_reference(self._store.root_uri, data, type_name=type_name, encoding=encoding)
@@ -119,5 +129,11 @@ class DeferredBlobs:
         return getattr(self._store, name)
 
 
-def outcome_message(manifest: Mapping[str, Any], blobs: list[tuple[bytes, str, str]]) -> dict:
-    return {"manifest": dict(manifest), "blobs": blobs}
+def outcome_message(
+    manifest: Mapping[str, Any], blobs: list[tuple[bytes, str, str]], value: Any = None
+) -> dict[str, Any]:
+    """The report: the manifest, the blobs it names, and (``inline``) the result's value."""
+    message: dict[str, Any] = {"manifest": dict(manifest), "blobs": blobs}
+    if manifest.get("result_inline"):
+        message["value"] = value
+    return message

@@ -85,7 +85,7 @@ def store_result(result: Any, layout: str, store: ArtifactStore) -> Any:
     return _with_preview(store, result)
 
 
-def _with_preview(store: ArtifactStore, value: Any) -> dict[str, Any]:
+def _with_preview(store: ArtifactStore | Any, value: Any) -> dict[str, Any]:
     """The value's reference, with a short preview for the task log and the XCom view."""
     ref = {**store.put(value).to_json(), "preview": preview(value)}
     if isinstance(value, (list, tuple, dict)):
@@ -116,6 +116,7 @@ def run_payload(
         message = channels.receive(channel)
         inline_max, sent = int(message.get("inline_max") or 0), message["payload"]
     deferred = channels.DeferredBlobs(store) if channel is not None else None
+    inline = False  # the result travels inline over the channel
     cpu_at_start = cpu_seconds()
     gpu = GpuSampler()
     manifest: dict[str, Any] = {
@@ -148,8 +149,10 @@ def run_payload(
         with flow_context_of(payload.context), gpu, cards.collect() as added:
             result = shown = payload.function(*args, **kwargs)
         manifest["function_seconds"] = round(time.time() - call_started, 6)
-        if payload.layout == "value" and channels.inline_value(result, inline_max):
-            manifest["result"], manifest["result_inline"] = result, True
+        if deferred is not None and payload.layout == "value":
+            inline = channels.inline_value(result, inline_max)
+        if inline and deferred is not None:  # the worker stores it, the task returns it
+            manifest["result"], manifest["result_inline"] = _with_preview(deferred, result), True
         else:
             manifest["result"] = store_result(result, payload.layout, store)
         manifest["status"] = "succeeded"
@@ -175,7 +178,7 @@ def run_payload(
     manifest["peak_rss_mib"] = manifest["usage"]["peak_rss_mib"]
     manifest.update(try_views(deferred or store, shown, added))  # previews and cards for the UI
     if channel is not None and deferred is not None:
-        channels.send(channel, channels.outcome_message(manifest, deferred.blobs))
+        channels.send(channel, channels.outcome_message(manifest, deferred.blobs, shown))
     else:
         store.write_manifest(manifest_key, manifest)
     return code

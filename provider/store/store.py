@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,12 @@ class ArtifactStore:
             sha256 = hashlib.sha256(packed).hexdigest()
             return (memoryview(packed),), len(packed), sha256, compression.ENCODING
         return encoded.frames, encoded.size, encoded.sha256, codec.ENCODING
+
+    def encode(self, value: Any, by_value: bool = False) -> EncodedValue:
+        """What ``put`` would store for ``value``, and the reference it would return."""
+        frames, size, sha256, encoding = self._encode(value, by_value)
+        ref = Reference(self.blob_uri(sha256), sha256, size, codec.type_name(value), encoding)
+        return EncodedValue(frames, encoding, ref)
 
     def put_at(self, key: str, value: Any, *, by_value: bool = False) -> Reference:
         """Store ``value`` at its own key under ``runs/`` instead of by content.
@@ -339,6 +346,13 @@ def _owned_key(key: str) -> str:
 
 def _progress(verb: str, uri: str, size: int) -> Progress | None:
     return Progress(verb, uri, size) if size >= PROGRESS_MIN_BYTES else None
+
+
+@dataclass(frozen=True)
+class EncodedValue:
+    frames: tuple[memoryview, ...]
+    encoding: str
+    reference: Reference
 
 
 class _BackgroundSha256:
