@@ -65,6 +65,25 @@ def bench_overhead():
 
 bench_overhead()
 """
+EXPAND_DAG = """
+from airflow.sdk import dag, task
+from provider import flow_task
+
+@dag(schedule=None)
+def bench_expand():
+    @task
+    def plain(x: int) -> int:
+        return x + 1
+
+    @flow_task
+    def flow(x: int) -> int:
+        return x + 1
+
+    plain.expand(x=list(range({items})))
+    flow.expand(x=list(range({items})))
+
+bench_expand()
+"""
 PARTS = ("prepare", "start", "load", "function", "result", "finish")
 
 
@@ -114,6 +133,31 @@ def one_run(
         for part, (a, b) in zip(PARTS, itertools.pairwise(marks), strict=True):
             parts[part].append(b - a)
     return plain, flow, parts, starts
+
+
+def expand_run(
+    home: Path, dags: Path, store: Store
+) -> tuple[list[float], list[float], Counter[str], int]:
+    """Each mapped instance's duration, plain and flow (the first of each left out: it pays the
+    process's imports), and the run's requests and rounds."""
+    env = airflow_env(home, dags, **store.env_for(home))
+    store.reset()
+    done = subprocess.run(
+        [AIRFLOW, "dags", "test", "bench_expand"], env=env, capture_output=True, text=True
+    )
+    if done.returncode:
+        raise SystemExit(f"airflow dags test failed:\n{(done.stdout + done.stderr)[-60000:]}")
+    with sqlite3.connect(home / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT task_id, map_index, start_date, end_date FROM task_instance WHERE dag_id=?",
+            ("bench_expand",),
+        ).fetchall()
+    spans: dict[str, list[float]] = {"plain": [], "flow": []}
+    for task, index, start, end in sorted(rows, key=lambda row: row[1]):
+        if index > 0:
+            spans[task].append(_ts(end) - _ts(start))
+    methods, rounds = store.counted()
+    return spans["plain"], spans["flow"], methods, rounds
 
 
 class Store:
@@ -200,6 +244,7 @@ def main() -> None:
     parser.add_argument("--stores", default="folder,moto,model", help="folder, moto, model")
     parser.add_argument("--cold", action="store_true", help="also every runtime cold (folder)")
     parser.add_argument("--no-start", action="store_true", help="skip the interpreter starts")
+    parser.add_argument("--expand", type=int, default=0, help="also .expand over N items")
     args = parser.parse_args()
     names = args.stores.split(",")
     moto = None
@@ -215,6 +260,9 @@ def main() -> None:
     parts = {mode: {part: [] for part in PARTS} for mode in modes}
     starts: dict[tuple[str, str], list[str]] = {mode: [] for mode in modes}
     requests: dict[str, list[tuple[Counter[str], int]]] = {name: [] for name in names}
+    expanded: dict[str, tuple[list[float], list[float], list[tuple[Counter[str], int]]]] = {
+        name: ([], [], []) for name in names
+    }
     try:
         with tempfile.TemporaryDirectory() as tmp:
             dags = Path(tmp) / "dags"
@@ -227,7 +275,20 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
+            expand_dags = Path(tmp) / "expand_dags"
+            expand_dags.mkdir()
+            (expand_dags / "bench_expand.py").write_text(
+                EXPAND_DAG.replace("{items}", str(args.expand))
+            )
             for number in range(args.repeat):
+                for name in names if args.expand else []:
+                    home = Path(tmp) / f"expand{number}-{name}"
+                    home.mkdir()
+                    (home / "airflow.db").write_bytes((template / "airflow.db").read_bytes())
+                    p, f, methods, rounds = expand_run(home, expand_dags, stores[name])
+                    expanded[name][0].extend(p)
+                    expanded[name][1].extend(f)
+                    expanded[name][2].append((methods, rounds))
                 for mode in modes:  # interleaved: all see the same machine
                     name, start = mode
                     home = Path(tmp) / f"home{number}-{name}-{start}"
@@ -269,21 +330,32 @@ def main() -> None:
     print(f"{'store':8s} {'plain s':>8s} {'flow s':>8s} {'ratio':>6s}  requests per flow task")
     for name in names:
         p, f = statistics.median(plain[name]), statistics.median(flow[(name, "warm")])
-        shown = "-"
-        if requests[name]:
-            runs = len(requests[name])
-            total: Counter[str] = Counter()
-            for methods, _ in requests[name]:
-                total.update(methods)
-            per = sum(total.values()) / runs / args.chain
-            rounds = statistics.median(r for _, r in requests[name]) / args.chain
-            by = ", ".join(f"{m} {n / runs / args.chain:.1f}" for m, n in sorted(total.items()))
-            shown = f"{per:.1f} ({by}); {rounds:.1f} sequential rounds"
+        shown = _requests(requests[name], args.chain)
         print(f"{name:8s} {p:8.3f} {f:8.3f} {f / p:5.2f}x  {shown}")
+    if args.expand:
+        print(f".expand over {args.expand} items, per mapped instance (medians):")
+        for name in names:
+            p, f = statistics.median(expanded[name][0]), statistics.median(expanded[name][1])
+            shown = _requests(expanded[name][2], args.expand)
+            print(f"{name:8s} {p:8.3f} {f:8.3f} {f / p:5.2f}x  {shown}")
     if ("folder", "cold") in flow:
         cold = statistics.median(flow[("folder", "cold")])
         ratio = cold / statistics.median(plain["folder"])
         print(f"folder, runtime cold: {cold:.3f} s ({ratio:.2f}x plain)")
+
+
+def _requests(counted: list[tuple[Counter[str], int]], tasks: int) -> str:
+    """Requests per flow task by method, and sequential rounds per flow task (medians)."""
+    if not counted:
+        return "-"
+    runs = len(counted)
+    total: Counter[str] = Counter()
+    for methods, _ in counted:
+        total.update(methods)
+    per = sum(total.values()) / runs / tasks
+    rounds = statistics.median(r for _, r in counted) / tasks
+    by = ", ".join(f"{m} {n / runs / tasks:.1f}" for m, n in sorted(total.items()))
+    return f"{per:.1f} ({by}); {rounds:.1f} sequential rounds"
 
 
 if __name__ == "__main__":

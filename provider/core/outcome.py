@@ -136,7 +136,7 @@ def _store_report(
     what is not on record (a manifest stored beside a blob that failed is rewritten as failed).
     """
     from provider.core.records import at_once
-    from provider.store.index import compact_if_long
+    from provider.store.index import compact_if_long, should_check_length
 
     store, key = run.store, outcome.manifest_key
     blobs = list(outcome.report["blobs"]) if outcome.report else []
@@ -144,7 +144,8 @@ def _store_report(
     writes += [_blob_write(store, blob) for blob in blobs]
     if succeeded:
         writes.append(lambda: record_end(run, "success", instances(), compact=False))
-        writes.append(lambda: compact_if_long(store, run.identity["dag_id"]))
+        if should_check_length():
+            writes.append(lambda: compact_if_long(store, run.identity["dag_id"]))
     failed = at_once(*writes)[: 1 + len(blobs)]
     error = next((found for found in failed if found is not None), None)
     if error is None:
