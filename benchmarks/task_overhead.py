@@ -1,26 +1,56 @@
-"""What a trivial local flow task costs against a plain `@task`, and where its time goes.
+"""What a trivial local flow task costs against a plain `@task`, where its time goes, and
+how many store requests it makes: on a local folder, on moto's S3 server, and on the S3 model.
 
     .venv/bin/python benchmarks/task_overhead.py [--repeat 3] [--chain 15]
+        [--stores folder,moto,model] [--expand N] [--cold] [--no-start]
 
 One DAG holds two chains of `--chain` trivial tasks, one of `@task`, one of `@flow_task`, run
-by one `airflow dags test`. A task's cost is its duration in the `task_instance` table; the
-first task of each chain is left out (it pays the process's one-time imports). The flow task's
+by one `airflow dags test` with `FlowXCom` (the plain task's small values stay in the XCom
+row). A task's cost is its duration in the `task_instance` table; the first task of each chain
+is left out (it pays the process's one-time imports). Each repeat runs the DAG once per store,
+interleaved:
+
+    folder  a local folder ($AIRFLOW_HOME/flow_artifacts)
+    moto    moto's S3 server on 127.0.0.1, behind a proxy that only counts requests
+    model   the same behind the S3 model (tests/s3_servers.py `S3Model`): every answer waits
+            20 ms for its first byte, each connection carries 90 MiB/s, no jitter
+
+On S3, the proxy counts the run's requests by method and its sequential rounds: requests in
+flight together are one round, requests one after another one each. Both are divided by the
+chain's length (the plain tasks make none): requests and rounds per flow task. The flow task's
 parts come from its launch and result manifests:
 
-    prepare   task start -> payload and launch manifest stored (worker)
-    start     -> the runtime process running its first line of work (spawn + imports)
+    prepare   task start -> the launch manifest's time (worker: specs, payload pickled)
+    start     -> the runtime process running its first line of work (fork or spawn)
     load      -> the function called (payload and arguments loaded)
     function  the function itself
-    result    -> the result and its manifest stored (runtime)
-    finish    -> the task's end (worker reads the manifest, Airflow pushes the XCom)
+    result    -> the result stored (runtime)
+    finish    -> the task's end (the runtime's report, the records stored, the XCom pushed)
 
-Each repeat runs the DAG twice: with warm runtimes (the default: every flow task after the
-first is a fork of the warm runtime) and with `warm_runtime_idle = 0` (every runtime a new
-interpreter). Then a new interpreter's start of the runtime: `python -m provider.runtime`
-importing everything it needs to run a payload (`python -c "import provider.runtime.__main__"`)
-against a bare `python -c pass`, medians of 21 runs each, interleaved.
+`--expand N` also runs `.expand` over N items of the same two tasks (a mapped plain `@task`
+and a mapped flow task) and prints each mapped instance's median duration and their ratio;
+`--cold` also runs the folder chain with `warm_runtime_idle = 0` (every runtime a new
+interpreter); without `--no-start`, a new interpreter's start of the runtime against a bare
+`python -c pass` (medians of 21, interleaved).
 
-Medians over the chain's tasks and the repeats; the ratio is printed last.
+A local flow task's store requests (the runtime gets its payload and sends its report over its
+channel, `provider.runtime.channel`): while the runtime runs, the run's manifest (a GET) and
+its start in the run index (a HEAD), the code package (one PUT below 256 KiB: no HEAD first)
+and the launch manifest; once it reported, at once, its result manifest, the result's and its
+view's blobs and the task's end in the run index (a LIST of the index log one end in eight).
+About two rounds on the critical path; nothing read back.
+
+Pods and Batch jobs (not measured here: the store is their channel) make what is left of the
+former design: the worker stores the payload (one PUT) and the launch manifest, the container
+reads the payload and its inputs, stores the result (one PUT below 256 KiB, no HEAD) and its
+result manifest, and the worker reads that manifest back and deletes the payload; the run's
+records are read at once (a GET and a HEAD together, where it was HEAD, GET, HEAD one after
+the other). What remains and why: the container cannot answer the worker but through the
+store (a pod's logs and a Batch job's status carry no manifest), and a payload in the
+container's arguments is bounded (Batch refuses container overrides over 8,192 characters),
+so it stays in the store.
+
+Medians over the tasks and the repeats; ratios against the plain `@task` of the same run.
 """
 
 from __future__ import annotations

@@ -187,18 +187,19 @@ def record_run(
     flow_tasks: Sequence[str] | None = None,
 ) -> None:
     """The run's manifest and its start in the run index (``flowtask runs``), with its DAG's
-    flow tasks, whose ends tell the run's status: written by its first flow task try; for the
-    others a read and a stat, at once."""
-    from provider.core.records import at_once
-    from provider.store.index import record_run_start
+    flow tasks, whose ends tell the run's status: written by its first flow task try, the
+    manifest first; for the others one read, of the start's record, which is written last
+    (present, and naming the same namespace and tags: both are on record)."""
+    from provider.store.index import record_run_start, recorded_start
 
-    failed = at_once(
-        lambda: _record_run_manifest(store, identity),
-        lambda: record_run_start(store, identity, reports_end=reports_end, flow_tasks=flow_tasks),
-    )
-    for error in failed:
-        if error is not None:
-            raise error
+    started = recorded_start(store, identity["dag_id"], identity["run_id"])
+    if started is not None and (started.get("namespace"), started.get("tags")) == (
+        identity["namespace"],
+        list(identity["tags"]),
+    ):
+        return
+    _record_run_manifest(store, identity)
+    record_run_start(store, identity, reports_end=reports_end, flow_tasks=flow_tasks)
 
 
 def _record_run_manifest(store: ArtifactStore, identity: Mapping[str, Any]) -> None:

@@ -105,6 +105,15 @@ def _started_key(dag_id: str, run_id: str) -> str:
     return f"{index_prefix(dag_id)}/started/{key_part(run_id)}.json"
 
 
+def recorded_start(store: ArtifactStore, dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """The record of a run's start (what ``record_run_start`` wrote), or None: missing or
+    unreadable."""
+    try:
+        return store.read_manifest(_started_key(dag_id, run_id))
+    except (MissingArtifact, BadManifest):
+        return None
+
+
 def append_event(
     store: ArtifactStore, dag_id: str, event: Mapping[str, Any], *, at_ns: int | None = None
 ) -> str:
