@@ -1,7 +1,9 @@
 """The content-addressed artifact store.
 
 Storing content that is already there costs one existence check (a ``stat`` or a HEAD) while
-the stored blob is younger than ``RENEW_AFTER``. An older one is read back and its SHA-256
+the stored blob is younger than ``RENEW_AFTER``; a blob up to the backend's
+``blind_write_max_bytes`` (256 KiB on S3, where a request is a round trip) is written at once
+instead, one PUT: the same bytes under the same key, which renews its age as well. An older one is read back and its SHA-256
 checked; an intact blob then gets its age renewed (``touch``), a damaged one is stored again.
 A blob's modification time thus means "last written or verified", and gc keeps everything
 younger than its grace period. Hence: a dedup hit renews the blob's age when it is older than
