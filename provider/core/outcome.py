@@ -50,6 +50,9 @@ def settle(
         if records is not None and manifest.get("status") == "succeeded":
             manifest["status"] = "failed"  # on record as what it is: a try that failed
             manifest["error"] = {"type": "StoreError", "message": f"launch records: {records}"}
+        elif code != 0 and manifest.get("status") == "succeeded":  # it died after reporting
+            manifest["status"] = "failed"
+            manifest["error"] = {"type": "RuntimeExit", "message": _exit_reason(code)}
         succeeded = manifest.get("status") == "succeeded" and code == 0
         _store_report(run, outcome, manifest, succeeded, instances)
         run.settled["manifest"] = manifest

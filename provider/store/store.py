@@ -3,13 +3,14 @@
 Storing content that is already there costs one existence check (a ``stat`` or a HEAD) while
 the stored blob is younger than ``RENEW_AFTER``; a blob up to the backend's
 ``blind_write_max_bytes`` (256 KiB on S3, where a request is a round trip) is written at once
-instead, one PUT: the same bytes under the same key, which renews its age as well. An older one is read back and its SHA-256
-checked; an intact blob then gets its age renewed (``touch``), a damaged one is stored again.
-A blob's modification time thus means "last written or verified", and gc keeps everything
-younger than its grace period. Hence: a dedup hit renews the blob's age when it is older than
-1 h; gc with a grace of at least 1 h is safe against concurrent writers (a reference returned
-by ``put`` stays safe for the grace period minus 1 h even before a manifest names it). gc
-checks each blob's age again right before deleting it; see ``provider.store.gc``.
+instead, one PUT: the same bytes under the same key, which renews its age as well. A stored
+blob older than that is read back and its SHA-256 checked; an intact blob then gets its age
+renewed (``touch``), a damaged one is stored again. A blob's modification time thus means
+"last written or verified", and gc keeps everything younger than its grace period. Hence: a
+dedup hit renews the blob's age when it is older than 1 h; gc with a grace of at least 1 h is
+safe against concurrent writers (a reference returned by ``put`` stays safe for the grace
+period minus 1 h even before a manifest names it). gc checks each blob's age again right
+before deleting it; see ``provider.store.gc``.
 """
 
 from __future__ import annotations
