@@ -45,6 +45,10 @@ WORKER = """
         store.backend.write_bytes = dying
 
     def numbers(n):
+        if mode == "exit":  # reports its success, then its process ends with code 3
+            import atexit
+
+            atexit.register(os._exit, 3)
         return list(range(n))
 
     identity = {
@@ -135,3 +139,14 @@ def test_a_small_result_comes_back_inline_and_no_payload_is_stored(tmp_path, idl
         assert "warm" in starts, starts
     stored = [key for key in store.backend.list("runs") if not key.endswith(".json")]
     assert stored == []  # the payload went over the channel, never to the store
+
+
+def test_a_runtime_that_reports_a_success_and_then_dies_is_on_record_as_failed(tmp_path):
+    root = (tmp_path / "store").as_uri()
+    store = open_store(root)
+    done = _worker(tmp_path, root, 1, "exit", length=5)
+    assert done.returncode != 0 and _reported(done) == []
+    assert "the runtime exited with code 3" in done.stderr
+    manifest = store.read_manifest(manifest_key("d", "r", "t", -1, 1))
+    assert manifest["status"] == "failed"
+    assert manifest["error"] == {"type": "RuntimeExit", "message": "the runtime exited with code 3"}
