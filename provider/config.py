@@ -62,9 +62,17 @@ def runtime_aws_env() -> dict[str, str]:
 
 def pod_store_env() -> dict[str, str]:
     """Where pods find an s3:// store: the connection's endpoint and region, never its keys."""
-    if not settings.artifact_store_uri().startswith("s3://"):
+    uri = settings.artifact_store_uri()
+    if not uri.startswith("s3://"):
         return {}
-    hook = _s3_hook(settings.value("aws_conn_id"))
+    return dict(_store_location(uri, settings.value("aws_conn_id")))
+
+
+@lru_cache(maxsize=4)
+def _store_location(uri: str, conn_id: str) -> dict[str, str]:
+    """The connection's endpoint and region: read once per process (each reading of the
+    hook's connection costs tens of milliseconds)."""
+    hook = _s3_hook(conn_id)
     env = {}
     if hook.conn_config.endpoint_url:
         env["AWS_ENDPOINT_URL_S3"] = hook.conn_config.endpoint_url

@@ -89,6 +89,8 @@ class FaultProxy:
         self.injected: Counter[str] = Counter()
         self.by_method: Counter[str] = Counter()
         self.requests = 0
+        # (method, path, arrived, answered) of every request, monotonic seconds: which overlapped
+        self.spans: list[tuple[str, str, float, float]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -104,6 +106,13 @@ class FaultProxy:
             fault = self.random.choice(FAULTS)
             self.injected[fault] += 1
             return fault
+
+    def reset_counts(self) -> None:
+        """Forget the requests counted so far (one measurement after another)."""
+        with self.lock:
+            self.requests = 0
+            self.by_method.clear()
+            self.spans.clear()
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -162,6 +171,14 @@ class FaultProxy:
                 return b"".join(parts)
 
             def handle_one(self) -> None:
+                arrived = time.monotonic()
+                try:
+                    self._forward()
+                finally:
+                    with proxy.lock:
+                        proxy.spans.append((self.command, self.path, arrived, time.monotonic()))
+
+            def _forward(self) -> None:
                 body = self._receive(int(self.headers.get("Content-Length") or 0))
                 fault = proxy.choose(self.command)
                 if fault == "reset_before":

@@ -200,6 +200,25 @@ def test_recording_ends_keeps_the_log_short_without_any_reader(tmp_path):
     assert not (tmp_path / "index" / "d" / "compacting.json").exists()
 
 
+def test_task_ends_count_the_log_now_and_then_and_keep_it_short(tmp_path):
+    """One task end in ``CHECK_EVERY`` lists the log (a task's end is one request, not two);
+    a log of task ends still stays near ``COMPACT_AFTER`` events."""
+    import random
+
+    from provider.store import index
+
+    store = open_store(tmp_path.as_uri())
+    random.seed(1)
+    listed = []
+    real = store.backend.list
+    store.backend.list = lambda prefix: listed.append(prefix) or real(prefix)  # type: ignore[method-assign]
+    for i in range(4 * COMPACT_AFTER):
+        record_task_end(store, _task("r1", f"t{i}"), "success", instances=1)
+    assert len(_log(store, "d")) < COMPACT_AFTER + 8 * index.CHECK_EVERY
+    counted = [prefix for prefix in listed if prefix.endswith("/log")]
+    assert 0 < len(counted) < 4 * COMPACT_AFTER / 2  # far fewer lists than ends
+
+
 def test_one_writer_at_a_time_compacts_and_a_dead_ones_claim_expires(tmp_path):
     store = open_store(tmp_path.as_uri())
     claim = tmp_path / "index" / "d" / "compacting.json"

@@ -226,8 +226,9 @@ def _sleeping_warm_run(warm: Warm, folder: Path) -> tuple[WarmProcess, str, int]
     argv, key = warm.command(sleeps_with_a_child, str(folder))
     proc = start_warm(argv, warm.env, owner=os.getpid(), idle_seconds=IDLE, preload=warm.preload)
     assert proc is not None
-    assert _wait_for((folder / "runtime.pid").exists, 30)
-    assert int((folder / "runtime.pid").read_text()) == proc.pid
+    pid_file = folder / "runtime.pid"
+    assert _wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 30)  # written
+    assert int(pid_file.read_text()) == proc.pid
     return proc, key, int((folder / "child.pid").read_text())
 
 

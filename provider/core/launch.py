@@ -56,7 +56,22 @@ def prepare_try(task: TaskTry, target: ComputeTarget, store: ArtifactStore) -> T
 
     identity = task.identity
     target.check(task.spec)
-    record_run(store, identity, reports_end=task.reports_end, flow_tasks=task.flow_task_ids)
+    # A local try (not a .foreach, whose processes read the payload from the store) sends its
+    # payload over the runtime's channel and writes its records while the runtime runs.
+    background = None
+    if target.is_local and task.foreach_items is None:
+        from provider.core.records import Background
+
+        background = Background()
+        background.submit(
+            record_run,
+            store,
+            identity,
+            reports_end=task.reports_end,
+            flow_tasks=task.flow_task_ids,
+        )
+    else:
+        record_run(store, identity, reports_end=task.reports_end, flow_tasks=task.flow_task_ids)
     key = manifest_key(
         identity["dag_id"],
         identity["run_id"],
@@ -65,7 +80,7 @@ def prepare_try(task: TaskTry, target: ComputeTarget, store: ArtifactStore) -> T
         identity["try_number"],
     )
     spec = _grown_for_oom(task, store, key)
-    payload, plan = _store_payload(task, store, key, spec, target)
+    payload, plan, data = _store_payload(task, store, key, spec, target, inline=bool(background))
     run = TaskRun(
         task_id=task.task_id,
         spec=spec,
@@ -78,33 +93,43 @@ def prepare_try(task: TaskTry, target: ComputeTarget, store: ArtifactStore) -> T
         dag_folder=task.dag_folder,
         foreach=plan,
         runtime_env=task.runtime_env,
+        payload_data=data,
+        background=background,
     )
     try:
         kept = target.prepare(run)
         # What the try uses besides the payload (a code package) stays reachable for gc.
         # Not flushed to the disk: it only matters while the try runs, and a crash ends that.
-        store.write_manifest(
-            launch_manifest_key(key),
-            {
-                **identity,
-                "compute": task.compute,
-                "launched_at": time.time(),
-                "requested": requested(run.spec),
-                **{name: _json(ref) for name, ref in kept.items()},
-                **({"foreach_items": plan.items} if plan is not None else {}),
-            },
-            durable=False,
-        )
+        launch = {
+            **identity,
+            "compute": task.compute,
+            "launched_at": time.time(),
+            "requested": requested(run.spec),
+            **{name: _json(ref) for name, ref in kept.items()},
+            **({"foreach_items": plan.items} if plan is not None else {}),
+        }
+        if background is not None:
+            background.submit(store.write_manifest, launch_manifest_key(key), launch, durable=False)
+        else:
+            store.write_manifest(launch_manifest_key(key), launch, durable=False)
     except BaseException:
-        store.discard(payload)
+        if data is None:
+            store.discard(payload)
+        if background is not None:
+            with contextlib.suppress(BaseException):
+                background.wait()
+            background.close()
         raise
+    where = (
+        "sent to the runtime" if data is not None else f"{payload.uri}, deleted when the try ends"
+    )
     task.log.info(
-        "flow task %s: compute=%s, %s; payload %s (%d bytes, deleted when the try ends)",
+        "flow task %s: compute=%s, %s; payload of %d bytes (%s)",
         task.task_id,
         task.compute,
         _spec_summary(task.spec),
-        payload.uri,
         payload.size,
+        where,
     )
     return run
 
@@ -162,20 +187,31 @@ def record_run(
     flow_tasks: Sequence[str] | None = None,
 ) -> None:
     """The run's manifest and its start in the run index (``flowtask runs``), with its DAG's
-    flow tasks, whose ends tell the run's status: written by its first flow task try, a stat
-    or two for the others."""
+    flow tasks, whose ends tell the run's status: written by its first flow task try, the
+    manifest first; for the others one read, of the start's record, which is written last
+    (present, and naming the same namespace and tags: both are on record)."""
+    from provider.store.index import record_run_start, recorded_start
+
+    started = recorded_start(store, identity["dag_id"], identity["run_id"])
+    if started is not None and (started.get("namespace"), started.get("tags")) == (
+        identity["namespace"],
+        list(identity["tags"]),
+    ):
+        return
+    _record_run_manifest(store, identity)
+    record_run_start(store, identity, reports_end=reports_end, flow_tasks=flow_tasks)
+
+
+def _record_run_manifest(store: ArtifactStore, identity: Mapping[str, Any]) -> None:
     from provider.store import run_manifest_key
-    from provider.store.index import record_run_start
 
     key = run_manifest_key(identity["dag_id"], identity["run_id"])
     fields_ = {k: identity[k] for k in ("dag_id", "run_id", "namespace", "tags")}
     unchanged = False
-    if store.backend.stat(key) is not None:
-        with contextlib.suppress(Exception):  # unreadable: write it again
-            unchanged = store.read_manifest(key) == fields_
+    with contextlib.suppress(Exception):  # missing or unreadable: write it (again)
+        unchanged = store.read_manifest(key) == fields_
     if not unchanged:
         store.write_manifest(key, fields_)
-    record_run_start(store, identity, reports_end=reports_end, flow_tasks=flow_tasks)
 
 
 def _spec_summary(spec: Any) -> str:
@@ -190,9 +226,15 @@ def _spec_summary(spec: Any) -> str:
 
 
 def _store_payload(
-    task: TaskTry, store: ArtifactStore, key: str, spec: TaskSpec, target: ComputeTarget
-) -> tuple[Any, Any]:
-    """Store the try's payload; return its reference and the foreach plan (or None)."""
+    task: TaskTry,
+    store: ArtifactStore,
+    key: str,
+    spec: TaskSpec,
+    target: ComputeTarget,
+    inline: bool = False,
+) -> tuple[Any, Any, bytes | None]:
+    """Store the try's payload; return its reference, the foreach plan (or None) and, with
+    ``inline``, the payload's bytes instead of storing them (the reference it would have)."""
     from provider.core.by_value import pickled_by_value, unpicklable_part
     from provider.runtime import Payload
     from provider.runtime.context import PlainContext
@@ -214,7 +256,10 @@ def _store_payload(
                 foreach=plan,
                 requested=requested(spec),
             )
-            return store.put_at(payload_key(key), payload, by_value=True), plan
+            if inline:
+                data, ref = _encoded(store, payload_key(key), payload)
+                return ref, plan, data
+            return store.put_at(payload_key(key), payload, by_value=True), plan, None
         except CannotRun:
             raise
         except Exception as exc:
@@ -226,6 +271,23 @@ def _store_payload(
                 f"pickled ({type(exc).__name__}: {exc}). Create it inside the function, or "
                 "pass what it is made from as an argument."
             ) from exc
+
+
+def _encoded(store: ArtifactStore, key: str, payload: Any) -> tuple[bytes, Any]:
+    """The payload's bytes, as ``put_at`` would store them (uncompressed: it goes over a local
+    channel), and the reference they would have at ``key``."""
+    from provider.store import Reference, codec
+
+    encoded = codec.encode(payload, by_value=True)
+    data = b"".join(encoded.frames)
+    ref = Reference(
+        uri=f"{store.root_uri}/{key}",
+        sha256=encoded.sha256,
+        size=encoded.size,
+        type=codec.type_name(payload),
+        encoding=codec.ENCODING,
+    )
+    return data, ref
 
 
 def _plan_foreach(task: TaskTry, store: ArtifactStore, key: str, target: ComputeTarget) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Callable
@@ -42,25 +43,39 @@ def settle(
     from provider.store import MissingArtifact
 
     store = run.store
-    try:
-        manifest = store.read_manifest(outcome.manifest_key)
-    except MissingArtifact:
-        manifest = {}
+    records = awaited_records(run)  # the launch records, written while the runtime ran
     code = outcome.exit_code
+    if outcome.report is not None:  # the runtime's report came over its channel
+        manifest = dict(outcome.report["manifest"])
+        if records is not None and manifest.get("status") == "succeeded":
+            manifest["status"] = "failed"  # on record as what it is: a try that failed
+            manifest["error"] = {"type": "StoreError", "message": f"launch records: {records}"}
+        elif code != 0 and manifest.get("status") == "succeeded":  # it died after reporting
+            manifest["status"] = "failed"
+            manifest["error"] = {"type": "RuntimeExit", "message": _exit_reason(code)}
+        succeeded = manifest.get("status") == "succeeded" and code == 0
+        _store_report(run, outcome, manifest, succeeded, instances)
+        run.settled["manifest"] = manifest
+        if records is not None:  # never a success that its records do not show
+            raise FlowTaskFailed(
+                f"flow task {run.task_id} failed: its launch records could not be stored "
+                f"({type(records).__name__}: {records})"
+            ) from records
+        if succeeded:
+            result = _succeeded(run, manifest, local)
+            return outcome.report.get("value", result)  # inline: the value itself
+    else:
+        try:
+            manifest = store.read_manifest(outcome.manifest_key)
+        except MissingArtifact:
+            manifest = {}
     if manifest and outcome.where:  # what the platform knows of where it ran, on record too
         manifest["where"] = {**(manifest.get("where") or {}), **outcome.where}
         store.write_manifest(outcome.manifest_key, manifest)
-    if manifest.get("status") == "succeeded" and code == 0:
-        run.log.info(
-            "flow task finished in %.3fs (function %.3fs), peak RSS %.1f MiB",
-            manifest["seconds"],
-            manifest["function_seconds"],
-            manifest["peak_rss_mib"],
-        )
-        _log_result(run, manifest["result"])
-        log_usage(run, manifest.get("usage"), local=local)
+    run.settled["manifest"] = manifest
+    if manifest.get("status") == "succeeded" and code == 0 and outcome.report is None:
         record_end(run, "success", instances())
-        return manifest["result"]
+        return _succeeded(run, manifest, local)
     error = manifest.get("error")
     if error:
         message = f"{error['type']}: {error['message']} (exit code {code})"
@@ -84,6 +99,82 @@ def settle(
     return Caught([caught] if layout == "items" else caught, caught)
 
 
+def _succeeded(run: TaskRun, manifest: dict[str, Any], local: bool) -> Any:
+    run.log.info(
+        "flow task finished in %.3fs (function %.3fs), peak RSS %.1f MiB",
+        manifest["seconds"],
+        manifest["function_seconds"],
+        manifest["peak_rss_mib"],
+    )
+    _log_result(run, manifest["result"])
+    log_usage(run, manifest.get("usage"), local=local)
+    return manifest["result"]
+
+
+def awaited_records(run: TaskRun) -> BaseException | None:
+    """Wait for the launch records written while the runtime ran; what failed, if any."""
+    background = run.background
+    if background is None:
+        return None
+    try:
+        background.wait()
+    except Exception as exc:
+        run.log.warning("could not store the try's launch records: %s", exc)
+        return exc
+    finally:
+        background.close()
+    return None
+
+
+def _store_report(
+    run: TaskRun,
+    outcome: Outcome,
+    manifest: dict[str, Any],
+    succeeded: bool,
+    instances: Callable[[], int | None],
+) -> None:
+    """Store what the runtime reported over its channel, all at once: the manifest, the blobs
+    it names and, with a success, the task's end in the run index (and a long index log
+    folded). Raises when the manifest or a blob could not be stored: the try does not report
+    what is not on record (a manifest stored beside a blob that failed is rewritten as failed).
+    """
+    from provider.core.records import at_once
+    from provider.store.index import compact_if_long, should_check_length
+
+    store, key = run.store, outcome.manifest_key
+    blobs = list(outcome.report["blobs"]) if outcome.report else []
+    writes: list[Callable[[], Any]] = [lambda: store.write_manifest(key, manifest)]
+    writes += [_blob_write(store, blob) for blob in blobs]
+    if succeeded:
+        writes.append(lambda: record_end(run, "success", instances(), compact=False))
+        if should_check_length():
+            writes.append(lambda: compact_if_long(store, run.identity["dag_id"]))
+    failed = at_once(*writes)[: 1 + len(blobs)]
+    error = next((found for found in failed if found is not None), None)
+    if error is None:
+        return
+    if failed[0] is None and manifest.get("status") == "succeeded":
+        with contextlib.suppress(Exception):  # on record as what it is: a try that failed
+            message = f"a blob it names could not be stored: {error}"
+            store.write_manifest(
+                key,
+                {
+                    **manifest,
+                    "status": "failed",
+                    "error": {"type": "StoreError", "message": message},
+                },
+            )
+    raise FlowTaskFailed(
+        f"flow task {run.task_id} failed: its result manifest {key} or a blob it names could "
+        f"not be stored ({type(error).__name__}: {error})"
+    ) from error
+
+
+def _blob_write(store: Any, blob: Any) -> Callable[[], Any]:
+    data, type_name, encoding = blob
+    return lambda: store.put_bytes(data, type_name=type_name, encoding=encoding)
+
+
 class Caught:
     """A caught failure: ``value`` is what the task returns, ``failure`` the stored
     ``Failure``'s reference (pushed under ``catch="name"`` too)."""
@@ -99,13 +190,14 @@ def _stored_failure(store: Any, failure: Any) -> dict[str, Any]:
     return {**store.put(failure).to_json(), "preview": preview(failure)}
 
 
-def record_end(run: TaskRun, state: str, instances: int | None) -> None:
+def record_end(run: TaskRun, state: str, instances: int | None, *, compact: bool = True) -> None:
     """This task instance's end in the run index, so its run's status is known without DAG
-    callbacks; best effort (the task's own outcome never depends on it)."""
+    callbacks; best effort (the task's own outcome never depends on it). ``compact=False``:
+    the caller folds a long log itself."""
     from provider.store.index import record_task_end
 
     try:
-        record_task_end(run.store, run.identity, state, instances=instances)
+        record_task_end(run.store, run.identity, state, instances=instances, compact=compact)
     except Exception as exc:
         run.log.warning("could not record the task's end in the run index: %s", exc)
     if run.identity.get("map_index", -1) >= 0 and (instances or 0) >= FANOUT_ROLLUP:

@@ -158,15 +158,22 @@ class FlowTaskOperator(DecoratedOperator):
         """The try's result; a caught failure also under its ``catch="name"`` key."""
         from provider.core.outcome import Caught, settle
         from provider.operators.boundary import mapped_instances
+        from provider.operators.links import SETTLED
 
-        result = settle(
-            run,
-            outcome,
-            catching=self._catches_now(context),
-            local=self._target.is_local,
-            instances=lambda: mapped_instances(context, run.identity, self.log),
-            layout=self.result_layout(run.identity["map_index"]),
-        )
+        try:
+            result = settle(
+                run,
+                outcome,
+                catching=self._catches_now(context),
+                local=self._target.is_local,
+                instances=lambda: mapped_instances(context, run.identity, self.log),
+                layout=self.result_layout(run.identity["map_index"]),
+            )
+        finally:
+            manifest = run.settled.get("manifest")
+            if manifest:  # the links read where it ran from here, not from the store again
+                where = manifest.get("where")
+                SETTLED[outcome.manifest_key] = where if isinstance(where, dict) else {}
         if not isinstance(result, Caught):
             return result
         if isinstance(self.flow_spec.catch, str):
@@ -234,6 +241,8 @@ class FlowTaskOperator(DecoratedOperator):
 
 def _discard_payload(run: Any) -> None:
     """The payload holds the rendered arguments (secrets included): it ends with the try."""
+    if getattr(run, "payload_data", None) is not None:  # sent over a channel, never stored
+        return
     try:
         run.store.discard(run.payload)
     except Exception as exc:  # never hide the task's own outcome behind a cleanup failure

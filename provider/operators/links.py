@@ -14,6 +14,10 @@ from airflow.sdk import BaseOperatorLink
 
 from provider.translate.links import BATCH_JOB, BATCH_LOG, POD, console_links
 
+# The ``where`` of the tries this process settled, by result manifest key: the links read it
+# here instead of reading the manifest back from the store once per link.
+SETTLED: dict[str, dict[str, Any]] = {}
+
 
 def where_of(ti_key: Any) -> dict[str, Any]:
     """The ``where`` of the try ``ti_key`` names, from its result manifest; {} if none."""
@@ -24,6 +28,8 @@ def where_of(ti_key: Any) -> dict[str, Any]:
     key = manifest_key(
         ti_key.dag_id, ti_key.run_id, ti_key.task_id, ti_key.map_index, ti_key.try_number
     )
+    if key in SETTLED:
+        return SETTLED[key]
     try:
         manifest = open_artifact_store().read_manifest(key)
     except (MissingArtifact, BadManifest):

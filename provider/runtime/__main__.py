@@ -38,7 +38,7 @@ def _configure_logging() -> None:
 
 def _common(command: argparse.ArgumentParser) -> None:
     command.add_argument("--store", required=True, help="artifact store root, e.g. file:///data")
-    command.add_argument("--payload", required=True, help="the payload's reference, as JSON")
+    command.add_argument("--payload", default="", help="the payload's reference, as JSON")
     command.add_argument("--python", default="", help="the worker's Python major.minor")
     command.add_argument("--code", default="", help="a local copy of the code package (a zip)")
 
@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a stored payload and store its result")
     _common(run)
     run.add_argument("--manifest", required=True, help="store key of the result manifest")
+    run.add_argument(
+        "--channel",
+        type=int,
+        help="a socket to the worker: the payload comes from it, the manifest goes back",
+    )
     foreach = sub.add_parser("foreach", help="run chunks of a foreach payload's items")
     _common(foreach)
     which = foreach.add_mutually_exclusive_group(required=True)
@@ -88,7 +93,14 @@ def main(argv: list[str] | None = None) -> int:
             os.getppid(),
             ", ".join(preloaded),
         )
-    store = open_store(args.store)
+    store = open_store(args.store)  # on S3, the client is made on first use
+    if args.command == "run" and getattr(args, "channel", None) is not None:
+        import socket
+
+        with socket.socket(fileno=args.channel) as channel:
+            return run_payload(store, None, args.manifest, start, preloaded, channel=channel)
+    if not args.payload:
+        parser.error("--payload is required (without --channel)")
     payload = Reference.from_json(json.loads(args.payload))
     if args.command == "run":
         return run_payload(store, payload, args.manifest, start, preloaded)

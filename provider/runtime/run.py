@@ -85,7 +85,7 @@ def store_result(result: Any, layout: str, store: ArtifactStore) -> Any:
     return _with_preview(store, result)
 
 
-def _with_preview(store: ArtifactStore, value: Any) -> dict[str, Any]:
+def _with_preview(store: ArtifactStore | Any, value: Any) -> dict[str, Any]:
     """The value's reference, with a short preview for the task log and the XCom view."""
     ref = {**store.put(value).to_json(), "preview": preview(value)}
     if isinstance(value, (list, tuple, dict)):
@@ -95,16 +95,28 @@ def _with_preview(store: ArtifactStore, value: Any) -> dict[str, Any]:
 
 def run_payload(
     store: ArtifactStore,
-    payload_ref: Reference,
+    payload_ref: Reference | None,
     manifest_key: str,
     start: str = "cold",
     preloaded: Sequence[str] = (),
+    channel: Any = None,
 ) -> int:
     """Run one payload end to end; always write the result manifest. Returns the exit code.
 
     ``start`` says how the runtime started: "cold" (a new interpreter), "warm" (a fork);
-    ``preloaded``, which modules a warm one's server had imported for it."""
+    ``preloaded``, which modules a warm one's server had imported for it. With ``channel`` (a
+    socket to the worker, ``provider.runtime.channel``), the payload comes from it and the
+    manifest goes back over it (the worker stores it), small results inline."""
+    from provider.runtime import channel as channels
+
     started = time.time()
+    inline_max = 0
+    sent: bytes | None = None  # the payload, as the store would hold it
+    if channel is not None:
+        message = channels.receive(channel)
+        inline_max, sent = int(message.get("inline_max") or 0), message["payload"]
+    deferred = channels.DeferredBlobs(store) if channel is not None else None
+    inline = False  # the result travels inline over the channel
     cpu_at_start = cpu_seconds()
     gpu = GpuSampler()
     manifest: dict[str, Any] = {
@@ -122,7 +134,13 @@ def run_payload(
     shown: Any = None  # what the UI previews: the result, or the Failure
     added: list[dict[str, Any]] = []  # the cards the function added
     try:
-        payload: Payload = store.get(payload_ref)
+        if sent is not None:
+            from provider.store import codec
+
+            payload: Payload = codec.decode(bytearray(sent))
+        else:
+            assert payload_ref is not None, "a payload comes by reference or over the channel"
+            payload = store.get(payload_ref)
         manifest.update(payload.identity)
         manifest["requested"] = dict(payload.requested)
         args = resolve_references(payload.args, store)
@@ -131,7 +149,12 @@ def run_payload(
         with flow_context_of(payload.context), gpu, cards.collect() as added:
             result = shown = payload.function(*args, **kwargs)
         manifest["function_seconds"] = round(time.time() - call_started, 6)
-        manifest["result"] = store_result(result, payload.layout, store)
+        if deferred is not None and payload.layout == "value":
+            inline = channels.inline_value(result, inline_max)
+        if inline and deferred is not None:  # the worker stores it, the task returns it
+            manifest["result"], manifest["result_inline"] = _with_preview(deferred, result), True
+        else:
+            manifest["result"] = store_result(result, payload.layout, store)
         manifest["status"] = "succeeded"
         code = 0
     except Exception as exc:  # the runtime's whole job is to report any failure
@@ -153,6 +176,9 @@ def run_payload(
     manifest["seconds"] = round(manifest["finished_at"] - started, 6)
     manifest["usage"] = usage(started, cpu_at_start, gpu)
     manifest["peak_rss_mib"] = manifest["usage"]["peak_rss_mib"]
-    manifest.update(try_views(store, shown, added))  # previews and cards for the UI
-    store.write_manifest(manifest_key, manifest)
+    manifest.update(try_views(deferred or store, shown, added))  # previews and cards for the UI
+    if channel is not None and deferred is not None:
+        channels.send(channel, channels.outcome_message(manifest, deferred.blobs, shown))
+    else:
+        store.write_manifest(manifest_key, manifest)
     return code

@@ -9,6 +9,8 @@ directory, ``PYTHON*``/locale variables, the runtime's sources), so a fork is wh
 ``python -m provider.runtime`` would have been, then asks for one run:
 
     worker -> server   length-prefixed JSON {args, env, cwd} + its stdout and stderr pipes
+                       (and its end of a channel, ``provider.runtime.channel``: the fork's
+                       ``--channel`` argument is made its descriptor number)
     server -> worker   "pid N"    the forked runtime runs, leading its own process group
                        or "cold {why, refused}": no fork; the task starts as a new interpreter
     server -> worker   "report {imported, preloaded}"  what the fork imported (at its exit)
@@ -72,7 +74,8 @@ class Request:
     args: list[str]
     env: dict[str, str]
     cwd: str
-    fds: list[int] = field(default_factory=list)  # the worker's stdout and stderr pipes
+    # the worker's stdout and stderr pipes, and its channel (``--channel``) when it has one
+    fds: list[int] = field(default_factory=list)
     retire: bool = False  # from the next generation: stop accepting
 
 
@@ -97,7 +100,7 @@ def record_path(socket_path: str) -> str:
 
 def receive_request(conn: socket.socket) -> Request:
     """One request: the header and the pipes arrive first, the rest of the JSON after."""
-    data, fds, _, _ = socket.recv_fds(conn, 65536, 2)
+    data, fds, _, _ = socket.recv_fds(conn, 65536, 3)
     try:
         while len(data) < HEADER.size:
             more = conn.recv(HEADER.size - len(data))
@@ -116,8 +119,8 @@ def receive_request(conn: socket.socket) -> Request:
         fields = json.loads(body)
         if fields.get("retire") is True and not fds:
             return Request([], {}, "", retire=True)
-        if len(fds) != 2:
-            raise ValueError(f"{len(fds)} pipes instead of 2")
+        if len(fds) not in (2, 3):
+            raise ValueError(f"{len(fds)} pipes instead of 2 (or 3 with a channel)")
         return Request([str(a) for a in fields["args"]], dict(fields["env"]), fields["cwd"], fds)
     except BaseException:
         for fd in fds:
@@ -489,11 +492,13 @@ def become(request: Request) -> list[str]:
     """In a fork: take the request's pipes, directory and environment; the runtime's args."""
     with open(os.devnull, "rb") as null:
         os.dup2(null.fileno(), 0)
-    out, err = request.fds
+    out, err, *channel = request.fds
     os.dup2(out, 1)
     os.dup2(err, 2)
     os.close(out)
     os.close(err)
+    if channel and "--channel" in request.args:  # the worker named its own descriptor
+        request.args[request.args.index("--channel") + 1] = str(channel[0])
     os.chdir(request.cwd)
     os.environ.clear()
     os.environ.update(request.env)

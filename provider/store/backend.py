@@ -42,6 +42,10 @@ class Backend(Protocol):
 
     reads_in_order: bool
     pipeline_min_bytes: int
+    # A content-addressed blob up to this size is written without asking whether it is there:
+    # one request instead of an existence check and a write (rewriting equal bytes also renews
+    # its age). 0: always check first (a local folder, where a stat costs nothing).
+    blind_write_max_bytes: int
 
     def uri(self, key: str) -> str: ...
     def check_root(self) -> None: ...

@@ -29,6 +29,7 @@ class FileBackend:
     """Blobs and manifests as files under ``root``."""
 
     reads_in_order = True
+    blind_write_max_bytes = 0  # a stat costs less than rewriting a blob
     pipeline_min_bytes = 16 * 1024 * 1024  # below, hashing after the read costs less
 
     def __init__(self, root: str | os.PathLike[str]) -> None:

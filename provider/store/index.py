@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
 import uuid
@@ -63,6 +64,7 @@ _EVENT_NAME = re.compile(r"\d{20}-[0-9a-f]{16}\.json")
 _FETCH_THREADS = 16
 _ATTEMPTS = 5
 COMPACT_AFTER = 100  # events in the log before a run's end folds it
+CHECK_EVERY = 8  # one task end in this many counts the log
 CLAIM_SECONDS = 300  # a writer's claim to compact, older than this, is taken over
 
 
@@ -101,6 +103,15 @@ class RunRecord:
 
 def _started_key(dag_id: str, run_id: str) -> str:
     return f"{index_prefix(dag_id)}/started/{key_part(run_id)}.json"
+
+
+def recorded_start(store: ArtifactStore, dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """The record of a run's start (what ``record_run_start`` wrote), or None: missing or
+    unreadable."""
+    try:
+        return store.read_manifest(_started_key(dag_id, run_id))
+    except (MissingArtifact, BadManifest):
+        return None
 
 
 def append_event(
@@ -161,7 +172,12 @@ def record_run_start(
 
 
 def record_task_end(
-    store: ArtifactStore, identity: Mapping[str, Any], state: str, *, instances: int | None
+    store: ArtifactStore,
+    identity: Mapping[str, Any],
+    state: str,
+    *,
+    instances: int | None,
+    compact: bool = True,
 ) -> None:
     """Record that a flow task instance ended for good: ``success`` (a caught failure too: the
     task succeeded) or ``failed`` with no retry left. ``instances`` is how many instances the
@@ -179,10 +195,23 @@ def record_task_end(
         "at": time.time(),
     }
     append_event(store, identity["dag_id"], event)
+    if compact and should_check_length():  # else the caller folds it, perhaps meanwhile
+        compact_if_long(store, identity["dag_id"])
+
+
+def should_check_length() -> bool:
+    """Whether a task's end counts the log (a LIST): one end in ``CHECK_EVERY`` does, so a log
+    grows past ``COMPACT_AFTER`` by a few events before it is folded, and a task's end costs
+    one request, not two. (A run's end always counts it.)"""
+    return random.random() < 1 / CHECK_EVERY
+
+
+def compact_if_long(store: ArtifactStore, dag_id: str) -> None:
+    """Fold the log of ``dag_id`` when it is long (see ``_compact_if_long``); never raises."""
     try:
-        _compact_if_long(store, identity["dag_id"])
+        _compact_if_long(store, dag_id)
     except Exception as error:  # the end is recorded; a reader folds the log later
-        log.warning("run index of %s: could not compact: %s", identity["dag_id"], error)
+        log.warning("run index of %s: could not compact: %s", dag_id, error)
 
 
 def record_run_end(

@@ -1,13 +1,16 @@
 """The content-addressed artifact store.
 
 Storing content that is already there costs one existence check (a ``stat`` or a HEAD) while
-the stored blob is younger than ``RENEW_AFTER``. An older one is read back and its SHA-256
-checked; an intact blob then gets its age renewed (``touch``), a damaged one is stored again.
-A blob's modification time thus means "last written or verified", and gc keeps everything
-younger than its grace period. Hence: a dedup hit renews the blob's age when it is older than
-1 h; gc with a grace of at least 1 h is safe against concurrent writers (a reference returned
-by ``put`` stays safe for the grace period minus 1 h even before a manifest names it). gc
-checks each blob's age again right before deleting it; see ``provider.store.gc``.
+the stored blob is younger than ``RENEW_AFTER``; a blob up to the backend's
+``blind_write_max_bytes`` (256 KiB on S3, where a request is a round trip) is written at once
+instead, one PUT: the same bytes under the same key, which renews its age as well. A stored
+blob older than that is read back and its SHA-256 checked; an intact blob then gets its age
+renewed (``touch``), a damaged one is stored again. A blob's modification time thus means
+"last written or verified", and gc keeps everything younger than its grace period. Hence: a
+dedup hit renews the blob's age when it is older than 1 h; gc with a grace of at least 1 h is
+safe against concurrent writers (a reference returned by ``put`` stays safe for the grace
+period minus 1 h even before a manifest names it). gc checks each blob's age again right
+before deleting it; see ``provider.store.gc``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -95,6 +99,12 @@ class ArtifactStore:
             sha256 = hashlib.sha256(packed).hexdigest()
             return (memoryview(packed),), len(packed), sha256, compression.ENCODING
         return encoded.frames, encoded.size, encoded.sha256, codec.ENCODING
+
+    def encode(self, value: Any, by_value: bool = False) -> EncodedValue:
+        """What ``put`` would store for ``value``, and the reference it would return."""
+        frames, size, sha256, encoding = self._encode(value, by_value)
+        ref = Reference(self.blob_uri(sha256), sha256, size, codec.type_name(value), encoding)
+        return EncodedValue(frames, encoding, ref)
 
     def put_at(self, key: str, value: Any, *, by_value: bool = False) -> Reference:
         """Store ``value`` at its own key under ``runs/`` instead of by content.
@@ -175,9 +185,13 @@ class ArtifactStore:
         return self._read_verified(Reference.from_json(ref))
 
     def _write_blob(self, sha256: str, frames: tuple[memoryview, ...], size: int) -> None:
-        """Store a blob unless an intact copy is there; renew the age of an old intact copy."""
+        """Store a blob unless an intact copy is there; renew the age of an old intact copy.
+        A small one on a backend where a request costs a round trip is written at once: the
+        same bytes under the same key, which renews the age of a copy already there."""
         key, uri = blob_key(sha256), self.blob_uri(sha256)
-        if not self._intact(key, uri, sha256, size):
+        if size <= getattr(self.backend, "blind_write_max_bytes", 0) or not self._intact(
+            key, uri, sha256, size
+        ):
             self._write(key, uri, frames, size)
 
     def _intact(self, key: str, uri: str, sha256: str, size: int) -> bool:
@@ -340,6 +354,13 @@ def _progress(verb: str, uri: str, size: int) -> Progress | None:
     return Progress(verb, uri, size) if size >= PROGRESS_MIN_BYTES else None
 
 
+@dataclass(frozen=True)
+class EncodedValue:
+    frames: tuple[memoryview, ...]
+    encoding: str
+    reference: Reference
+
+
 class _BackgroundSha256:
     """SHA-256 of chunks handed over in order, computed on one worker thread.
 
@@ -382,12 +403,11 @@ def open_store(uri: str, *, s3_client: Any = None, must_exist: bool = False) -> 
     """
     parsed = urlparse(uri)
     if parsed.scheme == "s3" and parsed.netloc:
-        from provider.store.s3 import S3Backend, default_s3_client
+        from provider.store.s3 import S3Backend
 
         prefix = parsed.path.strip("/")
-        client = s3_client if s3_client is not None else default_s3_client()
         root = f"s3://{parsed.netloc}/{prefix}" if prefix else f"s3://{parsed.netloc}"
-        return ArtifactStore(S3Backend(parsed.netloc, prefix, client), root, compress=True)
+        return ArtifactStore(S3Backend(parsed.netloc, prefix, s3_client), root, compress=True)
     if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
         path = Path(unquote(parsed.path))
     elif parsed.scheme == "" and Path(uri).is_absolute():

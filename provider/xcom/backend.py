@@ -8,42 +8,13 @@ from typing import Any
 from airflow.sdk.bases.xcom import BaseXCom
 
 from provider import config, settings
+from provider.runtime.channel import small_json
 from provider.store import ArtifactStore, xcom_manifest_key
 from provider.xcom.references import holds_references, keeping_references, load_references
 
 
 def _store() -> ArtifactStore:
     return config.open_artifact_store()
-
-
-def _small_json(value: Any, budget: int) -> bool:
-    """Whether ``value`` is plain JSON data (str keys) of at most about ``budget`` bytes.
-
-    Walks the value and gives up as soon as the budget is spent, so a DataFrame or a large list
-    costs nothing here: they go to the store without being encoded twice.
-    """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if item is None or isinstance(item, bool):
-            budget -= 5
-        elif isinstance(item, (int, float)):
-            budget -= 24
-        elif isinstance(item, str):
-            budget -= len(item) + 2
-        elif isinstance(item, list) and type(item) is list:
-            budget -= 2 + len(item)
-            stack.extend(item)
-        elif isinstance(item, dict) and type(item) is dict:
-            if not all(isinstance(key, str) for key in item):
-                return False
-            budget -= 2 + sum(len(key) + 4 for key in item)
-            stack.extend(item.values())
-        else:
-            return False
-        if budget < 0:
-            return False
-    return True
 
 
 class FlowXCom(BaseXCom):
@@ -67,7 +38,7 @@ class FlowXCom(BaseXCom):
         if holds_references(value):
             return value
         limit = settings.value("xcom_inline_max_bytes")
-        if limit and _small_json(value, limit) and len(json.dumps(value)) <= limit:
+        if limit and small_json(value, limit) and len(json.dumps(value)) <= limit:
             return BaseXCom.serialize_value(value)
         store = _store()
         ref = store.put(value).to_json()

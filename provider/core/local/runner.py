@@ -74,6 +74,7 @@ def run_local(
     grace_seconds: float = 5.0,
     warm_idle_seconds: float = 0.0,
     warm_preload: PreloadSettings | None = None,
+    channel: int | None = None,
 ) -> int:
     """Run ``argv`` with ``env``; hand stdout lines to ``log_line`` and stderr lines to
     ``log_error`` (default: ``log_line``); return the exit code.
@@ -84,6 +85,8 @@ def run_local(
     command is forked from a warm runtime when one serves (``provider.core.local.warm``); a warm
     runtime that ends without reporting the run raises ``WarmRuntimeLost``, naming it;
     ``warm_preload`` says what warm runtimes import before forking (default: learn it).
+    ``channel`` is a descriptor the runtime inherits (its end of ``provider.runtime.channel``;
+    ``argv`` names it), which the caller closes once the runtime has started.
     """
     proc: RuntimeProcess | None = None
     if warm_idle_seconds > 0:
@@ -97,6 +100,7 @@ def run_local(
             idle_seconds=warm_idle_seconds,
             preload=warm_preload or PreloadSettings(),
             note=log_line,
+            channel=channel,
         )
     if proc is None:
         proc = subprocess.Popen(
@@ -106,6 +110,7 @@ def run_local(
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            pass_fds=() if channel is None else (channel,),
         )
     try:
         if on_start is not None:

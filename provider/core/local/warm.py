@@ -312,6 +312,7 @@ def start_warm(
     idle_seconds: float,
     preload: PreloadSettings = LEARN,
     note: Callable[[str], None] | None = None,
+    channel: int | None = None,
 ) -> WarmProcess | None:
     """Fork ``argv`` (a ``python -m provider.runtime`` command) from a warm runtime; None:
     start it cold (``note`` hears why, when a server said). Raises :class:`WarmRuntimeLost`
@@ -344,7 +345,7 @@ def start_warm(
     if uid != os.getuid():  # another user's process listens: never tell it the task
         conn.close()
         return None
-    return _request(conn, server, argv, env, shape, note)
+    return _request(conn, server, argv, env, shape, note, channel)
 
 
 def _request(
@@ -354,17 +355,20 @@ def _request(
     env: Mapping[str, str],
     shape: _Shape,
     note: Callable[[str], None] | None = None,
+    channel: int | None = None,
 ) -> WarmProcess | None:
-    """Send the request with the pipes; read the fork's pid. None when the request did not
-    all go out (no fork can begin) or the server answered "cold" (it forked nothing);
-    WarmRuntimeLost when it did go out and no pid came back."""
+    """Send the request with the pipes (and the ``channel``, which stays the caller's);
+    read the fork's pid. None when the request did not all go out (no fork can begin) or the
+    server answered "cold" (it forked nothing); WarmRuntimeLost when it did go out and no pid
+    came back."""
     cwd = shape.cwd
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     ours = [out_read, err_read]
     try:
         request = encode_request(list(argv[3:]), dict(env), cwd)
-        sent = socket.send_fds(conn, [request], [out_write, err_write])
+        fds = [out_write, err_write] + ([channel] if channel is not None else [])
+        sent = socket.send_fds(conn, [request], fds)
         if sent < len(request):  # an empty send fails once a quick run's server hung up
             conn.sendall(request[sent:])
     except OSError:  # the server never has the whole request: the run starts cold

@@ -42,6 +42,13 @@ class TaskRun:
     foreach: Any = None  # a ``ForeachPlan`` for ``.foreach``: the chunks to run
     # Variables a local runtime needs to reach the store (the worker's S3 connection's).
     runtime_env: Mapping[str, str] = field(default_factory=dict)
+    # A local try's payload as the store would hold it, sent over the runtime's channel
+    # instead (``provider.runtime.channel``); None: the runtime reads ``payload`` from the store.
+    payload_data: bytes | None = None
+    # The launch records being written while the runtime runs (``provider.core.records``).
+    background: Any = None
+    # What settling the try found: its result manifest (``settled["manifest"]``).
+    settled: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,9 @@ class Outcome:
     # What the platform knows of where the try ran that the runtime could not (a Batch job's
     # CloudWatch log group and stream): added to the ``where`` of the try's manifest.
     where: Mapping[str, Any] | None = None
+    # What the runtime sent back over its channel (``provider.runtime.channel``): its result
+    # manifest, for the worker to store, and the blobs that manifest names.
+    report: Mapping[str, Any] | None = None
 
 
 class ComputeTarget(ABC):

@@ -39,14 +39,16 @@ class LocalTarget(ComputeTarget):
         self._killed = False
         self._envs: Any = None
         self._oom: OomWatch | None = None
+        self._channel: Any = None  # a ChannelPeer, when the payload travels over the channel
 
     def prepare(self, run: TaskRun) -> dict[str, Any]:
         from provider.core.code import local_code_package
         from provider.core.environments.tasks import task_environments
 
         self._envs = task_environments(run, local=True)
-        # The DAG folder's modules import from the code package, as in a pod or a job.
-        ref, path = local_code_package(run)
+        # The DAG folder's modules import from the code package, as in a pod or a job; it is
+        # stored while the runtime runs when the try writes its records then.
+        ref, path = local_code_package(run, later=run.background)
         self._code_path = str(path)
         return {"code_package": ref, **self._envs.records()}
 
@@ -63,6 +65,12 @@ class LocalTarget(ComputeTarget):
             python=sys.executable,
             code_path=self._code_path,
         )
+        if run.payload_data is not None:  # the payload and the report over a channel
+            from provider.core.local.channel import ChannelPeer
+
+            at = argv.index("--payload")
+            self._channel = ChannelPeer(run.payload_data, settings.value("xcom_inline_max_bytes"))
+            argv[at : at + 2] = ["--channel", str(self._channel.child_fd)]
         try:
             code = run_local(
                 argv,
@@ -72,13 +80,17 @@ class LocalTarget(ComputeTarget):
                 on_start=self._started,
                 warm_idle_seconds=settings.value("warm_runtime_idle"),
                 warm_preload=preload_settings(),
+                channel=None if self._channel is None else self._channel.child_fd,
             )
+            report = None if self._channel is None else self._channel.finish()
             if code in SIGKILLED and not self._killed:
                 return self._sigkilled(run, code)
-            return Outcome(manifest_key=run.manifest_key, exit_code=code)
+            return Outcome(manifest_key=run.manifest_key, exit_code=code, report=report)
         except WarmRuntimeLost as lost:  # the exit code is unknown: say what ended the run
             return Outcome(manifest_key=run.manifest_key, exit_code=None, failure=str(lost))
         finally:
+            if self._channel is not None:
+                self._channel.finish()
             if self._oom is not None:
                 self._oom.close()
 
@@ -171,6 +183,8 @@ class LocalTarget(ComputeTarget):
         from provider.core.local.oom import OomWatch
 
         self._process = process
+        if self._channel is not None:
+            self._channel.started()
         self._oom = OomWatch.start(process.pid)
 
     def kill(self) -> None:
