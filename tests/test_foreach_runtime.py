@@ -195,3 +195,61 @@ def test_gc_keeps_an_older_try_s_result_after_a_later_try_reran_its_chunk(store)
     first, second = store.get(results[1]), store.get(results[2])
     assert isinstance(first[5], Failure) and first[:5] == [0.0, 0.5, 1.0, 1.5, 2.0]
     assert second == [i / 2 for i in range(8)]
+
+
+def _sliced_plan(store, n: int = 10, chunk_size: int = 4) -> ForeachPlan:
+    """A plan as the worker makes it: the items stored a slice per chunk."""
+    from provider.core.foreach import store_items
+
+    items, slices = store_items(store, list(range(n)), chunk_size)
+    return ForeachPlan("item", items, n, chunk_size, "runs/d/r/t/-1/foreach/p", item_slices=slices)
+
+
+def _damage(store, plan: ForeachPlan, chunk: int) -> None:
+    """Flip a byte of ``chunk``'s slice in the stored items blob."""
+    from provider.store import Reference
+    from provider.store.keys import blob_key
+
+    path = store.backend.root / blob_key(Reference.from_json(plan.items).sha256)
+    data = bytearray(path.read_bytes())
+    offset, size, _, _ = plan.item_slices[chunk]
+    data[offset + size // 2] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+
+
+def test_a_chunk_reads_only_its_own_slice_of_the_items(store):
+    """A pod's chunk reads its slice alone: another chunk's damaged bytes do not touch it (a
+    whole read would fail the blob's hash), and its own damaged slice is refused."""
+    from provider.store import IntegrityError, StoreError
+
+    plan = _sliced_plan(store)
+    assert [s[1] > 0 for s in plan.item_slices] == [True] * 3
+    with pytest.raises(StoreError, match="slices"):
+        store.get(plan.items)  # not a plain value: read through the plan's slices
+    _damage(store, plan, 2)
+    manifest = ChunkRunner(store, Payload(halve, foreach=plan), try_number=1).run(0)
+    assert store.get(manifest["result"]) == [0.0, 0.5, 1.0, 1.5]
+    with pytest.raises(IntegrityError, match="expected sha256"):
+        ChunkRunner(store, Payload(halve, foreach=plan), try_number=1).run(2)
+
+
+def test_a_process_running_several_chunks_reads_the_items_once_whole(store):
+    """A local pool's process: its first chunk reads its slice, the next ones the whole blob
+    once (hash checked: a damaged slice anywhere fails the whole read)."""
+    from provider.store import IntegrityError
+
+    plan = _sliced_plan(store, n=12, chunk_size=3)
+    runner = ChunkRunner(store, Payload(lambda item: item + 1, foreach=plan), try_number=1)
+    assert [store.get(runner.run(c)["result"]) for c in (3, 0, 1, 2)] == [
+        [10, 11, 12],
+        [1, 2, 3],
+        [4, 5, 6],
+        [7, 8, 9],
+    ]
+    _damage(store, plan, 3)
+    fresh = dataclasses.replace(plan, prefix="runs/d/r/t/-1/foreach/q")  # nothing done yet
+    other = ChunkRunner(store, Payload(lambda item: item, foreach=fresh), try_number=1)
+    other.run(0)  # its own slice is intact
+    with pytest.raises(IntegrityError):
+        other.run(1)  # the second chunk reads the whole blob

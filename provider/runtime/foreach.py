@@ -1,10 +1,12 @@
 """``.foreach``: one task that runs a function over many items, a chunk of items at a time.
 
-The items are one artifact (a list, or a dict whose ``(key, value)`` pairs are the items),
-written once. A chunk ``c`` covers items ``[c * chunk_size, (c + 1) * chunk_size)``; whoever runs
-it (a local worker process, a pod of an Indexed Job, a child of a Batch array job) loads the
-items once, calls the function on each item of the chunk, stores the chunk's results and writes
-the chunk's manifest under the plan's prefix.
+The items are one artifact, written once: a slice per chunk (``item_slices``), or an upstream's
+list (or dict, whose ``(key, value)`` pairs are the items) too large to store again. A chunk ``c``
+covers items ``[c * chunk_size, (c + 1) * chunk_size)``; whoever runs it (a local worker process,
+a pod of an Indexed Job, a child of a Batch array job) reads its chunk's slice (one ranged read;
+a process running several chunks reads the blob once), or loads the whole list once, calls the
+function on each item of the chunk, stores the chunk's results and writes the chunk's manifest
+under the plan's prefix.
 
 A chunk's manifest is written when the chunk starts (status ``running``), again every
 ``checkpoint_seconds`` with the results of the items finished since (``segments``), and a last
@@ -56,6 +58,8 @@ class ForeachPlan:
     prefix: str
     layout: ChunkLayout = "chunks"
     checkpoint_seconds: float = CHECKPOINT_SECONDS
+    # ``items`` holds a slice per chunk: [offset, size, sha256, encoding] of each, in order.
+    item_slices: list[list[Any]] | None = None
 
     @property
     def chunks(self) -> int:
@@ -182,6 +186,26 @@ class ChunkRunner:
         self.try_number = try_number
         self.clock = clock
         self._items: Sequence[Any] | None = None
+        self._slices: list[Any] | None = None  # every chunk's items, once a second chunk runs
+        self._ran = 0
+
+    def chunk_items(self, chunk: int) -> Sequence[Any]:
+        """The items of ``chunk``: its slice alone for the first chunk this process runs, the
+        whole blob read once when it runs more (a local pool's process)."""
+        start, stop = self.plan.bounds(chunk)
+        slices = self.plan.item_slices
+        if slices is None:
+            return self.items[start:stop]
+        if self._slices is not None:
+            items = self._slices[chunk]
+        elif self._ran == 0:
+            items = self.store.get_slice(self.plan.items, slices[chunk])
+        else:
+            self._slices = self.store.get_slices(self.plan.items, slices)
+            items = self._slices[chunk]
+        if len(items) != stop - start:
+            raise ValueError(f"chunk {chunk}'s slice holds {len(items)} items, not {stop - start}")
+        return items
 
     @property
     def items(self) -> Sequence[Any]:
@@ -208,6 +232,8 @@ class ChunkRunner:
         careful = earlier.get("status") == RUNNING and earlier["try_number"] == self.try_number
         state = ChunkState.read(store, earlier, start, stop - start)
         todo = state.to_run(self.try_number)
+        items = self.chunk_items(chunk) if todo else ()
+        self._ran += 1
         checkpoint = _Checkpoints(self, chunk, state, careful=careful)
         checkpoint.write(in_flight=None)
         seconds: list[float | None] = [None] * (stop - start)
@@ -217,7 +243,7 @@ class ChunkRunner:
             if careful:
                 checkpoint.write(in_flight=offset)
             began = time.perf_counter()
-            value = self._call(self.items[start + offset], start + offset)
+            value = self._call(items[offset], start + offset)
             seconds[offset] = round(time.perf_counter() - began, 6)
             state.record(offset, value, start, self.try_number)
             checkpoint.done(offset)

@@ -43,6 +43,9 @@ CONCURRENCY_ENV = "FLOWTASK_S3_MAX_CONCURRENCY"
 DEFAULT_PART_SIZE_MIB = 16
 DEFAULT_MAX_CONCURRENCY = 8
 MAX_ATTEMPTS = 10
+# Small reads sent at once when the store needs many (a fan-out's 1,000 chunk manifests, a
+# join's 1,000 results): at 20 ms a request, 32 in flight read 1,000 in about 0.7 s.
+READS_IN_FLIGHT = 32
 # A single GET is read from the socket in pieces of this size (boto3's transfer reads 256 KiB):
 # the hash starts on each as the next arrives, so the last piece's hash is what cannot overlap;
 # 2 MiB measured best of 1, 2 and 4 in benchmarks/store_vs_raw.py (8, 15 and 64 MiB blobs).
@@ -73,7 +76,7 @@ def botocore_config() -> Any:
 
     return Config(
         retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
-        max_pool_connections=max_concurrency() * 2,
+        max_pool_connections=max(max_concurrency() * 2, READS_IN_FLIGHT),
         connect_timeout=10,
         read_timeout=60,
         s3={"addressing_style": os.environ.get("FLOWTASK_S3_ADDRESSING_STYLE", "auto")},
@@ -124,6 +127,7 @@ class S3Backend:
 
     reads_in_order = True  # read_into hands chunks over in order (see BufferSink)
     pipeline_min_bytes = 1024 * 1024  # a GET costs more than starting the hashing thread
+    reads_in_flight = READS_IN_FLIGHT
 
     def __init__(self, bucket: str, prefix: str, client: Any) -> None:
         self.bucket = bucket
@@ -328,6 +332,13 @@ class S3Backend:
             if _is_missing(error):
                 raise MissingArtifact(f"no object {self.uri(key)}") from None
             raise
+        return bytes(body.read())
+
+    def read_range(self, key: str, start: int, size: int) -> bytes:
+        """``size`` bytes from ``start``: one ranged GET."""
+        if size == 0:
+            return b""
+        body = self._get(key, Range=f"bytes={start}-{start + size - 1}")["Body"]
         return bytes(body.read())
 
     def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]:
