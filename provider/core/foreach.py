@@ -126,9 +126,16 @@ def plan_foreach(
     or a cleared task in any process, on any worker, finds the chunks already done."""
     from provider import settings
 
+    began = time.perf_counter()
     listed, length, items_identity = foreach_items(store, task.foreach_items)
     chunk_size, _ = target.chunking(task.spec, length)
     items, slices = store_items(store, listed, chunk_size)
+    task.log.info(
+        "foreach: %d items stored %s (%.2fs)",
+        length,
+        f"a slice per chunk of {chunk_size}" if slices else "where the upstream task left them",
+        time.perf_counter() - began,
+    )
     key = json.dumps([code_identity, items_identity, chunk_size, layout, task.foreach_argument])
     plan_id = hashlib.sha256(key.encode()).hexdigest()[:16]
     task_prefix = manifest_key.rsplit("/", 2)[0]  # runs/<dag>/<run>/<task>/<map_index>
@@ -201,6 +208,7 @@ def run_foreach(
             catching=catching,
             stopped=stopped,
         )
+    began = time.perf_counter()
     gather(
         run.store,
         plan,
@@ -211,6 +219,7 @@ def run_foreach(
         unreported=outcome.failure,
         log=log,
     )
+    log.info("foreach: %d chunks gathered (%.2fs)", plan.chunks, time.perf_counter() - began)
     return Outcome(run.manifest_key, exit_code=0, failure=outcome.failure)
 
 

@@ -52,6 +52,7 @@ class FlowJobOperator(KubernetesJobOperator):
         self.flow_backoff_limit_per_index = backoff_limit_per_index
         self.flow_schedule_timeout = schedule_timeout
         self.flow_placement_hint = placement_hint
+        self.flow_busy = 0.0
 
     def build_job_request_obj(self, context: Any = None) -> Any:
         job = super().build_job_request_obj(context)
@@ -70,6 +71,7 @@ class FlowJobOperator(KubernetesJobOperator):
         """Create the Job, watch it to its end (``on_state`` sees each reading), delete it."""
         self.name = self._set_name(self.name)
         self.job_request_obj = request = self.build_job_request_obj(context)
+        began = time.perf_counter()
         try:
             self.job = self.create_job(request)  # set before anything can kill it
         except ApiException as exc:
@@ -80,17 +82,25 @@ class FlowJobOperator(KubernetesJobOperator):
             return JobReport(JobState(request.metadata.name), start_failure=refused)
         name = request.metadata.name
         self.log.info(
-            "job %s: %d pods, %d at a time (%s)",
+            "job %s: %d pods, %d at a time (%s; created in %.2fs)",
             name,
             self.completions,
             self.parallelism,
             f"backoffLimitPerIndex={self.flow_backoff_limit_per_index}"
             if self.flow_backoff_limit_per_index is not None
             else f"backoffLimit={self.backoff_limit}",
+            time.perf_counter() - began,
         )
         finished = False
         try:
+            watched = time.perf_counter()
             report = self._watch(on_state)
+            self.log.info(
+                "job %s: watched for %.1fs, %.2fs of it reading its state and progress",
+                name,
+                time.perf_counter() - watched,
+                self.flow_busy,
+            )
             finished = True
             report.pods = self._pods()
             self._log_failed_pods(report.pods)
@@ -101,10 +111,13 @@ class FlowJobOperator(KubernetesJobOperator):
     def _watch(self, on_state: Callable[[JobState], None]) -> JobReport:
         start = JobStartWatch(self.flow_schedule_timeout, self.flow_placement_hint)
         polls = 0
+        self.flow_busy = 0.0  # the worker's own time in the watch: reading, not waiting
         while True:
+            began = time.perf_counter()
             state = self._state()
             on_state(state)
             if state.finished:
+                self.flow_busy += time.perf_counter() - began
                 return JobReport(state)
             if not (start.started or state.started) or polls % PODS_EVERY == 0:
                 verdict = start.see(self._pods(), time.monotonic())
@@ -114,6 +127,7 @@ class FlowJobOperator(KubernetesJobOperator):
                     self.log.error("%s", verdict.failure)
                     return JobReport(state, self._pods(), start_failure=verdict.failure)
             polls += 1
+            self.flow_busy += time.perf_counter() - began
             time.sleep(self.job_poll_interval)
 
     @property
