@@ -15,11 +15,11 @@ The store's steps, as the worker and the pods run them (the code's own functions
   (``store.put``, what the plan stored before).
 - a pod's items: its chunk's slice (``store.get_slice``, one ranged GET) against the whole list
   (``store.get``, what every pod loaded before), with the bytes 1,000 pods read either way.
-- gather: ``gather`` of 1,000 chunk manifests (one listing, 32 reads in flight, the result's
-  chunk list, the try's manifest) against the listing and the reads one after another (what it
-  did before).
+- gather: ``gather`` of 1,000 chunks (one listing of the plan's prefix: each chunk's marker
+  says what its manifest says; the result's chunk list, the try's manifest) against the
+  listing and each chunk manifest read one after another (what it did before).
 - progress: the requests ``ChunkProgress`` sends over a Job's 60 polls while its chunks complete
-  (a completed chunk's manifest read once, when a line is due).
+  (one listing of the markers when a line is due).
 - join: a task taking 1,000 mapped results (``resolve_references``, 32 in flight) against
   loading them one after another (what the runtime did before).
 
@@ -319,8 +319,8 @@ def report(args: Any, plan: ForeachPlan, figures: dict, sent: int, polls: int, b
         f" MiB against {plan.chunks * f['pod_bytes_anchor'] / 2**20:.1f} MiB)"
     )
     print(
-        f"  progress over {polls} polls: {sent} requests (a chunk's manifest read once, when a "
-        f"line is due); a read per completed chunk per poll would be {before}"
+        f"  progress over {polls} polls, a line every 10: {sent} requests (a listing of the "
+        f"markers a line); a read per completed chunk per poll would be {before}"
     )
 
 

@@ -253,3 +253,38 @@ def test_a_process_running_several_chunks_reads_the_items_once_whole(store):
     other.run(0)  # its own slice is intact
     with pytest.raises(IntegrityError):
         other.run(1)  # the second chunk reads the whole blob
+
+
+def _without_times(manifest: dict) -> dict:
+    foreach = dict(manifest["foreach"])
+    foreach["chunk_rows"] = [{**row, "seconds": None} for row in foreach["chunk_rows"]]
+    drop = ("started_at", "finished_at", "seconds", "function_seconds", "usage")
+    return {**{k: v for k, v in manifest.items() if k not in drop}, "foreach": foreach}
+
+
+@pytest.mark.parametrize("layout", ["chunks", "items"])
+def test_gathering_from_the_markers_writes_what_reading_every_manifest_writes(store, layout):
+    """One listing of the markers (a manifest read only for failed items or results kept one
+    per item) gives the try's manifest that reading each chunk's manifest gives; a chunk run
+    again leaves one marker, its new one."""
+    from provider.core.foreach import gather, pending_chunks
+    from provider.runtime.foreach import marker_prefix
+
+    plan = dataclasses.replace(_sliced_plan(store, n=10, chunk_size=3), layout=layout)
+    for try_number, function in ((1, halve), (2, lambda item: item / 2)):
+        runner = ChunkRunner(store, Payload(function, foreach=plan), try_number)
+        for chunk in pending_chunks(store, plan):
+            runner.run(chunk)
+    markers = list(store.backend.list(marker_prefix(plan)))
+    assert [key.split("/")[-4] for key in markers] == ["000000", "000001", "000002", "000003"]
+    assert markers[1].split("/")[-3].startswith("2.s.0.")  # chunk 1 (item 5) ran again in try 2
+    key = manifest_key("d", "r", "t", -1, 2)
+    listed = gather(store, plan, key, {"try_number": 2}, catching=False, started=0.0)
+    store.backend.delete_many(markers)
+    read = gather(store, plan, key, {"try_number": 2}, catching=False, started=0.0)
+    assert _without_times(listed) == _without_times(read)
+    result = listed["result"]
+    values = store.get(result) if layout == "chunks" else [store.get(r) for r in result]
+    assert listed["status"] == "succeeded" and values == [i / 2 for i in range(10)]
+    assert listed["function_seconds"] == pytest.approx(read["function_seconds"], abs=1e-5)
+    assert listed["usage"] == read["usage"]

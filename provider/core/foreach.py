@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from provider.core.errors import CannotRun
-from provider.runtime.foreach import ChunkLayout, ForeachPlan, is_final
+from provider.runtime.foreach import ChunkLayout, ForeachPlan, is_final, listed_chunks
 from provider.store import ArtifactStore, is_reference
 
 FAILED_SHOWN = 5
@@ -163,13 +163,14 @@ def _manifests(
 
 def pending_chunks(store: ArtifactStore, plan: ForeachPlan) -> list[int]:
     """The chunks with items that have no stored result yet (or a failed one)."""
-    done = {c for c, m in _manifests(store, plan).items() if m.get("status") == "succeeded"}
+    found = listed_chunks(store, plan, read="unmarked")
+    done = {c for c, m in found.items() if m.get("status") == "succeeded"}
     return [chunk for chunk in range(plan.chunks) if chunk not in done]
 
 
 def unfinished_chunks(store: ArtifactStore, plan: ForeachPlan, chunks: Sequence[int]) -> list[int]:
     """Of ``chunks``, those with no last manifest: their processes died (or never started)."""
-    found = _manifests(store, plan, chunks)
+    found = listed_chunks(store, plan, read="unmarked")
     return [chunk for chunk in chunks if not is_final(found.get(chunk, {}))]
 
 
@@ -301,7 +302,7 @@ def gather(
     """
     from provider.runtime.foreach import chunk_reference
 
-    found = _manifests(store, plan)
+    found = listed_chunks(store, plan, read="all")
     manifests = [found[c] for c in range(plan.chunks) if is_final(found.get(c, {}))]
     missing = [c for c in range(plan.chunks) if not is_final(found.get(c, {}))]
     failed = [item for m in manifests for item in m["failed"]]
@@ -356,7 +357,7 @@ def _chunk_row(manifest: dict[str, Any]) -> dict[str, Any]:
     and where its items' previews are (one manifest to read for a fan-out's tab)."""
     started, finished = manifest.get("started_at"), manifest.get("finished_at")
     row = {key: manifest.get(key) for key in ("chunk", "start", "stop", "status", "try_number")}
-    row["failed"] = len(manifest.get("failed") or [])
+    row["failed"] = len(manifest["failed"])
     row["seconds"] = round(finished - started, 3) if started and finished else None
     if manifest.get("item_previews"):
         row["item_previews"] = manifest["item_previews"]
@@ -430,9 +431,8 @@ class ForeachProgress:
 class ChunkProgress:
     """Logs a cluster fan-out's progress every ``every`` seconds: items done and failed, and
     its pods (an Indexed Job's state: its ``completed`` indexes and its pod counts). The items
-    done come from the state; the failed ones from the manifests of the chunks completed since
-    the last line, each read once, ``reads_in_flight`` at a time, when a line is due (not a
-    request per chunk per poll)."""
+    done come from the state; the failed ones from the markers of the chunks completed since
+    the last line: one listing when a line is due, not a request per chunk per poll."""
 
     def __init__(self, run: Any, chunks: list[int], every: float) -> None:
         self.run, self.chunks, self.every = run, chunks, every
@@ -454,10 +454,11 @@ class ChunkProgress:
         if now - self.logged < self.every and not state.finished:
             return
         self.logged = now
-        keys = [self.run.foreach.chunk_key(chunk) for chunk in self.unread]
-        self.unread = []
-        for manifest in self.run.store.read_manifests(keys).values():
-            self.failed_items += len(manifest.get("failed") or ())
+        if self.unread:  # one listing of the markers, not a read per chunk
+            said = listed_chunks(self.run.store, self.run.foreach, read="none")
+            for chunk in self.unread:
+                self.failed_items += said.get(chunk, {}).get("failed_count", 0)
+            self.unread = []
         self.progress.log_line(self.done, self.failed_items)
         self.run.log.info(
             "job %s: %d pods active (%d running), %d succeeded, %d failed",
