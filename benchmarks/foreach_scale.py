@@ -243,7 +243,7 @@ bench_scale()
         "wall": wall,
     }
     if not pool:
-        phases["submit"] = seconds(r"job \S+: \d+ pods, .*created in ([0-9.]+)s\)")
+        phases["submit"] = seconds(r"job \S+: \d+ pods, .*, created in ([0-9.]+)s")
         phases["watch"] = seconds(r"job \S+: watched for ([0-9.]+)s")
         phases["watch_busy"] = seconds(r"job \S+: watched for [0-9.]+s, ([0-9.]+)s of it reading")
     return phases

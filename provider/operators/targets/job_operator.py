@@ -82,7 +82,7 @@ class FlowJobOperator(KubernetesJobOperator):
             return JobReport(JobState(request.metadata.name), start_failure=refused)
         name = request.metadata.name
         self.log.info(
-            "job %s: %d pods, %d at a time (%s; created in %.2fs)",
+            "job %s: %d pods, %d at a time (%s), created in %.2fs",
             name,
             self.completions,
             self.parallelism,
