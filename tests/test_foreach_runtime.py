@@ -288,3 +288,25 @@ def test_gathering_from_the_markers_writes_what_reading_every_manifest_writes(st
     assert listed["status"] == "succeeded" and values == [i / 2 for i in range(10)]
     assert listed["function_seconds"] == pytest.approx(read["function_seconds"], abs=1e-5)
     assert listed["usage"] == read["usage"]
+
+
+def test_an_upstream_list_is_stored_again_in_slices_unless_too_large_or_chunked(store, monkeypatch):
+    """An upstream's list (or dict) reference up to RESLICE_MAX_BYTES is loaded on the worker
+    and stored a slice per chunk; a larger one, or a .foreach result (its size is its chunk
+    list's), stays where it is, every chunk loading it whole."""
+    from provider.core import foreach
+    from provider.runtime.foreach import chunk_reference
+
+    upstream = {**store.put({"a": 1, "b": 2, "c": 3}).to_json(), "length": 3}
+    items, length, _ = foreach.foreach_items(store, upstream)
+    assert (items, length) == ([("a", 1), ("b", 2), ("c", 3)], 3)
+    stored, slices = foreach.store_items(store, items, 2)
+    assert len(slices) == 2 and store.get_slice(stored, slices[1]) == [("c", 3)]
+    monkeypatch.setattr(foreach, "RESLICE_MAX_BYTES", upstream["size"] - 1)
+    kept, _, _ = foreach.foreach_items(store, upstream)
+    assert kept == upstream and foreach.store_items(store, kept, 2) == (upstream, None)
+    monkeypatch.undo()
+    plan = _plan(store, n=4, chunk_size=2)
+    done = [ChunkRunner(store, Payload(halve, foreach=plan), 1).run(c) for c in (0, 1)]
+    chunked = {**chunk_reference(store, plan, done).to_json(), "length": 4}
+    assert foreach.foreach_items(store, chunked)[0] == chunked

@@ -71,8 +71,13 @@ def foreach_items(store: ArtifactStore, items: Any) -> tuple[Any, int, str]:
 
 
 def _loaded(store: ArtifactStore, ref: Mapping[str, Any], length: int) -> list[Any] | None:
-    """An upstream's list, loaded to be stored again in slices; None to keep it where it is."""
+    """An upstream's list, loaded to be stored again in slices; None to keep it where it is
+    (a chunked one's size is its chunk list's, not its values')."""
+    from provider.store.store import CHUNKS_ENCODING
+
     if not isinstance(ref.get("size"), int) or ref["size"] > RESLICE_MAX_BYTES:
+        return None
+    if ref.get("encoding") == CHUNKS_ENCODING:
         return None
     try:
         value = store.get(ref)
