@@ -258,6 +258,7 @@ def main() -> None:
     parser.add_argument("--cluster", action="store_true", help="also through the test cluster")
     parser.add_argument("--pool", action="store_true", help="also through the local pool")
     parser.add_argument("--no-store", action="store_true", help="skip the store's steps")
+    parser.add_argument("--model-only", action="store_true", help="runs on the S3 model only")
     args = parser.parse_args()
     moto = MotoServer()
     model = S3Model(moto.port)
@@ -276,7 +277,8 @@ def main() -> None:
         for pool in [p for p, wanted in ((False, args.cluster), (True, args.pool)) if wanted]:
             where = "the local pool" if pool else "one Indexed Job on the test cluster"
             print(f"\n{args.items} items in {args.chunks} chunks through {where}, one run each:")
-            for name, endpoint in (("S3 model", model), ("moto", None)):
+            wheres = (("S3 model", model), ("moto", None))
+            for name, endpoint in wheres[:1] if args.model_only else wheres:
                 proxy = endpoint or SimpleNamespace(endpoint=moto.endpoint)
                 phases = cluster_run(moto, proxy, args.items, args.chunks, pool)
                 own = phases["plan"] + phases["gather"]

@@ -29,7 +29,9 @@ from provider.translate.kubernetes_job import (
 )
 
 IN_CLUSTER_LABEL = "airflow_kpo_in_cluster"
-PODS_EVERY = 10  # status polls between listings of a started Job's pods
+PODS_EVERY = 10  # status polls between listings of a started Job's pending pods
+PENDING = "status.phase=Pending"
+NOT_SUCCEEDED = "status.phase!=Succeeded"
 LOGGED_PODS = 5  # failed pods whose log tail is shown
 LOG_TAIL = 20
 
@@ -102,7 +104,7 @@ class FlowJobOperator(KubernetesJobOperator):
                 self.flow_busy,
             )
             finished = True
-            report.pods = self._pods()
+            report.pods = self._pods(NOT_SUCCEEDED)  # what explains a failure: not thousands
             self._log_failed_pods(report.pods)
             return report
         finally:
@@ -119,8 +121,11 @@ class FlowJobOperator(KubernetesJobOperator):
             if state.finished:
                 self.flow_busy += time.perf_counter() - began
                 return JobReport(state)
-            if not (start.started or state.started) or polls % PODS_EVERY == 0:
-                verdict = start.see(self._pods(), time.monotonic())
+            started = start.started or state.started
+            if not started or polls % PODS_EVERY == 0:
+                # Once a pod ran, only pending ones can tell of a pod that cannot start.
+                pods = self._pods(PENDING if started else None)
+                verdict = start.see(pods, time.monotonic())
                 if verdict.note:
                     self.log.warning("%s", verdict.note)
                 if verdict.failure:
@@ -144,10 +149,14 @@ class FlowJobOperator(KubernetesJobOperator):
                 raise
             return JobState(name, finished="Failed", reason="Deleted", message="job was deleted")
 
-    def _pods(self) -> list[Any]:
+    def _pods(self, phases: str | None = None) -> list[Any]:
+        """The Job's pods (of the phases a field selector names): a Job of a thousand pods is
+        a listing of megabytes, read now and then, not on every poll."""
         selector = f"{JOB_NAME_LABEL}={self._created.metadata.name}"
         listed = self.client.list_namespaced_pod(
-            self._created.metadata.namespace, label_selector=selector
+            self._created.metadata.namespace,
+            label_selector=selector,
+            **({"field_selector": phases} if phases else {}),
         )
         return list(listed.items)
 
