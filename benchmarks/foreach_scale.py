@@ -246,6 +246,7 @@ bench_scale()
         phases["submit"] = seconds(r"job \S+: \d+ pods, .*, created in ([0-9.]+)s")
         phases["watch"] = seconds(r"job \S+: watched for ([0-9.]+)s")
         phases["watch_busy"] = seconds(r"job \S+: watched for [0-9.]+s, ([0-9.]+)s of it reading")
+        phases["watch_cpu"] = seconds(r"of it reading its state and progress \(([0-9.]+)s of this")
     return phases
 
 
@@ -281,13 +282,16 @@ def main() -> None:
             for name, endpoint in wheres[:1] if args.model_only else wheres:
                 proxy = endpoint or SimpleNamespace(endpoint=moto.endpoint)
                 phases = cluster_run(moto, proxy, args.items, args.chunks, pool)
-                own = phases["plan"] + phases["gather"]
-                own += phases.get("submit", 0) + phases.get("watch_busy", 0)
+                own = phases["plan"] + phases["gather"] + phases.get("submit", 0)
+                busy = own + phases.get("watch_cpu", 0)
+                own += phases.get("watch_busy", 0)
                 print(
-                    f"  {name:8}: worker's own {own:6.2f} s (plan {phases['plan']:.2f}, "
+                    f"  {name:8}: worker's own {own:6.2f} s ({busy:.2f} s counting the watch's "
+                    f"CPU, not its waiting) (plan {phases['plan']:.2f}, "
                     + (
                         f"submit {phases['submit']:.2f}, watch's reading "
-                        f"{phases['watch_busy']:.2f} of {phases['watch']:.1f} s watched, "
+                        f"{phases['watch_busy']:.2f} ({phases['watch_cpu']:.2f} of it the "
+                        f"worker's CPU) of {phases['watch']:.1f} s watched, "
                         if not pool
                         else ""
                     )
