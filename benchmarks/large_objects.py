@@ -14,9 +14,9 @@ Each tool as a user would configure it: ``store.put(array)`` / ``store.get(ref)`
 defaults: 16 MiB parts, 8 in flight, SHA-256 checked); boto3's ``upload_fileobj`` /
 ``download_fileobj`` with the default ``TransferConfig`` (8 MiB parts, 10 threads) from and into
 ``io.BytesIO``; ``metaflow.S3(s3root=...)``'s ``put`` and ``get(...).blob`` (through its s3op
-worker processes and a local temp file, as it always reads). Every process makes the same
-random bytes (for the store a NumPy array over them, not a copy), puts them, drops them,
-gets them back and checks them; its peak memory is ``ru_maxrss`` of itself and of its children
+worker processes and a local temp file, as it always reads). Every process makes 1 GiB of
+random bytes (for the store a NumPy array over them, not a copy), puts them, drops them, gets
+them back and checks them; its peak memory is ``ru_maxrss`` of itself and of its children
 (metaflow's workers). The S3 model (tests/s3_servers.py ``S3Model``): 20 ms to the first byte
 of every request and 90 MiB/s per connection, as S3 in-region, in front of moto's server on
 loopback. moto answers a ranged GET by copying the whole object and slicing it: each range
@@ -46,8 +46,8 @@ import json, os, resource, sys, time
 import numpy as np
 MIB, KEY = int(sys.argv[1]), sys.argv[2]
 ENDPOINT, BUCKET = os.environ["BENCH_ENDPOINT"], os.environ["BENCH_BUCKET"]
-def made():  # the same random bytes in every process, made without a second copy
-    return np.random.default_rng(MIB).bytes(MIB * 2**20)
+def made():  # random bytes, allocated once (a generator's .bytes() copies: 2 GiB at its peak)
+    return os.urandom(MIB * 2**20)
 def report(put, get):
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
