@@ -127,6 +127,12 @@ class FaultProxy:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in separate writes: without this, Nagle's algorithm
+                # holds the body until the client's delayed ACK (40 ms) of the headers.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def _reset(self) -> None:
                 self.connection.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
@@ -159,8 +165,9 @@ class FaultProxy:
                     return
                 started = time.monotonic()
                 for at in range(0, len(data), _PACE_CHUNK):
-                    move(data[at : at + _PACE_CHUNK])
-                    due = started + (at + _PACE_CHUNK) / proxy.bytes_per_second
+                    piece = data[at : at + _PACE_CHUNK]
+                    move(piece)
+                    due = started + (at + len(piece)) / proxy.bytes_per_second
                     time.sleep(max(0.0, due - time.monotonic()))
 
             def _receive(self, length: int) -> bytes:

@@ -195,3 +195,118 @@ def test_gc_keeps_an_older_try_s_result_after_a_later_try_reran_its_chunk(store)
     first, second = store.get(results[1]), store.get(results[2])
     assert isinstance(first[5], Failure) and first[:5] == [0.0, 0.5, 1.0, 1.5, 2.0]
     assert second == [i / 2 for i in range(8)]
+
+
+def _sliced_plan(store, n: int = 10, chunk_size: int = 4) -> ForeachPlan:
+    """A plan as the worker makes it: the items stored a slice per chunk."""
+    from provider.core.foreach import store_items
+
+    items, slices = store_items(store, list(range(n)), chunk_size)
+    return ForeachPlan("item", items, n, chunk_size, "runs/d/r/t/-1/foreach/p", item_slices=slices)
+
+
+def _damage(store, plan: ForeachPlan, chunk: int) -> None:
+    """Flip a byte of ``chunk``'s slice in the stored items blob."""
+    from provider.store import Reference
+    from provider.store.keys import blob_key
+
+    path = store.backend.root / blob_key(Reference.from_json(plan.items).sha256)
+    data = bytearray(path.read_bytes())
+    offset, size, _, _ = plan.item_slices[chunk]
+    data[offset + size // 2] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+
+
+def test_a_chunk_reads_only_its_own_slice_of_the_items(store):
+    """A pod's chunk reads its slice alone: another chunk's damaged bytes do not touch it (a
+    whole read would fail the blob's hash), and its own damaged slice is refused."""
+    from provider.store import IntegrityError, StoreError
+
+    plan = _sliced_plan(store)
+    assert [s[1] > 0 for s in plan.item_slices] == [True] * 3
+    with pytest.raises(StoreError, match="slices"):
+        store.get(plan.items)  # not a plain value: read through the plan's slices
+    _damage(store, plan, 2)
+    manifest = ChunkRunner(store, Payload(halve, foreach=plan), try_number=1).run(0)
+    assert store.get(manifest["result"]) == [0.0, 0.5, 1.0, 1.5]
+    with pytest.raises(IntegrityError, match="expected sha256"):
+        ChunkRunner(store, Payload(halve, foreach=plan), try_number=1).run(2)
+
+
+def test_a_process_running_several_chunks_reads_the_items_once_whole(store):
+    """A local pool's process: its first chunk reads its slice, the next ones the whole blob
+    once (hash checked: a damaged slice anywhere fails the whole read)."""
+    from provider.store import IntegrityError
+
+    plan = _sliced_plan(store, n=12, chunk_size=3)
+    runner = ChunkRunner(store, Payload(lambda item: item + 1, foreach=plan), try_number=1)
+    assert [store.get(runner.run(c)["result"]) for c in (3, 0, 1, 2)] == [
+        [10, 11, 12],
+        [1, 2, 3],
+        [4, 5, 6],
+        [7, 8, 9],
+    ]
+    _damage(store, plan, 3)
+    fresh = dataclasses.replace(plan, prefix="runs/d/r/t/-1/foreach/q")  # nothing done yet
+    other = ChunkRunner(store, Payload(lambda item: item, foreach=fresh), try_number=1)
+    other.run(0)  # its own slice is intact
+    with pytest.raises(IntegrityError):
+        other.run(1)  # the second chunk reads the whole blob
+
+
+def _without_times(manifest: dict) -> dict:
+    foreach = dict(manifest["foreach"])
+    foreach["chunk_rows"] = [{**row, "seconds": None} for row in foreach["chunk_rows"]]
+    drop = ("started_at", "finished_at", "seconds", "function_seconds", "usage")
+    return {**{k: v for k, v in manifest.items() if k not in drop}, "foreach": foreach}
+
+
+@pytest.mark.parametrize("layout", ["chunks", "items"])
+def test_gathering_from_the_markers_writes_what_reading_every_manifest_writes(store, layout):
+    """One listing of the markers (a manifest read only for failed items or results kept one
+    per item) gives the try's manifest that reading each chunk's manifest gives; a chunk run
+    again leaves one marker, its new one."""
+    from provider.core.foreach import gather, pending_chunks
+    from provider.runtime.foreach import marker_prefix
+
+    plan = dataclasses.replace(_sliced_plan(store, n=10, chunk_size=3), layout=layout)
+    for try_number, function in ((1, halve), (2, lambda item: item / 2)):
+        runner = ChunkRunner(store, Payload(function, foreach=plan), try_number)
+        for chunk in pending_chunks(store, plan):
+            runner.run(chunk)
+    markers = list(store.backend.list(marker_prefix(plan)))
+    assert [key.split("/")[-4] for key in markers] == ["000000", "000001", "000002", "000003"]
+    assert markers[1].split("/")[-3].startswith("2.s.0.")  # chunk 1 (item 5) ran again in try 2
+    key = manifest_key("d", "r", "t", -1, 2)
+    listed = gather(store, plan, key, {"try_number": 2}, catching=False, started=0.0)
+    store.backend.delete_many(markers)
+    read = gather(store, plan, key, {"try_number": 2}, catching=False, started=0.0)
+    assert _without_times(listed) == _without_times(read)
+    result = listed["result"]
+    values = store.get(result) if layout == "chunks" else [store.get(r) for r in result]
+    assert listed["status"] == "succeeded" and values == [i / 2 for i in range(10)]
+    assert listed["function_seconds"] == pytest.approx(read["function_seconds"], abs=1e-5)
+    assert listed["usage"] == read["usage"]
+
+
+def test_an_upstream_list_is_stored_again_in_slices_unless_too_large_or_chunked(store, monkeypatch):
+    """An upstream's list (or dict) reference up to RESLICE_MAX_BYTES is loaded on the worker
+    and stored a slice per chunk; a larger one, or a .foreach result (its size is its chunk
+    list's), stays where it is, every chunk loading it whole."""
+    from provider.core import foreach
+    from provider.runtime.foreach import chunk_reference
+
+    upstream = {**store.put({"a": 1, "b": 2, "c": 3}).to_json(), "length": 3}
+    items, length, _ = foreach.foreach_items(store, upstream)
+    assert (items, length) == ([("a", 1), ("b", 2), ("c", 3)], 3)
+    stored, slices = foreach.store_items(store, items, 2)
+    assert len(slices) == 2 and store.get_slice(stored, slices[1]) == [("c", 3)]
+    monkeypatch.setattr(foreach, "RESLICE_MAX_BYTES", upstream["size"] - 1)
+    kept, _, _ = foreach.foreach_items(store, upstream)
+    assert kept == upstream and foreach.store_items(store, kept, 2) == (upstream, None)
+    monkeypatch.undo()
+    plan = _plan(store, n=4, chunk_size=2)
+    done = [ChunkRunner(store, Payload(halve, foreach=plan), 1).run(c) for c in (0, 1)]
+    chunked = {**chunk_reference(store, plan, done).to_json(), "length": 4}
+    assert foreach.foreach_items(store, chunked)[0] == chunked

@@ -495,3 +495,79 @@ def test_open_store_for_gc_refuses_a_missing_folder(tmp_path):
     with pytest.raises(StoreError, match=f"no artifact store at {tmp_path / 'nope'}"):
         open_store((tmp_path / "nope").as_uri(), must_exist=True)
     assert open_store(tmp_path.as_uri(), must_exist=True).root_uri == tmp_path.as_uri()
+
+
+class _SlowReads(FileBackend):
+    """A folder whose reads take 20 ms (a round trip to S3), counting how many run at once."""
+
+    def __init__(self, root: Path, reads_in_flight: int) -> None:
+        super().__init__(root)
+        self.reads_in_flight = reads_in_flight
+        self.now = self.most = 0
+        import threading
+
+        self.lock = threading.Lock()
+
+    def _slow(self, read, *args, **kwargs):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.02)
+            return read(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+    def read_into(self, *args, **kwargs):
+        return self._slow(super().read_into, *args, **kwargs)
+
+    def read_bytes(self, key):
+        return self._slow(super().read_bytes, key)
+
+
+def test_a_join_loads_its_references_a_bounded_number_at_a_time_each_its_own_value(tmp_path):
+    """A task taking 40 mapped results: each loaded (in order, a reference twice gives two
+    values), ``reads_in_flight`` at a time at most, and more than one at a time."""
+    from provider.runtime.run import resolve_references
+
+    backend = _SlowReads(tmp_path / "root", reads_in_flight=6)
+    store = ArtifactStore(backend, (tmp_path / "root").as_uri())
+    refs = [store.put([i]).to_json() for i in range(40)]
+    value = {"results": [*refs, refs[0]], "other": (1, refs[1])}
+    resolved = resolve_references(value, store)
+    assert resolved == {"results": [*([i] for i in range(40)), [0]], "other": (1, [1])}
+    assert resolved["results"][0] is not resolved["results"][40]  # a mutable value each
+    assert 1 < backend.most <= 6
+
+
+def test_manifests_are_read_a_bounded_number_at_a_time_and_missing_ones_left_out(tmp_path):
+    backend = _SlowReads(tmp_path / "root", reads_in_flight=4)
+    store = ArtifactStore(backend, (tmp_path / "root").as_uri())
+    keys = [f"runs/d/r/t/-1/foreach/p/{c:06d}.json" for c in range(20)]
+    for chunk, key in enumerate(keys[:-2]):
+        store.write_manifest(key, {"chunk": chunk})
+    found = store.read_manifests(keys)
+    assert list(found) == keys[:-2] and [m["chunk"] for m in found.values()] == list(range(18))
+    assert 1 < backend.most <= 4
+
+
+def test_slices_read_alone_or_whole_each_checked(store):
+    values = [list(range(5)), {"a": np.arange(3)}, "x" * 10_000, []]
+    ref, slices = store.put_slices(values)
+    assert ref.size == sum(s[1] for s in slices) and slices[0][0] == 0
+    assert store.get_slice(ref, slices[2]) == "x" * 10_000
+    whole = store.get_slices(ref, slices)
+    assert whole[0] == values[0] and list(whole[1]["a"]) == [0, 1, 2] and whole[3] == []
+    again, same = store.put_slices(values)  # content-addressed: stored once
+    assert (again, same) == (ref, slices)
+    path = _blob_path(store, ref)
+    data = bytearray(path.read_bytes())
+    data[slices[2][0]] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    assert store.get_slice(ref, slices[0]) == values[0]
+    with pytest.raises(IntegrityError):
+        store.get_slice(ref, slices[2])
+    with pytest.raises(IntegrityError):
+        store.get_slices(ref, slices)

@@ -448,7 +448,7 @@ class _PlannedFaults(FaultProxy):
         super().__init__(upstream_port, failure_rate=0.0)
         self.plan = plan
 
-    def choose(self, method: str = "") -> str | None:
+    def choose(self, method: str) -> str | None:
         with self.lock:
             self.requests += 1
             self.by_method[method] += 1

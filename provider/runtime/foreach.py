@@ -1,15 +1,23 @@
 """``.foreach``: one task that runs a function over many items, a chunk of items at a time.
 
-The items are one artifact (a list, or a dict whose ``(key, value)`` pairs are the items),
-written once. A chunk ``c`` covers items ``[c * chunk_size, (c + 1) * chunk_size)``; whoever runs
-it (a local worker process, a pod of an Indexed Job, a child of a Batch array job) loads the
-items once, calls the function on each item of the chunk, stores the chunk's results and writes
-the chunk's manifest under the plan's prefix.
+The items are one artifact, written once: a slice per chunk (``item_slices``), or an upstream's
+list (or dict, whose ``(key, value)`` pairs are the items) too large to store again. A chunk ``c``
+covers items ``[c * chunk_size, (c + 1) * chunk_size)``; whoever runs it (a local worker process,
+a pod of an Indexed Job, a child of a Batch array job) reads its chunk's slice (one ranged read;
+a process running several chunks reads the blob once), or loads the whole list once, calls the
+function on each item of the chunk, stores the chunk's results and writes the chunk's manifest
+under the plan's prefix.
 
 A chunk's manifest is written when the chunk starts (status ``running``), again every
 ``checkpoint_seconds`` with the results of the items finished since (``segments``), and a last
 time with every result (``succeeded`` or ``failed``). The manifests outlive the try: a retry or
 a cleared task re-runs only the items with no stored result, and the failed ones.
+
+After its last manifest a chunk writes an empty *marker* whose key says what the manifest
+says to whoever gathers the chunks (status, failed count, times, usage, the results'
+reference): one listing of ``done/`` gathers a thousand chunks without reading a manifest
+(:func:`listed_chunks`). A chunk that runs again drops its markers before its first checkpoint,
+so a marker is never older than its manifest's last word.
 
 A ``running`` manifest of the current try means a process of this try died in that chunk. The
 chunk's next run is *careful*: it records the item it is about to start before each item, so a
@@ -56,6 +64,8 @@ class ForeachPlan:
     prefix: str
     layout: ChunkLayout = "chunks"
     checkpoint_seconds: float = CHECKPOINT_SECONDS
+    # ``items`` holds a slice per chunk: [offset, size, sha256, encoding] of each, in order.
+    item_slices: list[list[Any]] | None = None
 
     @property
     def chunks(self) -> int:
@@ -182,6 +192,26 @@ class ChunkRunner:
         self.try_number = try_number
         self.clock = clock
         self._items: Sequence[Any] | None = None
+        self._slices: list[Any] | None = None  # every chunk's items, once a second chunk runs
+        self._ran = 0
+
+    def chunk_items(self, chunk: int) -> Sequence[Any]:
+        """The items of ``chunk``: its slice alone for the first chunk this process runs, the
+        whole blob read once when it runs more (a local pool's process)."""
+        start, stop = self.plan.bounds(chunk)
+        slices = self.plan.item_slices
+        if slices is None:
+            return self.items[start:stop]
+        if self._slices is not None:
+            items = self._slices[chunk]
+        elif self._ran == 0:
+            items = self.store.get_slice(self.plan.items, slices[chunk])
+        else:
+            self._slices = self.store.get_slices(self.plan.items, slices)
+            items = self._slices[chunk]
+        if len(items) != stop - start:
+            raise ValueError(f"chunk {chunk}'s slice holds {len(items)} items, not {stop - start}")
+        return items
 
     @property
     def items(self) -> Sequence[Any]:
@@ -206,8 +236,12 @@ class ChunkRunner:
         earlier = _read(store, plan.chunk_key(chunk)) or {}
         # A process of this try ran the chunk and died: find the item that killed it.
         careful = earlier.get("status") == RUNNING and earlier["try_number"] == self.try_number
+        if is_final(earlier):
+            drop_markers(store, plan, chunk)
         state = ChunkState.read(store, earlier, start, stop - start)
         todo = state.to_run(self.try_number)
+        items = self.chunk_items(chunk) if todo else ()
+        self._ran += 1
         checkpoint = _Checkpoints(self, chunk, state, careful=careful)
         checkpoint.write(in_flight=None)
         seconds: list[float | None] = [None] * (stop - start)
@@ -217,7 +251,7 @@ class ChunkRunner:
             if careful:
                 checkpoint.write(in_flight=offset)
             began = time.perf_counter()
-            value = self._call(self.items[start + offset], start + offset)
+            value = self._call(items[offset], start + offset)
             seconds[offset] = round(time.perf_counter() - began, 6)
             state.record(offset, value, start, self.try_number)
             checkpoint.done(offset)
@@ -244,6 +278,7 @@ class ChunkRunner:
             "pid": os.getpid(),
         }
         store.write_manifest(plan.chunk_key(chunk), manifest)
+        write_marker(store, plan, manifest)
         return manifest
 
     def _call(self, item: Any, index: int) -> Any:
@@ -314,6 +349,131 @@ class _Checkpoints:
         self.last = runner.clock()
 
 
+DONE = "done"  # the markers' folder under the plan's prefix
+_CODES = {"pickle5": "p", "pickle5+zstd": "z"}  # result encodings a marker can name
+_ENCODINGS = {code: encoding for encoding, code in _CODES.items()}
+
+
+def marker_prefix(plan: ForeachPlan, chunk: int | None = None) -> str:
+    base = f"{plan.prefix}/{DONE}"
+    return base if chunk is None else f"{base}/{chunk:06d}"
+
+
+def write_marker(store: ArtifactStore, plan: ForeachPlan, manifest: Mapping[str, Any]) -> None:
+    """The chunk's last manifest, in a key: ``done/<chunk>/<numbers>/<result>/<previews>``."""
+    usage = manifest.get("usage") or {}
+    numbers = [
+        int(manifest["try_number"]),
+        "s" if manifest["status"] == "succeeded" else "f",
+        len(manifest.get("failed") or ()),
+        round(float(manifest["started_at"]) * 1e6),
+        round(float(manifest["finished_at"]) * 1e6),
+        round(sum(s for s in manifest.get("seconds") or () if s is not None) * 1e6),
+        round(float(usage.get("cpu_seconds", 0.0)) * 1000),
+        round(float(usage.get("wall_seconds", 0.0)) * 1000),
+        round(float(manifest.get("peak_rss_mib") or 0.0) * 10),
+    ]
+    result, previews = manifest["result"], manifest.get("item_previews")
+    code = _CODES.get(str(result.get("encoding"))) if isinstance(result, Mapping) else None
+    named = f"{result['sha256']}.{result['size']}.{code}" if code else "-"
+    shown = f"{previews['sha256']}.{previews['size']}" if previews else "-"
+    key = f"{marker_prefix(plan, manifest['chunk'])}/{'.'.join(map(str, numbers))}/{named}/{shown}"
+    store.backend.write_bytes(key, b"")
+
+
+def drop_markers(store: ArtifactStore, plan: ForeachPlan, chunk: int) -> None:
+    """Before a chunk runs again: its markers would speak for a manifest being replaced."""
+    keys = list(store.backend.list(marker_prefix(plan, chunk)))
+    if keys:
+        store.backend.delete_many(keys)
+
+
+def read_marker(store: ArtifactStore, plan: ForeachPlan, key: str) -> dict[str, Any] | None:
+    """What a marker says, as the parts of its chunk's manifest a gather reads (``failed``
+    listed only when none failed); None for a key that is not a marker."""
+    parts = key[len(marker_prefix(plan)) + 1 :].split("/")
+    try:
+        chunk_text, numbers, named, shown = parts
+        chunk = int(chunk_text)
+        tries, status, failed, started, finished, function, cpu, wall, rss = numbers.split(".")
+        values = [int(v) for v in (tries, failed, started, finished, function, cpu, wall, rss)]
+    except ValueError:
+        return None
+    tries_, failed_, started_, finished_, function_, cpu_, wall_, rss_ = values
+    start, stop = plan.bounds(chunk)
+    summary: dict[str, Any] = {
+        "chunk": chunk,
+        "start": start,
+        "stop": stop,
+        "status": "succeeded" if status == "s" else "failed",
+        "try_number": tries_,
+        "failed_count": failed_,
+        "started_at": started_ / 1e6,
+        "finished_at": finished_ / 1e6,
+        "seconds": [function_ / 1e6],
+        "usage": {
+            "peak_rss_mib": rss_ / 10,
+            "cpu_seconds": cpu_ / 1000,
+            "wall_seconds": wall_ / 1000,
+        },
+        "peak_rss_mib": rss_ / 10,
+        "marker": True,
+    }
+    if failed_ == 0:
+        summary["failed"] = []
+    if named != "-":
+        sha256, size, code = named.split(".")
+        ref = Reference(
+            store.blob_uri(sha256), sha256, int(size), "builtins.list", _ENCODINGS[code]
+        )
+        summary["result"] = ref.to_json()
+    if shown != "-":
+        from provider.runtime.views import ITEM_PREVIEWS_TYPE, VIEW_ENCODING
+
+        sha256, size = shown.split(".")
+        uri = store.blob_uri(sha256)
+        previews = Reference(uri, sha256, int(size), ITEM_PREVIEWS_TYPE, VIEW_ENCODING)
+        summary["item_previews"] = previews.to_json()
+    return summary
+
+
+def listed_chunks(
+    store: ArtifactStore, plan: ForeachPlan, *, read: Literal["none", "unmarked", "all"]
+) -> dict[int, dict[str, Any]]:
+    """Every chunk's last word (or checkpoint), by chunk, from one listing of the plan's prefix:
+    the markers say most. ``read`` (``reads_in_flight`` at a time) besides: ``unmarked``, the
+    manifests with no marker (checkpoints, chunks written before markers); ``all``, also those
+    a marker cannot say whole (failed items, results kept one per item); ``none``: markers."""
+    markers: dict[int, dict[str, Any]] = {}
+    manifests: list[str] = []
+    done = marker_prefix(plan) + "/"
+    for key in store.backend.list(marker_prefix(plan) if read == "none" else plan.prefix):
+        if key.startswith(done):
+            said = read_marker(store, plan, key)
+            if said is None:
+                continue
+            best = markers.get(said["chunk"])
+            order = (said["try_number"], said["finished_at"])
+            if best is None or order > (best["try_number"], best["finished_at"]):
+                markers[said["chunk"]] = said
+        elif key.endswith(".json"):
+            manifests.append(key)
+    chunk_of = {plan.chunk_key(chunk): chunk for chunk in range(plan.chunks)}
+
+    def wanted(key: str) -> bool:
+        said = markers.get(chunk_of[key])
+        if said is None:
+            return True
+        return read == "all" and ("failed" not in said or "result" not in said)
+
+    found = dict(markers)
+    if read != "none":
+        keys = [key for key in manifests if key in chunk_of and wanted(key)]
+        for manifest in store.read_manifests(keys).values():
+            found[int(manifest["chunk"])] = manifest
+    return found
+
+
 def _read(store: ArtifactStore, key: str) -> dict[str, Any] | None:
     try:
         return store.read_manifest(key)
@@ -362,25 +522,24 @@ def give_up_chunk(
         state.record(offset, failure, start, try_number)
     result = final_results(store, plan.layout, state)
     now = time.time()
-    store.write_manifest(
-        plan.chunk_key(chunk),
-        {
-            "chunk": chunk,
-            "start": start,
-            "stop": stop,
-            "status": "failed",
-            "failed": [state.failed[offset] for offset in sorted(state.failed)],
-            "result": result,
-            "seconds": [None] * state.size,
-            "ran": 0,
-            "started_at": now,
-            "finished_at": now,
-            "usage": {"peak_rss_mib": 0.0, "cpu_seconds": 0.0, "wall_seconds": 0.0},
-            "peak_rss_mib": 0.0,
-            "try_number": try_number,
-            "written_by": "worker",
-        },
-    )
+    manifest = {
+        "chunk": chunk,
+        "start": start,
+        "stop": stop,
+        "status": "failed",
+        "failed": [state.failed[offset] for offset in sorted(state.failed)],
+        "result": result,
+        "seconds": [None] * state.size,
+        "ran": 0,
+        "started_at": now,
+        "finished_at": now,
+        "usage": {"peak_rss_mib": 0.0, "cpu_seconds": 0.0, "wall_seconds": 0.0},
+        "peak_rss_mib": 0.0,
+        "try_number": try_number,
+        "written_by": "worker",
+    }
+    store.write_manifest(plan.chunk_key(chunk), manifest)
+    write_marker(store, plan, manifest)
     return [start + offset for offset in missing]
 
 

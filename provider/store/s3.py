@@ -45,6 +45,9 @@ DEFAULT_PART_SIZE_MIB = 16
 DEFAULT_MAX_CONCURRENCY = 8
 MAX_ATTEMPTS = 10
 _CLIENT_LOCK = threading.Lock()
+# Small reads sent at once when the store needs many (a fan-out's 1,000 chunk manifests, a
+# join's 1,000 results): at 20 ms a request, 32 in flight read 1,000 in about 0.7 s.
+READS_IN_FLIGHT = 32
 # A single GET is read from the socket in pieces of this size (boto3's transfer reads 256 KiB):
 # the hash starts on each as the next arrives, so the last piece's hash is what cannot overlap;
 # 2 MiB measured best of 1, 2 and 4 in benchmarks/store_vs_raw.py (8, 15 and 64 MiB blobs).
@@ -75,7 +78,7 @@ def botocore_config() -> Any:
 
     return Config(
         retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
-        max_pool_connections=max_concurrency() * 2,
+        max_pool_connections=max(max_concurrency() * 2, READS_IN_FLIGHT),
         connect_timeout=10,
         read_timeout=60,
         s3={"addressing_style": os.environ.get("FLOWTASK_S3_ADDRESSING_STYLE", "auto")},
@@ -129,6 +132,7 @@ class S3Backend:
     # Below this, one PUT (20 ms to the first byte, 90 MiB/s: about 22 ms for 256 KiB) costs
     # less than a HEAD and then, when the blob is missing, a PUT one after the other.
     blind_write_max_bytes = 256 * 1024
+    reads_in_flight = READS_IN_FLIGHT
 
     def __init__(self, bucket: str, prefix: str, client: Any) -> None:
         self.bucket = bucket
@@ -348,6 +352,13 @@ class S3Backend:
             if _is_missing(error):
                 raise MissingArtifact(f"no object {self.uri(key)}") from None
             raise
+        return bytes(body.read())
+
+    def read_range(self, key: str, start: int, size: int) -> bytes:
+        """``size`` bytes from ``start``: one ranged GET."""
+        if size == 0:
+            return b""
+        body = self._get(key, Range=f"bytes={start}-{start + size - 1}")["Body"]
         return bytes(body.read())
 
     def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]:

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -45,6 +45,9 @@ from provider.store.reference import Reference, selected_item
 log = logging.getLogger("provider.store")
 
 CHUNKS_ENCODING = "flowtask.chunks"  # a JSON list of chunk results, read as one list
+# Values stored one after another in one blob, each read alone with a ranged read through its
+# slice (``[offset, size, sha256, encoding]``, kept by whoever stored them: a .foreach plan).
+SLICES_ENCODING = "flowtask.slices"
 # A dedup hit on a blob older than this verifies it and renews its age. gc is safe against
 # concurrent writers only with a grace period at least this long.
 RENEW_AFTER = timedelta(hours=1)
@@ -257,14 +260,63 @@ class ArtifactStore:
         value = self._get(Reference.from_json(ref))
         return value if item is None else value[item]
 
+    def get_many(self, refs: Sequence[Reference | Mapping[str, Any]]) -> list[Any]:
+        """:meth:`get` of each, in order, ``reads_in_flight`` at a time (a join's results)."""
+        return self.in_parallel(self.get, refs)
+
+    def in_parallel(self, read: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """``read`` of each item in order, the backend's ``reads_in_flight`` at a time."""
+        workers = min(self.backend.reads_in_flight, len(items))
+        if workers <= 1:
+            return [read(item) for item in items]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="flowtask-read") as pool:
+            return list(pool.map(read, items))
+
+    def put_slices(self, values: Sequence[Any]) -> tuple[Reference, list[list[Any]]]:
+        """Store ``values`` as one blob, each encoded on its own; return the blob's reference
+        and each value's slice (``[offset, size, sha256, encoding]``) for :meth:`get_slice`."""
+        slices: list[list[Any]] = []
+        frames: list[memoryview] = []
+        offset = 0
+        whole = hashlib.sha256()
+        for value in values:
+            parts, size, sha256, encoding = self._encode(value, False)
+            slices.append([offset, size, sha256, encoding])
+            for part in parts:
+                whole.update(part)
+            frames.extend(parts)
+            offset += size
+        sha256 = whole.hexdigest()
+        self._write_blob(sha256, tuple(frames), offset)
+        ref = Reference(self.blob_uri(sha256), sha256, offset, "builtins.list", SLICES_ENCODING)
+        return ref, slices
+
+    def get_slice(self, ref: Reference | Mapping[str, Any], piece: Sequence[Any]) -> Any:
+        """One value of a :meth:`put_slices` blob: one ranged read, its own SHA-256 checked."""
+        ref = Reference.from_json(ref)
+        offset, size, sha256, encoding = piece
+        data = bytearray(self.backend.read_range(self._key_of(ref), offset, size))
+        if len(data) != size:
+            raise size_mismatch(f"{ref.uri} [{offset}:{offset + size}]", size, len(data))
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise IntegrityError(f"{ref.uri} [{offset}:]: expected sha256 {sha256}, found {actual}")
+        return _decode(data, encoding, ref.uri)
+
+    def get_slices(self, ref: Reference | Mapping[str, Any], pieces: Sequence[Any]) -> list[Any]:
+        """Every value of a :meth:`put_slices` blob: one read, the blob's SHA-256 checked."""
+        ref = Reference.from_json(ref)
+        blob = self._read_verified(ref)
+        return [_decode(blob[o : o + n], encoding, ref.uri) for o, n, _, encoding in pieces]
+
     def _get(self, ref: Reference) -> Any:
         if ref.encoding == CHUNKS_ENCODING:
             return self._get_chunked(ref)
-        if ref.encoding == compression.ENCODING:  # hash checked, then decompressed
-            return codec.decode(compression.decompress(self._read_verified(ref)))
-        if ref.encoding != codec.ENCODING:
-            raise StoreError(f"unknown encoding {ref.encoding!r} of {ref.uri}")
-        return codec.decode(self._read_verified(ref))
+        if ref.encoding == SLICES_ENCODING:
+            raise StoreError(f"{ref.uri} holds slices: read it with their offsets (get_slices)")
+        return _decode(self._read_verified(ref), ref.encoding, ref.uri)
 
     def put_chunked(self, chunks: list[dict[str, Any]], *, length: int) -> Reference:
         """One reference to a list stored in chunks: ``chunks`` is ``[{"result", "count"}]`` in
@@ -274,10 +326,13 @@ class ArtifactStore:
 
     def _get_chunked(self, ref: Reference) -> list[Any]:
         document = json.loads(self._read_verified(ref))
+        # Every chunk's results (or every item's, one per item) read reads_in_flight at a time.
+        flat = [r for c in document["chunks"] for r in _as_list(c["result"])]
+        loaded = iter(self.get_many(flat))
         values: list[Any] = []
         for chunk in document["chunks"]:
             stored = chunk["result"]
-            part = [self.get(r) for r in stored] if isinstance(stored, list) else self.get(stored)
+            part = [next(loaded) for _ in stored] if isinstance(stored, list) else next(loaded)
             if len(part) != chunk["count"]:
                 raise IntegrityError(f"{ref.uri}: a chunk holds {len(part)}, not {chunk['count']}")
             values.extend(part)
@@ -340,8 +395,33 @@ class ArtifactStore:
     def list_manifests(self, prefix: str) -> Iterator[str]:
         return (key for key in self.backend.list(prefix) if key.endswith(".json"))
 
+    def read_manifests(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The manifests of ``keys`` there are, ``reads_in_flight`` at a time."""
+
+        def read(key: str) -> dict[str, Any] | None:
+            try:
+                return self.read_manifest(key)
+            except MissingArtifact:
+                return None
+
+        found = zip(keys, self.in_parallel(read, keys), strict=True)
+        return {key: manifest for key, manifest in found if manifest is not None}
+
 
 OWNED_PREFIX = "runs/"
+
+
+def _as_list(stored: Any) -> list[Any]:
+    return stored if isinstance(stored, list) else [stored]
+
+
+def _decode(data: bytearray, encoding: str, uri: str) -> Any:
+    """A value from its stored bytes (hash already checked)."""
+    if encoding == compression.ENCODING:
+        return codec.decode(compression.decompress(data))
+    if encoding != codec.ENCODING:
+        raise StoreError(f"unknown encoding {encoding!r} of {uri}")
+    return codec.decode(data)
 
 
 def _owned_key(key: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from provider.core.foreach import ForeachProgress
 from provider.core.targets.batch_jobs import listed_jobs
 from provider.runtime.foreach import ForeachPlan, is_final
-from provider.store import ArtifactStore, MissingArtifact
+from provider.store import ArtifactStore
 from provider.translate.batch_array import ChunkJob, chunk_jobs
 
 FINAL = ("SUCCEEDED", "FAILED")
@@ -76,26 +76,17 @@ class ChunkReports:
         self.store, self.plan = store, plan
         self._keys = {plan.chunk_key(chunk): chunk for chunk in chunks}
         self.answered: dict[int, int] = {}  # chunk -> its failed items
-        self._earlier = {self._keys[key]: self._finished(key) for key in self._present()}
+        earlier = store.read_manifests(self._present())
+        self._earlier = {self._keys[k]: m.get("finished_at") for k, m in earlier.items()}
 
     def _present(self) -> list[str]:
         return [key for key in self.store.list_manifests(self.plan.prefix) if key in self._keys]
 
-    def _finished(self, key: str) -> Any:
-        try:
-            return self.store.read_manifest(key).get("finished_at")
-        except MissingArtifact:
-            return None
-
     def refresh(self) -> None:
-        for key in self._present():
+        """Read the manifests of the chunks not answered yet, ``reads_in_flight`` at a time."""
+        keys = [key for key in self._present() if self._keys[key] not in self.answered]
+        for key, manifest in self.store.read_manifests(keys).items():
             chunk = self._keys[key]
-            if chunk in self.answered:
-                continue
-            try:
-                manifest = self.store.read_manifest(key)
-            except MissingArtifact:
-                continue
             if not is_final(manifest):  # a checkpoint of a chunk still running
                 continue
             if chunk in self._earlier and manifest.get("finished_at") == self._earlier[chunk]:
