@@ -67,7 +67,11 @@ def foreach_items(store: ArtifactStore, items: Any) -> tuple[Any, int, str]:
         raise ForeachInputError(
             f".foreach runs over a list, a tuple, a range or a dict; got {type(items).__name__}"
         )
-    return items, len(items), fingerprint(items)
+    try:
+        identity = fingerprint(items)
+    except Exception as exc:  # an item that cannot be pickled cannot be named by content either
+        raise _unpicklable_item(items, exc) from exc
+    return items, len(items), identity
 
 
 def _loaded(store: ArtifactStore, ref: Mapping[str, Any], length: int) -> list[Any] | None:
