@@ -96,10 +96,7 @@ def _read(store: ArtifactStore, key: str) -> dict[str, Any]:
 
 
 def _read_all(store: ArtifactStore, keys: list[str]) -> list[dict[str, Any]]:
-    if len(keys) < 4:
-        return [_read(store, key) for key in keys]
-    with ThreadPoolExecutor(min(_READ_THREADS, len(keys))) as pool:
-        return list(pool.map(lambda key: _read(store, key), keys))
+    return store.in_parallel(lambda key: _read(store, key), keys)
 
 
 def load(store: ArtifactStore, result: Any) -> Any:

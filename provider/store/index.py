@@ -46,7 +46,6 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -61,7 +60,6 @@ SNAPSHOT = "snapshot.json"
 RUN_STATE_MARKER = "flowtask_records_run_state"  # set on the DAG callback that records the end
 MAX_TAG_LENGTH = 500
 _EVENT_NAME = re.compile(r"\d{20}-[0-9a-f]{16}\.json")
-_FETCH_THREADS = 16
 _ATTEMPTS = 5
 COMPACT_AFTER = 100  # events in the log before a run's end folds it
 CHECK_EVERY = 8  # one task end in this many counts the log
@@ -440,10 +438,7 @@ def _read_event(store: ArtifactStore, key: str) -> dict[str, Any] | None:
 
 
 def _read_events(store: ArtifactStore, keys: list[str]) -> list[dict[str, Any] | None]:
-    if len(keys) < 4:
-        return [_read_event(store, key) for key in keys]
-    with ThreadPoolExecutor(min(_FETCH_THREADS, len(keys))) as pool:
-        return list(pool.map(lambda key: _read_event(store, key), keys))
+    return store.in_parallel(lambda key: _read_event(store, key), keys)
 
 
 def _load_snapshot(store: ArtifactStore, key: str) -> tuple[dict[str, Any], str | None]:

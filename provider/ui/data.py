@@ -167,10 +167,7 @@ def _task(store: ArtifactStore, run: Run, task_id: str, map_index: int, layout: 
 
 
 def _read_all(store: ArtifactStore, keys: list[str]) -> list[dict[str, Any]]:
-    if len(keys) < 4:
-        return [_read(store, key) for key in keys]
-    with ThreadPoolExecutor(min(_THREADS, len(keys))) as pool:
-        return list(pool.map(lambda key: _read(store, key), keys))
+    return store.in_parallel(lambda key: _read(store, key), keys)
 
 
 def _try_view(store: ArtifactStore, attempt: Try, launch: dict[str, Any]) -> dict[str, Any]:
